@@ -1,0 +1,51 @@
+# The user interface of the project. `make help` lists the targets.
+SHELL := /bin/bash
+VENV ?= .venv
+PY := $(VENV)/bin/python
+DATA_PKG_DIR := /usr/share/datasets/fashion-mnist
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+
+RUN ?= runs/train
+CHECKPOINT ?= $(RUN)/final.pt
+RELEASE_RUN ?= runs/release
+TRAIN_ARGS ?=
+EVAL_ARGS ?=
+
+.PHONY: help setup train evaluate classifier release test lint clean
+
+help:  ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-11s %s\n", $$1, $$2}'
+
+setup: $(VENV)/.installed  ## venv, Python deps, Debian packages (dataset-fashion-mnist)
+
+$(VENV)/.installed: pyproject.toml
+	@if [ ! -f $(DATA_PKG_DIR)/train-images-idx3-ubyte.gz ] && command -v apt-get >/dev/null; then \
+		echo "installing Debian packages: dataset-fashion-mnist"; \
+		$(SUDO) apt-get update -q && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -q dataset-fashion-mnist; \
+	fi
+	python3.11 -m venv $(VENV) 2>/dev/null || python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e ".[dev]"
+	touch $@
+
+train: setup  ## train the VAE (60 epochs by default) into $(RUN); TRAIN_ARGS="--subset 5000 --epochs 2"
+	$(PY) -m training.train --out $(RUN) $(TRAIN_ARGS)
+
+classifier: setup  ## train the feature classifier used by evaluate/export (model_store/classifier.pt)
+	$(PY) -m training.classifier
+
+evaluate: setup  ## evaluate CHECKPOINT (default $(RUN)/final.pt): report.md, report.json, figures beside it
+	$(PY) -m training.evaluate $(CHECKPOINT) $(EVAL_ARGS)
+
+release: setup  ## train $(RELEASE_RUN) if needed, then publish it to model_store/release with report and model card
+	[ -f $(RELEASE_RUN)/final.pt ] || $(PY) -m training.train --out $(RELEASE_RUN)
+	$(PY) -m training.release $(RELEASE_RUN)/final.pt
+
+test: setup  ## the test suite
+	$(PY) -m pytest -q
+
+lint: setup  ## ruff
+	$(VENV)/bin/ruff check .
+
+clean:  ## remove the venv and runs/
+	rm -rf $(VENV) runs .pytest_cache .ruff_cache

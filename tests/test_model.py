@@ -1,0 +1,76 @@
+"""The VAE interface: shapes, the loss against closed-form values, latent interpolation."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from training.latent import interpolate
+from training.model import VAE, VAEConfig
+
+
+def test_shapes_and_interface():
+    model = VAE(VAEConfig(latent_dim=8, channels=(4, 8, 16)))
+    x = torch.rand(5, 1, 28, 28)
+    mu, logvar = model.encode(x)
+    assert mu.shape == logvar.shape == (5, 8)
+    assert model.decode(mu).shape == (5, 1, 28, 28)
+    logits, mu2, _ = model(x)
+    assert logits.shape == (5, 1, 28, 28) and torch.equal(mu, mu2)
+    samples = model.sample(7, generator=torch.Generator().manual_seed(0))
+    assert samples.shape == (7, 1, 28, 28) and 0 <= samples.min() and samples.max() <= 1
+    again = model.sample(7, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(samples, again)
+    assert all(t.shape == (5,) for t in model.loss(x, logits, mu, logvar))
+
+
+def test_decoder_has_no_transposed_convolutions():
+    # Export quantizes the decoder with ONNX Runtime, which does not quantize ConvTranspose.
+    kinds = {type(m).__name__ for m in VAE().decoder.modules()}
+    assert "ConvTranspose2d" not in kinds and {"Linear", "Conv2d"} <= kinds
+
+
+def test_kl_matches_closed_form():
+    mu = torch.tensor([[1.0, -2.0, 0.0]])
+    sigma = torch.tensor([[1.0, 0.5, 2.0]])
+    logvar = (sigma ** 2).log()
+    pairs = zip(mu[0].tolist(), sigma[0].tolist(), strict=True)
+    expected = sum(0.5 * (s * s + m * m - 1 - math.log(s * s)) for m, s in pairs)
+    x = torch.full((1, 1, 28, 28), 0.5)
+    _, _, kl = VAE.loss(x, torch.zeros_like(x), mu, logvar)
+    assert kl.item() == pytest.approx(expected, rel=1e-6)
+    _, _, kl_prior = VAE.loss(x, torch.zeros_like(x), torch.zeros(1, 3), torch.zeros(1, 3))
+    assert kl_prior.item() == 0.0
+
+
+def test_recon_is_summed_bce_in_nats_and_beta_weights_kl():
+    x = torch.rand(2, 1, 28, 28)
+    logits = torch.randn(2, 1, 28, 28)
+    p = torch.sigmoid(logits.double())
+    manual = -(x * p.log() + (1 - x) * (1 - p).log()).flatten(1).sum(1)
+    mu, logvar = torch.ones(2, 4), torch.zeros(2, 4)  # KL = 0.5 * 4 = 2 nats per image
+    total, recon, kl = VAE.loss(x, logits, mu, logvar, beta=0.25)
+    assert torch.allclose(recon.double(), manual, rtol=1e-5)
+    assert torch.allclose(kl, torch.full((2,), 2.0))
+    assert torch.allclose(total, recon + 0.5)
+    # Constant logits 0 give exactly 784 * log 2 nats whatever x is.
+    _, recon0, _ = VAE.loss(x, torch.zeros_like(x), mu, logvar)
+    assert torch.allclose(recon0, torch.full((2,), 784 * math.log(2)), rtol=1e-5)
+
+
+def test_lerp_and_slerp_paths():
+    g = torch.Generator().manual_seed(0)
+    z0, z1 = torch.randn(64, generator=g), torch.randn(64, generator=g)
+    for method in ("lerp", "slerp"):
+        path = interpolate(z0, z1, 9, method)
+        assert path.shape == (9, 64)
+        assert torch.allclose(path[0], z0, atol=1e-5) and torch.allclose(path[-1], z1, atol=1e-5)
+    slerp_norms = interpolate(z0, z1, 9, "slerp").norm(dim=1)
+    expected = torch.linspace(0, 1, 9) * (z1.norm() - z0.norm()) + z0.norm()
+    assert torch.allclose(slerp_norms, expected, rtol=1e-4)
+    # Lerp between two prior samples cuts through the low-norm interior of the 64-d shell.
+    assert interpolate(z0, z1, 9, "lerp").norm(dim=1)[4] < 0.8 * min(z0.norm(), z1.norm())
+    with pytest.raises(ValueError, match="method"):
+        interpolate(z0, z1, 3, "cubic")

@@ -1,0 +1,139 @@
+"""Training, exact resume, evaluation and the CLIs' errors, on a small generated dataset."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from training import checkpoint, classifier, evaluate, train
+from training.config import TrainConfig
+
+SMALL = ["--channels", "8", "16", "32", "--latent-dim", "8", "--batch-size", "64"]
+
+
+def run_train(out: Path, data_dir: Path, *extra: str) -> None:
+    train.main(["--out", str(out), "--data-dir", str(data_dir), "--device", "cpu", *SMALL, *extra])
+
+
+def cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", *args], capture_output=True, text=True, timeout=300)
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory, dataset_dir) -> Path:
+    """A 2-epoch run with checkpoints every epoch."""
+    out = tmp_path_factory.mktemp("run")
+    run_train(out, dataset_dir, "--epochs", "2", "--checkpoint-every", "1")
+    return out
+
+
+def test_training_writes_everything(trained):
+    for name in ("epoch_001.pt", "epoch_002.pt", "final.pt", "history.csv", "curves.png",
+                 "grids/epoch_002_recon.png", "grids/epoch_002_samples.png", "grids/epoch_002_interp.png"):
+        assert (trained / name).is_file(), name
+    rows = list(csv.DictReader((trained / "history.csv").open()))
+    assert [r["epoch"] for r in rows] == ["1", "2"]
+    assert float(rows[1]["train_total"]) < float(rows[0]["train_total"])  # it learns
+    state = checkpoint.load(trained / "final.pt")
+    assert state["epoch"] == 2 and state["model_config"]["latent_dim"] == 8
+    assert set(state["data_sha256"]) == {"train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz",
+                                         "t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"}
+    assert not list(trained.glob(".*.tmp"))  # atomic writes leave no temp files
+
+
+def test_resume_matches_uninterrupted_run(tmp_path, dataset_dir, trained):
+    run_train(tmp_path / "a", dataset_dir, "--epochs", "1")
+    train.main(["--resume", str(tmp_path / "a" / "final.pt"), "--epochs", "2", "--out", str(tmp_path / "b"),
+                "--data-dir", str(dataset_dir), "--device", "cpu"])
+    resumed, straight = checkpoint.load(tmp_path / "b" / "final.pt"), checkpoint.load(trained / "final.pt")
+    for name, tensor in straight["model"].items():
+        assert torch.equal(tensor, resumed["model"][name]), name
+    strip = [{k: v for k, v in row.items() if k != "seconds"} for row in straight["history"]]
+    assert strip == [{k: v for k, v in row.items() if k != "seconds"} for row in resumed["history"]]
+
+
+def test_kl_warmup_schedule():
+    cfg = TrainConfig(kl_warmup_epochs=4, beta=2.0)
+    assert [cfg.beta_at(e) for e in (1, 2, 4, 10)] == [0.5, 1.0, 2.0, 2.0]
+    assert TrainConfig().beta_at(1) == 1.0
+
+
+def test_evaluate_writes_report(tmp_path, trained, dataset_dir):
+    clf_path = tmp_path / "clf.pt"
+    classifier.main(["--out", str(clf_path), "--data-dir", str(dataset_dir), "--epochs", "1"])
+    evaluate.main([str(trained / "final.pt"), "--k", "32", "--fd-samples", "300", "--classifier", str(clf_path),
+                   "--data-dir", str(dataset_dir)])
+    report = json.loads((trained / "report.json").read_text())
+    t = report["test"]
+    assert math.isclose(t["neg_elbo"], t["recon"] + t["kl"], rel_tol=1e-9)
+    assert report["bce_floor"] < t["recon"]  # cross-entropy >= entropy for any decoder
+    assert t["neg_iwae"] <= t["neg_elbo"] + 0.5  # the IWAE bound is at least as tight
+    u = report["latent"]
+    assert 0 <= u["active_units"] <= 8 and len(u["kl_per_dim"]) == 8
+    assert math.isclose(sum(u["kl_per_dim"]), t["kl"], rel_tol=1e-3)
+    assert u["mutual_information"] <= u["mutual_information_bound"] + 1e-6
+    assert report["diagnosis"].split(":")[0] in {"posterior collapse", "weak encoding", "healthy"}
+    assert report["frechet"]["samples_vs_test"] > 0 and report["frechet"]["train_vs_test_floor"] > 0
+    for key in ("samples", "reconstructions", "lerp_vs_slerp", "traversal", "pca"):
+        assert (trained / report["figures"][key]).is_file()
+    assert "negative IWAE bound, k=32" in (trained / "report.md").read_text()
+
+
+def test_bce_floor_is_mean_binary_entropy():
+    x = torch.tensor([0.0, 1.0, 0.5, 0.25]).repeat(196).view(1, 1, 28, 28)
+    per_pixel = [0.0, 0.0, math.log(2), -(0.25 * math.log(0.25) + 0.75 * math.log(0.75))]
+    assert evaluate.bce_floor(x) == pytest.approx(196 * sum(per_pixel), rel=1e-6)
+
+
+def test_frechet_distance_closed_form():
+    rng = np.random.default_rng(0)
+    a = rng.normal(size=(5000, 3))
+    assert evaluate.frechet_distance(a, a) == pytest.approx(0.0, abs=1e-6)
+    # Same covariance, mean shifted by (1, 2, 2): distance is the squared shift, 9.
+    assert evaluate.frechet_distance(a, a + np.array([1.0, 2.0, 2.0])) == pytest.approx(9.0, rel=1e-6)
+    # N(0, I) vs N(0, 4I) in 3-d: tr(I + 4I - 2 * 2I) = 3.
+    assert evaluate.frechet_distance(a, 2 * a) == pytest.approx(3.0, rel=1e-2)
+
+
+def test_diagnosis_categories():
+    base = {"kl_per_dim": [0.0] * 64, "mutual_information_bound": math.log(10000), "aggregate_posterior_kl": 1.0}
+    assert evaluate.diagnose({**base, "active_units": 0, "kl_total": 0.1, "mutual_information": 0.0}) \
+        .startswith("posterior collapse")
+    assert evaluate.diagnose({**base, "active_units": 5, "kl_total": 10.0, "mutual_information": 8.0}) \
+        .startswith("weak encoding")
+    assert evaluate.diagnose({**base, "active_units": 30, "kl_total": 25.0, "mutual_information": 9.0}) \
+        .startswith("healthy")
+
+
+def test_cli_errors_name_the_problem(tmp_path, dataset_dir, trained):
+    r = cli("training.train", "--data-dir", str(tmp_path / "nowhere"), "--epochs", "1")
+    assert r.returncode == 1 and str(tmp_path / "nowhere") in r.stderr
+    r = cli("training.train", "--epochs", "0")
+    assert r.returncode == 2 and "--epochs" in r.stderr and "must be >= 1" in r.stderr
+    not_ckpt = tmp_path / "notes.txt"
+    not_ckpt.write_text("hello")
+    r = cli("training.train", "--resume", str(not_ckpt))
+    assert r.returncode == 1 and f"{not_ckpt}: not a readable PyTorch checkpoint" in r.stderr
+    r = cli("training.train", "--resume", str(trained / "final.pt"), "--lr", "0.1", "--epochs", "5")
+    assert r.returncode == 1 and "--lr cannot change on --resume" in r.stderr
+    r = cli("training.train", "--resume", str(trained / "final.pt"))
+    assert r.returncode == 1 and "already at epoch 2" in r.stderr
+    r = cli("training.evaluate", str(tmp_path / "missing.pt"))
+    assert r.returncode == 1 and f"{tmp_path / 'missing.pt'}: checkpoint file not found" in r.stderr
+    truncated = tmp_path / "truncated.pt"
+    truncated.write_bytes((trained / "final.pt").read_bytes()[:4000])
+    r = cli("training.evaluate", str(truncated))
+    assert r.returncode == 1 and f"{truncated}: not a readable PyTorch checkpoint" in r.stderr
+    r = cli("training.evaluate", str(trained / "final.pt"), "--k", "0")
+    assert r.returncode == 2 and "--k must be >= 1" in r.stderr
+    torch.save({"format": "something-else"}, tmp_path / "other.pt")
+    r = cli("training.evaluate", str(tmp_path / "other.pt"))
+    assert r.returncode == 1 and "not an fmvae checkpoint" in r.stderr

@@ -1,0 +1,1 @@
+"""Training stage: Fashion-MNIST data, the VAE definition, the training loop and evaluation."""

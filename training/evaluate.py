@@ -1,0 +1,280 @@
+"""Evaluate a checkpoint: ``python -m training.evaluate CHECKPOINT [--k 1000]``.
+
+Writes ``report.json``, ``report.md`` and ``eval_*.png`` next to the checkpoint: test negative ELBO and
+IWAE bound against the continuous-BCE floor, latent-usage diagnostics, a Frechet distance in the project
+classifier's feature space, and figures.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+from pathlib import Path
+
+import matplotlib.pyplot as plt
+import numpy as np
+import torch
+from torch import Tensor
+from tqdm import tqdm
+
+from training import checkpoint, classifier, data
+from training.figures import save_figure, save_grid
+from training.latent import interpolate
+from training.model import VAE
+
+LOG_2PI = math.log(2 * math.pi)
+ACTIVE_THRESHOLD = 0.01
+
+
+def progress(iterable, desc: str, unit: str, total: int | None = None):  # noqa: ANN001, ANN201
+    """A tqdm bar on stderr (hidden when stderr is not a terminal)."""
+    return tqdm(iterable, desc=desc, unit=unit, total=total, leave=False, file=sys.stderr, disable=None)
+
+
+def bce_floor(x: Tensor) -> float:
+    """Mean over images of the summed binary entropy of each pixel: the lowest BCE any decoder can reach."""
+    entropy = -(torch.special.xlogy(x, x) + torch.special.xlogy(1 - x, 1 - x))
+    return entropy.flatten(1).sum(1).double().mean().item()
+
+
+def gaussian_log_density(z: Tensor, mu: Tensor, logvar: Tensor) -> Tensor:
+    """log N(z; mu, diag(exp(logvar))) summed over the last dimension."""
+    return -0.5 * (LOG_2PI + logvar + (z - mu).pow(2) / logvar.exp()).sum(-1)
+
+
+@torch.no_grad()
+def elbo_and_iwae(model: VAE, x: Tensor, k: int, decode_batch: int = 4096, seed: int = 0) -> dict:
+    """Negative ELBO terms (recon averaged over k posterior samples, analytic KL) and the k-sample IWAE bound."""
+    gen = torch.Generator().manual_seed(seed)
+    images_per_step = max(1, decode_batch // k)
+    recon_sum = kl_sum = iwae_sum = 0.0
+    for i in progress(range(0, len(x), images_per_step), f"IWAE k={k}", "step"):
+        xb = x[i:i + images_per_step]
+        mu, logvar = model.encode(xb)
+        kl_sum += (-0.5 * (1 + logvar - mu.pow(2) - logvar.exp()).sum(1)).double().sum().item()
+        eps = torch.randn(len(xb), k, mu.shape[1], generator=gen)
+        z = mu.unsqueeze(1) + eps * torch.exp(0.5 * logvar).unsqueeze(1)  # (b, k, D)
+        logits = model.decode(z.flatten(0, 1)).view(len(xb), k, -1)
+        target = xb.flatten(1).unsqueeze(1).expand_as(logits)
+        log_px = -torch.nn.functional.binary_cross_entropy_with_logits(logits, target, reduction="none").sum(-1)
+        log_w = log_px + gaussian_log_density(z, torch.zeros_like(z), torch.zeros_like(z)) \
+            - gaussian_log_density(z, mu.unsqueeze(1), logvar.unsqueeze(1))
+        recon_sum += (-log_px.double().mean(1)).sum().item()
+        iwae_sum += (torch.logsumexp(log_w.double(), dim=1) - math.log(k)).sum().item()
+    n = len(x)
+    return {"neg_elbo": (recon_sum + kl_sum) / n, "recon": recon_sum / n, "kl": kl_sum / n,
+            "neg_iwae": -iwae_sum / n, "iwae_k": k}
+
+
+@torch.no_grad()
+def latent_usage(mu: Tensor, logvar: Tensor, seed: int = 0, chunk: int = 500) -> dict:
+    """Active units, per-dimension KL, aggregate-posterior KL(q(z) || p(z)) and mutual information I(x; z).
+
+    q(z) is the mixture of the N test posteriors; one z is drawn from each and log q(z) is estimated
+    over all N components, so I(x; z) = E KL(q(z|x) || p) - KL(q(z) || p) is bounded by log N.
+    """
+    n = len(mu)
+    variance = mu.var(0)
+    kl_per_dim = (-0.5 * (1 + logvar - mu.pow(2) - logvar.exp())).mean(0)
+    gen = torch.Generator().manual_seed(seed)
+    z = mu + torch.randn(mu.shape, generator=gen) * torch.exp(0.5 * logvar)
+    inv_var = torch.exp(-logvar).double()
+    # log q(z_m | x_n) expanded so that the N x N table comes from two matrix products.
+    const = (-0.5 * (LOG_2PI * mu.shape[1] + logvar.sum(1) + (mu.pow(2) * torch.exp(-logvar)).sum(1))).double()
+    log_qz = []
+    for i in progress(range(0, n, chunk), "aggregate posterior", "chunk"):
+        zc = z[i:i + chunk].double()
+        table = const - 0.5 * (zc.pow(2) @ inv_var.T) + zc @ (mu.double() * inv_var).T
+        log_qz.append(torch.logsumexp(table, dim=1) - math.log(n))
+    log_pz = gaussian_log_density(z, torch.zeros_like(z), torch.zeros_like(z)).double()
+    aggregate_kl = (torch.cat(log_qz) - log_pz).mean().item()
+    kl_total = kl_per_dim.sum().item()
+    return {
+        "active_units": int((variance > ACTIVE_THRESHOLD).sum()),
+        "active_threshold": ACTIVE_THRESHOLD,
+        "posterior_mean_variance": [round(v, 5) for v in variance.tolist()],
+        "kl_per_dim": [round(v, 5) for v in kl_per_dim.tolist()],
+        "kl_total": kl_total,
+        "aggregate_posterior_kl": aggregate_kl,
+        "mutual_information": kl_total - aggregate_kl,
+        "mutual_information_bound": math.log(n),
+    }
+
+
+def diagnose(usage: dict) -> str:
+    """A plain-language verdict on how the latent space is used."""
+    active, latent = usage["active_units"], len(usage["kl_per_dim"])
+    mi, bound = usage["mutual_information"], usage["mutual_information_bound"]
+    if active == 0 or usage["kl_total"] < 1.0:
+        return (f"posterior collapse: the encoder carries almost no information (KL {usage['kl_total']:.2f} nats, "
+                f"{active} active units); the decoder ignores z.")
+    if active < 16 or mi < 0.5 * bound:
+        return (f"weak encoding: {active}/{latent} active units and I(x;z) = {mi:.2f} of at most {bound:.2f} nats; "
+                "try KL warm-up or a lower beta.")
+    return (f"healthy: {active}/{latent} active units, I(x;z) = {mi:.2f} nats (at most {bound:.2f} with this "
+            f"test set); the aggregate posterior is {usage['aggregate_posterior_kl']:.2f} nats from the prior, "
+            "the gap that separates prior samples from reconstructions.")
+
+
+def frechet_distance(a: np.ndarray, b: np.ndarray) -> float:
+    """Frechet distance between Gaussians fitted to feature sets a and b (rows are samples)."""
+    mu_a, mu_b = a.mean(0), b.mean(0)
+    cov_a, cov_b = np.cov(a, rowvar=False), np.cov(b, rowvar=False)
+    w, v = np.linalg.eigh(cov_a)
+    root_a = (v * np.sqrt(np.clip(w, 0, None))) @ v.T
+    trace_sqrt = np.sqrt(np.clip(np.linalg.eigvalsh(root_a @ cov_b @ root_a), 0, None)).sum()
+    return float(((mu_a - mu_b) ** 2).sum() + np.trace(cov_a) + np.trace(cov_b) - 2 * trace_sqrt)
+
+
+@torch.no_grad()
+def frechet(model: VAE, clf: classifier.Classifier, fmnist: data.FashionMNIST, n: int = 10000, seed: int = 0
+            ) -> dict:
+    """FD(prior samples, test set) with FD(train subset, test set) as the floor, in classifier features."""
+    gen = torch.Generator().manual_seed(seed)
+    x_test = fmnist.test.tensor()
+    samples = torch.cat([model.sample(min(1000, n - i), generator=gen)
+                         for i in progress(range(0, n, 1000), "prior samples", "batch")])
+    train_idx = torch.randperm(len(fmnist.train.images), generator=gen)[:n]
+    test_features = clf.embed(x_test).numpy().astype(np.float64)
+    return {
+        "samples_vs_test": frechet_distance(clf.embed(samples).numpy().astype(np.float64), test_features),
+        "train_vs_test_floor": frechet_distance(clf.embed(fmnist.train.tensor()[train_idx]).numpy().astype(np.float64),
+                                                test_features),
+        "n_samples": n,
+    }
+
+
+@torch.no_grad()
+def figures(model: VAE, fmnist: data.FashionMNIST, mu: Tensor, usage: dict, out: Path) -> dict[str, str]:
+    """Write the evaluation PNGs; returns {figure: file name}."""
+    x_test = fmnist.test.tensor()
+    files = {"samples": "eval_samples.png", "reconstructions": "eval_reconstructions.png",
+             "lerp_vs_slerp": "eval_lerp_vs_slerp.png", "traversal": "eval_traversal.png", "pca": "eval_pca.png"}
+    save_grid(model.sample(64, generator=torch.Generator().manual_seed(0)), 8, out / files["samples"])
+    originals = x_test[:32]
+    recon = torch.sigmoid(model.decode(mu[:32]))
+    save_grid(torch.cat([torch.stack([originals[i:i + 8], recon[i:i + 8]]) for i in range(0, 32, 8)]).flatten(0, 1),
+              8, out / files["reconstructions"])
+    rows = [interpolate(mu[a], mu[b], 12, method) for a, b in ((0, 1), (2, 3), (4, 5), (6, 7))
+            for method in ("lerp", "slerp")]
+    save_grid(torch.sigmoid(model.decode(torch.cat(rows))), 8, out / files["lerp_vs_slerp"])
+    dims = np.argsort(usage["posterior_mean_variance"])[::-1][:8].tolist()
+    values = torch.linspace(-3, 3, 11)
+    z = torch.zeros(len(dims), len(values), model.latent_dim)
+    for row, d in enumerate(dims):
+        z[row, :, d] = values
+    save_grid(torch.sigmoid(model.decode(z.flatten(0, 1))), len(dims), out / files["traversal"])
+    centred = mu - mu.mean(0)
+    _, _, v = torch.linalg.svd(centred, full_matrices=False)
+    xy = (centred @ v[:2].T).numpy()
+    fig, ax = plt.subplots(figsize=(7, 6))
+    labels = fmnist.test.labels
+    for c, name in enumerate(data.CLASS_NAMES):
+        ax.scatter(xy[labels == c, 0], xy[labels == c, 1], s=2, alpha=0.5, label=name)
+    ax.set_title("test posterior means, first two principal components")
+    ax.legend(markerscale=5, fontsize=8, loc="best")
+    save_figure(fig, out / files["pca"])
+    return files | {"traversal_dims": dims}
+
+
+def markdown(report: dict) -> str:
+    """``report.md``: the headline numbers and figures for people."""
+    e, u, f = report["test"], report["latent"], report["frechet"]
+    lines = [
+        f"# Evaluation of `{report['checkpoint']}`",
+        "",
+        f"Epoch {report['epoch']}, latent {report['latent_dim']}, channels {report['channels']}.",
+        "",
+        "| metric (test set, nats/image) | value |",
+        "| --- | --- |",
+        f"| negative ELBO | {e['neg_elbo']:.2f} |",
+        f"| reconstruction (BCE) | {e['recon']:.2f} |",
+        f"| KL | {e['kl']:.2f} |",
+        f"| negative IWAE bound, k={e['iwae_k']} | {e['neg_iwae']:.2f} |",
+        f"| continuous-BCE floor | {report['bce_floor']:.2f} |",
+        f"| negative ELBO above the floor | {e['neg_elbo'] - report['bce_floor']:.2f} |",
+        "",
+        "| latent usage | value |",
+        "| --- | --- |",
+        f"| active units (Var[mu] > {u['active_threshold']}) | {u['active_units']} / {report['latent_dim']} |",
+        f"| mutual information I(x;z) | {u['mutual_information']:.2f} nats "
+        f"(bound {u['mutual_information_bound']:.2f}) |",
+        f"| aggregate posterior KL(q(z) ‖ p(z)) | {u['aggregate_posterior_kl']:.2f} nats |",
+        "",
+        f"Diagnosis: {report['diagnosis']}",
+        "",
+        f"Frechet distance in the project classifier's features (test accuracy {report['classifier_accuracy']:.4f}):"
+        f" {f['samples_vs_test']:.2f} for {f['n_samples']} prior samples vs the test set; floor (train vs test)"
+        f" {f['train_vs_test_floor']:.2f}.",
+        "",
+    ]
+    captions = {"samples": "Prior samples", "reconstructions": "Test images (odd rows) and reconstructions (even rows)",
+                "lerp_vs_slerp": "Lerp (odd rows) vs slerp (even rows) between test posterior means",
+                "traversal": f"Traversal of the most active dimensions {report['figures']['traversal_dims']}, -3..3",
+                "pca": "PCA of test posterior means"}
+    for key, caption in captions.items():
+        lines += [f"## {caption}", "", f"![{caption}]({report['figures'][key]})", ""]
+    return "\n".join(lines)
+
+
+def evaluate(ckpt_path: Path, k: int = 1000, data_dir: str | None = None,
+             classifier_path: Path = classifier.DEFAULT_PATH, fd_samples: int = 10000) -> dict:
+    """Compute every metric and write report.json, report.md and the figures next to the checkpoint."""
+    model, state = checkpoint.load_model(ckpt_path)
+    clf, clf_state = classifier.load(classifier_path)
+    fmnist = data.load(data_dir)
+    x_test = fmnist.test.tensor()
+    out = ckpt_path.parent
+    with torch.no_grad():
+        mu, logvar = model.encode(x_test)
+    usage = latent_usage(mu, logvar)
+    report = {
+        "checkpoint": ckpt_path.name,
+        "checkpoint_sha256": checkpoint.file_sha256(ckpt_path),
+        "epoch": state.get("epoch"),
+        "latent_dim": model.latent_dim,
+        "channels": list(model.cfg.channels),
+        "data_sha256": fmnist.sha256,
+        "test": elbo_and_iwae(model, x_test, k),
+        "bce_floor": bce_floor(x_test),
+        "latent": usage,
+        "diagnosis": diagnose(usage),
+        "frechet": frechet(model, clf, fmnist, fd_samples),
+        "classifier_accuracy": clf_state["test_accuracy"],
+        "figures": figures(model, fmnist, mu, usage, out),
+    }
+    checkpoint.atomic_write(out / "report.json", lambda tmp: tmp.write_text(json.dumps(report, indent=2) + "\n"))
+    checkpoint.atomic_write(out / "report.md", lambda tmp: tmp.write_text(markdown(report)))
+    return report
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(prog="python -m training.evaluate", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("checkpoint", type=Path)
+    p.add_argument("--k", type=int, default=1000, help="importance samples for the IWAE bound (default 1000)")
+    p.add_argument("--data-dir", default=None, help="folder with the four IDX .gz files")
+    p.add_argument("--classifier", type=Path, default=classifier.DEFAULT_PATH,
+                   help=f"feature network for the Frechet distance (default {classifier.DEFAULT_PATH})")
+    p.add_argument("--fd-samples", type=int, default=10000, help="prior samples for the Frechet distance")
+    args = p.parse_args(argv)
+    if args.k < 1 or args.fd_samples < 2:
+        p.error("--k must be >= 1 and --fd-samples >= 2")
+    torch.set_grad_enabled(False)
+    try:
+        report = evaluate(args.checkpoint, args.k, args.data_dir, args.classifier, args.fd_samples)
+    except (checkpoint.CheckpointError, data.DataError) as e:
+        raise SystemExit(f"error: {e}") from None
+    e = report["test"]
+    print(f"test -ELBO {e['neg_elbo']:.2f} (recon {e['recon']:.2f} + KL {e['kl']:.2f}), "
+          f"-IWAE(k={e['iwae_k']}) {e['neg_iwae']:.2f}, BCE floor {report['bce_floor']:.2f} nats/image")
+    print(f"active units {report['latent']['active_units']}/{report['latent_dim']}; {report['diagnosis']}")
+    print(f"Frechet distance {report['frechet']['samples_vs_test']:.2f} "
+          f"(floor {report['frechet']['train_vs_test_floor']:.2f})")
+    print(f"wrote {args.checkpoint.parent / 'report.md'}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,53 @@
+"""PNG figures: image grids (Pillow) and training curves (matplotlib, headless)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+from PIL import Image  # noqa: E402
+
+from training.checkpoint import atomic_write  # noqa: E402
+
+
+def grid(images: torch.Tensor, rows: int, pad: int = 2, scale: int = 2) -> np.ndarray:
+    """Tile images (N, 1, H, W) in [0, 1] into a uint8 array, ``rows`` rows, row-major, upscaled by ``scale``."""
+    n, _, h, w = images.shape
+    cols = -(-n // rows)
+    canvas = np.full((rows * (h + pad) + pad, cols * (w + pad) + pad), 255, dtype=np.uint8)
+    pixels = (images.detach().cpu().clamp(0, 1).numpy()[:, 0] * 255).round().astype(np.uint8)
+    for i, img in enumerate(pixels):
+        r, c = divmod(i, cols)
+        canvas[pad + r * (h + pad):pad + r * (h + pad) + h, pad + c * (w + pad):pad + c * (w + pad) + w] = img
+    return np.kron(canvas, np.ones((scale, scale), dtype=np.uint8))
+
+
+def save_grid(images: torch.Tensor, rows: int, path: Path) -> None:
+    """Write ``grid(images, rows)`` as a grayscale PNG, atomically."""
+    atomic_write(path, lambda tmp: Image.fromarray(grid(images, rows), mode="L").save(tmp, format="PNG"))
+
+
+def save_figure(fig: plt.Figure, path: Path) -> None:
+    """Write a matplotlib figure as PNG, atomically, and close it."""
+    atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight"))
+    plt.close(fig)
+
+
+def plot_curves(history: list[dict], path: Path) -> None:
+    """Train and test total / reconstruction / KL per epoch, one panel each."""
+    epochs = [h["epoch"] for h in history]
+    fig, axes = plt.subplots(1, 3, figsize=(13, 3.6))
+    for ax, term in zip(axes, ("total", "recon", "kl"), strict=True):
+        ax.plot(epochs, [h[f"train_{term}"] for h in history], label="train")
+        ax.plot(epochs, [h[f"test_{term}"] for h in history], label="test")
+        ax.set_title({"total": "negative ELBO", "recon": "reconstruction (BCE)", "kl": "KL"}[term])
+        ax.set_xlabel("epoch")
+        ax.set_ylabel("nats / image")
+        ax.grid(alpha=0.3)
+        ax.legend()
+    save_figure(fig, path)

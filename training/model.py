@@ -1,0 +1,120 @@
+"""The convolutional VAE: one definition imported by training, evaluation, export and the handlers.
+
+Decoder layers are chosen for quantization. PyTorch dynamic quantization covers ``nn.Linear`` only;
+ONNX Runtime quantizes ``Conv`` and ``MatMul``/``Gemm`` but not ``ConvTranspose``. So the decoder is a
+Linear projection followed by plain 3x3 convolutions with nearest-neighbour 2x upsampling between
+them (no transposed convolutions): every weight-carrying layer of the decoder is quantizable by
+ONNX Runtime, and its Linear layer by PyTorch as well.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+IMAGE_SHAPE = (1, 28, 28)
+
+
+@dataclass(frozen=True)
+class VAEConfig:
+    """Architecture hyper-parameters; stored in every checkpoint so a model can be rebuilt from it."""
+
+    latent_dim: int = 64
+    channels: tuple[int, int, int] = (32, 64, 128)
+
+    def to_dict(self) -> dict:
+        """Plain-JSON form, as saved in checkpoints and manifests."""
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> VAEConfig:
+        """Inverse of ``to_dict``."""
+        return cls(latent_dim=int(d["latent_dim"]), channels=tuple(int(c) for c in d["channels"]))
+
+
+class Encoder(nn.Module):
+    """Three stride-2 3x3 convolutions (28 -> 14 -> 7 -> 4), then a Linear layer to (mu, logvar)."""
+
+    def __init__(self, cfg: VAEConfig) -> None:
+        super().__init__()
+        c1, c2, c3 = cfg.channels
+        self.conv = nn.Sequential(
+            nn.Conv2d(1, c1, 3, stride=2, padding=1), nn.ReLU(),
+            nn.Conv2d(c1, c2, 3, stride=2, padding=1), nn.ReLU(),
+            nn.Conv2d(c2, c3, 3, stride=2, padding=1), nn.ReLU(),
+            nn.Flatten(),
+        )
+        self.fc = nn.Linear(c3 * 4 * 4, 2 * cfg.latent_dim)
+
+    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        mu, logvar = self.fc(self.conv(x)).chunk(2, dim=1)
+        return mu, logvar
+
+
+class Decoder(nn.Module):
+    """Linear to 7x7 features, then three 3x3 convolutions (7 -> up -> 14 -> up -> 28); returns logits."""
+
+    def __init__(self, cfg: VAEConfig) -> None:
+        super().__init__()
+        c1, c2, c3 = cfg.channels
+        self.c3 = c3
+        self.fc = nn.Linear(cfg.latent_dim, c3 * 7 * 7)
+        self.conv = nn.Sequential(
+            nn.ReLU(),
+            nn.Conv2d(c3, c2, 3, padding=1), nn.ReLU(), nn.Upsample(scale_factor=2, mode="nearest"),
+            nn.Conv2d(c2, c1, 3, padding=1), nn.ReLU(), nn.Upsample(scale_factor=2, mode="nearest"),
+            nn.Conv2d(c1, 1, 3, padding=1),
+        )
+
+    def forward(self, z: Tensor) -> Tensor:
+        return self.conv(self.fc(z).view(-1, self.c3, 7, 7))
+
+
+class VAE(nn.Module):
+    """Gaussian encoder q(z|x), standard normal prior p(z), Bernoulli decoder p(x|z) on [0, 1] pixels."""
+
+    def __init__(self, cfg: VAEConfig | None = None) -> None:
+        super().__init__()
+        self.cfg = cfg or VAEConfig()
+        self.encoder = Encoder(self.cfg)
+        self.decoder = Decoder(self.cfg)
+
+    @property
+    def latent_dim(self) -> int:
+        return self.cfg.latent_dim
+
+    def encode(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """Posterior parameters (mu, logvar), each (N, latent_dim), for images (N, 1, 28, 28) in [0, 1]."""
+        return self.encoder(x)
+
+    def decode(self, z: Tensor) -> Tensor:
+        """Bernoulli logits (N, 1, 28, 28) for latents (N, latent_dim); ``sigmoid`` gives the mean image."""
+        return self.decoder(z)
+
+    @staticmethod
+    def reparameterize(mu: Tensor, logvar: Tensor) -> Tensor:
+        """z = mu + sigma * eps, differentiable in mu and logvar."""
+        return mu + torch.randn_like(mu) * torch.exp(0.5 * logvar)
+
+    def forward(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """Encode, sample z, decode: returns (logits, mu, logvar)."""
+        mu, logvar = self.encode(x)
+        return self.decode(self.reparameterize(mu, logvar)), mu, logvar
+
+    @torch.no_grad()
+    def sample(self, n: int, temperature: float = 1.0, generator: torch.Generator | None = None) -> Tensor:
+        """Mean images (n, 1, 28, 28) in [0, 1] decoded from z ~ N(0, temperature^2 I)."""
+        device = next(self.parameters()).device
+        z = torch.randn(n, self.latent_dim, generator=generator, device=device) * temperature
+        return torch.sigmoid(self.decode(z))
+
+    @staticmethod
+    def loss(x: Tensor, logits: Tensor, mu: Tensor, logvar: Tensor, beta: float = 1.0
+             ) -> tuple[Tensor, Tensor, Tensor]:
+        """Per-image (total, recon, kl) in nats: -ELBO = BCE summed over pixels + beta * KL(q(z|x) || N(0, I))."""
+        recon = F.binary_cross_entropy_with_logits(logits, x, reduction="none").flatten(1).sum(1)
+        kl = -0.5 * (1 + logvar - mu.pow(2) - logvar.exp()).sum(1)
+        return recon + beta * kl, recon, kl

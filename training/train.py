@@ -1,0 +1,220 @@
+"""Train the Fashion-MNIST VAE: ``python -m training.train [--out runs/train] [--resume CKPT]``.
+
+Writes into the run folder: ``history.csv`` and ``curves.png`` (every epoch), ``epoch_NNN.pt`` and grids
+``grids/epoch_NNN_{recon,samples,interp}.png`` every ``--checkpoint-every`` epochs, and ``final.pt``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import sys
+import time
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+from training import checkpoint, data
+from training.config import TrainConfig
+from training.figures import plot_curves, save_grid
+from training.latent import interpolate
+from training.model import VAE, VAEConfig
+
+HISTORY_FIELDS = ("epoch", "beta", "train_total", "train_recon", "train_kl",
+                  "test_total", "test_recon", "test_kl", "seconds")
+# Hyper-parameter flags: (argparse dest, TrainConfig field). They may not change on --resume, except epochs.
+HYPER_FLAGS = ("batch_size", "lr", "beta", "kl_warmup_epochs", "seed", "subset", "checkpoint_every")
+
+
+def pick_device(name: str) -> torch.device:
+    """``auto`` is CUDA when available, else CPU."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise SystemExit(f"error: --device {name}: CUDA is not available on this machine")
+    return torch.device(name)
+
+
+def epoch_order(cfg: TrainConfig, epoch: int, n: int) -> torch.Tensor:
+    """The shuffling of epoch ``epoch``: a function of (seed, epoch) only, so resumed runs see the same batches."""
+    return torch.randperm(n, generator=torch.Generator().manual_seed(cfg.seed * 100_003 + epoch))
+
+
+@torch.no_grad()
+def evaluate_elbo(model: VAE, x: torch.Tensor, beta: float, device: torch.device, batch: int = 1000
+                  ) -> tuple[float, float, float]:
+    """Mean (total, recon, kl) per image over ``x``, one posterior sample per image."""
+    model.eval()
+    sums = torch.zeros(3, dtype=torch.float64)
+    for i in range(0, len(x), batch):
+        xb = x[i:i + batch].to(device, memory_format=torch.channels_last)
+        terms = model.loss(xb, *model(xb), beta=beta)
+        sums += torch.stack([t.sum().double().cpu() for t in terms])
+    total, recon, kl = (sums / len(x)).tolist()
+    return total, recon, kl
+
+
+def train_epoch(model: VAE, opt: torch.optim.Optimizer, x: torch.Tensor, cfg: TrainConfig, epoch: int,
+                device: torch.device) -> tuple[float, float, float]:
+    """One pass over ``x`` in the epoch's fixed order; returns mean (total, recon, kl) per image."""
+    model.train()
+    beta = cfg.beta_at(epoch)
+    order = epoch_order(cfg, epoch, len(x))
+    sums = torch.zeros(3, dtype=torch.float64)
+    bar = tqdm(range(0, len(x), cfg.batch_size), desc=f"epoch {epoch}/{cfg.epochs}", unit="batch",
+               leave=False, file=sys.stderr, disable=None)
+    for i in bar:
+        xb = x[order[i:i + cfg.batch_size]].to(device, memory_format=torch.channels_last)
+        total, recon, kl = model.loss(xb, *model(xb), beta=beta)
+        opt.zero_grad(set_to_none=True)
+        total.mean().backward()
+        opt.step()
+        sums += torch.stack([total.detach().sum(), recon.detach().sum(), kl.detach().sum()]).double().cpu()
+        bar.set_postfix(loss=f"{total.mean().item():.1f}")
+    total, recon, kl = (sums / len(x)).tolist()
+    return total, recon, kl
+
+
+@torch.no_grad()
+def save_grids(model: VAE, x_test: torch.Tensor, out: Path, epoch: int, device: torch.device) -> None:
+    """Reconstructions of 32 test images, 64 samples from fixed latents, 8 slerp rows of 10 steps."""
+    model.eval()
+    prefix = out / "grids" / f"epoch_{epoch:03d}"
+    originals = x_test[:32].to(device)
+    recon = torch.sigmoid(model.decode(model.encode(originals)[0]))
+    pairs = torch.cat([torch.stack([originals[i:i + 8], recon[i:i + 8]]) for i in range(0, 32, 8)]).flatten(0, 1)
+    save_grid(pairs, rows=8, path=prefix.with_name(prefix.name + "_recon.png"))
+    z = torch.randn(64, model.latent_dim, generator=torch.Generator().manual_seed(1234)).to(device)
+    save_grid(torch.sigmoid(model.decode(z)), rows=8, path=prefix.with_name(prefix.name + "_samples.png"))
+    mu = model.encode(x_test[32:48].to(device))[0]
+    path = torch.cat([interpolate(mu[2 * k], mu[2 * k + 1], 10, "slerp") for k in range(8)])
+    save_grid(torch.sigmoid(model.decode(path)), rows=8, path=prefix.with_name(prefix.name + "_interp.png"))
+
+
+def write_history(history: list[dict], out: Path) -> None:
+    """``history.csv`` and ``curves.png``, rewritten atomically each epoch."""
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=HISTORY_FIELDS, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(history)
+    checkpoint.atomic_write(out / "history.csv", lambda tmp: tmp.write_text(buf.getvalue()))
+    plot_curves(history, out / "curves.png")
+
+
+def run(cfg: TrainConfig, out: Path, device: torch.device, data_dir: str | None = None,
+        resume: dict | None = None) -> Path:
+    """Train to ``cfg.epochs`` (continuing ``resume`` if given); returns the path of ``final.pt``."""
+    fmnist = data.load(data_dir)
+    x_train, x_test = fmnist.train.tensor(), fmnist.test.tensor()
+    if cfg.subset is not None:
+        x_train = x_train[:cfg.subset]
+    torch.manual_seed(cfg.seed)
+    model = VAE(cfg.model).to(device, memory_format=torch.channels_last)
+    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
+    history: list[dict] = []
+    start = 1
+    if resume is not None:
+        if resume["data_sha256"] != fmnist.sha256:
+            raise SystemExit("error: --resume: the checkpoint was trained on different data files "
+                             f"than those in {fmnist.source}")
+        model.load_state_dict(resume["model"])
+        opt.load_state_dict(resume["optimizer"])
+        torch.set_rng_state(resume["rng_state"])
+        history = resume["history"]
+        start = resume["epoch"] + 1
+    out.mkdir(parents=True, exist_ok=True)
+    print(f"training on {len(x_train)} images from {fmnist.source} on {device}, "
+          f"epochs {start}..{cfg.epochs}, writing to {out}", file=sys.stderr)
+    final = out / "final.pt"
+    for epoch in range(start, cfg.epochs + 1):
+        t0 = time.perf_counter()
+        train_terms = train_epoch(model, opt, x_train, cfg, epoch, device)
+        test_terms = evaluate_elbo(model, x_test, cfg.beta_at(epoch), device)
+        row = {"epoch": epoch, "beta": cfg.beta_at(epoch),
+               **{f"train_{k}": round(v, 4) for k, v in zip(("total", "recon", "kl"), train_terms, strict=True)},
+               **{f"test_{k}": round(v, 4) for k, v in zip(("total", "recon", "kl"), test_terms, strict=True)},
+               "seconds": round(time.perf_counter() - t0, 2)}
+        history.append(row)
+        write_history(history, out)
+        tqdm.write(f"epoch {epoch:3d}  train {train_terms[0]:.2f} (recon {train_terms[1]:.2f}, kl {train_terms[2]:.2f})"
+                   f"  test {test_terms[0]:.2f} (recon {test_terms[1]:.2f}, kl {test_terms[2]:.2f})"
+                   f"  {row['seconds']:.0f}s", file=sys.stderr)
+        periodic = epoch % cfg.checkpoint_every == 0
+        if periodic or epoch == cfg.epochs:
+            state = {"model_config": cfg.model.to_dict(), "train_config": cfg.to_dict(),
+                     "model": {k: v.cpu() for k, v in model.state_dict().items()},
+                     "optimizer": opt.state_dict(), "epoch": epoch, "rng_state": torch.get_rng_state(),
+                     "data_sha256": fmnist.sha256, "history": history}
+            if periodic:
+                checkpoint.save(out / f"epoch_{epoch:03d}.pt", state)
+                save_grids(model, x_test, out, epoch, device)
+            if epoch == cfg.epochs:
+                checkpoint.save(final, state)
+    return final
+
+
+def positive_int(text: str) -> int:
+    """argparse type: an integer >= 1."""
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    d = TrainConfig()
+    p = argparse.ArgumentParser(prog="python -m training.train", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--out", type=Path, default=None, help="run folder (default: runs/train, or the --resume folder)")
+    p.add_argument("--resume", type=Path, default=None, help="continue exactly from this checkpoint")
+    p.add_argument("--data-dir", default=None, help="folder with the four IDX .gz files")
+    p.add_argument("--device", default="auto", help="auto (CUDA if available), cpu, cuda, cuda:N")
+    p.add_argument("--epochs", type=positive_int, default=None, help=f"total epochs (default {d.epochs})")
+    p.add_argument("--batch-size", type=positive_int, default=None, help=f"default {d.batch_size}")
+    p.add_argument("--lr", type=float, default=None, help=f"Adam learning rate (default {d.lr})")
+    p.add_argument("--beta", type=float, default=None, help=f"KL weight (default {d.beta})")
+    p.add_argument("--kl-warmup-epochs", type=int, default=None, help="linear KL warm-up length (default off)")
+    p.add_argument("--seed", type=int, default=None, help=f"default {d.seed}")
+    p.add_argument("--subset", type=positive_int, default=None, help="train on the first N images only")
+    p.add_argument("--checkpoint-every", type=positive_int, default=None, help=f"default {d.checkpoint_every}")
+    p.add_argument("--latent-dim", type=positive_int, default=None, help=f"default {d.model.latent_dim}")
+    p.add_argument("--channels", type=positive_int, nargs=3, default=None,
+                   help=f"conv widths (default {' '.join(map(str, d.model.channels))})")
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    device = pick_device(args.device)
+    resume = None
+    if args.resume is not None:
+        try:
+            resume = checkpoint.load(args.resume)
+        except checkpoint.CheckpointError as e:
+            raise SystemExit(f"error: --resume: {e}") from None
+        fixed = [f"--{k.replace('_', '-')}" for k in (*HYPER_FLAGS, "latent_dim", "channels")
+                 if getattr(args, k) is not None]
+        if fixed:
+            raise SystemExit(f"error: {', '.join(fixed)} cannot change on --resume (the checkpoint fixes them)")
+        cfg = TrainConfig.from_dict(resume["train_config"])
+        cfg.epochs = args.epochs or cfg.epochs
+        if cfg.epochs <= resume["epoch"]:
+            raise SystemExit(f"error: {args.resume} is already at epoch {resume['epoch']}; pass --epochs > that")
+        out = args.out or args.resume.parent
+    else:
+        model_cfg = VAEConfig(latent_dim=args.latent_dim or VAEConfig.latent_dim,
+                              channels=tuple(args.channels) if args.channels else VAEConfig.channels)
+        cfg = TrainConfig(model=model_cfg, **{k: getattr(args, k) for k in (*HYPER_FLAGS, "epochs")
+                                              if getattr(args, k) is not None})
+        out = args.out or Path("runs/train")
+    try:
+        final = run(cfg, out, device, args.data_dir, resume)
+    except data.DataError as e:
+        raise SystemExit(f"error: {e}") from None
+    print(f"wrote {final}")
+
+
+if __name__ == "__main__":
+    main()
