@@ -45,7 +45,7 @@ def gaussian_log_density(z: Tensor, mu: Tensor, logvar: Tensor) -> Tensor:
 
 
 @torch.no_grad()
-def elbo_and_iwae(model: VAE, x: Tensor, k: int, decode_batch: int = 4096, seed: int = 0) -> dict:
+def elbo_and_iwae(model: VAE, x: Tensor, k: int, decode_batch: int = 1000, seed: int = 0) -> dict:
     """Negative ELBO terms (recon averaged over k posterior samples, analytic KL) and the k-sample IWAE bound."""
     gen = torch.Generator().manual_seed(seed)
     images_per_step = max(1, decode_batch // k)
@@ -223,6 +223,7 @@ def evaluate(ckpt_path: Path, k: int = 1000, data_dir: str | None = None,
              classifier_path: Path = classifier.DEFAULT_PATH, fd_samples: int = 10000) -> dict:
     """Compute every metric and write report.json, report.md and the figures next to the checkpoint."""
     model, state = checkpoint.load_model(ckpt_path)
+    model = model.to(memory_format=torch.channels_last)  # about 2x faster convolutions on CPU
     clf, clf_state = classifier.load(classifier_path)
     fmnist = data.load(data_dir)
     x_test = fmnist.test.tensor()
