@@ -10,8 +10,10 @@ CHECKPOINT ?= $(RUN)/final.pt
 RELEASE_RUN ?= runs/release
 TRAIN_ARGS ?=
 EVAL_ARGS ?=
+EXPORT_CHECKPOINT ?= model_store/release/vae.pt
+BENCH_ARGS ?=
 
-.PHONY: help setup train evaluate classifier release test lint clean
+.PHONY: help setup train evaluate classifier release export bench test lint clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-11s %s\n", $$1, $$2}'
@@ -40,6 +42,12 @@ evaluate: setup  ## evaluate CHECKPOINT (default $(RUN)/final.pt): report.md, re
 release: setup  ## train $(RELEASE_RUN) if needed, then publish it to model_store/release with report and model card
 	[ -f $(RELEASE_RUN)/final.pt ] || $(PY) -m training.train --out $(RELEASE_RUN)
 	$(PY) -m training.release $(RELEASE_RUN)/final.pt
+
+export: setup  ## checkpoint -> quantized decoders, parity gate, model_store/*.mar (CHECKPOINT=path to override)
+	$(PY) -m export $(if $(filter command line,$(origin CHECKPOINT)),$(CHECKPOINT),$(EXPORT_CHECKPOINT))
+
+bench: setup  ## decoder speed per artifact vs fp32 eager (writes model_store/export/bench_report.json)
+	$(PY) -m export.bench --out model_store/export/bench_report.json $(BENCH_ARGS)
 
 test: setup  ## the test suite
 	$(PY) -m pytest -q

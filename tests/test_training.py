@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 
-from training import checkpoint, classifier, evaluate, train
+from training import checkpoint, classifier, evaluate, release, train
 from training.config import TrainConfig
 
 SMALL = ["--channels", "8", "16", "32", "--latent-dim", "8", "--batch-size", "64"]
@@ -60,6 +60,30 @@ def test_resume_matches_uninterrupted_run(tmp_path, dataset_dir, trained):
     assert strip == [{k: v for k, v in row.items() if k != "seconds"} for row in resumed["history"]]
 
 
+def test_lr_decay_set_on_resume_matches_fresh_run(tmp_path, dataset_dir, trained):
+    # Epoch 1 is identical with or without a decay that starts after it, so adding the decay on resume
+    # gives exactly the run that had it from the start.
+    run_train(tmp_path / "fresh", dataset_dir, "--epochs", "2", "--lr-decay-start", "1")
+    train.main(["--resume", str(trained / "epoch_001.pt"), "--lr-decay-start", "1", "--out", str(tmp_path / "late"),
+                "--data-dir", str(dataset_dir), "--device", "cpu"])
+    fresh, late = checkpoint.load(tmp_path / "fresh" / "final.pt"), checkpoint.load(tmp_path / "late" / "final.pt")
+    assert late["train_config"]["lr_decay_start"] == 1
+    for name, tensor in fresh["model"].items():
+        assert torch.equal(tensor, late["model"][name]), name
+    assert not torch.equal(fresh["model"]["decoder.fc.weight"], checkpoint.load(trained / "final.pt")["model"][
+        "decoder.fc.weight"])  # and the decay did change epoch 2
+    with pytest.raises(SystemExit, match="would change epochs 1..2"):
+        train.main(["--resume", str(trained / "final.pt"), "--epochs", "3", "--lr-decay-start", "1"])
+
+
+def test_lr_schedule():
+    cfg = TrainConfig(epochs=60, lr=1e-3, lr_decay_start=30)
+    assert cfg.lr_at(1) == cfg.lr_at(30) == 1e-3
+    lrs = [cfg.lr_at(e) for e in range(31, 61)]
+    assert all(a > b for a, b in zip(lrs, lrs[1:], strict=False)) and 0 < lrs[-1] < 1e-5
+    assert TrainConfig().lr_at(60) == 1e-3
+
+
 def test_kl_warmup_schedule():
     cfg = TrainConfig(kl_warmup_epochs=4, beta=2.0)
     assert [cfg.beta_at(e) for e in (1, 2, 4, 10)] == [0.5, 1.0, 2.0, 2.0]
@@ -104,7 +128,8 @@ def test_frechet_distance_closed_form():
 
 
 def test_diagnosis_categories():
-    base = {"kl_per_dim": [0.0] * 64, "mutual_information_bound": math.log(10000), "aggregate_posterior_kl": 1.0}
+    base = {"kl_per_dim": [0.0] * 64, "informative_units": 3, "informative_threshold_nats": 0.1,
+            "mutual_information_bound": math.log(10000), "aggregate_posterior_kl": 1.0}
     assert evaluate.diagnose({**base, "active_units": 0, "kl_total": 0.1, "mutual_information": 0.0}) \
         .startswith("posterior collapse")
     assert evaluate.diagnose({**base, "active_units": 5, "kl_total": 10.0, "mutual_information": 8.0}) \
@@ -137,3 +162,18 @@ def test_cli_errors_name_the_problem(tmp_path, dataset_dir, trained):
     torch.save({"format": "something-else"}, tmp_path / "other.pt")
     r = cli("training.evaluate", str(tmp_path / "other.pt"))
     assert r.returncode == 1 and "not an fmvae checkpoint" in r.stderr
+
+
+def test_release_publishes_small_checkpoint_with_card(tmp_path, trained, dataset_dir):
+    clf_path = tmp_path / "clf.pt"
+    classifier.main(["--out", str(clf_path), "--data-dir", str(dataset_dir), "--epochs", "1"])
+    out = tmp_path / "release"
+    release.main([str(trained / "final.pt"), "--out", str(out), "--k", "4", "--data-dir", str(dataset_dir),
+                  "--classifier", str(clf_path)])
+    state = checkpoint.load(out / "vae.pt")
+    assert "optimizer" not in state and state["epoch"] == 2
+    assert (out / "vae.pt").stat().st_size < (trained / "final.pt").stat().st_size
+    card = (out / "MODEL_CARD.md").read_text()
+    report = json.loads((out / "report.json").read_text())
+    assert f"{report['test']['neg_elbo']:.2f}" in card and report["checkpoint_sha256"] in card
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["clf.pt", "release"]  # no staging folder left

@@ -62,7 +62,8 @@ def load_model(path: str | os.PathLike) -> tuple[VAE, dict]:
     try:
         model.load_state_dict(state["model"])
     except RuntimeError as e:
-        raise CheckpointError(f"{path}: weights do not match the model config ({str(e).splitlines()[0]})") from None
+        detail = " ".join(str(e).split())[:300]
+        raise CheckpointError(f"{path}: weights do not match this code's VAE architecture ({detail})") from None
     return model.eval(), state
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, field
 
 from training.model import VAEConfig
@@ -15,6 +16,7 @@ class TrainConfig:
     epochs: int = 60
     batch_size: int = 128
     lr: float = 1e-3
+    lr_decay_start: int | None = None  # after this epoch, cosine decay of lr to ~0 at the last epoch; None = constant
     beta: float = 1.0
     kl_warmup_epochs: int = 0  # beta rises linearly from 0 over this many epochs; 0 = off
     seed: int = 0
@@ -27,6 +29,13 @@ class TrainConfig:
             return self.beta
         return self.beta * min(1.0, epoch / self.kl_warmup_epochs)
 
+    def lr_at(self, epoch: int) -> float:
+        """Learning rate during 1-based ``epoch``: constant, then (optionally) a per-epoch cosine decay."""
+        if self.lr_decay_start is None or epoch <= self.lr_decay_start:
+            return self.lr
+        progress = (epoch - self.lr_decay_start) / (self.epochs - self.lr_decay_start + 1)
+        return self.lr * 0.5 * (1 + math.cos(math.pi * progress))
+
     def to_dict(self) -> dict:
         """Plain-JSON form, as saved in checkpoints."""
         d = asdict(self)
@@ -36,4 +45,4 @@ class TrainConfig:
     @classmethod
     def from_dict(cls, d: dict) -> TrainConfig:
         """Inverse of ``to_dict``."""
-        return cls(**{**d, "model": VAEConfig.from_dict(d["model"])})
+        return cls(**{"lr_decay_start": None, **d, "model": VAEConfig.from_dict(d["model"])})

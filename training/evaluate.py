@@ -26,6 +26,7 @@ from training.model import VAE
 
 LOG_2PI = math.log(2 * math.pi)
 ACTIVE_THRESHOLD = 0.01
+INFORMATIVE_KL = 0.1  # nats; a dimension below this carries next to nothing even if its mean varies
 
 
 def progress(iterable, desc: str, unit: str, total: int | None = None):  # noqa: ANN001, ANN201
@@ -94,6 +95,8 @@ def latent_usage(mu: Tensor, logvar: Tensor, seed: int = 0, chunk: int = 500) ->
     return {
         "active_units": int((variance > ACTIVE_THRESHOLD).sum()),
         "active_threshold": ACTIVE_THRESHOLD,
+        "informative_units": int((kl_per_dim > INFORMATIVE_KL).sum()),
+        "informative_threshold_nats": INFORMATIVE_KL,
         "posterior_mean_variance": [round(v, 5) for v in variance.tolist()],
         "kl_per_dim": [round(v, 5) for v in kl_per_dim.tolist()],
         "kl_total": kl_total,
@@ -113,9 +116,10 @@ def diagnose(usage: dict) -> str:
     if active < 16 or mi < 0.5 * bound:
         return (f"weak encoding: {active}/{latent} active units and I(x;z) = {mi:.2f} of at most {bound:.2f} nats; "
                 "try KL warm-up or a lower beta.")
-    return (f"healthy: {active}/{latent} active units, I(x;z) = {mi:.2f} nats (at most {bound:.2f} with this "
-            f"test set); the aggregate posterior is {usage['aggregate_posterior_kl']:.2f} nats from the prior, "
-            "the gap that separates prior samples from reconstructions.")
+    return (f"healthy: {active}/{latent} active units ({usage['informative_units']} carry more than "
+            f"{usage['informative_threshold_nats']} nats of KL), I(x;z) = {mi:.2f} nats (at most {bound:.2f} "
+            f"with this test set); the aggregate posterior is {usage['aggregate_posterior_kl']:.2f} nats from the "
+            "prior, the gap that separates prior samples from reconstructions.")
 
 
 def frechet_distance(a: np.ndarray, b: np.ndarray) -> float:
@@ -199,6 +203,7 @@ def markdown(report: dict) -> str:
         "| latent usage | value |",
         "| --- | --- |",
         f"| active units (Var[mu] > {u['active_threshold']}) | {u['active_units']} / {report['latent_dim']} |",
+        f"| dimensions with KL > {u['informative_threshold_nats']} nats | {u['informative_units']} |",
         f"| mutual information I(x;z) | {u['mutual_information']:.2f} nats "
         f"(bound {u['mutual_information_bound']:.2f}) |",
         f"| aggregate posterior KL(q(z) ‖ p(z)) | {u['aggregate_posterior_kl']:.2f} nats |",

@@ -2,9 +2,13 @@
 
 Decoder layers are chosen for quantization. PyTorch dynamic quantization covers ``nn.Linear`` only;
 ONNX Runtime quantizes ``Conv`` and ``MatMul``/``Gemm`` but not ``ConvTranspose``. So the decoder is a
-Linear projection followed by plain 3x3 convolutions with nearest-neighbour 2x upsampling between
-them (no transposed convolutions): every weight-carrying layer of the decoder is quantizable by
-ONNX Runtime, and its Linear layer by PyTorch as well.
+Linear projection followed by plain 3x3 convolutions (no transposed convolutions): every weight-carrying
+layer is quantizable by ONNX Runtime, and the Linear layer by PyTorch as well. The last convolution is
+sub-pixel (4 channels at 14x14, then PixelShuffle to 1x28x28) rather than a 1-channel convolution at
+28x28: on CPU that full-resolution single-output convolution was the slowest node in both fp32 and int8,
+and a nearest upsample before it ran as a slow uint8 Resize in the quantized graph. Measured with ONNX
+Runtime (1 thread, batch 64, untrained weights): int8/fp32 speed-up 1.06x with the 28x28 convolution,
+2.5x with the sub-pixel one; a training step is 30% cheaper too.
 """
 
 from __future__ import annotations
@@ -55,7 +59,7 @@ class Encoder(nn.Module):
 
 
 class Decoder(nn.Module):
-    """Linear to 7x7 features, then three 3x3 convolutions (7 -> up -> 14 -> up -> 28); returns logits."""
+    """Linear to 7x7 features, three 3x3 convolutions (7 -> upsample -> 14 -> sub-pixel 28); returns logits."""
 
     def __init__(self, cfg: VAEConfig) -> None:
         super().__init__()
@@ -65,8 +69,8 @@ class Decoder(nn.Module):
         self.conv = nn.Sequential(
             nn.ReLU(),
             nn.Conv2d(c3, c2, 3, padding=1), nn.ReLU(), nn.Upsample(scale_factor=2, mode="nearest"),
-            nn.Conv2d(c2, c1, 3, padding=1), nn.ReLU(), nn.Upsample(scale_factor=2, mode="nearest"),
-            nn.Conv2d(c1, 1, 3, padding=1),
+            nn.Conv2d(c2, c1, 3, padding=1), nn.ReLU(),
+            nn.Conv2d(c1, 4, 3, padding=1), nn.PixelShuffle(2),  # (4, 14, 14) -> (1, 28, 28)
         )
 
     def forward(self, z: Tensor) -> Tensor:

@@ -10,7 +10,7 @@ import argparse
 import shutil
 from pathlib import Path
 
-from training import checkpoint, data, evaluate
+from training import checkpoint, classifier, data, evaluate
 
 DEFAULT_OUT = Path("model_store/release")
 KEEP = ("model_config", "train_config", "model", "epoch", "data_sha256", "history")
@@ -62,13 +62,15 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("checkpoint", type=Path)
     p.add_argument("--out", type=Path, default=DEFAULT_OUT, help=f"default {DEFAULT_OUT}")
     p.add_argument("--k", type=int, default=1000, help="importance samples for the IWAE bound")
+    p.add_argument("--data-dir", default=None, help="folder with the four IDX .gz files")
+    p.add_argument("--classifier", type=Path, default=classifier.DEFAULT_PATH)
     args = p.parse_args(argv)
     try:
         state = checkpoint.load(args.checkpoint)
         staging = args.out.with_name(f".{args.out.name}.staging")
         shutil.rmtree(staging, ignore_errors=True)
         checkpoint.save(staging / "vae.pt", {k: state[k] for k in KEEP if k in state})
-        report = evaluate.evaluate(staging / "vae.pt", k=args.k)
+        report = evaluate.evaluate(staging / "vae.pt", args.k, args.data_dir, args.classifier)
         (staging / "MODEL_CARD.md").write_text(model_card(report, state, args.checkpoint))
     except (checkpoint.CheckpointError, data.DataError) as e:
         raise SystemExit(f"error: {e}") from None

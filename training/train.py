@@ -61,6 +61,8 @@ def train_epoch(model: VAE, opt: torch.optim.Optimizer, x: torch.Tensor, cfg: Tr
     """One pass over ``x`` in the epoch's fixed order; returns mean (total, recon, kl) per image."""
     model.train()
     beta = cfg.beta_at(epoch)
+    for group in opt.param_groups:
+        group["lr"] = cfg.lr_at(epoch)
     order = epoch_order(cfg, epoch, len(x))
     sums = torch.zeros(3, dtype=torch.float64)
     bar = tqdm(range(0, len(x), cfg.batch_size), desc=f"epoch {epoch}/{cfg.epochs}", unit="batch",
@@ -174,6 +176,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--epochs", type=positive_int, default=None, help=f"total epochs (default {d.epochs})")
     p.add_argument("--batch-size", type=positive_int, default=None, help=f"default {d.batch_size}")
     p.add_argument("--lr", type=float, default=None, help=f"Adam learning rate (default {d.lr})")
+    p.add_argument("--lr-decay-start", type=int, default=None,
+                   help="cosine-decay the lr after this epoch (default: constant); may be set on --resume "
+                        "when it does not change epochs already trained")
     p.add_argument("--beta", type=float, default=None, help=f"KL weight (default {d.beta})")
     p.add_argument("--kl-warmup-epochs", type=int, default=None, help="linear KL warm-up length (default off)")
     p.add_argument("--seed", type=int, default=None, help=f"default {d.seed}")
@@ -200,13 +205,19 @@ def main(argv: list[str] | None = None) -> None:
             raise SystemExit(f"error: {', '.join(fixed)} cannot change on --resume (the checkpoint fixes them)")
         cfg = TrainConfig.from_dict(resume["train_config"])
         cfg.epochs = args.epochs or cfg.epochs
+        if args.lr_decay_start is not None:
+            done = resume["epoch"]
+            if args.lr_decay_start < done or (cfg.lr_decay_start is not None and cfg.lr_decay_start < done):
+                raise SystemExit(f"error: --lr-decay-start {args.lr_decay_start} would change epochs 1..{done} "
+                                 "that the checkpoint already trained")
+            cfg.lr_decay_start = args.lr_decay_start
         if cfg.epochs <= resume["epoch"]:
             raise SystemExit(f"error: {args.resume} is already at epoch {resume['epoch']}; pass --epochs > that")
         out = args.out or args.resume.parent
     else:
         model_cfg = VAEConfig(latent_dim=args.latent_dim or VAEConfig.latent_dim,
                               channels=tuple(args.channels) if args.channels else VAEConfig.channels)
-        cfg = TrainConfig(model=model_cfg, **{k: getattr(args, k) for k in (*HYPER_FLAGS, "epochs")
+        cfg = TrainConfig(model=model_cfg, **{k: getattr(args, k) for k in (*HYPER_FLAGS, "epochs", "lr_decay_start")
                                               if getattr(args, k) is not None})
         out = args.out or Path("runs/train")
     try:

@@ -1,0 +1,1 @@
+"""Export stage: checkpoint -> quantized TorchScript / ONNX decoders, encoders, parity gate, TorchServe archives."""

@@ -1,0 +1,144 @@
+"""Export a checkpoint for serving: ``python -m export [CHECKPOINT] [--out model_store] [--force]``.
+
+Builds every artifact in a staging folder, gates them on parity with the fp32 eager model, packs the
+TorchServe archives, and only then moves everything into ``OUT``: ``OUT/export/`` (artifacts,
+manifest.json, export_report.json/.md) and ``OUT/sample.mar``, ``OUT/interpolate.mar``. Nothing is rebuilt
+when the manifest in ``OUT`` already matches this checkpoint, config and code (``--force`` rebuilds).
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import sys
+import tempfile
+from importlib.metadata import version
+from pathlib import Path
+
+import onnx
+import onnxruntime
+import torch
+
+from export import archive, build, parity
+from export.config import ARTIFACT_DIR, DEFAULT_CHECKPOINT, DEFAULT_OUT, SERVED_LATENT_DIM, ExportConfig
+from training import checkpoint, classifier, data
+
+CODE = [Path(__file__).resolve().parent / f for f in ("build.py", "config.py", "backends.py", "archive.py")]
+
+
+class ExportError(Exception):
+    """The export cannot proceed or did not pass its gate; the message says why."""
+
+
+def build_key(ckpt_sha: str, cfg: ExportConfig) -> str:
+    """Hash of everything the artifacts depend on: checkpoint, config, library versions, export and handler code."""
+    h = hashlib.sha256(ckpt_sha.encode())
+    h.update(json.dumps(cfg.to_dict(), sort_keys=True).encode())
+    h.update(json.dumps(versions(cfg), sort_keys=True).encode())
+    for path in [*CODE, *sorted(archive.HANDLERS.glob("*.py"))]:
+        h.update(path.read_bytes())
+    return h.hexdigest()
+
+
+def versions(cfg: ExportConfig) -> dict:
+    return {"torch": torch.__version__, "onnx": onnx.__version__, "onnxruntime": onnxruntime.__version__,
+            "torch_model_archiver": version("torch-model-archiver"), "opset": cfg.opset}
+
+
+def is_current(out: Path, key: str) -> bool:
+    """True when ``out`` holds a manifest with this build key and every file it lists is intact."""
+    manifest_path = out / ARTIFACT_DIR / "manifest.json"
+    try:
+        manifest = json.loads(manifest_path.read_text())
+    except (OSError, ValueError):
+        return False
+    if manifest.get("build_key") != key:
+        return False
+    files = [(out / ARTIFACT_DIR / a["file"], a["sha256"]) for a in manifest["artifacts"].values()]
+    files += [(out / a["file"], None) for a in manifest["archives"].values()]
+    return all(p.is_file() and (sha is None or checkpoint.file_sha256(p) == sha) for p, sha in files)
+
+
+def export(ckpt_path: Path, out: Path, cfg: ExportConfig, force: bool = False,
+           data_dir: str | None = None, classifier_path: Path = classifier.DEFAULT_PATH) -> dict:
+    """Run the whole export; returns the manifest. Raises ExportError, CheckpointError or DataError."""
+    model, state = checkpoint.load_model(ckpt_path)
+    if model.latent_dim != SERVED_LATENT_DIM:
+        raise ExportError(f"{ckpt_path}: latent size {model.latent_dim}, but the serving API takes "
+                          f"{SERVED_LATENT_DIM}-d latents")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise ExportError(f"{out}: cannot create the output folder ({e.strerror})") from None
+    if not os.access(out, os.W_OK):
+        raise ExportError(f"{out}: output folder is not writable")
+    ckpt_sha = checkpoint.file_sha256(ckpt_path)
+    key = build_key(ckpt_sha, cfg)
+    if not force and is_current(out, key):
+        print(f"{out / ARTIFACT_DIR / 'manifest.json'} is current for {ckpt_path}; nothing to rebuild")
+        return json.loads((out / ARTIFACT_DIR / "manifest.json").read_text())
+    clf, _ = classifier.load(classifier_path)
+    x_test = data.load(data_dir).test.tensor()
+    with tempfile.TemporaryDirectory(dir=out, prefix=".export-staging-") as staging:
+        staging = Path(staging)
+        artifact_dir = staging / ARTIFACT_DIR
+        artifact_dir.mkdir()
+        print("building artifacts", file=sys.stderr)
+        paths = build.build(model, artifact_dir, cfg)
+        print("checking parity against fp32 eager", file=sys.stderr)
+        report = parity.check(model, paths, x_test, clf, cfg)
+        table = parity.markdown(report)
+        if not report["passed"]:
+            raise ExportError(f"parity gate failed for {ckpt_path}; nothing was written to {out}\n\n{table}")
+        archives = {name: archive.build(name, artifact_dir, staging, version=ckpt_sha[:12])
+                    for name in archive.MODELS}
+        manifest = {
+            "format": "fmvae-export-v1",
+            "build_key": key,
+            "source_checkpoint": {"file": ckpt_path.name, "sha256": ckpt_sha, "epoch": state.get("epoch"),
+                                  "data_sha256": state.get("data_sha256")},
+            "model_config": state["model_config"],
+            "export_config": cfg.to_dict(),
+            "versions": versions(cfg),
+            "artifacts": {name: {"file": p.name, "sha256": checkpoint.file_sha256(p), "bytes": p.stat().st_size}
+                          for name, p in paths.items()},
+            "archives": {name: {"file": p.name, "contents": archive.contents(p)} for name, p in archives.items()},
+            "parity": report,
+        }
+        (artifact_dir / "export_report.json").write_text(json.dumps(report, indent=2) + "\n")
+        (artifact_dir / "export_report.md").write_text(f"# Export parity report for `{ckpt_path.name}`\n\n{table}")
+        (artifact_dir / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
+        # Move into place: archives first, the artifact folder (with its manifest) last.
+        for p in archives.values():
+            os.replace(p, out / p.name)
+        old = out / ARTIFACT_DIR
+        if old.exists():
+            retired = staging / "retired"
+            os.replace(old, retired)
+        os.replace(artifact_dir, old)
+    print(table)
+    return manifest
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(prog="python -m export", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("checkpoint", type=Path, nargs="?", default=DEFAULT_CHECKPOINT,
+                   help=f"default {DEFAULT_CHECKPOINT}")
+    p.add_argument("--out", type=Path, default=DEFAULT_OUT, help=f"model store (default {DEFAULT_OUT})")
+    p.add_argument("--force", action="store_true", help="rebuild even when the manifest is current")
+    p.add_argument("--data-dir", default=None, help="folder with the four IDX .gz files")
+    p.add_argument("--classifier", type=Path, default=classifier.DEFAULT_PATH)
+    args = p.parse_args(argv)
+    try:
+        export(args.checkpoint, args.out, ExportConfig(), args.force, args.data_dir, args.classifier)
+    except (ExportError, checkpoint.CheckpointError, data.DataError, archive.ArchiveError) as e:
+        raise SystemExit(f"error: {e}") from None
+    except PermissionError as e:
+        raise SystemExit(f"error: {e.filename}: not writable ({e.strerror})") from None
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,125 @@
+"""The parity gate: every exported decoder against the fp32 eager decoder, every encoder against eager.
+
+Decoders are compared on (a) the test set's posterior means and (b) fixed-seed prior samples: PSNR of the
+[0, 1] images, max absolute error, the change of the test negative ELBO (one fixed posterior sample per
+image), and agreement of the project classifier's labels on decoded prior samples.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from export import backends
+from export.build import prior_latents
+from export.config import ExportConfig
+from training.classifier import Classifier
+from training.model import VAE
+
+ENCODER_MAX_ABS = 1e-4  # fp32 encoders must match eager to float rounding
+
+
+def psnr(a: np.ndarray, b: np.ndarray) -> float:
+    """Peak signal-to-noise ratio in dB of images in [0, 1] (peak 1); inf when identical."""
+    mse = float(np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2))
+    return math.inf if mse == 0 else 10 * math.log10(1 / mse)
+
+
+def finite(value: float, digits: int) -> float | None:
+    """``value`` rounded for the report (reruns must give identical manifests); None for infinity."""
+    return None if math.isinf(value) else round(value, digits)
+
+
+def run_batched(fn, array: np.ndarray, batch: int = 500) -> np.ndarray:  # noqa: ANN001
+    """Apply an artifact to ``array`` in batches."""
+    return np.concatenate([fn(array[i:i + batch]) for i in range(0, len(array), batch)])
+
+
+def sigmoid(logits: np.ndarray) -> np.ndarray:
+    return 1 / (1 + np.exp(-logits.astype(np.float64)))
+
+
+def neg_elbo(logits: np.ndarray, x: torch.Tensor, kl: torch.Tensor) -> float:
+    """Mean over images of BCE(logits, x) summed over pixels plus KL, in nats."""
+    recon = F.binary_cross_entropy_with_logits(torch.from_numpy(logits).double(), x.double(),
+                                               reduction="none").flatten(1).sum(1)
+    return (recon + kl.double()).mean().item()
+
+
+def check(model: VAE, artifacts: dict[str, Path], x_test: torch.Tensor, clf: Classifier, cfg: ExportConfig
+          ) -> dict:
+    """Compare each artifact with eager fp32; returns {"passed": bool, "decoders": {...}, "encoders": {...}}."""
+    model = model.eval()
+    gen = torch.Generator().manual_seed(cfg.seed + 2)
+    with torch.no_grad():
+        mu, logvar = model.encode(x_test)
+        z_post = (mu + torch.randn(mu.shape, generator=gen) * torch.exp(0.5 * logvar)).numpy()
+        kl = -0.5 * (1 + logvar - mu.pow(2) - logvar.exp()).sum(1)
+    prior = prior_latents(cfg.prior_samples, model.latent_dim, cfg.seed)
+    inputs = {"test_means": mu.numpy(), "posterior_samples": z_post, "prior": prior}
+
+    def eager(z: np.ndarray) -> np.ndarray:
+        with torch.no_grad():
+            return model.decode(torch.from_numpy(z)).numpy()
+
+    reference = {k: run_batched(eager, v) for k, v in inputs.items()}
+    ref_elbo = neg_elbo(reference["posterior_samples"], x_test, kl)
+    ref_labels = clf.predict(torch.from_numpy(sigmoid(reference["prior"])).float())
+    report: dict = {"reference_neg_elbo": round(ref_elbo, 5), "bars": {"psnr_min_db": cfg.psnr_min_db,
+                                                            "elbo_delta_max": cfg.elbo_delta_max,
+                                                            "encoder_max_abs": ENCODER_MAX_ABS},
+                    "decoders": {}, "encoders": {}}
+    for name, path in tqdm([(k, v) for k, v in artifacts.items() if k.startswith("decoder/")],
+                           desc="parity", unit="artifact", file=sys.stderr, disable=None, leave=False):
+        fn = backends.load(path)
+        out = {k: run_batched(fn, v) for k, v in inputs.items()}
+        images = {k: sigmoid(v) for k, v in out.items()}
+        ref_images = {k: sigmoid(reference[k]) for k in ("test_means", "prior")}
+        labels = clf.predict(torch.from_numpy(images["prior"]).float())
+        psnr_means = psnr(images["test_means"], ref_images["test_means"])
+        psnr_prior = psnr(images["prior"], ref_images["prior"])
+        elbo_delta = abs(neg_elbo(out["posterior_samples"], x_test, kl) - ref_elbo)
+        row = {
+            "psnr_test_means_db": finite(psnr_means, 3),  # None: identical to eager
+            "psnr_prior_db": finite(psnr_prior, 3),
+            "max_abs_test_means": float(f"{np.abs(images['test_means'] - ref_images['test_means']).max():.4g}"),
+            "max_abs_prior": float(f"{np.abs(images['prior'] - ref_images['prior']).max():.4g}"),
+            "neg_elbo_delta": round(elbo_delta, 5),
+            "label_agreement": round(float((labels == ref_labels).float().mean()), 5),
+            "passed": min(psnr_means, psnr_prior) >= cfg.psnr_min_db and elbo_delta <= cfg.elbo_delta_max,
+        }
+        report["decoders"][name.split("/", 1)[1]] = row
+    for name, path in artifacts.items():
+        if name.startswith("encoder/"):
+            err = float(np.abs(run_batched(backends.load(path), x_test.numpy()) - mu.numpy()).max())
+            report["encoders"][name.split("/", 1)[1]] = {"max_abs_mu": float(f"{err:.4g}"),
+                                                          "passed": err <= ENCODER_MAX_ABS}
+    report["passed"] = all(r["passed"] for part in ("decoders", "encoders") for r in report[part].values())
+    return report
+
+
+def markdown(report: dict) -> str:
+    """The parity table for people."""
+    bars = report["bars"]
+    lines = [f"Parity against the fp32 eager decoder (bars: PSNR >= {bars['psnr_min_db']} dB on both sets, "
+             f"|change of test -ELBO| <= {bars['elbo_delta_max']} nats; reference -ELBO "
+             f"{report['reference_neg_elbo']:.3f}).", "",
+             "| decoder | PSNR test means (dB) | PSNR prior (dB) | max abs err | -ELBO change (nats) "
+             "| label agreement | gate |", "| --- | --- | --- | --- | --- | --- | --- |"]
+    def db(value: float | None) -> str:
+        return "identical" if value is None else f"{value:.1f}"
+
+    for name, r in report["decoders"].items():
+        lines.append(f"| {name} | {db(r['psnr_test_means_db'])} | {db(r['psnr_prior_db'])} | "
+                     f"{max(r['max_abs_test_means'], r['max_abs_prior']):.2e} | {r['neg_elbo_delta']:.4f} | "
+                     f"{100 * r['label_agreement']:.2f}% | {'pass' if r['passed'] else 'FAIL'} |")
+    lines += ["", "| encoder | max abs error of mu | gate |", "| --- | --- | --- |"]
+    for name, r in report["encoders"].items():
+        lines.append(f"| {name} | {r['max_abs_mu']:.2e} | {'pass' if r['passed'] else 'FAIL'} |")
+    return "\n".join(lines) + "\n"
