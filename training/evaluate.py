@@ -224,6 +224,7 @@ def markdown(report: dict) -> str:
     return "\n".join(lines)
 
 
+@torch.no_grad()
 def evaluate(ckpt_path: Path, k: int = 1000, data_dir: str | None = None,
              classifier_path: Path = classifier.DEFAULT_PATH, fd_samples: int = 10000) -> dict:
     """Compute every metric and write report.json, report.md and the figures next to the checkpoint."""
@@ -233,8 +234,7 @@ def evaluate(ckpt_path: Path, k: int = 1000, data_dir: str | None = None,
     fmnist = data.load(data_dir)
     x_test = fmnist.test.tensor()
     out = ckpt_path.parent
-    with torch.no_grad():
-        mu, logvar = model.encode(x_test)
+    mu, logvar = model.encode(x_test)
     usage = latent_usage(mu, logvar)
     report = {
         "checkpoint": ckpt_path.name,
@@ -268,7 +268,6 @@ def main(argv: list[str] | None = None) -> None:
     args = p.parse_args(argv)
     if args.k < 1 or args.fd_samples < 2:
         p.error("--k must be >= 1 and --fd-samples >= 2")
-    torch.set_grad_enabled(False)
     try:
         report = evaluate(args.checkpoint, args.k, args.data_dir, args.classifier, args.fd_samples)
     except (checkpoint.CheckpointError, data.DataError) as e:

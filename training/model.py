@@ -30,8 +30,8 @@ class VAEConfig:
     channels: tuple[int, int, int] = (32, 64, 128)
 
     def to_dict(self) -> dict:
-        """Plain-JSON form, as saved in checkpoints and manifests."""
-        return asdict(self)
+        """Plain-JSON form (lists, not tuples), as saved in checkpoints and manifests."""
+        return {**asdict(self), "channels": list(self.channels)}
 
     @classmethod
     def from_dict(cls, d: dict) -> VAEConfig:
