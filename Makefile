@@ -30,16 +30,16 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m pip install -q -e ".[dev]"
 	touch $@
 
-train: setup  ## train the VAE (60 epochs by default) into $(RUN); TRAIN_ARGS="--subset 5000 --epochs 2"
+train: setup  ## train the VAE (60 epochs by default) into runs/train (RUN=dir); TRAIN_ARGS="--subset 5000 --epochs 2"
 	$(PY) -m training.train --out $(RUN) $(TRAIN_ARGS)
 
 classifier: setup  ## train the feature classifier used by evaluate/export (model_store/classifier.pt)
 	$(PY) -m training.classifier
 
-evaluate: setup  ## evaluate CHECKPOINT (default $(RUN)/final.pt): report.md, report.json, figures beside it
+evaluate: setup  ## evaluate CHECKPOINT (default runs/train/final.pt): report.md, report.json, figures beside it
 	$(PY) -m training.evaluate $(CHECKPOINT) $(EVAL_ARGS)
 
-release: setup  ## train $(RELEASE_RUN) if needed, then publish it to model_store/release with report and model card
+release: setup  ## train runs/release if needed, then publish it to model_store/release with report and model card
 	[ -f $(RELEASE_RUN)/final.pt ] || $(PY) -m training.train --out $(RELEASE_RUN)
 	$(PY) -m training.release $(RELEASE_RUN)/final.pt
 
