@@ -176,4 +176,5 @@ def test_release_publishes_small_checkpoint_with_card(tmp_path, trained, dataset
     card = (out / "MODEL_CARD.md").read_text()
     report = json.loads((out / "report.json").read_text())
     assert f"{report['test']['neg_elbo']:.2f}" in card and report["checkpoint_sha256"] in card
+    assert (out / "curves.png").is_file() and (out / "history.csv").read_text() == (trained / "history.csv").read_text()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["clf.pt", "release"]  # no staging folder left

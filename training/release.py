@@ -1,7 +1,8 @@
 """Publish a trained checkpoint: ``python -m training.release RUN/final.pt [--out model_store/release]``.
 
-Copies the weights (without optimizer state, to keep it small) to ``OUT/vae.pt``, evaluates it there
-(report.json, report.md, figures) and writes ``OUT/MODEL_CARD.md``.
+Copies the weights (without optimizer state, to keep it small) to ``OUT/vae.pt`` with the run's
+``history.csv`` and ``curves.png``, evaluates it there (report.json, report.md, figures) and writes
+``OUT/MODEL_CARD.md``.
 """
 
 from __future__ import annotations
@@ -11,14 +12,26 @@ import shutil
 from pathlib import Path
 
 from training import checkpoint, classifier, data, evaluate
+from training.config import TrainConfig
 
 DEFAULT_OUT = Path("model_store/release")
 KEEP = ("model_config", "train_config", "model", "epoch", "data_sha256", "history")
 
 
+def train_command(cfg: dict, out: Path) -> str:
+    """The command line that reproduces a run with this training config."""
+    defaults = TrainConfig().to_dict()
+    flags = [f"--{k.replace('_', '-')} {v}" for k, v in cfg.items() if k != "model" and v != defaults[k]]
+    if cfg["model"] != defaults["model"]:
+        flags += [f"--latent-dim {cfg['model']['latent_dim']}",
+                  "--channels " + " ".join(map(str, cfg["model"]["channels"]))]
+    return " ".join(["python -m training.train --out", str(out), *flags])
+
+
 def model_card(report: dict, state: dict, source: Path) -> str:
     """MODEL_CARD.md: what the model is, how it was made, and how well it does."""
     e, cfg = report["test"], state["train_config"]
+    decay = f", cosine decay after epoch {cfg['lr_decay_start']}" if cfg.get("lr_decay_start") else " constant"
     hashes = "\n".join(f"| `{name}` | `{digest}` |" for name, digest in report["data_sha256"].items())
     return f"""# Model card: Fashion-MNIST convolutional VAE
 
@@ -26,8 +39,8 @@ def model_card(report: dict, state: dict, source: Path) -> str:
 - Architecture: conv encoder {tuple(cfg['model']['channels'])} -> Gaussian q(z|x), latent {cfg['model']['latent_dim']};
   decoder Linear -> 3x3 conv / nearest-upsample x2 -> Bernoulli logits over 28x28 pixels in [0, 1]
   (see `training/model.py`).
-- Training: `python -m training.train --out {source.parent}` ({cfg['epochs']} epochs, batch {cfg['batch_size']},
-  Adam lr {cfg['lr']}, beta {cfg['beta']}, KL warm-up {cfg['kl_warmup_epochs']} epochs, seed {cfg['seed']}), CPU.
+- Training: `{train_command(cfg, source.parent)}` ({cfg['epochs']} epochs, batch {cfg['batch_size']},
+  Adam lr {cfg['lr']}{decay}, beta {cfg['beta']}, KL warm-up {cfg['kl_warmup_epochs']} epochs, seed {cfg['seed']}).
 - Intended use: generating and interpolating 28x28 grayscale clothing images for demos and serving tests.
   Not a classifier, not a density model for anything but Fashion-MNIST.
 
@@ -52,6 +65,7 @@ def model_card(report: dict, state: dict, source: Path) -> str:
 
 {report['diagnosis']}
 
+Training curves: [curves.png](curves.png) ([history.csv](history.csv)).
 Full report with figures: [report.md](report.md).
 """
 
@@ -70,6 +84,9 @@ def main(argv: list[str] | None = None) -> None:
         staging = args.out.with_name(f".{args.out.name}.staging")
         shutil.rmtree(staging, ignore_errors=True)
         checkpoint.save(staging / "vae.pt", {k: state[k] for k in KEEP if k in state})
+        for name in ("history.csv", "curves.png"):
+            if (args.checkpoint.parent / name).is_file():
+                shutil.copy2(args.checkpoint.parent / name, staging / name)
         report = evaluate.evaluate(staging / "vae.pt", args.k, args.data_dir, args.classifier)
         (staging / "MODEL_CARD.md").write_text(model_card(report, state, args.checkpoint))
     except (checkpoint.CheckpointError, data.DataError) as e:
