@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 import math
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -178,3 +179,12 @@ def test_release_publishes_small_checkpoint_with_card(tmp_path, trained, dataset
     assert f"{report['test']['neg_elbo']:.2f}" in card and report["checkpoint_sha256"] in card
     assert (out / "curves.png").is_file() and (out / "history.csv").read_text() == (trained / "history.csv").read_text()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["clf.pt", "release"]  # no staging folder left
+
+
+def test_atomic_write_gives_files_the_usual_mode(tmp_path):
+    target = tmp_path / "a.txt"
+    checkpoint.atomic_write(target, lambda tmp: tmp.write_text("x"))
+    umask = os.umask(0)
+    os.umask(umask)
+    assert target.read_text() == "x" and (target.stat().st_mode & 0o777) == 0o666 & ~umask
+    assert list(tmp_path.iterdir()) == [target]

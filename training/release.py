@@ -13,6 +13,7 @@ from pathlib import Path
 
 from training import checkpoint, classifier, data, evaluate
 from training.config import TrainConfig
+from training.model import VAEConfig
 
 DEFAULT_OUT = Path("model_store/release")
 KEEP = ("model_config", "train_config", "model", "epoch", "data_sha256", "history")
@@ -22,7 +23,7 @@ def train_command(cfg: dict, out: Path) -> str:
     """The command line that reproduces a run with this training config."""
     defaults = TrainConfig().to_dict()
     flags = [f"--{k.replace('_', '-')} {v}" for k, v in cfg.items() if k != "model" and v != defaults[k]]
-    if cfg["model"] != defaults["model"]:
+    if VAEConfig.from_dict(cfg["model"]) != VAEConfig():
         flags += [f"--latent-dim {cfg['model']['latent_dim']}",
                   "--channels " + " ".join(map(str, cfg["model"]["channels"]))]
     return " ".join(["python -m training.train --out", str(out), *flags])
@@ -37,8 +38,8 @@ def model_card(report: dict, state: dict, source: Path) -> str:
 
 - Checkpoint: `vae.pt` (SHA-256 `{report['checkpoint_sha256']}`), published from `{source}`.
 - Architecture: conv encoder {tuple(cfg['model']['channels'])} -> Gaussian q(z|x), latent {cfg['model']['latent_dim']};
-  decoder Linear -> 3x3 conv / nearest-upsample x2 -> Bernoulli logits over 28x28 pixels in [0, 1]
-  (see `training/model.py`).
+  decoder Linear -> 3x3 conv -> nearest upsample x2 -> 3x3 conv -> sub-pixel 3x3 conv + PixelShuffle ->
+  Bernoulli logits over 28x28 pixels in [0, 1] (see `training/model.py`).
 - Training: `{train_command(cfg, source.parent)}` ({cfg['epochs']} epochs, batch {cfg['batch_size']},
   Adam lr {cfg['lr']}{decay}, beta {cfg['beta']}, KL warm-up {cfg['kl_warmup_epochs']} epochs, seed {cfg['seed']}).
 - Intended use: generating and interpolating 28x28 grayscale clothing images for demos and serving tests.
