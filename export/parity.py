@@ -60,7 +60,7 @@ def check(model: VAE, artifacts: dict[str, Path], x_test: torch.Tensor, clf: Cla
     with torch.no_grad():
         mu, logvar = model.encode(x_test)
         z_post = (mu + torch.randn(mu.shape, generator=gen) * torch.exp(0.5 * logvar)).numpy()
-        kl = -0.5 * (1 + logvar - mu.pow(2) - logvar.exp()).sum(1)
+        kl = VAE.kl_per_dim(mu, logvar).sum(1)
     prior = prior_latents(cfg.prior_samples, model.latent_dim, cfg.seed)
     inputs = {"test_means": mu.numpy(), "posterior_samples": z_post, "prior": prior}
 

@@ -20,7 +20,7 @@ from torch import Tensor
 from tqdm import tqdm
 
 from training import checkpoint, classifier, data
-from training.figures import save_figure, save_grid
+from training.figures import interleave_rows, save_figure, save_grid
 from training.latent import interpolate
 from training.model import VAE
 
@@ -54,7 +54,7 @@ def elbo_and_iwae(model: VAE, x: Tensor, k: int, decode_batch: int = 1000, seed:
     for i in progress(range(0, len(x), images_per_step), f"IWAE k={k}", "step"):
         xb = x[i:i + images_per_step]
         mu, logvar = model.encode(xb)
-        kl_sum += (-0.5 * (1 + logvar - mu.pow(2) - logvar.exp()).sum(1)).double().sum().item()
+        kl_sum += VAE.kl_per_dim(mu, logvar).double().sum().item()
         eps = torch.randn(len(xb), k, mu.shape[1], generator=gen)
         z = mu.unsqueeze(1) + eps * torch.exp(0.5 * logvar).unsqueeze(1)  # (b, k, D)
         logits = model.decode(z.flatten(0, 1)).view(len(xb), k, -1)
@@ -78,7 +78,7 @@ def latent_usage(mu: Tensor, logvar: Tensor, seed: int = 0, chunk: int = 500) ->
     """
     n = len(mu)
     variance = mu.var(0)
-    kl_per_dim = (-0.5 * (1 + logvar - mu.pow(2) - logvar.exp())).mean(0)
+    kl_per_dim = VAE.kl_per_dim(mu, logvar).mean(0)
     gen = torch.Generator().manual_seed(seed)
     z = mu + torch.randn(mu.shape, generator=gen) * torch.exp(0.5 * logvar)
     inv_var = torch.exp(-logvar).double()
@@ -157,10 +157,7 @@ def figures(model: VAE, fmnist: data.FashionMNIST, mu: Tensor, usage: dict, out:
     files = {"samples": "eval_samples.png", "reconstructions": "eval_reconstructions.png",
              "lerp_vs_slerp": "eval_lerp_vs_slerp.png", "traversal": "eval_traversal.png", "pca": "eval_pca.png"}
     save_grid(model.sample(64, generator=torch.Generator().manual_seed(0)), 8, out / files["samples"])
-    originals = x_test[:32]
-    recon = torch.sigmoid(model.decode(mu[:32]))
-    save_grid(torch.cat([torch.stack([originals[i:i + 8], recon[i:i + 8]]) for i in range(0, 32, 8)]).flatten(0, 1),
-              8, out / files["reconstructions"])
+    save_grid(interleave_rows(x_test[:32], torch.sigmoid(model.decode(mu[:32]))), 8, out / files["reconstructions"])
     rows = [interpolate(mu[a], mu[b], 12, method) for a, b in ((0, 1), (2, 3), (4, 5), (6, 7))
             for method in ("lerp", "slerp")]
     save_grid(torch.sigmoid(model.decode(torch.cat(rows))), 8, out / files["lerp_vs_slerp"])

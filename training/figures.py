@@ -27,6 +27,11 @@ def grid(images: torch.Tensor, rows: int, pad: int = 2, scale: int = 2) -> np.nd
     return np.kron(canvas, np.ones((scale, scale), dtype=np.uint8))
 
 
+def interleave_rows(a: torch.Tensor, b: torch.Tensor, width: int = 8) -> torch.Tensor:
+    """Rows of ``width`` images taken alternately from a and b (originals over reconstructions)."""
+    return torch.cat([torch.stack([a[i:i + width], b[i:i + width]]) for i in range(0, len(a), width)]).flatten(0, 1)
+
+
 def save_grid(images: torch.Tensor, rows: int, path: Path) -> None:
     """Write ``grid(images, rows)`` as a grayscale PNG, atomically."""
     atomic_write(path, lambda tmp: Image.fromarray(grid(images, rows), mode="L").save(tmp, format="PNG"))

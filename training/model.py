@@ -120,5 +120,10 @@ class VAE(nn.Module):
              ) -> tuple[Tensor, Tensor, Tensor]:
         """Per-image (total, recon, kl) in nats: -ELBO = BCE summed over pixels + beta * KL(q(z|x) || N(0, I))."""
         recon = F.binary_cross_entropy_with_logits(logits, x, reduction="none").flatten(1).sum(1)
-        kl = -0.5 * (1 + logvar - mu.pow(2) - logvar.exp()).sum(1)
+        kl = VAE.kl_per_dim(mu, logvar).sum(1)
         return recon + beta * kl, recon, kl
+
+    @staticmethod
+    def kl_per_dim(mu: Tensor, logvar: Tensor) -> Tensor:
+        """Analytic KL(q(z|x) || N(0, I)) in nats for each image and latent dimension, (N, latent_dim)."""
+        return -0.5 * (1 + logvar - mu.pow(2) - logvar.exp())

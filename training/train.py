@@ -18,7 +18,7 @@ from tqdm import tqdm
 
 from training import checkpoint, data
 from training.config import TrainConfig
-from training.figures import plot_curves, save_grid
+from training.figures import interleave_rows, plot_curves, save_grid
 from training.latent import interpolate
 from training.model import VAE, VAEConfig
 
@@ -86,8 +86,7 @@ def save_grids(model: VAE, x_test: torch.Tensor, out: Path, epoch: int, device: 
     prefix = out / "grids" / f"epoch_{epoch:03d}"
     originals = x_test[:32].to(device)
     recon = torch.sigmoid(model.decode(model.encode(originals)[0]))
-    pairs = torch.cat([torch.stack([originals[i:i + 8], recon[i:i + 8]]) for i in range(0, 32, 8)]).flatten(0, 1)
-    save_grid(pairs, rows=8, path=prefix.with_name(prefix.name + "_recon.png"))
+    save_grid(interleave_rows(originals, recon), rows=8, path=prefix.with_name(prefix.name + "_recon.png"))
     z = torch.randn(64, model.latent_dim, generator=torch.Generator().manual_seed(1234)).to(device)
     save_grid(torch.sigmoid(model.decode(z)), rows=8, path=prefix.with_name(prefix.name + "_samples.png"))
     mu = model.encode(x_test[32:48].to(device))[0]
