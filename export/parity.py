@@ -70,7 +70,8 @@ def check(model: VAE, artifacts: dict[str, Path], x_test: torch.Tensor, clf: Cla
 
     reference = {k: run_batched(eager, v) for k, v in inputs.items()}
     ref_elbo = neg_elbo(reference["posterior_samples"], x_test, kl)
-    ref_labels = clf.predict(torch.from_numpy(sigmoid(reference["prior"])).float())
+    ref_images = {k: sigmoid(reference[k]) for k in ("test_means", "prior")}
+    ref_labels = clf.predict(torch.from_numpy(ref_images["prior"]).float())
     report: dict = {"reference_neg_elbo": round(ref_elbo, 5), "bars": {"psnr_min_db": cfg.psnr_min_db,
                                                             "elbo_delta_max": cfg.elbo_delta_max,
                                                             "encoder_max_abs": ENCODER_MAX_ABS},
@@ -80,7 +81,6 @@ def check(model: VAE, artifacts: dict[str, Path], x_test: torch.Tensor, clf: Cla
         fn = backends.load(path)
         out = {k: run_batched(fn, v) for k, v in inputs.items()}
         images = {k: sigmoid(v) for k, v in out.items()}
-        ref_images = {k: sigmoid(reference[k]) for k in ("test_means", "prior")}
         labels = clf.predict(torch.from_numpy(images["prior"]).float())
         psnr_means = psnr(images["test_means"], ref_images["test_means"])
         psnr_prior = psnr(images["prior"], ref_images["prior"])

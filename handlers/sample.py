@@ -1,6 +1,6 @@
 """TorchServe handler for ``sample`` (placeholder until the handlers issue): decodes z ~ N(0, I) for each request.
 
-The backend (artifact) comes from the archive's model-config YAML, ``handler.backend``.
+The decoder artifact comes from the archive's model-config YAML, ``handler.decoder``.
 """
 
 from __future__ import annotations

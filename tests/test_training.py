@@ -75,6 +75,8 @@ def test_lr_decay_set_on_resume_matches_fresh_run(tmp_path, dataset_dir, trained
         "decoder.fc.weight"])  # and the decay did change epoch 2
     with pytest.raises(SystemExit, match="would change epochs 1..2"):
         train.main(["--resume", str(trained / "final.pt"), "--epochs", "3", "--lr-decay-start", "1"])
+    with pytest.raises(SystemExit, match="would change epochs 1..2"):  # the cosine depends on the total epochs
+        train.main(["--resume", str(tmp_path / "fresh" / "final.pt"), "--epochs", "3"])
 
 
 def test_lr_schedule():

@@ -202,14 +202,15 @@ def main(argv: list[str] | None = None) -> None:
                  if getattr(args, k) is not None]
         if fixed:
             raise SystemExit(f"error: {', '.join(fixed)} cannot change on --resume (the checkpoint fixes them)")
+        trained = TrainConfig.from_dict(resume["train_config"])
         cfg = TrainConfig.from_dict(resume["train_config"])
         cfg.epochs = args.epochs or cfg.epochs
         if args.lr_decay_start is not None:
-            done = resume["epoch"]
-            if args.lr_decay_start < done or (cfg.lr_decay_start is not None and cfg.lr_decay_start < done):
-                raise SystemExit(f"error: --lr-decay-start {args.lr_decay_start} would change epochs 1..{done} "
-                                 "that the checkpoint already trained")
             cfg.lr_decay_start = args.lr_decay_start
+        done = resume["epoch"]
+        if any(cfg.lr_at(e) != trained.lr_at(e) for e in range(1, done + 1)):
+            raise SystemExit(f"error: this --lr-decay-start / --epochs would change epochs 1..{done} that the "
+                             "checkpoint already trained (their learning rate)")
         if cfg.epochs <= resume["epoch"]:
             raise SystemExit(f"error: {args.resume} is already at epoch {resume['epoch']}; pass --epochs > that")
         out = args.out or args.resume.parent
