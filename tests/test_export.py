@@ -19,7 +19,9 @@ from onnx import numpy_helper
 from export import backends, parity
 from export.build import build
 from export.config import ARTIFACT_DIR, ExportConfig
+from export.lowres import LowResDecoder
 from training import checkpoint, classifier, train
+from training.model import VAE, VAEConfig
 
 CFG = ExportConfig(calibration_samples=256, prior_samples=1000)
 
@@ -46,6 +48,21 @@ def exported(small) -> tuple[Path, dict]:
     out = small["root"] / "store"
     assert "| onnx-int8 |" in export_cli(small, out).stdout  # the parity table is printed
     return out, json.loads((out / ARTIFACT_DIR / "manifest.json").read_text())
+
+
+@pytest.mark.parametrize("channels", [(32, 64, 128), (8, 16, 32)])
+def test_low_res_decoder_equals_the_trained_decoder(channels):
+    torch.manual_seed(0)
+    decoder = VAE(VAEConfig(channels=channels)).decoder.eval()
+    for p in decoder.parameters():  # non-zero biases too, so that a misplaced bias channel shows
+        torch.nn.init.normal_(p, std=0.2)
+    low = LowResDecoder(decoder).eval()
+    z = torch.randn(7, 64)
+    with torch.no_grad():
+        ref, out = decoder(z), low(z)
+    assert [m.kernel_size for m in low.conv if isinstance(m, torch.nn.Conv2d)] == [(3, 3)] * 3
+    assert out.shape == ref.shape == (7, 1, 28, 28)
+    assert torch.allclose(out, ref, atol=1e-4 * ref.abs().max().item())
 
 
 def test_artifacts_run_in_their_runtimes_and_match_eager(small, exported):
