@@ -12,18 +12,22 @@ TRAIN_ARGS ?=
 EVAL_ARGS ?=
 EXPORT_CHECKPOINT ?= model_store/release/vae.pt
 BENCH_ARGS ?=
+SERVE_ARGS ?=
+SERVE_BENCH_ARGS ?=
 
-.PHONY: help setup train evaluate classifier release export bench test lint clean
+.PHONY: help setup train evaluate classifier release export bench serve serve-bench test lint clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-11s %s\n", $$1, $$2}'
 
-setup: $(VENV)/.installed  ## venv, Python deps, Debian packages (dataset-fashion-mnist)
+setup: $(VENV)/.installed  ## venv, Python deps, Debian packages (dataset-fashion-mnist, Java 17 for TorchServe)
 
 $(VENV)/.installed: pyproject.toml
-	@if [ ! -f $(DATA_PKG_DIR)/train-images-idx3-ubyte.gz ] && command -v apt-get >/dev/null; then \
-		echo "installing Debian packages: dataset-fashion-mnist"; \
-		$(SUDO) apt-get update -q && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -q dataset-fashion-mnist; \
+	@pkgs="$$([ -f $(DATA_PKG_DIR)/train-images-idx3-ubyte.gz ] || echo dataset-fashion-mnist) \
+		$$(command -v java >/dev/null || echo openjdk-17-jre-headless)"; \
+	if [ -n "$${pkgs// /}" ] && command -v apt-get >/dev/null; then \
+		echo "installing Debian packages: $$pkgs"; \
+		$(SUDO) apt-get update -q && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -q $$pkgs; \
 	fi
 	python3.11 -m venv $(VENV) 2>/dev/null || python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
@@ -48,6 +52,12 @@ export: setup  ## checkpoint -> quantized decoders, parity gate, model_store/*.m
 
 bench: setup  ## decoder speed per artifact vs fp32 eager (writes model_store/export/bench_report.json)
 	$(PY) -m export.bench --out model_store/export/bench_report.json $(BENCH_ARGS)
+
+serve: setup  ## TorchServe on 127.0.0.1:8080 with model_store/ (sample, interpolate); metrics on :8083; Ctrl-C stops
+	$(PY) -m handlers $(SERVE_ARGS)
+
+serve-bench: setup  ## serving latency/throughput vs an echo handler in the same TorchServe (runs/serve-bench)
+	$(PY) -m handlers.bench --out runs/serve-bench $(SERVE_BENCH_ARGS)
 
 test: setup  ## the test suite
 	$(PY) -m pytest -q

@@ -25,7 +25,9 @@ from export import archive, build, parity
 from export.config import ARTIFACT_DIR, DEFAULT_CHECKPOINT, DEFAULT_OUT, SERVED_LATENT_DIM, ExportConfig
 from training import checkpoint, classifier, data
 
-CODE = [Path(__file__).resolve().parent / f for f in ("build.py", "config.py", "backends.py", "archive.py")]
+# Code the artifacts and archives depend on: the export stage, the model definition, what the archives pack.
+CODE = [*sorted(archive.ROOT.glob("export/*.py")), archive.ROOT / "training/model.py",
+        *(archive.ROOT / f for f in archive.CODE_FILES), *(m["handler"] for m in archive.MODELS.values())]
 
 
 class ExportError(Exception):
@@ -37,7 +39,7 @@ def build_key(ckpt_sha: str, cfg: ExportConfig) -> str:
     h = hashlib.sha256(ckpt_sha.encode())
     h.update(json.dumps(cfg.to_dict(), sort_keys=True).encode())
     h.update(json.dumps(versions(cfg), sort_keys=True).encode())
-    for path in [*CODE, *sorted(archive.HANDLERS.glob("*.py"))]:
+    for path in CODE:
         h.update(path.read_bytes())
     return h.hexdigest()
 

@@ -13,17 +13,13 @@ import torch  # noqa: E402
 from PIL import Image  # noqa: E402
 
 from training.checkpoint import atomic_write  # noqa: E402
+from training.tiles import tile, to_uint8  # noqa: E402
 
 
 def grid(images: torch.Tensor, rows: int, pad: int = 2, scale: int = 2) -> np.ndarray:
     """Tile images (N, 1, H, W) in [0, 1] into a uint8 array, ``rows`` rows, row-major, upscaled by ``scale``."""
-    n, _, h, w = images.shape
-    cols = -(-n // rows)
-    canvas = np.full((rows * (h + pad) + pad, cols * (w + pad) + pad), 255, dtype=np.uint8)
-    pixels = (images.detach().cpu().clamp(0, 1).numpy()[:, 0] * 255).round().astype(np.uint8)
-    for i, img in enumerate(pixels):
-        r, c = divmod(i, cols)
-        canvas[pad + r * (h + pad):pad + r * (h + pad) + h, pad + c * (w + pad):pad + c * (w + pad) + w] = img
+    pixels = to_uint8(images.detach().cpu().numpy()[:, 0])
+    canvas = tile(pixels, cols=-(-len(pixels) // rows), pad=pad)
     return np.kron(canvas, np.ones((scale, scale), dtype=np.uint8))
 
 

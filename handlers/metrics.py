@@ -1,0 +1,40 @@
+"""Prometheus metrics of the handlers (prometheus-client), shared across TorchServe's worker processes.
+
+Each worker writes its samples into ``$PROMETHEUS_MULTIPROC_DIR`` (prometheus-client's multiprocess mode);
+``python -m handlers`` sets that directory and serves the sum over all workers on its metrics port
+(default 8083, path /metrics). Without the variable the metrics stay in the worker's memory, unexported.
+
+| metric | type | labels | what |
+| --- | --- | --- | --- |
+| fmvae_request_duration_seconds | histogram | model, backend, device | handler time per request (batch in to replies) |
+| fmvae_decode_duration_seconds | histogram | model, backend, device | time of the one decoder call per batch |
+| fmvae_batch_requests | histogram | model | requests per handler call (TorchServe's dynamic batch) |
+| fmvae_request_images | histogram | model | images asked for per request (sample n, interpolate steps) |
+| fmvae_images_generated_total | counter | model, backend, device | images decoded and returned |
+| fmvae_requests_total | counter | model, code | requests answered, by HTTP status |
+| fmvae_errors_total | counter | model, reason | rejected or failed requests, by reason (the Error body's reason) |
+| fmvae_backend_info | gauge | model, backend, device, artifact, threads | 1 per loaded worker configuration |
+"""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Gauge, Histogram
+
+# 0.1 ms .. 1 s: ~1-2-5 steps, dense where this service's latencies lie (0.2 .. 50 ms).
+LATENCY_BUCKETS = (0.0001, 0.0002, 0.0005, 0.00075, 0.001, 0.0015, 0.002, 0.003, 0.004, 0.005, 0.0075, 0.01,
+                   0.015, 0.02, 0.03, 0.05, 0.075, 0.1, 0.2, 0.5, 1.0)
+BATCH_BUCKETS = (1, 2, 3, 4, 6, 8, 12, 16, 32)
+IMAGE_BUCKETS = (1, 2, 4, 8, 10, 16, 32, 64, 128, 256)
+
+REQUEST_SECONDS = Histogram("fmvae_request_duration_seconds", "Handler time per request",
+                            ["model", "backend", "device"], buckets=LATENCY_BUCKETS)
+DECODE_SECONDS = Histogram("fmvae_decode_duration_seconds", "Decoder call time per batch",
+                           ["model", "backend", "device"], buckets=LATENCY_BUCKETS)
+BATCH_REQUESTS = Histogram("fmvae_batch_requests", "Requests per handler call", ["model"], buckets=BATCH_BUCKETS)
+REQUEST_IMAGES = Histogram("fmvae_request_images", "Images asked for per request", ["model"],
+                           buckets=IMAGE_BUCKETS)
+IMAGES = Counter("fmvae_images_generated", "Images decoded and returned", ["model", "backend", "device"])
+REQUESTS = Counter("fmvae_requests", "Requests answered, by HTTP status", ["model", "code"])
+ERRORS = Counter("fmvae_errors", "Rejected or failed requests, by reason", ["model", "reason"])
+BACKEND_INFO = Gauge("fmvae_backend_info", "Loaded worker configuration (value 1)",
+                     ["model", "backend", "device", "artifact", "threads"], multiprocess_mode="max")

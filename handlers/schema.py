@@ -1,0 +1,142 @@
+"""Request parsing against the OpenAPI document (``openapi.yaml``): strict JSON in, validated dict out, or a
+``RequestError`` that names the field, the reason and the problem."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import yaml
+from jsonschema import Draft202012Validator
+
+SPEC: dict = yaml.safe_load(Path(__file__).with_name("openapi.yaml").read_text())
+SCHEMAS: dict = SPEC["components"]["schemas"]
+REQUESTS = {"sample": "SampleRequest", "interpolate": "InterpolateRequest"}
+MAX_BODY_BYTES = 64 * 1024  # two base64 PNGs of 28x28 or two latents need < 4 KiB
+
+
+def inline_refs(node: Any) -> Any:
+    """The schema with every local ``$ref`` replaced by its target (validation then skips ref lookups)."""
+    if isinstance(node, dict):
+        if "$ref" in node:
+            target = SPEC
+            for part in node["$ref"].removeprefix("#/").split("/"):
+                target = target[part]
+            return inline_refs(target)
+        return {k: inline_refs(v) for k, v in node.items()}
+    return [inline_refs(v) for v in node] if isinstance(node, list) else node
+
+
+_VALIDATORS = {endpoint: Draft202012Validator(inline_refs(SCHEMAS[name])) for endpoint, name in REQUESTS.items()}
+_JSON_TYPES = {bool: "a boolean", int: "an integer", float: "a number", str: "a string", list: "an array",
+               dict: "an object", type(None): "null"}
+_SCHEMA_TYPES = {"integer": "an integer", "number": "a number", "string": "a string", "array": "an array",
+                 "object": "an object"}
+# Which error to report when a body has several: its shape first, the endpoint rule last.
+_PRIORITY = {"type": 0, "additionalProperties": 1, "oneOf": 3}
+
+
+class RequestError(Exception):
+    """A rejected request: HTTP ``status``, the offending ``field``, a machine-readable ``reason``, a message."""
+
+    def __init__(self, field: str, reason: str, message: str, status: int = 400) -> None:
+        super().__init__(message)
+        self.field, self.reason, self.message, self.status = field, reason, message, status
+
+    def body(self) -> dict:
+        return {"code": self.status, "field": self.field, "reason": self.reason, "message": self.message}
+
+
+def field_name(path: Any) -> str:
+    """``deque(['latents', 1, 3])`` -> ``latents[1][3]``; the empty path is the body."""
+    name = ""
+    for part in path:
+        name += f"[{part}]" if isinstance(part, int) else (f".{part}" if name else str(part))
+    return name or "body"
+
+
+def load_json(raw: Any) -> Any:
+    """The request body as JSON: bytes/str are parsed strictly; TorchServe may already have parsed it."""
+    if isinstance(raw, dict | list):
+        return raw
+    if raw is None:
+        raise RequestError("body", "malformed_json", "the request has no body; send a JSON object")
+    if isinstance(raw, bytes | bytearray):
+        if len(raw) > MAX_BODY_BYTES:
+            raise RequestError("body", "body_too_large",
+                               f"body is {len(raw)} bytes; the limit is {MAX_BODY_BYTES}", status=413)
+        try:
+            raw = bytes(raw).decode("utf-8")
+        except UnicodeDecodeError as e:
+            raise RequestError("body", "malformed_json", f"body is not UTF-8 text: {e}") from None
+    if not isinstance(raw, str):
+        raise RequestError("body", "malformed_json", "send the request as a JSON body")
+    try:
+        return json.loads(raw)
+    except json.JSONDecodeError as e:
+        raise RequestError("body", "malformed_json", f"body is not valid JSON: {e}") from None
+
+
+def first_non_finite(value: Any, path: tuple = ()) -> tuple | None:
+    """Path of the first NaN or infinite number (Python's JSON parser accepts NaN, Infinity and 1e999)."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return path
+    items = value.items() if isinstance(value, dict) else enumerate(value) if isinstance(value, list) else ()
+    for key, item in items:
+        found = first_non_finite(item, (*path, key))
+        if found is not None:
+            return found
+    return None
+
+
+def _range(schema: dict) -> str:
+    lo = f"({schema['exclusiveMinimum']}" if "exclusiveMinimum" in schema else f"[{schema.get('minimum', '-inf')}"
+    hi = f"{schema['exclusiveMaximum']})" if "exclusiveMaximum" in schema else f"{schema.get('maximum', 'inf')}]"
+    return f"{lo}, {hi}"
+
+
+def _error(err: Any) -> RequestError:
+    """One jsonschema error as a RequestError with a message a client can act on."""
+    field, kind, schema, value = field_name(err.absolute_path), err.validator, err.schema, err.instance
+    if kind == "additionalProperties":
+        allowed = ", ".join(schema.get("properties", {}))
+        unknown = sorted(set(value) - set(schema.get("properties", {})))
+        name = f"{field}.{unknown[0]}" if field != "body" else unknown[0]
+        return RequestError(name, "unknown_field", f"unknown field '{unknown[0]}' (allowed: {allowed})")
+    if kind == "type":
+        if field == "body":
+            return RequestError("body", "not_an_object", f"body must be a JSON object, got {_JSON_TYPES[type(value)]}")
+        return RequestError(field, "wrong_type", f"{field} must be {_SCHEMA_TYPES[schema['type']]}, "
+                                                 f"got {_JSON_TYPES.get(type(value), type(value).__name__)}")
+    if kind in ("minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum"):
+        return RequestError(field, "out_of_range", f"{field} must be in {_range(schema)}, got {value}")
+    if kind == "enum":
+        allowed = ", ".join(schema["enum"])
+        return RequestError(field, "invalid_value", f"{field} must be one of {allowed}, got {value!r}")
+    if kind in ("minItems", "maxItems"):
+        want = schema["minItems"] if schema.get("minItems") == schema.get("maxItems") else _range(
+            {"minimum": schema.get("minItems", 0), "maximum": schema.get("maxItems", "inf")})
+        return RequestError(field, "wrong_length", f"{field} must have {want} items, got {len(value)}")
+    if kind == "oneOf":
+        given = [k for k in ("seeds", "latents", "images") if k in value]
+        return RequestError("seeds|latents|images", "missing_endpoints",
+                            f"give exactly one of seeds, latents or images for the two endpoints, got "
+                            f"{', '.join(given) if given else 'none'}")
+    return RequestError(field, "invalid_value", f"{field}: {err.message}")
+
+
+def parse(raw: Any, endpoint: str) -> dict:
+    """Validate one request body for ``endpoint`` ("sample" or "interpolate"); returns it with defaults filled."""
+    request = load_json(raw)
+    bad = first_non_finite(request)
+    if bad is not None:
+        raise RequestError(field_name(bad), "not_finite", f"{field_name(bad)} must be a finite number")
+    errors = sorted(_VALIDATORS[endpoint].iter_errors(request),
+                    key=lambda e: (_PRIORITY.get(e.validator, 2), len(e.absolute_path)))
+    if errors:
+        raise _error(errors[0])
+    defaults = {k: v["default"] for k, v in SCHEMAS[REQUESTS[endpoint]]["properties"].items() if "default" in v}
+    defaults["format"] = SCHEMAS["Format"]["default"]
+    return defaults | request

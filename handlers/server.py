@@ -1,0 +1,200 @@
+"""Start and stop a TorchServe serving the model store, plus the exporter of the handlers' Prometheus metrics.
+
+Used by ``python -m handlers`` (``make serve``), the tests and the benchmarks. Each instance gets its own
+ports (HTTP and gRPC) and a private temp dir (TorchServe keeps its pid file and worker sockets there), so
+several can run on one machine. Token auth is off and the model API stays off: the inference and management
+APIs listen on loopback only unless ``host`` says otherwise (see the README before exposing them).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+
+from prometheus_client import CollectorRegistry, multiprocess, start_http_server
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    """Every serving setting in one place (per-model settings live in each archive's model-config YAML)."""
+
+    host: str = "127.0.0.1"
+    inference_port: int = 8080
+    management_port: int = 8081
+    torchserve_metrics_port: int = 8082  # TorchServe's own metrics (Prometheus format)
+    metrics_port: int = 8083  # the handlers' metrics: latency histograms, images, errors (handlers/metrics.py)
+    grpc_inference_port: int = 7070
+    grpc_management_port: int = 7071
+    model_store: Path = Path("model_store")
+    models: tuple[str, ...] = ("sample", "interpolate")
+    max_request_size: int = 1024 * 1024  # bytes; the handlers reject bodies over 64 KiB with a JSON error
+    log_dir: Path | None = None  # default: logs/ inside the private temp dir
+    extra_env: dict = field(default_factory=dict)
+
+    def with_free_ports(self) -> ServerConfig:
+        """A copy whose ports are free on the loopback interface now."""
+        ports = [f.name for f in fields(self) if f.name.endswith("_port")]
+        socks = [socket.socket() for _ in ports]
+        for s in socks:
+            s.bind(("127.0.0.1", 0))
+        chosen = {name: s.getsockname()[1] for name, s in zip(ports, socks, strict=True)}
+        for s in socks:
+            s.close()
+        return replace(self, **chosen)
+
+    def properties(self, model_store: Path) -> str:
+        """TorchServe's config.properties."""
+        return "\n".join([
+            f"inference_address=http://{self.host}:{self.inference_port}",
+            f"management_address=http://{self.host}:{self.management_port}",
+            f"metrics_address=http://{self.host}:{self.torchserve_metrics_port}",
+            f"grpc_inference_address={self.host}",
+            f"grpc_management_address={self.host}",
+            f"grpc_inference_port={self.grpc_inference_port}",
+            f"grpc_management_port={self.grpc_management_port}",
+            f"model_store={model_store}",
+            "load_models=" + ",".join(f"{m}={m}.mar" for m in self.models),
+            f"max_request_size={self.max_request_size}",
+            "disable_token_authorization=true",
+            "enable_model_api=false",
+            "install_py_dep_per_model=false",
+            "metrics_mode=prometheus",
+            "decode_input_request=false",  # the handlers parse JSON bodies themselves, strictly
+            "",
+        ])
+
+
+class ServerError(Exception):
+    """TorchServe did not start or a model did not become ready; the message holds the log's tail."""
+
+
+def http_json(url: str, timeout: float = 5) -> dict | list:
+    with urllib.request.urlopen(url, timeout=timeout) as response:
+        return json.loads(response.read())
+
+
+class TorchServe:
+    """One TorchServe process group and its metrics exporter; a context manager that always cleans up."""
+
+    def __init__(self, config: ServerConfig | None = None) -> None:
+        self.config = config or ServerConfig()
+        self.process: subprocess.Popen | None = None
+        self.exporter = None
+        self.tmp = Path(tempfile.mkdtemp(prefix="fmvae-serve-"))
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.config.host}:{self.config.inference_port}"
+
+    @property
+    def metrics_url(self) -> str:
+        return f"http://{self.config.host}:{self.config.metrics_port}/metrics"
+
+    @property
+    def log_dir(self) -> Path:
+        return self.config.log_dir or self.tmp / "logs"
+
+    def start(self, timeout: float = 180) -> TorchServe:
+        """Start TorchServe and the exporter; return once every model has a ready worker."""
+        torchserve = Path(sys.executable).parent / "torchserve"
+        if shutil.which("java") is None:
+            raise ServerError("java not found: TorchServe needs a Java 17 runtime "
+                              "(Debian: apt-get install openjdk-17-jre-headless)")
+        store = self.config.model_store.resolve()
+        missing = [m for m in self.config.models if not (store / f"{m}.mar").is_file()]
+        if missing:
+            raise ServerError(f"{store}: no archive for {', '.join(missing)}; run `make export`")
+        multiproc = self.tmp / "prometheus"
+        multiproc.mkdir()
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+        properties = self.tmp / "config.properties"
+        properties.write_text(self.config.properties(store))
+        env = os.environ | {
+            "TMPDIR": str(self.tmp), "TEMP": str(self.tmp),  # pid file (Python) and java.io.tmpdir (sockets)
+            "LOG_LOCATION": str(self.log_dir), "METRICS_LOCATION": str(self.log_dir),
+            "PROMETHEUS_MULTIPROC_DIR": str(multiproc),
+        } | self.config.extra_env
+        registry = CollectorRegistry()
+        multiprocess.MultiProcessCollector(registry, path=str(multiproc))
+        self.exporter, _ = start_http_server(self.config.metrics_port, self.config.host, registry=registry)
+        with open(self.log_dir / "torchserve.out", "ab") as out:
+            self.process = subprocess.Popen(
+                [str(torchserve), "--start", "--foreground", "--ncs", "--ts-config", str(properties),
+                 "--model-store", str(store)],
+                env=env, cwd=self.tmp, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+        try:
+            self.wait_ready(timeout)
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def wait_ready(self, timeout: float) -> None:
+        """Poll the management API until each model has a READY worker."""
+        deadline = time.monotonic() + timeout
+        management = f"http://{self.config.host}:{self.config.management_port}"
+        pending = set(self.config.models)
+        while pending:
+            if self.process.poll() is not None:
+                raise ServerError(f"TorchServe exited with code {self.process.returncode}\n{self.log_tail()}")
+            if time.monotonic() > deadline:
+                raise ServerError(f"models {sorted(pending)} not ready after {timeout:.0f} s\n{self.log_tail()}")
+            for model in sorted(pending):
+                try:
+                    described = http_json(f"{management}/models/{model}")
+                except (urllib.error.URLError, OSError, ValueError):
+                    continue
+                if any(w.get("status") == "READY" for d in described for w in d.get("workers", [])):
+                    pending.discard(model)
+            time.sleep(0.5)
+
+    def log_tail(self, lines: int = 40) -> str:
+        """The last lines of TorchServe's logs, for error messages."""
+        text = []
+        for name in ("torchserve.out", "ts_log.log", "model_log.log"):
+            path = self.log_dir / name
+            if path.is_file():
+                text += [f"--- {path}"] + path.read_text(errors="replace").splitlines()[-lines:]
+        return "\n".join(text)
+
+    def stop(self) -> None:
+        """Stop TorchServe (the whole process group: launcher, JVM, workers) and the exporter."""
+        if self.process is not None and self.process.poll() is None:
+            try:
+                os.killpg(self.process.pid, signal.SIGTERM)
+                self.process.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.process.pid, signal.SIGKILL)
+                self.process.wait()
+            except ProcessLookupError:
+                pass
+        if self.process is not None:  # workers that outlived the launcher are still in its process group
+            deadline = time.monotonic() + 10
+            try:
+                while time.monotonic() < deadline:
+                    os.killpg(self.process.pid, signal.SIGKILL)
+                    time.sleep(0.05)
+            except ProcessLookupError:
+                pass
+        if self.exporter is not None:
+            self.exporter.shutdown()
+            self.exporter.server_close()
+            self.exporter = None
+        shutil.rmtree(self.tmp, ignore_errors=True)
+
+    def __enter__(self) -> TorchServe:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()

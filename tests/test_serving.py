@@ -1,0 +1,276 @@
+"""The handlers in a real TorchServe on free loopback ports, built from the committed export artifacts."""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import os
+import urllib.error
+import urllib.request
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+from prometheus_client.parser import text_string_to_metric_families
+
+from export import archive, backends
+from export.config import DECODERS, ENCODERS
+from handlers.server import ServerConfig, TorchServe, http_json
+from handlers.service import choose_decoder, seeded_latents, worker_threads
+
+ARTIFACTS = Path(__file__).resolve().parent.parent / "model_store" / "export"
+MODELS = {
+    "sample": {},
+    "interpolate": {},
+    # Long batch delay so that concurrent requests surely share a batch.
+    "batched": {"handler_file": archive.HANDLERS / "sample.py", "artifacts": list(DECODERS.values()),
+                "workers": {"batchSize": 8, "maxBatchDelay": 500}},
+    "sample_ts": {"handler_file": archive.HANDLERS / "sample.py", "artifacts": [DECODERS["torchscript-int8"]],
+                  "handler": {"decoder": DECODERS["torchscript-int8"]}},
+}
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    store = tmp_path_factory.mktemp("store")
+    for name, spec in MODELS.items():
+        archive.build(name, ARTIFACTS, store, version="test", **spec)
+    ts = TorchServe(ServerConfig(model_store=store, models=tuple(MODELS)).with_free_ports())
+    with ts:
+        yield ts
+    group = ts.process.pid
+    with pytest.raises(ProcessLookupError):  # no JVM or worker left behind
+        os.killpg(group, 0)
+    assert not ts.tmp.exists()
+
+
+def post(server, model: str, body: bytes | dict, content_type: str = "application/json") -> tuple[int, dict, bytes]:
+    data = json.dumps(body).encode() if isinstance(body, dict) else body
+    request = urllib.request.Request(f"{server.url}/predictions/{model}", data=data, method="POST",
+                                     headers={"Content-Type": content_type})
+    try:
+        with urllib.request.urlopen(request, timeout=60) as response:
+            return response.status, {k.lower(): v for k, v in response.headers.items()}, response.read()
+    except urllib.error.HTTPError as e:
+        return e.code, {k.lower(): v for k, v in e.headers.items()}, e.read()
+
+
+def npy(payload: bytes) -> np.ndarray:
+    return np.load(io.BytesIO(payload))
+
+
+def png(payload: bytes) -> np.ndarray:
+    image = Image.open(io.BytesIO(payload))
+    assert image.format == "PNG" and image.mode == "L"
+    return np.asarray(image)
+
+
+def b64png(pixels: np.ndarray) -> str:
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, format="PNG")
+    return base64.b64encode(buffer.getvalue()).decode()
+
+
+def scrape(server) -> list[tuple[str, dict, float]]:
+    """The handlers' metrics as (name, labels, value) samples, via prometheus_client's own parser."""
+    text = urllib.request.urlopen(server.metrics_url, timeout=10).read().decode()
+    return [(s.name, s.labels, s.value) for family in text_string_to_metric_families(text) for s in family.samples]
+
+
+def value(samples: list, name: str, **labels: str) -> float:
+    """Sum of the samples called ``name`` whose labels include ``labels`` (0 when there are none)."""
+    return sum(v for n, lab, v in samples if n == name and labels.items() <= lab.items())
+
+
+def test_sample_formats(server):
+    code, headers, body = post(server, "sample", {"n": 5, "seed": 3, "format": "npy"})
+    assert code == 200 and headers["content-type"] == "application/x-npy" and headers["x-seed"] == "3"
+    images = npy(body)
+    assert images.shape == (5, 28, 28) and images.dtype == np.float32 and 0 <= images.min() < images.max() <= 1
+
+    code, headers, body = post(server, "sample", {"n": 5, "seed": 3, "format": "json"})
+    reply = json.loads(body)
+    assert code == 200 and headers["content-type"] == "application/json" and reply["seed"] == 3
+    assert reply["backend"] == "onnx-int8" and reply["device"] == "cpu"
+    assert np.allclose(reply["latents"], seeded_latents(3, 5), atol=1e-6)
+    decoded = np.stack([png(base64.b64decode(s)) for s in reply["images"]])
+    assert decoded.shape == (5, 28, 28)
+    assert np.abs(decoded.astype(int) - (images * 255).round()).max() <= 1
+
+    code, headers, body = post(server, "sample", {"n": 5, "seed": 3})  # default format: one png grid
+    grid = png(body)
+    assert code == 200 and headers["content-type"] == "image/png"
+    assert grid.shape == (2 + 2 * 30, 2 + 3 * 30)  # 5 images: 3 columns, 2 rows, 2-pixel gaps
+    assert np.array_equal(grid[2:30, 2:30], decoded[0])
+
+
+def test_sample_is_a_function_of_the_seed(server):
+    a = npy(post(server, "sample", {"n": 8, "seed": 11, "format": "npy"})[2])
+    b = npy(post(server, "sample", {"n": 8, "seed": 11, "format": "npy"})[2])
+    prefix = npy(post(server, "sample", {"n": 3, "seed": 11, "format": "npy"})[2])
+    other = npy(post(server, "sample", {"n": 8, "seed": 12, "format": "npy"})[2])
+    assert np.array_equal(a, b)
+    assert np.allclose(prefix, a[:3], atol=1e-6)
+    assert np.abs(a - other).mean() > 0.05
+    code, headers, _ = post(server, "sample", {"n": 1, "format": "npy"})  # no seed: one is drawn and returned
+    drawn = int(headers["x-seed"])
+    assert code == 200 and 0 <= drawn < 2**63
+
+
+def test_temperature_scales_the_latents(server):
+    cold = json.loads(post(server, "sample", {"n": 4, "seed": 5, "temperature": 0.5, "format": "json"})[2])
+    assert np.allclose(cold["latents"], 0.5 * seeded_latents(5, 4), atol=1e-6)
+
+
+def test_interpolate_from_seeds_lerp_and_slerp(server):
+    ends = seeded_latents(1, 1)[0], seeded_latents(2, 1)[0]
+    norms = {}
+    for method in ("lerp", "slerp"):
+        code, _, body = post(server, "interpolate", {"seeds": [1, 2], "steps": 9, "method": method, "format": "json"})
+        reply = json.loads(body)
+        z = np.array(reply["latents"])
+        assert code == 200 and z.shape == (9, 64) and len(reply["images"]) == 9
+        assert np.allclose(z[0], ends[0], atol=1e-5) and np.allclose(z[-1], ends[1], atol=1e-5)
+        norms[method] = np.linalg.norm(z, axis=1)
+    # slerp keeps the norm on the line between the endpoints' norms; lerp cuts inside the shell
+    expected = np.linspace(np.linalg.norm(ends[0]), np.linalg.norm(ends[1]), 9)
+    assert np.allclose(norms["slerp"], expected, rtol=1e-4)
+    assert norms["lerp"][4] < 0.85 * expected[4]
+
+
+def test_interpolate_formats_and_latent_input(server):
+    z = np.random.default_rng(0).standard_normal((2, 64)).round(3)
+    body = {"latents": z.tolist(), "steps": 20, "method": "lerp"}
+    code, headers, grid = post(server, "interpolate", body)
+    assert code == 200 and headers["content-type"] == "image/png"
+    assert png(grid).shape == (2 + 2 * 30, 2 + 16 * 30)  # rows of 16
+    images = npy(post(server, "interpolate", body | {"format": "npy"})[2])
+    reply = json.loads(post(server, "interpolate", body | {"format": "json"})[2])
+    assert images.shape == (20, 28, 28)
+    assert np.allclose(reply["latents"][0], z[0], atol=1e-6) and np.allclose(reply["latents"][-1], z[1], atol=1e-6)
+
+
+def test_interpolate_from_images_uses_posterior_means(server):
+    pixels = (npy(post(server, "sample", {"n": 2, "seed": 7, "format": "npy"})[2]) * 255).round().astype(np.uint8)
+    code, _, body = post(server, "interpolate", {"images": [b64png(p) for p in pixels], "steps": 5,
+                                                 "format": "json"})
+    assert code == 200
+    encoder = backends.load(ARTIFACTS / ENCODERS["onnx-fp32"])
+    mu = encoder(pixels[:, None].astype(np.float32) / 255)
+    z = np.array(json.loads(body)["latents"])
+    assert np.allclose(z[0], mu[0], atol=1e-4) and np.allclose(z[-1], mu[1], atol=1e-4)
+
+
+GOOD_PNG = b64png(np.zeros((28, 28), np.uint8))
+BAD_INPUTS = [
+    ("sample", b"{bad json", 400, "body", "malformed_json"),
+    ("sample", b"\xff\xfe", 400, "body", "malformed_json"),
+    ("sample", b"", 400, "body", "malformed_json"),
+    ("sample", b"[1, 2]", 400, "body", "not_an_object"),
+    ("sample", {"n": 2, "colour": "red"}, 400, "colour", "unknown_field"),
+    ("sample", {"n": "2"}, 400, "n", "wrong_type"),
+    ("sample", {"n": 2.5}, 400, "n", "wrong_type"),
+    ("sample", {"n": True}, 400, "n", "wrong_type"),
+    ("sample", {"n": 0}, 400, "n", "out_of_range"),
+    ("sample", {"n": 257}, 400, "n", "out_of_range"),
+    ("sample", {"seed": -1}, 400, "seed", "out_of_range"),
+    ("sample", {"temperature": 0}, 400, "temperature", "out_of_range"),
+    ("sample", {"temperature": 2.5}, 400, "temperature", "out_of_range"),
+    ("sample", b'{"temperature": NaN}', 400, "temperature", "not_finite"),
+    ("sample", b'{"temperature": Infinity}', 400, "temperature", "not_finite"),
+    ("sample", {"format": "gif"}, 400, "format", "invalid_value"),
+    ("sample", b'{"n": 1, "pad": "' + b"x" * 70_000 + b'"}', 413, "body", "body_too_large"),
+    ("interpolate", {"steps": 5}, 400, "seeds|latents|images", "missing_endpoints"),
+    ("interpolate", {"seeds": [1, 2], "latents": [[0] * 64] * 2}, 400, "seeds|latents|images", "missing_endpoints"),
+    ("interpolate", {"seeds": [1]}, 400, "seeds", "wrong_length"),
+    ("interpolate", {"latents": [[0.0] * 64, [0.0] * 63]}, 400, "latents[1]", "wrong_length"),
+    ("interpolate", {"latents": [[0.0] * 64, [0.0] * 63 + ["x"]]}, 400, "latents[1][63]", "wrong_type"),
+    ("interpolate", b'{"latents": [[' + b"0," * 63 + b'NaN], [' + b"0," * 63 + b"0]]}", 400, "latents[0][63]",
+     "not_finite"),
+    ("interpolate", {"seeds": [1, 2], "steps": 1}, 400, "steps", "out_of_range"),
+    ("interpolate", {"seeds": [1, 2], "steps": 65}, 400, "steps", "out_of_range"),
+    ("interpolate", {"seeds": [1, 2], "method": "cubic"}, 400, "method", "invalid_value"),
+    ("interpolate", {"images": [GOOD_PNG, "not base64!"]}, 400, "images[1]", "bad_image"),
+    ("interpolate", {"images": [base64.b64encode(b"GIF89a junk").decode(), GOOD_PNG]}, 400, "images[0]",
+     "bad_image"),
+    ("interpolate", {"images": [GOOD_PNG, b64png(np.zeros((32, 32), np.uint8))]}, 400, "images[1]", "bad_image"),
+    ("interpolate", {"images": [b64png(np.zeros((28, 28, 3), np.uint8)), GOOD_PNG]}, 400, "images[0]",
+     "bad_image"),
+]
+
+
+@pytest.mark.parametrize(("model", "body", "status", "field", "reason"), BAD_INPUTS,
+                         ids=[f"{m}-{r}-{f}-{i}" for i, (m, _, _, f, r) in enumerate(BAD_INPUTS)])
+def test_bad_input_gets_a_json_4xx_naming_the_field(server, model, body, status, field, reason):
+    code, headers, payload = post(server, model, body)
+    error = json.loads(payload)
+    assert (code, headers["content-type"]) == (status, "application/json")
+    assert (error["code"], error["field"], error["reason"]) == (status, field, reason)
+    assert error["message"]
+
+
+def test_worker_survives_bad_input(server):
+    management = f"http://127.0.0.1:{server.config.management_port}"
+    before = [w["pid"] for w in http_json(f"{management}/models/sample")[0]["workers"]]
+    for _, body, *_ in BAD_INPUTS[:8]:
+        post(server, "sample", body)
+    assert post(server, "sample", {"n": 1, "seed": 0, "format": "npy"})[0] == 200
+    assert [w["pid"] for w in http_json(f"{management}/models/sample")[0]["workers"]] == before
+
+
+def test_bad_request_in_a_batch_fails_alone(server):
+    bodies = [{"n": 3, "seed": s, "format": "npy"} for s in range(7)]
+    bodies.insert(3, {"n": 999})
+    before = scrape(server)
+    with ThreadPoolExecutor(len(bodies)) as pool:
+        results = list(pool.map(lambda b: post(server, "batched", b), bodies))
+    calls = value(scrape(server), "fmvae_batch_requests_count", model="batched") - value(
+        before, "fmvae_batch_requests_count", model="batched")
+    assert calls < len(bodies)  # some requests shared a handler call
+    assert results[3][0] == 400 and json.loads(results[3][2])["field"] == "n"
+    good = [r for i, r in enumerate(results) if i != 3]
+    for seed, (code, _, body) in enumerate(good):
+        assert code == 200
+        alone = npy(post(server, "sample", {"n": 3, "seed": seed, "format": "npy"})[2])
+        assert np.allclose(npy(body), alone, atol=1e-5)  # static int8: results do not depend on batch-mates
+
+
+def test_backend_is_chosen_by_the_model_config(server):
+    reply = json.loads(post(server, "sample_ts", {"n": 4, "seed": 9, "format": "json"})[2])
+    assert (reply["backend"], reply["device"]) == ("torchscript-int8", "cpu")
+    ts = npy(post(server, "sample_ts", {"n": 4, "seed": 9, "format": "npy"})[2])
+    onnx = npy(post(server, "sample", {"n": 4, "seed": 9, "format": "npy"})[2])
+    assert 10 * np.log10(1 / np.mean((ts - onnx) ** 2)) > 35  # two int8 decoders of one model agree
+
+
+def test_metrics_are_exported_and_increase(server):
+    before = scrape(server)
+    assert post(server, "sample", {"n": 6, "seed": 1, "format": "npy"})[0] == 200
+    assert post(server, "sample", {"n": -1})[0] == 400
+    after = scrape(server)
+    labels = {"backend": "onnx-int8", "device": "cpu", "model": "sample"}
+
+    def grew(name: str, **extra: str) -> float:
+        return value(after, name, **labels, **extra) - value(before, name, **labels, **extra)
+
+    assert grew("fmvae_images_generated_total") == 6
+    assert grew("fmvae_request_duration_seconds_count") == 2
+    assert grew("fmvae_decode_duration_seconds_count") == 1
+    buckets = {lab["le"] for n, lab, _ in after if n == "fmvae_request_duration_seconds_bucket"}
+    assert {"0.0001", "0.001", "0.01", "0.1", "1.0", "+Inf"} <= buckets
+    assert value(after, "fmvae_errors_total", model="sample", reason="out_of_range") - value(
+        before, "fmvae_errors_total", model="sample", reason="out_of_range") == 1
+    assert value(after, "fmvae_requests_total", model="sample", code="200") > 0
+    assert value(after, "fmvae_backend_info", **labels, artifact="decoder_int8.onnx", threads="1") == 1
+
+
+def test_worker_threads_and_device_choice(monkeypatch):
+    monkeypatch.delenv("FMVAE_WORKER_THREADS", raising=False)
+    assert worker_threads("auto", cpus=16) == 8 and worker_threads("auto", cpus=1) == 1
+    assert worker_threads(3) == 3
+    monkeypatch.setenv("FMVAE_WORKER_THREADS", "2")
+    assert worker_threads("auto", cpus=16) == 2
+    assert choose_decoder(archive.HANDLER_CONFIG, gpu_id=None) == (DECODERS["onnx-int8"], "cpu")
