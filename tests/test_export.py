@@ -103,7 +103,8 @@ def test_manifest_lists_every_file_with_its_hash(small, exported):
             assert sorted(z.namelist()) == entry["contents"]
             mar = json.loads(z.read("MAR-INF/MANIFEST.json"))
             assert mar["model"]["modelName"] == name
-            for artifact in ("decoder_int8.onnx", "decoder_fp32.pt", "backends.py"):
+            for artifact in ("decoder_int8.onnx", "decoder_fp32.pt", "export/backends.py", "handlers/service.py",
+                             "model-config.yaml", f"{name}.py"):
                 assert artifact in z.namelist()
             packed = z.read("decoder_int8.onnx")
         assert packed == (out / ARTIFACT_DIR / "decoder_int8.onnx").read_bytes()
