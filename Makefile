@@ -14,20 +14,23 @@ EXPORT_CHECKPOINT ?= model_store/release/vae.pt
 BENCH_ARGS ?=
 SERVE_ARGS ?=
 SERVE_BENCH_ARGS ?=
+LOADTEST_ARGS ?=
 
-.PHONY: help setup train evaluate classifier release export bench serve serve-bench test lint clean
+.PHONY: help setup train evaluate classifier release export bench serve serve-bench loadtest test lint clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-11s %s\n", $$1, $$2}'
 
-setup: $(VENV)/.installed  ## venv, Python deps, Debian packages (dataset-fashion-mnist, Java 17 for TorchServe)
+setup: $(VENV)/.installed  ## venv, Python deps, Debian packages (dataset-fashion-mnist, Java 17, prometheus)
 
 $(VENV)/.installed: pyproject.toml
-	@pkgs="$$([ -f $(DATA_PKG_DIR)/train-images-idx3-ubyte.gz ] || echo dataset-fashion-mnist) \
-		$$(command -v java >/dev/null || echo openjdk-17-jre-headless)"; \
-	if [ -n "$${pkgs// /}" ] && command -v apt-get >/dev/null; then \
+	@pkgs=""; \
+	[ -f $(DATA_PKG_DIR)/train-images-idx3-ubyte.gz ] || pkgs="$$pkgs dataset-fashion-mnist"; \
+	command -v java >/dev/null || pkgs="$$pkgs openjdk-17-jre-headless"; \
+	command -v promtool >/dev/null || pkgs="$$pkgs prometheus"; \
+	if [ -n "$$pkgs" ] && command -v apt-get >/dev/null; then \
 		echo "installing Debian packages: $$pkgs"; \
-		$(SUDO) apt-get update -q && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -q $$pkgs; \
+		$(SUDO) apt-get update -q && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -q --no-install-recommends $$pkgs; \
 	fi
 	python3.11 -m venv $(VENV) 2>/dev/null || python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
@@ -58,6 +61,9 @@ serve: setup  ## TorchServe on 127.0.0.1:8080 with model_store/ (sample, interpo
 
 serve-bench: setup  ## serving latency/throughput vs an echo handler in the same TorchServe (runs/serve-bench)
 	$(PY) -m handlers.bench --out runs/serve-bench $(SERVE_BENCH_ARGS)
+
+loadtest: setup  ## Locust, 50 users for 60 s, p50 gates (80 ms); starts a server if none answers (LOADTEST_ARGS)
+	$(PY) -m loadtest $(LOADTEST_ARGS)
 
 test: setup  ## the test suite
 	$(PY) -m pytest -q

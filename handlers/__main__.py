@@ -37,6 +37,7 @@ def main(argv: list[str] | None = None) -> int:
               f"-d '{{\"n\": 16, \"seed\": 1}}' -o samples.png\n"
               f"  metrics: {server.metrics_url} (handlers), "
               f"http://{config.host}:{config.torchserve_metrics_port}/metrics (TorchServe)\n"
+              f"  token auth: off (listening on {config.host}; the container turns it on); model API: off\n"
               "Ctrl-C stops.", flush=True)
         server.process.wait()
         print(f"TorchServe exited with code {server.process.returncode}\n{server.log_tail()}")

@@ -14,9 +14,16 @@ Each worker writes its samples into ``$PROMETHEUS_MULTIPROC_DIR`` (prometheus-cl
 | fmvae_requests_total | counter | model, code | requests answered, by HTTP status |
 | fmvae_errors_total | counter | model, reason | rejected or failed requests, by reason (the Error body's reason) |
 | fmvae_backend_info | gauge | model, backend, device, artifact, threads | 1 per loaded worker configuration |
+| fmvae_worker_cpu_seconds | gauge | model, pid | CPU seconds of each worker process (rate() gives cores used) |
+| fmvae_worker_resident_memory_bytes | gauge | model, pid | resident memory of each worker process |
+
+Series of a worker that died stay until the server restarts (prometheus-client keeps its file).
 """
 
 from __future__ import annotations
+
+import os
+import time
 
 from prometheus_client import Counter, Gauge, Histogram
 
@@ -38,3 +45,15 @@ REQUESTS = Counter("fmvae_requests", "Requests answered, by HTTP status", ["mode
 ERRORS = Counter("fmvae_errors", "Rejected or failed requests, by reason", ["model", "reason"])
 BACKEND_INFO = Gauge("fmvae_backend_info", "Loaded worker configuration (value 1)",
                      ["model", "backend", "device", "artifact", "threads"], multiprocess_mode="max")
+# Per worker process (label pid, added by multiprocess mode "all"), refreshed after every batch.
+WORKER_CPU = Gauge("fmvae_worker_cpu_seconds", "CPU seconds used by the worker process (use rate())", ["model"],
+                   multiprocess_mode="all")
+WORKER_MEMORY = Gauge("fmvae_worker_resident_memory_bytes", "Resident memory of the worker process", ["model"],
+                      multiprocess_mode="all")
+
+
+def update_worker_usage(model: str) -> None:
+    """Refresh this worker's CPU and memory gauges (Linux /proc)."""
+    WORKER_CPU.labels(model).set(time.process_time())
+    with open("/proc/self/statm") as statm:
+        WORKER_MEMORY.labels(model).set(int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE"))

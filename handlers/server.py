@@ -66,6 +66,7 @@ class ServerConfig:
             f"model_store={model_store}",
             "load_models=" + ",".join(f"{m}={m}.mar" for m in self.models),
             f"max_request_size={self.max_request_size}",
+            f"allowed_urls=file://{model_store}/.*",  # models come from the local store only
             "disable_token_authorization=true",
             "enable_model_api=false",
             "install_py_dep_per_model=false",

@@ -77,6 +77,7 @@ class Worker:
         self.images = metrics.IMAGES.labels(**labels)
         self.batch_requests = metrics.BATCH_REQUESTS.labels(self.model)
         self.request_images = metrics.REQUEST_IMAGES.labels(self.model)
+        metrics.update_worker_usage(self.model)
 
     def decode(self, z: np.ndarray) -> np.ndarray:
         """Mean images (N, 28, 28) in [0, 1] for latents (N, 64)."""
@@ -179,6 +180,7 @@ class Service:
         for i in range(len(data)):
             self.worker.request_seconds.observe(elapsed)
             metrics.REQUESTS.labels(self.worker.model, str(context.get_response_status(i)[0] or 200)).inc()
+        metrics.update_worker_usage(self.worker.model)
         return replies
 
     def error(self, context: Any, idx: int, e: RequestError) -> str:

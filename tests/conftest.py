@@ -1,4 +1,5 @@
-"""Shared fixtures: small generated Fashion-MNIST-format datasets written as real IDX .gz files."""
+"""Shared fixtures: small generated Fashion-MNIST-format datasets written as real IDX .gz files, and a model
+store built from the current handler code."""
 
 from __future__ import annotations
 
@@ -10,6 +11,8 @@ import numpy as np
 import pytest
 
 from training import data
+
+ARTIFACTS = Path(__file__).resolve().parent.parent / "model_store" / "export"
 
 
 def idx_bytes(array: np.ndarray) -> bytes:
@@ -37,3 +40,14 @@ def write_dataset(directory: Path, n_train: int = 512, n_test: int = 256, seed: 
 def dataset_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A small generated dataset shared by the whole session (read-only by convention)."""
     return write_dataset(tmp_path_factory.mktemp("fmnist"))
+
+
+@pytest.fixture(scope="session")
+def current_store(tmp_path_factory) -> Path:
+    """A model store with archives built from the committed export artifacts and the current handler code."""
+    from export import archive
+
+    store = tmp_path_factory.mktemp("current-store")
+    for name in archive.MODELS:
+        archive.build(name, ARTIFACTS, store, version="test")
+    return store

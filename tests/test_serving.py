@@ -9,7 +9,6 @@ import os
 import urllib.error
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -20,11 +19,10 @@ from export import archive, backends
 from export.config import DECODERS, ENCODERS
 from handlers.server import ServerConfig, TorchServe, http_json
 from handlers.service import choose_decoder, seeded_latents, worker_threads
+from tests.conftest import ARTIFACTS
 
-ARTIFACTS = Path(__file__).resolve().parent.parent / "model_store" / "export"
+# Beside the two served models (from current_store), two test-only configurations:
 MODELS = {
-    "sample": {},
-    "interpolate": {},
     # Long batch delay so that concurrent requests surely share a batch.
     "batched": {"handler_file": archive.HANDLERS / "sample.py", "artifacts": list(DECODERS.values()),
                 "workers": {"batchSize": 8, "maxBatchDelay": 500}},
@@ -34,11 +32,10 @@ MODELS = {
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory):
-    store = tmp_path_factory.mktemp("store")
+def server(current_store):
     for name, spec in MODELS.items():
-        archive.build(name, ARTIFACTS, store, version="test", **spec)
-    ts = TorchServe(ServerConfig(model_store=store, models=tuple(MODELS)).with_free_ports())
+        archive.build(name, ARTIFACTS, current_store, version="test", **spec)
+    ts = TorchServe(ServerConfig(model_store=current_store, models=(*archive.MODELS, *MODELS)).with_free_ports())
     with ts:
         yield ts
     group = ts.process.pid

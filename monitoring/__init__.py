@@ -1,0 +1,1 @@
+"""Monitoring stage: Prometheus config, recording and alert rules, Grafana dashboard, a Prometheus runner."""
