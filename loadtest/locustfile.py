@@ -8,6 +8,7 @@ environment, so the runner and plain Locust agree:
 - ``LOADTEST_N``: sample sizes drawn uniformly, default ``1,4,16,64``
 - ``LOADTEST_STEPS``: interpolation lengths, default ``2,10,32``
 - ``LOADTEST_FORMATS``: response formats, default ``png,json,npy``
+- ``LOADTEST_WAIT``: think time between a user's requests, seconds, default ``0.5,1.5`` (uniform)
 
 Seeds are random; interpolation endpoints are seeds, latents or images (the images come from the service
 itself, fetched once per user). A request counts as failed unless it returns 200 with the content type of
@@ -39,12 +40,13 @@ MIX = weights(os.environ.get("LOADTEST_MIX", "sample=3,interpolate=1"))
 SIZES = [int(n) for n in choices(os.environ.get("LOADTEST_N", "1,4,16,64"))]
 STEPS = [int(n) for n in choices(os.environ.get("LOADTEST_STEPS", "2,10,32"))]
 FORMATS = choices(os.environ.get("LOADTEST_FORMATS", "png,json,npy"))
+WAIT = [float(s) for s in choices(os.environ.get("LOADTEST_WAIT", "0.5,1.5"))]
 
 
 class ServiceUser(HttpUser):
-    """One client: mostly sampling, sometimes interpolating, with a short think time."""
+    """One client: mostly sampling, sometimes interpolating, thinking between requests like a person would."""
 
-    wait_time = between(0.01, 0.05)
+    wait_time = between(WAIT[0], WAIT[-1])
 
     def on_start(self) -> None:
         """Fetch two real images for image-input interpolation."""

@@ -74,7 +74,8 @@ def loadtest(server, tmp_path: Path, *args: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "loadtest", "--host", server.url, "--metrics-url", metrics,
                            "--users", "4", "--spawn-rate", "4", "--out", str(tmp_path), *args],
                           cwd=ROOT, capture_output=True, text=True, timeout=180,
-                          env=os.environ | {"LOADTEST_N": "1,4,16", "LOADTEST_STEPS": "2,10"})
+                          env=os.environ | {"LOADTEST_N": "1,4,16", "LOADTEST_STEPS": "2,10",
+                                            "LOADTEST_WAIT": "0.01,0.05"})  # short runs need busy users
 
 
 def test_loadtest_passes_and_every_panel_has_data(stack, tmp_path):
