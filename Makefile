@@ -68,8 +68,9 @@ loadtest: setup  ## Locust, 50 users for 60 s, p50 gates (80 ms); starts a serve
 test: setup  ## the test suite
 	$(PY) -m pytest -q
 
-lint: setup  ## ruff
+lint: setup  ## ruff, and hadolint on the Dockerfile (fails on any finding)
 	$(VENV)/bin/ruff check .
+	$(VENV)/bin/hadolint --failure-threshold info Dockerfile
 
 clean:  ## remove the venv and runs/
 	rm -rf $(VENV) runs .pytest_cache .ruff_cache

@@ -15,29 +15,42 @@ def interrupt(signum: int, frame: object) -> None:
     raise KeyboardInterrupt
 
 
-def main(argv: list[str] | None = None) -> int:
+def parser() -> argparse.ArgumentParser:
+    """The command line of ``python -m handlers`` (also what the Dockerfile's CMD passes)."""
     defaults = ServerConfig()
-    parser = argparse.ArgumentParser(prog="python -m handlers", description=__doc__)
-    parser.add_argument("--model-store", type=Path, default=defaults.model_store)
-    parser.add_argument("--host", default=defaults.host, help="address to listen on (default: loopback only)")
+    cli = argparse.ArgumentParser(prog="python -m handlers", description=__doc__)
+    cli.add_argument("--model-store", type=Path, default=defaults.model_store)
+    cli.add_argument("--host", default=defaults.host, help="inference API address (default: loopback only)")
+    cli.add_argument("--metrics-host", default=defaults.metrics_host, help="metrics addresses (default: loopback)")
+    cli.add_argument("--token-auth", action="store_true", help="require TorchServe's bearer keys")
+    cli.add_argument("--token-expiration-min", type=int, default=defaults.token_expiration_min)
+    cli.add_argument("--work-dir", type=Path, help="TorchServe's working directory, where key_file.json goes")
     for f in fields(ServerConfig):
         if f.name.endswith("_port"):
-            parser.add_argument(f"--{f.name.replace('_', '-')}", type=int, default=getattr(defaults, f.name))
-    parser.add_argument("--log-dir", type=Path, default=Path("runs/serve/logs"))
-    args = parser.parse_args(argv)
+            cli.add_argument(f"--{f.name.replace('_', '-')}", type=int, default=getattr(defaults, f.name))
+    cli.add_argument("--log-dir", type=Path, default=Path("runs/serve/logs"))
+    return cli
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
     ports = {f.name: getattr(args, f.name) for f in fields(ServerConfig) if f.name.endswith("_port")}
-    config = ServerConfig(host=args.host, model_store=args.model_store, log_dir=args.log_dir, **ports)
+    config = ServerConfig(host=args.host, metrics_host=args.metrics_host, model_store=args.model_store,
+                          log_dir=args.log_dir, token_auth=args.token_auth, work_dir=args.work_dir,
+                          token_expiration_min=args.token_expiration_min, **ports)
     server = TorchServe(config)
     signal.signal(signal.SIGTERM, interrupt)
     print(f"starting TorchServe on {server.url} (logs: {server.log_dir}) ...", flush=True)
     try:
         server.start()
+        auth = (f"on: keys in {server.key_file}; send 'Authorization: Bearer <inference key>'"
+                if config.token_auth else f"off (listening on {config.host}; the container turns it on)")
         print(f"ready: {', '.join(config.models)}\n"
               f"  curl -s -X POST {server.url}/predictions/sample -H 'Content-Type: application/json' "
               f"-d '{{\"n\": 16, \"seed\": 1}}' -o samples.png\n"
               f"  metrics: {server.metrics_url} (handlers), "
-              f"http://{config.host}:{config.torchserve_metrics_port}/metrics (TorchServe)\n"
-              f"  token auth: off (listening on {config.host}; the container turns it on); model API: off\n"
+              f"http://{config.metrics_host}:{config.torchserve_metrics_port}/metrics (TorchServe)\n"
+              f"  token auth: {auth}; model API: off\n"
               "Ctrl-C stops.", flush=True)
         server.process.wait()
         print(f"TorchServe exited with code {server.process.returncode}\n{server.log_tail()}")

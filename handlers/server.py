@@ -2,8 +2,9 @@
 
 Used by ``python -m handlers`` (``make serve``), the tests and the benchmarks. Each instance gets its own
 ports (HTTP and gRPC) and a private temp dir (TorchServe keeps its pid file and worker sockets there), so
-several can run on one machine. Token auth is off and the model API stays off: the inference and management
-APIs listen on loopback only unless ``host`` says otherwise (see the README before exposing them).
+several can run on one machine. The management API always listens on loopback and the model (registration)
+API stays off. Defaults suit ``make serve``: everything on 127.0.0.1, token auth off; the container turns
+token auth on and opens the inference (``host``) and metrics (``metrics_host``) addresses.
 """
 
 from __future__ import annotations
@@ -29,7 +30,8 @@ from prometheus_client import CollectorRegistry, multiprocess, start_http_server
 class ServerConfig:
     """Every serving setting in one place (per-model settings live in each archive's model-config YAML)."""
 
-    host: str = "127.0.0.1"
+    host: str = "127.0.0.1"  # inference API (and gRPC inference)
+    metrics_host: str = "127.0.0.1"  # TorchServe's and the handlers' metrics
     inference_port: int = 8080
     management_port: int = 8081
     torchserve_metrics_port: int = 8082  # TorchServe's own metrics (Prometheus format)
@@ -40,6 +42,9 @@ class ServerConfig:
     models: tuple[str, ...] = ("sample", "interpolate")
     max_request_size: int = 1024 * 1024  # bytes; the handlers reject bodies over 64 KiB with a JSON error
     log_dir: Path | None = None  # default: logs/ inside the private temp dir
+    token_auth: bool = False  # TorchServe's token authorization; keys in work_dir/key_file.json
+    token_expiration_min: int = 60  # lifetime of the inference/management keys (TorchServe's default)
+    work_dir: Path | None = None  # TorchServe's working directory (key file); default: the private temp dir
     extra_env: dict = field(default_factory=dict)
 
     def with_free_ports(self) -> ServerConfig:
@@ -57,17 +62,18 @@ class ServerConfig:
         """TorchServe's config.properties."""
         return "\n".join([
             f"inference_address=http://{self.host}:{self.inference_port}",
-            f"management_address=http://{self.host}:{self.management_port}",
-            f"metrics_address=http://{self.host}:{self.torchserve_metrics_port}",
+            f"management_address=http://127.0.0.1:{self.management_port}",
+            f"metrics_address=http://{self.metrics_host}:{self.torchserve_metrics_port}",
             f"grpc_inference_address={self.host}",
-            f"grpc_management_address={self.host}",
+            "grpc_management_address=127.0.0.1",
             f"grpc_inference_port={self.grpc_inference_port}",
             f"grpc_management_port={self.grpc_management_port}",
             f"model_store={model_store}",
             "load_models=" + ",".join(f"{m}={m}.mar" for m in self.models),
             f"max_request_size={self.max_request_size}",
             f"allowed_urls=file://{model_store}/.*",  # models come from the local store only
-            "disable_token_authorization=true",
+            f"disable_token_authorization={str(not self.token_auth).lower()}",
+            f"token_expiration_min={self.token_expiration_min}",
             "enable_model_api=false",
             "install_py_dep_per_model=false",
             "metrics_mode=prometheus",
@@ -80,8 +86,10 @@ class ServerError(Exception):
     """TorchServe did not start or a model did not become ready; the message holds the log's tail."""
 
 
-def http_json(url: str, timeout: float = 5) -> dict | list:
-    with urllib.request.urlopen(url, timeout=timeout) as response:
+def http_json(url: str, timeout: float = 5, token: str | None = None) -> dict | list:
+    """GET ``url`` as JSON, with a bearer token when given."""
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    with urllib.request.urlopen(urllib.request.Request(url, headers=headers), timeout=timeout) as response:
         return json.loads(response.read())
 
 
@@ -94,13 +102,33 @@ class TorchServe:
         self.exporter = None
         self.tmp = Path(tempfile.mkdtemp(prefix="fmvae-serve-"))
 
+    @staticmethod
+    def _reach(host: str) -> str:
+        """The address a local client uses for a listen address (a wildcard means loopback)."""
+        return "127.0.0.1" if host in ("0.0.0.0", "::", "") else host
+
     @property
     def url(self) -> str:
-        return f"http://{self.config.host}:{self.config.inference_port}"
+        return f"http://{self._reach(self.config.host)}:{self.config.inference_port}"
 
     @property
     def metrics_url(self) -> str:
-        return f"http://{self.config.host}:{self.config.metrics_port}/metrics"
+        return f"http://{self._reach(self.config.metrics_host)}:{self.config.metrics_port}/metrics"
+
+    @property
+    def work_dir(self) -> Path:
+        return self.config.work_dir or self.tmp
+
+    @property
+    def key_file(self) -> Path:
+        """TorchServe's key file (token auth on): {"management": {"key": ...}, "inference": {...}, "API": {...}}."""
+        return self.work_dir / "key_file.json"
+
+    def key(self, kind: str) -> str | None:
+        """The current "inference" or "management" key, or None with token auth off."""
+        if not self.config.token_auth:
+            return None
+        return json.loads(self.key_file.read_text())[kind]["key"]
 
     @property
     def log_dir(self) -> Path:
@@ -128,12 +156,13 @@ class TorchServe:
         } | self.config.extra_env
         registry = CollectorRegistry()
         multiprocess.MultiProcessCollector(registry, path=str(multiproc))
-        self.exporter, _ = start_http_server(self.config.metrics_port, self.config.host, registry=registry)
+        self.exporter, _ = start_http_server(self.config.metrics_port, self.config.metrics_host, registry=registry)
+        self.work_dir.mkdir(parents=True, exist_ok=True)
         with open(self.log_dir / "torchserve.out", "ab") as out:
             self.process = subprocess.Popen(
                 [str(torchserve), "--start", "--foreground", "--ncs", "--ts-config", str(properties),
                  "--model-store", str(store)],
-                env=env, cwd=self.tmp, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+                env=env, cwd=self.work_dir, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
         try:
             self.wait_ready(timeout)
         except BaseException:
@@ -144,7 +173,7 @@ class TorchServe:
     def wait_ready(self, timeout: float) -> None:
         """Poll the management API until each model has a READY worker."""
         deadline = time.monotonic() + timeout
-        management = f"http://{self.config.host}:{self.config.management_port}"
+        management = f"http://127.0.0.1:{self.config.management_port}"
         pending = set(self.config.models)
         while pending:
             if self.process.poll() is not None:
@@ -153,8 +182,8 @@ class TorchServe:
                 raise ServerError(f"models {sorted(pending)} not ready after {timeout:.0f} s\n{self.log_tail()}")
             for model in sorted(pending):
                 try:
-                    described = http_json(f"{management}/models/{model}")
-                except (urllib.error.URLError, OSError, ValueError):
+                    described = http_json(f"{management}/models/{model}", token=self.key("management"))
+                except (urllib.error.URLError, OSError, ValueError, KeyError):
                     continue
                 if any(w.get("status") == "READY" for d in described for w in d.get("workers", [])):
                     pending.discard(model)

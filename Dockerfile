@@ -1,0 +1,43 @@
+# syntax=docker/dockerfile:1
+# The fmvae service: TorchServe 0.12 with the committed model_store/, GPU by default.
+#   GPU image: docker build -t fmvae .
+#   CPU image: docker build -t fmvae:cpu --build-arg TORCH_INDEX=https://download.pytorch.org/whl/cpu \
+#                 --build-arg ONNXRUNTIME=onnxruntime==1.31.1 .
+# The GPU image runs on CPU-only hosts too: the handlers fall back to the CPU backends.
+
+ARG PYTHON_IMAGE=python:3.11-slim-bookworm
+
+FROM ${PYTHON_IMAGE} AS build
+ARG TORCH_INDEX=https://download.pytorch.org/whl/cu128
+ARG ONNXRUNTIME=onnxruntime-gpu==1.31.1
+ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
+RUN python -m venv /opt/venv
+ENV PATH=/opt/venv/bin:$PATH
+COPY deploy/requirements-serve.txt /tmp/requirements-serve.txt
+RUN pip install --index-url "${TORCH_INDEX}" --extra-index-url https://pypi.org/simple torch==2.13.0 \
+    && pip install "${ONNXRUNTIME}" -r /tmp/requirements-serve.txt
+
+FROM ${PYTHON_IMAGE} AS runtime
+# Java 17 runs TorchServe's frontend. Debian's security updates move the exact version: not pinned.
+# hadolint ignore=DL3008
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends openjdk-17-jre-headless \
+    && rm -rf /var/lib/apt/lists/* \
+    && useradd --create-home --uid 10001 fmvae \
+    && install -d -o fmvae -g fmvae /home/fmvae/run /home/fmvae/logs
+COPY --from=build /opt/venv /opt/venv
+WORKDIR /app
+COPY handlers/ handlers/
+COPY export/__init__.py export/backends.py export/config.py export/
+COPY training/__init__.py training/latent.py training/tiles.py training/
+COPY model_store/sample.mar model_store/interpolate.mar model_store/
+ENV PATH=/opt/venv/bin:$PATH PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1
+USER 10001
+# 8080 inference (public). Inside the container network only: 8082 TorchServe metrics, 8083 handler metrics.
+# 8081 management listens on the container's loopback and cannot be published.
+EXPOSE 8080 8082 8083
+HEALTHCHECK --interval=30s --timeout=10s --start-period=60s --retries=3 \
+    CMD ["python", "-m", "handlers.health", "--work-dir", "/home/fmvae/run"]
+ENTRYPOINT ["python", "-m", "handlers"]
+CMD ["--host", "0.0.0.0", "--metrics-host", "0.0.0.0", "--token-auth", "--token-expiration-min", "1440", \
+     "--work-dir", "/home/fmvae/run", "--log-dir", "/home/fmvae/logs", "--model-store", "model_store"]

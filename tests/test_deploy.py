@@ -1,0 +1,123 @@
+"""Dockerfile, compose stack and Kubernetes manifests, checked offline (no Docker engine or cluster here)."""
+
+from __future__ import annotations
+
+import json
+import re
+import shlex
+import tomllib
+from pathlib import Path
+
+import kubernetes_validate
+import pytest
+import yaml
+
+from handlers.__main__ import parser
+
+ROOT = Path(__file__).resolve().parent.parent
+DEPLOY = ROOT / "deploy"
+
+
+def instructions(path: Path) -> list[tuple[str, str]]:
+    """(INSTRUCTION, arguments) of a Dockerfile, continuation lines joined, comments dropped."""
+    text = re.sub(r"\\\n", " ", "\n".join(line for line in path.read_text().splitlines()
+                                         if not line.lstrip().startswith("#")))
+    return [(line.split(None, 1)[0].upper(), line.split(None, 1)[1]) for line in text.splitlines() if line.strip()]
+
+
+DOCKERFILE = instructions(ROOT / "Dockerfile")
+
+
+def exec_form(instruction: str) -> list[str]:
+    """The JSON command of ENTRYPOINT, CMD or HEALTHCHECK (after its options and CMD)."""
+    args = next(args for name, args in DOCKERFILE if name == instruction)
+    return json.loads(args.split(" CMD ", 1)[1] if instruction == "HEALTHCHECK" else args)
+
+
+def test_dockerfile_copies_files_that_exist():
+    copies = [shlex.split(args) for name, args in DOCKERFILE if name == "COPY"]
+    sources = [src for args in copies if not args[0].startswith("--from") for src in args[:-1]]
+    assert sources and all((ROOT / src).exists() for src in sources), [s for s in sources if not (ROOT / s).exists()]
+    # the archives' code is all in the image
+    copied = {(ROOT / s).resolve() for s in sources}
+    from export.archive import CODE_FILES
+    for rel in CODE_FILES:
+        path = (ROOT / rel).resolve()
+        assert path in copied or path.parent in copied, rel
+
+
+def test_entrypoint_is_make_serve_with_container_flags():
+    makefile = (ROOT / "Makefile").read_text()
+    serve = re.search(r"^serve:.*\n\t(.+)$", makefile, re.M).group(1)
+    assert serve.split()[1:3] == ["-m", "handlers"]
+    assert exec_form("ENTRYPOINT") == ["python", "-m", "handlers"]
+    args = parser().parse_args(exec_form("CMD"))
+    assert args.token_auth and args.host == "0.0.0.0"  # public inference port, with auth
+    health = exec_form("HEALTHCHECK")
+    assert health[health.index("--work-dir") + 1] == str(args.work_dir)  # it finds TorchServe's key file
+    exposed = {int(p) for name, ports in DOCKERFILE if name == "EXPOSE" for p in ports.split()}
+    assert 8080 in exposed and args.management_port not in exposed
+
+
+def test_serving_requirements_follow_pyproject():
+    deps = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
+    pins = {d.split("==")[0]: d for d in deps if "==" in d}
+    serve = [line.split("#")[0].strip() for line in (DEPLOY / "requirements-serve.txt").read_text().splitlines()]
+    for req in filter(None, serve):
+        name = re.split(r"[=<>]", req)[0]
+        if name in pins:
+            assert req == pins[name]
+    assert "torch==2.13.0" in next(args for name, args in DOCKERFILE if name == "RUN" and "torch==" in args)
+
+
+def test_compose_stack_references_existing_files():
+    compose = yaml.safe_load((DEPLOY / "compose.yaml").read_text())
+    services = compose["services"]
+    assert set(services) == {"fmvae", "prometheus", "grafana"}
+    assert (DEPLOY / services["fmvae"]["build"]["context"] / services["fmvae"]["build"]["dockerfile"]).is_file()
+    published = [p.split(":")[-1] for p in services["fmvae"]["ports"]]
+    assert published == ["8080"]  # management and metrics stay on the compose network
+    for service in services.values():
+        for volume in service.get("volumes", []):
+            source = volume.split(":")[0]
+            if source.startswith("."):
+                assert (DEPLOY / source).exists(), source
+    prometheus_config = next(v for v in services["prometheus"]["volumes"] if "prometheus.yml" in v)
+    compose_prom = yaml.safe_load((DEPLOY / prometheus_config.split(":")[0]).read_text())
+    local_prom = yaml.safe_load((ROOT / "monitoring" / "prometheus.yml").read_text())
+    jobs = [[j["job_name"] for j in config["scrape_configs"]] for config in (compose_prom, local_prom)]
+    assert jobs[0] == jobs[1]
+    assert compose_prom["rule_files"] == local_prom["rule_files"]
+    mounted_rules = {Path(v.split(":")[1]).name for v in services["prometheus"]["volumes"]}
+    assert set(compose_prom["rule_files"]) <= mounted_rules
+
+
+def k8s_documents(name: str) -> list[dict]:
+    return [d for d in yaml.safe_load_all((DEPLOY / "k8s" / name).read_text()) if d]
+
+
+@pytest.mark.parametrize("doc", k8s_documents("fmvae.yaml"), ids=lambda d: d["kind"])
+def test_kubernetes_manifests_match_the_schemas(doc):
+    kubernetes_validate.validate(doc, kubernetes_validate.latest_version(), strict=True)
+
+
+def test_kubernetes_schema_check_can_fail():
+    hpa = next(d for d in k8s_documents("fmvae.yaml") if d["kind"] == "HorizontalPodAutoscaler")
+    hpa["spec"]["maxReplica"] = hpa["spec"].pop("maxReplicas")
+    with pytest.raises(kubernetes_validate.ValidationError):
+        kubernetes_validate.validate(hpa, kubernetes_validate.latest_version(), strict=True)
+
+
+def test_kubernetes_deployment_runs_the_image_as_built():
+    deployment = next(d for d in k8s_documents("fmvae.yaml") if d["kind"] == "Deployment")
+    container = deployment["spec"]["template"]["spec"]["containers"][0]
+    assert container["livenessProbe"]["exec"]["command"] == exec_form("HEALTHCHECK")
+    assert deployment["spec"]["template"]["spec"]["securityContext"]["runAsUser"] == 10001
+    assert {p["containerPort"] for p in container["ports"]} <= {8080, 8082, 8083}
+
+
+def test_kserve_inference_service_shape():
+    (isvc,) = k8s_documents("kserve.yaml")  # no public schema for the CRD: check the fields KServe needs
+    assert (isvc["apiVersion"], isvc["kind"]) == ("serving.kserve.io/v1beta1", "InferenceService")
+    model = isvc["spec"]["predictor"]["model"]
+    assert model["modelFormat"]["name"] == "pytorch" and model["storageUri"].startswith(("s3://", "gs://", "pvc://"))

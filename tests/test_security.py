@@ -1,0 +1,75 @@
+"""Secure serving defaults against a real TorchServe with token authorization on (the container's mode)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import urllib.error
+import urllib.request
+
+import pytest
+
+from handlers.server import ServerConfig, TorchServe
+
+
+@pytest.fixture(scope="module")
+def secured(current_store, tmp_path_factory):
+    config = ServerConfig(model_store=current_store, models=("sample",), token_auth=True,
+                          work_dir=tmp_path_factory.mktemp("work")).with_free_ports()
+    with TorchServe(config) as server:
+        yield server
+
+
+def call(url: str, body: bytes | None = None, token: str | None = None, method: str | None = None) -> tuple[int, str]:
+    headers = {"Content-Type": "application/json"} | ({"Authorization": f"Bearer {token}"} if token else {})
+    request = urllib.request.Request(url, data=body, headers=headers, method=method)
+    try:
+        with urllib.request.urlopen(request, timeout=30) as response:
+            return response.status, response.read().decode(errors="replace")
+    except urllib.error.HTTPError as e:
+        return e.code, e.read().decode(errors="replace")
+
+
+BODY = b'{"n": 1, "seed": 1, "format": "json"}'
+
+
+def test_requests_need_the_inference_key(secured):
+    url = f"{secured.url}/predictions/sample"
+    code, text = call(url, BODY)
+    # TorchServe 0.12 answers a missing or wrong key with 400 InvalidKeyException (not 401)
+    assert code == 400 and "InvalidKeyException" in text
+    assert call(url, BODY, token="not-the-key")[0] == 400
+    assert call(url, BODY, token=secured.key("management"))[0] == 400
+    code, text = call(url, BODY, token=secured.key("inference"))
+    assert code == 200 and len(json.loads(text)["images"]) == 1
+
+
+def test_management_api_is_internal_and_registration_is_off(secured):
+    properties = secured.config.properties(secured.config.model_store)
+    assert f"management_address=http://127.0.0.1:{secured.config.management_port}" in properties
+    # the inference port does not serve management routes, whatever the key
+    for token in (secured.key("inference"), secured.key("management")):
+        code, text = call(f"{secured.url}/models", token=token)
+        assert code in (400, 404, 405) and '"models"' not in text
+    management = f"http://127.0.0.1:{secured.config.management_port}"
+    code, text = call(f"{management}/models", token=secured.key("management"))
+    assert code == 200 and "sample" in text  # the management API itself works, on loopback, with its key
+    code, _ = call(f"{management}/models?url=sample.mar", b"", secured.key("management"), "POST")
+    assert code == 405  # model API off: no registration
+
+
+def test_oversized_bodies_are_refused(secured):
+    url = f"{secured.url}/predictions/sample"
+    key = secured.key("inference")
+    code, text = call(url, b'{"n": 1, "pad": "' + b"x" * 70_000 + b'"}', key)
+    assert code == 413 and json.loads(text)["reason"] == "body_too_large"
+    assert call(url, b'{"pad": "' + b"x" * 2_000_000 + b'"}', key)[0] == 413  # over max_request_size
+
+
+def test_health_check_uses_the_key(secured):
+    ping = f"{secured.url}/ping"
+    health = [sys.executable, "-m", "handlers.health", "--url", ping]
+    assert subprocess.run(health, capture_output=True).returncode == 1  # no key: refused
+    ok = subprocess.run([*health, "--work-dir", str(secured.work_dir)], capture_output=True, text=True)
+    assert ok.returncode == 0 and "Healthy" in ok.stdout
