@@ -37,24 +37,24 @@ def load(host: str, port: int, model: str, body: dict, concurrency: int, seconds
     """Closed-loop load: ``concurrency`` clients with keep-alive connections, each sending back to back."""
     payload = json.dumps(body).encode()
     latencies: list[float] = []
-    errors = [0]
+    failed: list[int] = []
     stop = time.perf_counter() + seconds
     lock = threading.Lock()
 
     def client() -> None:
         conn = http.client.HTTPConnection(host, port, timeout=60)
-        mine = []
+        mine, errors = [], 0
         while time.perf_counter() < stop:
             start = time.perf_counter()
             conn.request("POST", f"/predictions/{model}", payload, {"Content-Type": "application/json"})
             response = conn.getresponse()
             response.read()
             mine.append(time.perf_counter() - start)
-            if response.status != 200:
-                errors[0] += 1
+            errors += response.status != 200
         conn.close()
         with lock:
             latencies.extend(mine)
+            failed.append(errors)
 
     started = time.perf_counter()
     threads = [threading.Thread(target=client) for _ in range(concurrency)]
@@ -64,7 +64,7 @@ def load(host: str, port: int, model: str, body: dict, concurrency: int, seconds
         t.join()
     elapsed = time.perf_counter() - started
     ms = np.array(latencies) * 1e3
-    return {"requests": len(ms), "errors": errors[0], "p50_ms": float(np.percentile(ms, 50)),
+    return {"requests": len(ms), "errors": sum(failed), "p50_ms": float(np.percentile(ms, 50)),
             "p99_ms": float(np.percentile(ms, 99)), "requests_per_s": len(ms) / elapsed}
 
 

@@ -168,13 +168,16 @@ class Service:
         if jobs:
             try:
                 images = self.worker.decode(np.concatenate([job.latents for job in jobs]))
-                bounds = np.cumsum([len(job.latents) for job in jobs])[:-1]
-                for job, part in zip(jobs, np.split(images, bounds), strict=True):
-                    replies[job.index] = self.reply(context, job, part)
+                parts = np.split(images, np.cumsum([len(job.latents) for job in jobs])[:-1])
             except Exception as e:
-                for job in jobs:
+                parts = [RequestError("body", "internal", f"decoding failed: {e}", 500)] * len(jobs)
+            for job, part in zip(jobs, parts, strict=True):
+                try:
+                    replies[job.index] = self.error(context, job.index, part) if isinstance(part, RequestError) \
+                        else self.reply(context, job, part)
+                except Exception as e:  # one reply that cannot be encoded fails alone
                     replies[job.index] = self.error(context, job.index,
-                                                    RequestError("body", "internal", f"decoding failed: {e}", 500))
+                                                    RequestError("body", "internal", f"internal error: {e}", 500))
         elapsed = time.perf_counter() - start
         self.worker.batch_requests.observe(len(data))
         for i in range(len(data)):
