@@ -20,7 +20,7 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
 
 from prometheus_client import CollectorRegistry, multiprocess, start_http_server
@@ -45,7 +45,6 @@ class ServerConfig:
     token_auth: bool = False  # TorchServe's token authorization; keys in work_dir/key_file.json
     token_expiration_min: int = 60  # lifetime of the inference/management keys (TorchServe's default)
     work_dir: Path | None = None  # TorchServe's working directory (key file); default: the private temp dir
-    extra_env: dict = field(default_factory=dict)
 
     def with_free_ports(self) -> ServerConfig:
         """A copy whose ports are free on the loopback interface now."""
@@ -136,34 +135,35 @@ class TorchServe:
 
     def start(self, timeout: float = 180) -> TorchServe:
         """Start TorchServe and the exporter; return once every model has a ready worker."""
-        torchserve = Path(sys.executable).parent / "torchserve"
-        if shutil.which("java") is None:
-            raise ServerError("java not found: TorchServe needs a Java 17 runtime "
-                              "(Debian: apt-get install openjdk-17-jre-headless)")
-        store = self.config.model_store.resolve()
-        missing = [m for m in self.config.models if not (store / f"{m}.mar").is_file()]
-        if missing:
-            raise ServerError(f"{store}: no archive for {', '.join(missing)}; run `make export`")
-        multiproc = self.tmp / "prometheus"
-        multiproc.mkdir()
-        self.log_dir.mkdir(parents=True, exist_ok=True)
-        properties = self.tmp / "config.properties"
-        properties.write_text(self.config.properties(store))
-        env = os.environ | {
-            "TMPDIR": str(self.tmp), "TEMP": str(self.tmp),  # pid file (Python) and java.io.tmpdir (sockets)
-            "LOG_LOCATION": str(self.log_dir), "METRICS_LOCATION": str(self.log_dir),
-            "PROMETHEUS_MULTIPROC_DIR": str(multiproc),
-        } | self.config.extra_env
-        registry = CollectorRegistry()
-        multiprocess.MultiProcessCollector(registry, path=str(multiproc))
-        self.exporter, _ = start_http_server(self.config.metrics_port, self.config.metrics_host, registry=registry)
-        self.work_dir.mkdir(parents=True, exist_ok=True)
-        with open(self.log_dir / "torchserve.out", "ab") as out:
-            self.process = subprocess.Popen(
-                [str(torchserve), "--start", "--foreground", "--ncs", "--ts-config", str(properties),
-                 "--model-store", str(store)],
-                env=env, cwd=self.work_dir, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
-        try:
+        try:  # a failure at any step must not leave the exporter, the JVM or the temp dir behind
+            torchserve = Path(sys.executable).parent / "torchserve"
+            if shutil.which("java") is None:
+                raise ServerError("java not found: TorchServe needs a Java 17 runtime "
+                                  "(Debian: apt-get install openjdk-17-jre-headless)")
+            store = self.config.model_store.resolve()
+            missing = [m for m in self.config.models if not (store / f"{m}.mar").is_file()]
+            if missing:
+                raise ServerError(f"{store}: no archive for {', '.join(missing)}; run `make export`")
+            multiproc = self.tmp / "prometheus"
+            multiproc.mkdir()
+            self.log_dir.mkdir(parents=True, exist_ok=True)
+            properties = self.tmp / "config.properties"
+            properties.write_text(self.config.properties(store))
+            env = os.environ | {
+                "TMPDIR": str(self.tmp), "TEMP": str(self.tmp),  # pid file (Python) and java.io.tmpdir (sockets)
+                "LOG_LOCATION": str(self.log_dir), "METRICS_LOCATION": str(self.log_dir),
+                "PROMETHEUS_MULTIPROC_DIR": str(multiproc),
+            }
+            registry = CollectorRegistry()
+            multiprocess.MultiProcessCollector(registry, path=str(multiproc))
+            self.exporter, _ = start_http_server(self.config.metrics_port, self.config.metrics_host,
+                                                 registry=registry)
+            self.work_dir.mkdir(parents=True, exist_ok=True)
+            with open(self.log_dir / "torchserve.out", "ab") as out:
+                self.process = subprocess.Popen(
+                    [str(torchserve), "--start", "--foreground", "--ncs", "--ts-config", str(properties),
+                     "--model-store", str(store)],
+                    env=env, cwd=self.work_dir, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
             self.wait_ready(timeout)
         except BaseException:
             self.stop()

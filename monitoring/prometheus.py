@@ -53,6 +53,7 @@ class Prometheus:
         self.url = f"http://127.0.0.1:{self.port}"
         self.tmp = Path(tempfile.mkdtemp(prefix="fmvae-prometheus-"))
         self.process: subprocess.Popen | None = None
+        self.log = None  # Prometheus' own output, kept in the temp dir
 
     def start(self, timeout: float = 30) -> Prometheus:
         binary = shutil.which("prometheus")
@@ -103,8 +104,9 @@ class Prometheus:
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait()
-        if getattr(self, "log", None):
+        if self.log is not None:
             self.log.close()
+            self.log = None
         shutil.rmtree(self.tmp, ignore_errors=True)
 
     def __enter__(self) -> Prometheus:

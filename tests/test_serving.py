@@ -17,7 +17,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from export import archive, backends
 from export.config import DECODERS, ENCODERS
-from handlers.server import ServerConfig, TorchServe, http_json
+from handlers.server import ServerConfig, ServerError, TorchServe, http_json
 from handlers.service import choose_decoder, seeded_latents, worker_threads
 from tests.conftest import ARTIFACTS
 
@@ -271,3 +271,10 @@ def test_worker_threads_and_device_choice(monkeypatch):
     monkeypatch.setenv("FMVAE_WORKER_THREADS", "2")
     assert worker_threads("auto", cpus=16) == 2
     assert choose_decoder(archive.HANDLER_CONFIG, gpu_id=None) == (DECODERS["onnx-int8"], "cpu")
+
+
+def test_start_without_archives_fails_clearly_and_cleans_up(tmp_path):
+    ts = TorchServe(ServerConfig(model_store=tmp_path).with_free_ports())
+    with pytest.raises(ServerError, match="no archive for sample, interpolate; run `make export`"):
+        ts.start()
+    assert not ts.tmp.exists()
