@@ -22,8 +22,13 @@ Series of a worker that died stay until the server restarts (prometheus-client k
 
 from __future__ import annotations
 
+import logging
 import os
+import queue
+import threading
 import time
+from collections.abc import Callable
+from typing import Any
 
 from prometheus_client import Counter, Gauge, Histogram
 
@@ -45,7 +50,7 @@ REQUESTS = Counter("fmvae_requests", "Requests answered, by HTTP status", ["mode
 ERRORS = Counter("fmvae_errors", "Rejected or failed requests, by reason", ["model", "reason"])
 BACKEND_INFO = Gauge("fmvae_backend_info", "Loaded worker configuration (value 1)",
                      ["model", "backend", "device", "artifact", "threads"], multiprocess_mode="max")
-# Per worker process (label pid, added by multiprocess mode "all"), refreshed after every batch.
+# Per worker process (label pid, added by multiprocess mode "all"), refreshed every second by the Recorder.
 WORKER_CPU = Gauge("fmvae_worker_cpu_seconds", "CPU seconds used by the worker process (use rate())", ["model"],
                    multiprocess_mode="all")
 WORKER_MEMORY = Gauge("fmvae_worker_resident_memory_bytes", "Resident memory of the worker process", ["model"],
@@ -57,3 +62,42 @@ def update_worker_usage(model: str) -> None:
     WORKER_CPU.labels(model).set(time.process_time())
     with open("/proc/self/statm") as statm:
         WORKER_MEMORY.labels(model).set(int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE"))
+
+
+class Recorder:
+    """Writes a worker's metric samples in a daemon thread, off the request path.
+
+    A handler queues ``(write, value)`` pairs (``Histogram.observe``, ``Counter.inc``, ...) and returns its
+    replies at once; the thread writes them into the multiprocess files while the worker waits for its next
+    batch (each write takes a lock and packs into an mmap: ten of them were 5% of an n=1 request), and
+    refreshes the usage gauges every ``usage_interval`` seconds. Samples reach the exporter about a
+    millisecond after the reply.
+    """
+
+    def __init__(self, model: str, usage_interval: float = 1.0) -> None:
+        self.model, self.usage_interval = model, usage_interval
+        self.queue: queue.SimpleQueue = queue.SimpleQueue()
+        self.thread = threading.Thread(target=self._run, name="fmvae-metrics", daemon=True)
+        self.thread.start()
+
+    def record(self, *writes: tuple[Callable[[Any], None], Any]) -> None:
+        """Queue writes; they run in order, after every write queued before them."""
+        self.queue.put(writes)
+
+    def _run(self) -> None:
+        next_usage = time.monotonic()
+        while True:
+            wait = next_usage - time.monotonic()
+            if wait <= 0:
+                update_worker_usage(self.model)
+                next_usage = time.monotonic() + self.usage_interval
+                continue
+            try:
+                writes = self.queue.get(timeout=wait)
+            except queue.Empty:
+                continue
+            for write, value in writes:
+                try:
+                    write(value)
+                except Exception:  # a failed write loses one sample, never the thread
+                    logging.getLogger(__name__).exception("metric write failed")

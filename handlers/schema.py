@@ -1,5 +1,11 @@
 """Request parsing against the OpenAPI document (``openapi.yaml``): strict JSON in, validated dict out, or a
-``RequestError`` that names the field, the reason and the problem."""
+``RequestError`` that names the field, the reason and the problem.
+
+Two validators read the same schema: fastjsonschema's compiled check passes valid requests (3 us for a
+sample request, 55 us for two latents, against jsonschema's 60 us and 1.4 ms), and a request it rejects goes
+to jsonschema, whose errors carry the path and keyword the messages are built from. jsonschema decides:
+what it accepts is accepted (tests/test_serving.py checks the two agree on every bad-input case).
+"""
 
 from __future__ import annotations
 
@@ -8,6 +14,7 @@ import math
 from pathlib import Path
 from typing import Any
 
+import fastjsonschema
 import yaml
 from jsonschema import Draft202012Validator
 
@@ -29,7 +36,12 @@ def inline_refs(node: Any) -> Any:
     return [inline_refs(v) for v in node] if isinstance(node, list) else node
 
 
-_VALIDATORS = {endpoint: Draft202012Validator(inline_refs(SCHEMAS[name])) for endpoint, name in REQUESTS.items()}
+REQUEST_SCHEMAS = {endpoint: inline_refs(SCHEMAS[name]) for endpoint, name in REQUESTS.items()}
+VALIDATORS = {endpoint: Draft202012Validator(schema) for endpoint, schema in REQUEST_SCHEMAS.items()}
+FAST_CHECKS = {endpoint: fastjsonschema.compile(schema, use_default=False)
+               for endpoint, schema in REQUEST_SCHEMAS.items()}
+DEFAULTS = {endpoint: {k: v["default"] for k, v in schema["properties"].items() if "default" in v}
+            for endpoint, schema in REQUEST_SCHEMAS.items()}
 _JSON_TYPES = {bool: "a boolean", int: "an integer", float: "a number", str: "a string", list: "an array",
                dict: "an object", type(None): "null"}
 _SCHEMA_TYPES = {"integer": "an integer", "number": "a number", "string": "a string", "array": "an array",
@@ -133,10 +145,24 @@ def parse(raw: Any, endpoint: str) -> dict:
     bad = first_non_finite(request)
     if bad is not None:
         raise RequestError(field_name(bad), "not_finite", f"{field_name(bad)} must be a finite number")
-    errors = sorted(_VALIDATORS[endpoint].iter_errors(request),
-                    key=lambda e: (_PRIORITY.get(e.validator, 2), len(e.absolute_path)))
-    if errors:
-        raise _error(errors[0])
-    defaults = {k: v["default"] for k, v in SCHEMAS[REQUESTS[endpoint]]["properties"].items() if "default" in v}
-    defaults["format"] = SCHEMAS["Format"]["default"]
-    return defaults | request
+    try:
+        FAST_CHECKS[endpoint](request)
+    except fastjsonschema.JsonSchemaValueException:
+        errors = sorted(VALIDATORS[endpoint].iter_errors(request),
+                        key=lambda e: (_PRIORITY.get(e.validator, 2), len(e.absolute_path)))
+        if errors:
+            raise _error(errors[0]) from None
+    return DEFAULTS[endpoint] | integers(request, REQUEST_SCHEMAS[endpoint])
+
+
+def integers(value: Any, schema: dict) -> Any:
+    """``value`` with integer-valued floats made ints where the schema says integer (JSON Schema's integer type
+    accepts 2.0, which numpy would refuse as an image count or a seed)."""
+    if isinstance(value, float) and schema.get("type") == "integer":
+        return int(value)
+    if isinstance(value, dict):
+        properties = schema.get("properties", {})
+        return {k: integers(v, properties.get(k, {})) for k, v in value.items()}
+    if isinstance(value, list) and schema.get("items", {}).get("type") in ("integer", "array", "object"):
+        return [integers(v, schema["items"]) for v in value]
+    return value

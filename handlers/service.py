@@ -3,13 +3,16 @@ config), one decoder call per batch of requests, per-request errors, response en
 
 The model config (``handler:`` in the archive's model-config YAML) names the artifacts:
 ``decoder`` (CPU), ``gpu_decoder`` (CUDA workers; fp32, since the int8 kernels are CPU-only), ``encoder``
-(interpolate only) and ``threads`` ("auto" or a number; env FMVAE_WORKER_THREADS overrides it).
+(interpolate only), ``threads`` ("auto" or a number; env FMVAE_WORKER_THREADS overrides it) and
+``store_workers`` (the workers of all models in the store, among which "auto" divides the CPUs).
 """
 
 from __future__ import annotations
 
 import base64
+import functools
 import io
+import itertools
 import json
 import math
 import os
@@ -34,14 +37,14 @@ from training.tiles import tile, to_uint8
 BACKEND_OF = {file: name for name, file in DECODERS.items()}
 
 
-def worker_threads(setting: str | int, cpus: int | None = None) -> int:
-    """Intra-op threads per worker: "auto" is half the CPUs this process may use (the store serves two models
-    with one worker each, so two workers share the machine without oversubscribing it)."""
+def worker_threads(setting: str | int, store_workers: int = 1, cpus: int | None = None) -> int:
+    """Intra-op threads per worker: "auto" divides the CPUs this process may use among the ``store_workers``
+    workers of all models in the store, so that they do not oversubscribe the machine (at least 1)."""
     setting = os.environ.get("FMVAE_WORKER_THREADS", setting)
     if str(setting) != "auto":
         return max(1, int(setting))
     cpus = cpus or len(os.sched_getaffinity(0))
-    return max(1, cpus // 2)
+    return max(1, cpus // store_workers)
 
 
 def choose_decoder(config: dict, gpu_id: int | None) -> tuple[str, str]:
@@ -65,7 +68,7 @@ class Worker:
         self.model = context.model_name
         self.artifact, self.device = choose_decoder(config, gpu_id)
         self.backend = BACKEND_OF.get(self.artifact, self.artifact)
-        self.threads = worker_threads(config.get("threads", "auto"))
+        self.threads = worker_threads(config.get("threads", "auto"), config.get("store_workers", 1))
         self.decoder = backends.load(model_dir / self.artifact, self.device, self.threads)
         self.encoder = backends.load(model_dir / config["encoder"], self.device, self.threads) \
             if "encoder" in config else None
@@ -77,13 +80,21 @@ class Worker:
         self.images = metrics.IMAGES.labels(**labels)
         self.batch_requests = metrics.BATCH_REQUESTS.labels(self.model)
         self.request_images = metrics.REQUEST_IMAGES.labels(self.model)
-        metrics.update_worker_usage(self.model)
+        self.recorder = metrics.Recorder(self.model)
+
+    def count_response(self, status: int) -> None:
+        """Count one answered request under its HTTP status (runs in the recorder's thread)."""
+        metrics.REQUESTS.labels(self.model, str(status)).inc()
+
+    def count_error(self, reason: str) -> None:
+        """Count one rejected or failed request under its reason (runs in the recorder's thread)."""
+        metrics.ERRORS.labels(self.model, reason).inc()
 
     def decode(self, z: np.ndarray) -> np.ndarray:
         """Mean images (N, 28, 28) in [0, 1] for latents (N, 64)."""
         start = time.perf_counter()
         logits = self.decoder(z.astype(np.float32))
-        self.decode_seconds.observe(time.perf_counter() - start)
+        self.recorder.record((self.decode_seconds.observe, time.perf_counter() - start))
         return (1 / (1 + np.exp(-logits)))[:, 0]
 
     def encode(self, images: np.ndarray) -> np.ndarray:
@@ -103,16 +114,43 @@ class Job:
     extra: dict = field(default_factory=dict)  # fields for the json reply (e.g. the seed)
 
 
+_LATENT_RNG = np.random.Generator(np.random.Philox(key=0))
+_NO_COUNTER = np.zeros(4, np.uint64)
+
+
 def seeded_latents(seed: int, n: int, temperature: float = 1.0) -> np.ndarray:
-    """n latents from N(0, temperature^2 I), a pure function of the seed; row i does not depend on n."""
-    return np.random.default_rng(seed).standard_normal((n, SERVED_LATENT_DIM)) * temperature
+    """n latents from N(0, temperature^2 I), a pure function of the seed; row i does not depend on n.
+
+    The seed is the key of a Philox counter-based generator (Random123: each key is an independent stream),
+    whose state is reset here on every call: cheaper than hashing the seed through a SeedSequence
+    (``default_rng``), the slowest step of an n=1 request after the decoder.
+    """
+    _LATENT_RNG.bit_generator.state = {
+        "bit_generator": "Philox", "state": {"counter": _NO_COUNTER, "key": np.array([seed, 0], np.uint64)},
+        "buffer": _NO_COUNTER, "buffer_pos": 4, "has_uint32": 0, "uinteger": 0}
+    return _LATENT_RNG.standard_normal((n, SERVED_LATENT_DIM)) * temperature
 
 
 def png_bytes(pixels: np.ndarray) -> bytes:
-    """A uint8 (H, W) array as grayscale PNG bytes."""
+    """A uint8 (H, W) array as grayscale PNG bytes, at zlib level 1: a grid of 64 images encodes in 3.2 ms instead
+    of 5.5 ms at Pillow's default level 6, for 13% more bytes (29 vs 26 KB)."""
     buffer = io.BytesIO()
-    Image.fromarray(pixels, mode="L").save(buffer, format="PNG")
+    Image.fromarray(pixels, mode="L").save(buffer, format="PNG", compress_level=1)
     return buffer.getvalue()
+
+
+@functools.lru_cache(maxsize=512)
+def npy_header(shape: tuple[int, ...]) -> bytes:
+    """The .npy header of a little-endian float32 C-order array of ``shape``."""
+    buffer = io.BytesIO()
+    np.lib.format.write_array_header_1_0(buffer, {"descr": "<f4", "fortran_order": False, "shape": shape})
+    return buffer.getvalue()
+
+
+def npy_bytes(array: np.ndarray) -> bytes:
+    """The array as float32 .npy bytes (what np.save writes, with the header cached per shape)."""
+    array = np.ascontiguousarray(array, dtype="<f4")
+    return npy_header(array.shape) + array.tobytes()
 
 
 def decode_png(text: str, name: str) -> np.ndarray:
@@ -159,7 +197,8 @@ class Service:
         for i, row in enumerate(data):
             try:
                 request = parse(row.get("body", row.get("data")), self.endpoint)
-                self.worker.request_images.observe(request.get("n", request.get("steps", 0)))
+                asked = request["n"] if "n" in request else request["steps"]
+                self.worker.recorder.record((self.worker.request_images.observe, asked))
                 jobs.append(Job(i, request, *self.make_job(request, self.worker)))
             except RequestError as e:
                 replies[i] = self.error(context, i, e)
@@ -168,7 +207,8 @@ class Service:
         if jobs:
             try:
                 images = self.worker.decode(np.concatenate([job.latents for job in jobs]))
-                parts = np.split(images, np.cumsum([len(job.latents) for job in jobs])[:-1])
+                ends = itertools.accumulate(len(job.latents) for job in jobs)
+                parts = [images[end - len(job.latents):end] for job, end in zip(jobs, ends, strict=True)]
             except Exception as e:
                 parts = [RequestError("body", "internal", f"decoding failed: {e}", 500)] * len(jobs)
             for job, part in zip(jobs, parts, strict=True):
@@ -179,22 +219,21 @@ class Service:
                     replies[job.index] = self.error(context, job.index,
                                                     RequestError("body", "internal", f"internal error: {e}", 500))
         elapsed = time.perf_counter() - start
-        self.worker.batch_requests.observe(len(data))
-        for i in range(len(data)):
-            self.worker.request_seconds.observe(elapsed)
-            metrics.REQUESTS.labels(self.worker.model, str(context.get_response_status(i)[0] or 200)).inc()
-        metrics.update_worker_usage(self.worker.model)
+        self.worker.recorder.record((self.worker.batch_requests.observe, len(data)),
+                                    *[(self.worker.request_seconds.observe, elapsed)] * len(data),
+                                    *[(self.worker.count_response, context.get_response_status(i)[0] or 200)
+                                      for i in range(len(data))])
         return replies
 
     def error(self, context: Any, idx: int, e: RequestError) -> str:
-        metrics.ERRORS.labels(self.worker.model, e.reason).inc()
+        self.worker.recorder.record((self.worker.count_error, e.reason))
         context.set_response_status(e.status, HTTPStatus(e.status).phrase, idx)
         context.set_response_content_type(idx, "application/json")
         return json.dumps(e.body())
 
     def reply(self, context: Any, job: Job, images: np.ndarray) -> bytes | str:
         """Encode one request's images in its format."""
-        self.worker.images.inc(len(images))
+        self.worker.recorder.record((self.worker.images.inc, len(images)))
         for key, value in job.extra.items():
             context.set_response_header(job.index, f"X-{key.capitalize()}", str(value))
         fmt = job.request["format"]
@@ -203,9 +242,7 @@ class Service:
             return png_bytes(tile(to_uint8(images), self.grid_cols(len(images))))
         if fmt == "npy":
             context.set_response_content_type(job.index, "application/x-npy")
-            buffer = io.BytesIO()
-            np.save(buffer, images.astype(np.float32))
-            return buffer.getvalue()
+            return npy_bytes(images)
         context.set_response_content_type(job.index, "application/json")
         pixels = to_uint8(images)
         return json.dumps({"images": [base64.b64encode(png_bytes(p)).decode() for p in pixels],

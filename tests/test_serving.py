@@ -6,10 +6,12 @@ import base64
 import io
 import json
 import os
+import time
 import urllib.error
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 
+import fastjsonschema
 import numpy as np
 import pytest
 from PIL import Image
@@ -17,6 +19,8 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from export import archive, backends
 from export.config import DECODERS, ENCODERS
+from handlers import metrics
+from handlers.schema import FAST_CHECKS, VALIDATORS, parse
 from handlers.server import ServerConfig, ServerError, TorchServe, http_json
 from handlers.service import choose_decoder, seeded_latents, worker_threads
 from tests.conftest import ARTIFACTS
@@ -77,6 +81,14 @@ def scrape(server) -> list[tuple[str, dict, float]]:
     return [(s.name, s.labels, s.value) for family in text_string_to_metric_families(text) for s in family.samples]
 
 
+def scrape_when(server, ready, timeout: float = 5.0) -> list[tuple[str, dict, float]]:
+    """The first scrape in which ``ready(samples)`` holds: workers write their metrics just after replying."""
+    deadline = time.monotonic() + timeout
+    while not ready(samples := scrape(server)) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return samples
+
+
 def value(samples: list, name: str, **labels: str) -> float:
     """Sum of the samples called ``name`` whose labels include ``labels`` (0 when there are none)."""
     return sum(v for n, lab, v in samples if n == name and labels.items() <= lab.items())
@@ -115,6 +127,16 @@ def test_sample_is_a_function_of_the_seed(server):
     code, headers, _ = post(server, "sample", {"n": 1, "format": "npy"})  # no seed: one is drawn and returned
     drawn = int(headers["x-seed"])
     assert code == 200 and 0 <= drawn < 2**63
+    assert int(post(server, "sample", {"n": 1, "format": "npy"})[1]["x-seed"]) != drawn
+
+
+def test_integer_valued_numbers_count_as_integers(server):
+    """JSON Schema's integer type accepts 2.0; the handlers must then treat it as 2, not fail."""
+    code, headers, body = post(server, "sample", {"n": 3.0, "seed": 11.0, "format": "npy"})
+    assert code == 200 and headers["x-seed"] == "11"
+    assert np.array_equal(npy(body), npy(post(server, "sample", {"n": 3, "seed": 11, "format": "npy"})[2]))
+    code, _, body = post(server, "interpolate", {"seeds": [1.0, 2], "steps": 4.0, "format": "npy"})
+    assert code == 200 and npy(body).shape == (4, 28, 28)
 
 
 def test_temperature_scales_the_latents(server):
@@ -224,8 +246,11 @@ def test_bad_request_in_a_batch_fails_alone(server):
     before = scrape(server)
     with ThreadPoolExecutor(len(bodies)) as pool:
         results = list(pool.map(lambda b: post(server, "batched", b), bodies))
-    calls = value(scrape(server), "fmvae_batch_requests_count", model="batched") - value(
+    answered = value(before, "fmvae_requests_total", model="batched") + len(bodies)
+    after = scrape_when(server, lambda s: value(s, "fmvae_requests_total", model="batched") >= answered)
+    calls = value(after, "fmvae_batch_requests_count", model="batched") - value(
         before, "fmvae_batch_requests_count", model="batched")
+    assert 0 < calls
     assert calls < len(bodies)  # some requests shared a handler call
     assert results[3][0] == 400 and json.loads(results[3][2])["field"] == "n"
     good = [r for i, r in enumerate(results) if i != 3]
@@ -247,8 +272,9 @@ def test_metrics_are_exported_and_increase(server):
     before = scrape(server)
     assert post(server, "sample", {"n": 6, "seed": 1, "format": "npy"})[0] == 200
     assert post(server, "sample", {"n": -1})[0] == 400
-    after = scrape(server)
     labels = {"backend": "onnx-int8", "device": "cpu", "model": "sample"}
+    answered = value(before, "fmvae_requests_total", model="sample") + 2
+    after = scrape_when(server, lambda s: value(s, "fmvae_requests_total", model="sample") >= answered)
 
     def grew(name: str, **extra: str) -> float:
         return value(after, name, **labels, **extra) - value(before, name, **labels, **extra)
@@ -266,11 +292,48 @@ def test_metrics_are_exported_and_increase(server):
 
 def test_worker_threads_and_device_choice(monkeypatch):
     monkeypatch.delenv("FMVAE_WORKER_THREADS", raising=False)
-    assert worker_threads("auto", cpus=16) == 8 and worker_threads("auto", cpus=1) == 1
+    assert worker_threads("auto", 3, cpus=16) == 5 and worker_threads("auto", 3, cpus=2) == 1
     assert worker_threads(3) == 3
     monkeypatch.setenv("FMVAE_WORKER_THREADS", "2")
-    assert worker_threads("auto", cpus=16) == 2
+    assert worker_threads("auto", 3, cpus=16) == 2
     assert choose_decoder(archive.HANDLER_CONFIG, gpu_id=None) == (DECODERS["onnx-int8"], "cpu")
+
+
+VALID_INPUTS = [
+    ("sample", {}), ("sample", {"n": 256, "seed": 2**63 - 1, "temperature": 2, "format": "json"}),
+    ("sample", {"n": 2.0, "seed": 0.0, "temperature": 1e-9}),
+    ("interpolate", {"seeds": [0, 1]}), ("interpolate", {"latents": [[0.5] * 64] * 2, "steps": 64.0}),
+    ("interpolate", {"images": [GOOD_PNG, GOOD_PNG], "method": "lerp", "format": "npy"}),
+]
+
+
+def test_fast_check_agrees_with_the_reference_validator():
+    """fastjsonschema passes requests without building errors; jsonschema (the reference) explains rejections."""
+    cases = [(model, body) for model, body, *_ in BAD_INPUTS if isinstance(body, dict)] + VALID_INPUTS
+    for model, body in cases:
+        try:
+            FAST_CHECKS[model](body)
+            fast = True
+        except fastjsonschema.JsonSchemaValueException:
+            fast = False
+        assert fast == VALIDATORS[model].is_valid(body), (model, body)
+    assert all(parse(json.dumps(body), model) for model, body in VALID_INPUTS)
+
+
+def test_recorder_writes_in_order_and_survives_a_failing_write():
+    seen: list[int] = []
+
+    def fail(_: object) -> None:
+        raise RuntimeError("lost sample")
+
+    recorder = metrics.Recorder("recorder-test", usage_interval=0.05)
+    recorder.record((seen.append, 1), (fail, None), (seen.append, 2))
+    recorder.record((seen.append, 3))
+    deadline = time.monotonic() + 5
+    while len(seen) < 3 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert seen == [1, 2, 3] and recorder.thread.is_alive()
+    assert metrics.WORKER_CPU.labels("recorder-test")._value.get() > 0  # usage refreshed by the same thread
 
 
 def test_start_without_archives_fails_clearly_and_cleans_up(tmp_path):
