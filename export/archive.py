@@ -27,7 +27,7 @@ CODE_FILES = [
 ]
 # What each archive serves and its TorchServe workers; the handler reads its artifacts' names from the
 # model-config YAML. sample has two workers: TorchServe's frontend handles a worker's replies before sending it the
-# next batch, and with one worker the decoder idled 27% of the time at n=64 (two: 1.7x the images/s).
+# next batch, and with one worker the decoder idled 27% of the time at n=64 (README, serving performance).
 MODELS = {
     "sample": {"handler": HANDLERS / "sample.py", "artifacts": list(DECODERS.values()), "workers": 2},
     "interpolate": {"handler": HANDLERS / "interpolate.py",

@@ -69,9 +69,9 @@ class Recorder:
 
     A handler queues ``(write, value)`` pairs (``Histogram.observe``, ``Counter.inc``, ...) and returns its
     replies at once; the thread writes them into the multiprocess files while the worker waits for its next
-    batch (each write takes a lock and packs into an mmap: ten of them were 5% of an n=1 request), and
-    refreshes the usage gauges every ``usage_interval`` seconds. Samples reach the exporter about a
-    millisecond after the reply.
+    batch (each write takes a lock and packs into an mmap; a request makes about ten), and refreshes the usage
+    gauges every ``usage_interval`` seconds. Samples reach the exporter shortly after the reply (tests that
+    read them right after a request poll until they are there).
     """
 
     def __init__(self, model: str, usage_interval: float = 1.0) -> None:
@@ -89,13 +89,13 @@ class Recorder:
         while True:
             wait = next_usage - time.monotonic()
             if wait <= 0:
-                update_worker_usage(self.model)
+                writes: tuple = ((update_worker_usage, self.model),)
                 next_usage = time.monotonic() + self.usage_interval
-                continue
-            try:
-                writes = self.queue.get(timeout=wait)
-            except queue.Empty:
-                continue
+            else:
+                try:
+                    writes = self.queue.get(timeout=wait)
+                except queue.Empty:
+                    continue
             for write, value in writes:
                 try:
                     write(value)

@@ -132,8 +132,8 @@ def seeded_latents(seed: int, n: int, temperature: float = 1.0) -> np.ndarray:
 
 
 def png_bytes(pixels: np.ndarray) -> bytes:
-    """A uint8 (H, W) array as grayscale PNG bytes, at zlib level 1: a grid of 64 images encodes in 3.2 ms instead
-    of 5.5 ms at Pillow's default level 6, for 13% more bytes (29 vs 26 KB)."""
+    """A uint8 (H, W) array as grayscale PNG bytes, at zlib level 1: much cheaper to encode than Pillow's default
+    level 6, for about 13% more bytes on a grid of 64 images."""
     buffer = io.BytesIO()
     Image.fromarray(pixels, mode="L").save(buffer, format="PNG", compress_level=1)
     return buffer.getvalue()
