@@ -1,9 +1,9 @@
 """Request parsing against the OpenAPI document (``openapi.yaml``): strict JSON in, validated dict out, or a
 ``RequestError`` that names the field, the reason and the problem.
 
-Two validators read the same schema: fastjsonschema's compiled check passes valid requests (3 us for a
-sample request, 55 us for two latents, against jsonschema's 60 us and 1.4 ms), and a request it rejects goes
-to jsonschema, whose errors carry the path and keyword the messages are built from. jsonschema decides:
+Two validators read the same schema: fastjsonschema's check, compiled to Python code, passes valid requests
+without building error objects, and a request it rejects goes to jsonschema, whose errors carry the path and
+keyword the messages are built from. jsonschema decides:
 what it accepts is accepted (tests/test_serving.py checks the two agree on every bad-input case).
 """
 

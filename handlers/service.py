@@ -123,7 +123,8 @@ def seeded_latents(seed: int, n: int, temperature: float = 1.0) -> np.ndarray:
 
     The seed is the key of a Philox counter-based generator (Random123: each key is an independent stream),
     whose state is reset here on every call: cheaper than hashing the seed through a SeedSequence
-    (``default_rng``), the slowest step of an n=1 request after the decoder.
+    (``default_rng``) for every request. One shared generator, so not for concurrent threads (a worker runs
+    one handler call at a time).
     """
     _LATENT_RNG.bit_generator.state = {
         "bit_generator": "Philox", "state": {"counter": _NO_COUNTER, "key": np.array([seed, 0], np.uint64)},
