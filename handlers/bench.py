@@ -40,7 +40,7 @@ SCENARIOS = {  # name -> (model, body, images per request)
 ECHO_BODY = {"n": 1, "seed": 1, "format": "npy"}
 BARE_BODY = SCENARIOS["sample n=1"][1]  # handlers/bare.py: decoding alone, the least a handler can do
 IN_PROCESS_BATCH = 64
-IDLE = 0.003  # seconds between decoder calls: about the gap a worker sleeps between requests at concurrency 1
+GAP = 0.003  # seconds between decoder calls: about the gap a worker waits between requests at concurrency 1
 
 
 @dataclass
@@ -94,14 +94,18 @@ def load(host: str, port: int, model: str, body: dict, concurrency: int, seconds
 
 
 def decode_loop(decode: backends.OnnxModule | backends.TorchScriptModule, seconds: float,
-                batch: int = IN_PROCESS_BATCH, idle: float = 0.0) -> Tally:
-    """The decoder called in this process on batches of ``batch`` latents, back to back or ``idle`` seconds apart
-    (a worker at concurrency 1 sleeps between requests; its first instructions after a sleep run slower)."""
+                batch: int = IN_PROCESS_BATCH, gap: float = 0.0, busy: bool = False) -> Tally:
+    """The decoder called in this process on batches of ``batch`` latents, back to back or ``gap`` seconds apart,
+    sleeping or (``busy``) spinning in between: a worker at concurrency 1 waits that long between requests."""
     z = np.random.default_rng(0).standard_normal((batch, 64)).astype(np.float32)
     tally = Tally()
     started = time.perf_counter()
     while time.perf_counter() - started < seconds:
-        time.sleep(idle)
+        until = time.perf_counter() + gap
+        if not busy:
+            time.sleep(gap)
+        while time.perf_counter() < until:
+            pass
         start = time.perf_counter()
         decode(z)
         tally.latencies.append(time.perf_counter() - start)
@@ -182,8 +186,10 @@ def run(artifact_dir: Path, seconds: float, concurrencies: list[int], rounds: in
                         row |= {"bare_p50_ms": bare["p50_ms"], "bare_vs_echo": bare["p50_ms"] / echo["p50_ms"]}
                     if images == 1 and concurrency == 1:  # the same decoder call in this process
                         row |= {"in_process_decode_ms": decode_loop(decoder, 1.0, 1).summary()["p50_ms"],
-                                "in_process_decode_after_idle_ms":
-                                    decode_loop(decoder, 1.0, 1, IDLE).summary()["p50_ms"]}
+                                "in_process_decode_after_sleep_ms":
+                                    decode_loop(decoder, 1.0, 1, GAP).summary()["p50_ms"],
+                                "in_process_decode_after_spin_ms":
+                                    decode_loop(decoder, 1.0, 1, GAP, busy=True).summary()["p50_ms"]}
                     if "in_process" in tallies:
                         rate, model_rate = (tallies[side].summary()["requests_per_s"] * IN_PROCESS_BATCH
                                             for side in ("in_process", "in_process_model"))
@@ -222,8 +228,9 @@ def markdown(report: dict) -> str:
             lines += ["", f"A handler that only decodes (handlers/bare.py, no validation, metrics or batching): p50 "
                           f"{r['bare_p50_ms']:.2f} ms, {r['bare_vs_echo']:.2f}x the echo floor.",
                       "", f"Decoder call for 1 latent in this process: {r['in_process_decode_ms']:.2f} ms back to "
-                          f"back, {r['in_process_decode_after_idle_ms']:.2f} ms {IDLE * 1e3:g} ms after the previous "
-                          f"one; in the worker at concurrency 1: {r['worker_decode_ms']:.2f} ms (mean)."]
+                          f"back; {GAP * 1e3:g} ms after the previous one, {r['in_process_decode_after_sleep_ms']:.2f} "
+                          f"ms when the process slept in between and {r['in_process_decode_after_spin_ms']:.2f} ms "
+                          f"when it spun; in the worker at concurrency 1: {r['worker_decode_ms']:.2f} ms (mean)."]
         if r["scenario"] == "sample n=64":
             targets.append(f"sample n=64 at concurrency {r['concurrency']} serves {r['images_vs_in_process']:.0%} "
                            f"of one worker's in-process rate and {r['images_vs_in_process_model']:.0%} of all "
