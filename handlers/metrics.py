@@ -68,14 +68,16 @@ class Recorder:
     """Writes a worker's metric samples in a daemon thread, off the request path.
 
     A handler queues ``(write, value)`` pairs (``Histogram.observe``, ``Counter.inc``, ...) and returns its
-    replies at once; the thread writes them into the multiprocess files while the worker waits for its next
-    batch (each write takes a lock and packs into an mmap; a request makes about ten), and refreshes the usage
-    gauges every ``usage_interval`` seconds. Samples reach the exporter shortly after the reply (tests that
-    read them right after a request poll until they are there).
+    replies at once. The thread wakes every ``drain_interval`` seconds, writes what was queued into the
+    multiprocess files (each write takes a lock and packs into an mmap; a request makes about ten) and refreshes
+    the usage gauges every ``usage_interval`` seconds. It polls rather than blocking on the queue: a blocked
+    reader is woken by every write queued, and then competes with the handler for the GIL while the request is
+    still being answered (measured: +0.1 ms p50 at concurrency 1, README). Samples reach the exporter within
+    ``drain_interval`` of the reply (tests that read them right after a request poll until they are there).
     """
 
-    def __init__(self, model: str, usage_interval: float = 1.0) -> None:
-        self.model, self.usage_interval = model, usage_interval
+    def __init__(self, model: str, usage_interval: float = 1.0, drain_interval: float = 0.05) -> None:
+        self.model, self.usage_interval, self.drain_interval = model, usage_interval, drain_interval
         self.queue: queue.SimpleQueue = queue.SimpleQueue()
         self.thread = threading.Thread(target=self._run, name="fmvae-metrics", daemon=True)
         self.thread.start()
@@ -87,17 +89,15 @@ class Recorder:
     def _run(self) -> None:
         next_usage = time.monotonic()
         while True:
-            wait = next_usage - time.monotonic()
-            if wait <= 0:
-                writes: tuple = ((update_worker_usage, self.model),)
+            writes: list[tuple[Callable[[Any], None], Any]] = []
+            while not self.queue.empty():
+                writes.extend(self.queue.get())
+            if time.monotonic() >= next_usage:
+                writes.append((update_worker_usage, self.model))
                 next_usage = time.monotonic() + self.usage_interval
-            else:
-                try:
-                    writes = self.queue.get(timeout=wait)
-                except queue.Empty:
-                    continue
             for write, value in writes:
                 try:
                     write(value)
                 except Exception:  # a failed write loses one sample, never the thread
                     logging.getLogger(__name__).exception("metric write failed")
+            time.sleep(self.drain_interval)

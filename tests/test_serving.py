@@ -89,6 +89,21 @@ def scrape_when(server, ready, timeout: float = 5.0) -> list[tuple[str, dict, fl
     return samples
 
 
+def settled_scrape(server) -> list[tuple[str, dict, float]]:
+    """A scrape that a second one 0.2 s later repeats (usage gauges aside): earlier requests' metric writes,
+    which workers make up to 50 ms after replying, have all landed."""
+    def handler_samples(samples: list) -> list:
+        return [s for s in samples if not s[0].startswith("fmvae_worker_")]
+
+    last = scrape(server)
+    for _ in range(25):
+        time.sleep(0.2)
+        if handler_samples(samples := scrape(server)) == handler_samples(last):
+            return samples
+        last = samples
+    raise AssertionError("the handler metrics kept changing with no requests sent")
+
+
 def value(samples: list, name: str, **labels: str) -> float:
     """Sum of the samples called ``name`` whose labels include ``labels`` (0 when there are none)."""
     return sum(v for n, lab, v in samples if n == name and labels.items() <= lab.items())
@@ -243,7 +258,7 @@ def test_worker_survives_bad_input(server):
 def test_bad_request_in_a_batch_fails_alone(server):
     bodies = [{"n": 3, "seed": s, "format": "npy"} for s in range(7)]
     bodies.insert(3, {"n": 999})
-    before = scrape(server)
+    before = settled_scrape(server)
     with ThreadPoolExecutor(len(bodies)) as pool:
         results = list(pool.map(lambda b: post(server, "batched", b), bodies))
     answered = value(before, "fmvae_requests_total", model="batched") + len(bodies)
@@ -269,12 +284,15 @@ def test_backend_is_chosen_by_the_model_config(server):
 
 
 def test_metrics_are_exported_and_increase(server):
-    before = scrape(server)
+    before = settled_scrape(server)
     assert post(server, "sample", {"n": 6, "seed": 1, "format": "npy"})[0] == 200
     assert post(server, "sample", {"n": -1})[0] == 400
     labels = {"backend": "onnx-int8", "device": "cpu", "model": "sample"}
+
     answered = value(before, "fmvae_requests_total", model="sample") + 2
-    after = scrape_when(server, lambda s: value(s, "fmvae_requests_total", model="sample") >= answered)
+    timed = value(before, "fmvae_request_duration_seconds_count", **labels) + 2
+    after = scrape_when(server, lambda s: value(s, "fmvae_requests_total", model="sample") >= answered
+                        and value(s, "fmvae_request_duration_seconds_count", **labels) >= timed)
 
     def grew(name: str, **extra: str) -> float:
         return value(after, name, **labels, **extra) - value(before, name, **labels, **extra)
