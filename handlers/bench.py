@@ -41,6 +41,13 @@ ECHO_BODY = {"n": 1, "seed": 1, "format": "npy"}
 BARE_BODY = SCENARIOS["sample n=1"][1]  # handlers/bare.py: decoding alone, the least a handler can do
 IN_PROCESS_BATCH = 64
 GAP = 0.003  # seconds between decoder calls: about the gap a worker waits between requests at concurrency 1
+# A single-threaded numpy workload, about as long as the decoder call for one latent, with no ONNX Runtime in it.
+UNSORTED = np.random.default_rng(0).standard_normal(32768).astype(np.float32)
+
+
+def numpy_sort(_: np.ndarray) -> np.ndarray:
+    """The numpy workload, called like a decoder by ``decode_loop``."""
+    return np.sort(UNSORTED)
 
 
 @dataclass
@@ -93,7 +100,7 @@ def load(host: str, port: int, model: str, body: dict, concurrency: int, seconds
     return tally
 
 
-def decode_loop(decode: backends.OnnxModule | backends.TorchScriptModule, seconds: float,
+def decode_loop(decode: Callable[[np.ndarray], np.ndarray], seconds: float,
                 batch: int = IN_PROCESS_BATCH, gap: float = 0.0, busy: bool = False) -> Tally:
     """The decoder called in this process on batches of ``batch`` latents, back to back or ``gap`` seconds apart,
     sleeping or (``busy``) spinning in between: a worker at concurrency 1 waits that long between requests."""
@@ -189,7 +196,9 @@ def run(artifact_dir: Path, seconds: float, concurrencies: list[int], rounds: in
                                 "in_process_decode_after_sleep_ms":
                                     decode_loop(decoder, 1.0, 1, GAP).summary()["p50_ms"],
                                 "in_process_decode_after_spin_ms":
-                                    decode_loop(decoder, 1.0, 1, GAP, busy=True).summary()["p50_ms"]}
+                                    decode_loop(decoder, 1.0, 1, GAP, busy=True).summary()["p50_ms"],
+                                "numpy_sort_ms": decode_loop(numpy_sort, 1.0, 1).summary()["p50_ms"],
+                                "numpy_sort_after_sleep_ms": decode_loop(numpy_sort, 1.0, 1, GAP).summary()["p50_ms"]}
                     if "in_process" in tallies:
                         rate, model_rate = (tallies[side].summary()["requests_per_s"] * IN_PROCESS_BATCH
                                             for side in ("in_process", "in_process_model"))
@@ -230,7 +239,10 @@ def markdown(report: dict) -> str:
                       "", f"Decoder call for 1 latent in this process: {r['in_process_decode_ms']:.2f} ms back to "
                           f"back; {GAP * 1e3:g} ms after the previous one, {r['in_process_decode_after_sleep_ms']:.2f} "
                           f"ms when the process slept in between and {r['in_process_decode_after_spin_ms']:.2f} ms "
-                          f"when it spun; in the worker at concurrency 1: {r['worker_decode_ms']:.2f} ms (mean)."]
+                          f"when it spun; in the worker at concurrency 1: {r['worker_decode_ms']:.2f} ms (mean). "
+                          f"Work that is not ONNX Runtime slows too: numpy sorting {len(UNSORTED):,} floats takes "
+                          f"{r['numpy_sort_ms']:.2f} ms back to back and {r['numpy_sort_after_sleep_ms']:.2f} ms "
+                          f"{GAP * 1e3:g} ms after the previous sort."]
         if r["scenario"] == "sample n=64":
             targets.append(f"sample n=64 at concurrency {r['concurrency']} serves {r['images_vs_in_process']:.0%} "
                            f"of one worker's in-process rate and {r['images_vs_in_process_model']:.0%} of all "
