@@ -67,24 +67,31 @@ def update_worker_usage(model: str) -> None:
 class Recorder:
     """Writes a worker's metric samples in a daemon thread, off the request path.
 
-    A handler queues ``(write, value)`` pairs (``Histogram.observe``, ``Counter.inc``, ...) and returns its
-    replies at once. The thread wakes every ``drain_interval`` seconds, writes what was queued into the
-    multiprocess files (each write takes a lock and packs into an mmap; a request makes about ten) and refreshes
-    the usage gauges every ``usage_interval`` seconds. It polls rather than blocking on the queue: a blocked
-    reader is woken by every write queued, and then competes with the handler for the GIL while the request is
-    still being answered. Samples reach the exporter within ``drain_interval`` of the reply (tests that read
-    them right after a request poll until they are there).
+    The handler's thread records ``(write, value)`` pairs (``Histogram.observe``, ``Counter.inc``, ...),
+    flushes them in one piece when its replies are ready, and returns. The thread wakes every ``drain_interval``
+    seconds, writes what was flushed into the multiprocess files (each write takes a lock and packs into an
+    mmap; a request makes about ten) and refreshes the usage gauges every ``usage_interval`` seconds. It polls
+    rather than blocking on the queue: a blocked reader is woken by every flush, and then competes with the
+    worker for the GIL while the reply is still being sent. Samples reach the exporter within
+    ``drain_interval`` of the reply (tests that read them right after a request poll until they are there).
     """
 
     def __init__(self, model: str, usage_interval: float = 1.0, drain_interval: float = 0.05) -> None:
         self.model, self.usage_interval, self.drain_interval = model, usage_interval, drain_interval
         self.queue: queue.SimpleQueue = queue.SimpleQueue()
+        self.pending: list[tuple[Callable[[Any], None], Any]] = []
         self.thread = threading.Thread(target=self._run, name="fmvae-metrics", daemon=True)
         self.thread.start()
 
     def record(self, *writes: tuple[Callable[[Any], None], Any]) -> None:
-        """Queue writes; they run in order, after every write queued before them."""
-        self.queue.put(writes)
+        """Hold writes until the next ``flush``; they run in the order recorded."""
+        self.pending.extend(writes)
+
+    def flush(self) -> None:
+        """Hand the held writes to the thread in one piece: one queue operation per handler call."""
+        if self.pending:
+            self.queue.put(self.pending)
+            self.pending = []
 
     def _run(self) -> None:
         next_usage = time.monotonic()

@@ -224,6 +224,7 @@ class Service:
                                     *[(self.worker.request_seconds.observe, elapsed)] * len(data),
                                     *[(self.worker.count_response, context.get_response_status(i)[0] or 200)
                                       for i in range(len(data))])
+        self.worker.recorder.flush()
         return replies
 
     def error(self, context: Any, idx: int, e: RequestError) -> str:

@@ -288,11 +288,8 @@ def test_metrics_are_exported_and_increase(server):
     assert post(server, "sample", {"n": 6, "seed": 1, "format": "npy"})[0] == 200
     assert post(server, "sample", {"n": -1})[0] == 400
     labels = {"backend": "onnx-int8", "device": "cpu", "model": "sample"}
-
     answered = value(before, "fmvae_requests_total", model="sample") + 2
-    timed = value(before, "fmvae_request_duration_seconds_count", **labels) + 2
-    after = scrape_when(server, lambda s: value(s, "fmvae_requests_total", model="sample") >= answered
-                        and value(s, "fmvae_request_duration_seconds_count", **labels) >= timed)
+    after = scrape_when(server, lambda s: value(s, "fmvae_requests_total", model="sample") >= answered)
 
     def grew(name: str, **extra: str) -> float:
         return value(after, name, **labels, **extra) - value(before, name, **labels, **extra)
@@ -338,15 +335,18 @@ def test_fast_check_agrees_with_the_reference_validator():
     assert all(parse(json.dumps(body), model) for model, body in VALID_INPUTS)
 
 
-def test_recorder_writes_in_order_and_survives_a_failing_write():
+def test_recorder_writes_in_order_on_flush_and_survives_a_failing_write():
     seen: list[int] = []
 
     def fail(_: object) -> None:
         raise RuntimeError("lost sample")
 
-    recorder = metrics.Recorder("recorder-test", usage_interval=0.05)
+    recorder = metrics.Recorder("recorder-test", usage_interval=0.05, drain_interval=0.01)
     recorder.record((seen.append, 1), (fail, None), (seen.append, 2))
     recorder.record((seen.append, 3))
+    time.sleep(0.1)
+    assert seen == []  # held until the handler call flushes
+    recorder.flush()
     deadline = time.monotonic() + 5
     while len(seen) < 3 and time.monotonic() < deadline:
         time.sleep(0.01)
