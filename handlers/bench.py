@@ -175,7 +175,7 @@ def run(artifact_dir: Path, seconds: float, concurrencies: list[int], rounds: in
                     for r in range(rounds):
                         for side in (list(sides) if r % 2 else list(sides)[::-1]):
                             tallies[side].add(sides[side](seconds / rounds))
-                    time.sleep(0.2)  # the workers write their metrics just after replying
+                    time.sleep(0.2)  # the workers write their metrics within 50 ms of replying
                     worker = {k: v - before[k] for k, v in worker_totals(server.metrics_url, model).items()}
                     result, echo = tallies["scenario"].summary(), tallies["echo"].summary()
                     row = {"scenario": scenario, "concurrency": concurrency, **result,

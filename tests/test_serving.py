@@ -82,7 +82,7 @@ def scrape(server) -> list[tuple[str, dict, float]]:
 
 
 def scrape_when(server, ready, timeout: float = 5.0) -> list[tuple[str, dict, float]]:
-    """The first scrape in which ``ready(samples)`` holds: workers write their metrics just after replying."""
+    """The first scrape in which ``ready(samples)`` holds: workers write their metrics within 50 ms of replying."""
     deadline = time.monotonic() + timeout
     while not ready(samples := scrape(server)) and time.monotonic() < deadline:
         time.sleep(0.05)
