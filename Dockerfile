@@ -1,5 +1,5 @@
 # syntax=docker/dockerfile:1
-# The fmvae service: TorchServe 0.12 with the committed model_store/, GPU by default.
+# The fmvae service: TorchServe 0.12 serving archives built from the committed model_store/export/, GPU by default.
 #   GPU image: docker build -t fmvae .
 #   CPU image: docker build -t fmvae:cpu --build-arg TORCH_INDEX=https://download.pytorch.org/whl/cpu \
 #                 --build-arg ONNXRUNTIME=onnxruntime==1.31.1 .
@@ -16,6 +16,12 @@ ENV PATH=/opt/venv/bin:$PATH
 COPY deploy/requirements-serve.txt /tmp/requirements-serve.txt
 RUN pip install --index-url "${TORCH_INDEX}" --extra-index-url https://pypi.org/simple torch==2.13.0 \
     && pip install "${ONNXRUNTIME}" -r /tmp/requirements-serve.txt
+# The TorchServe archives are build outputs: made here from the committed artifacts and the worker code.
+WORKDIR /src
+COPY handlers/ handlers/
+COPY runtime/ runtime/
+COPY model_store/export/ model_store/export/
+RUN python -m handlers.archive --artifacts model_store/export --out /opt/model_store
 
 FROM ${PYTHON_IMAGE} AS runtime
 # Java 17 runs TorchServe's frontend. Debian's security updates move the exact version: not pinned.
@@ -28,9 +34,8 @@ RUN apt-get update \
 COPY --from=build /opt/venv /opt/venv
 WORKDIR /app
 COPY handlers/ handlers/
-COPY export/__init__.py export/backends.py export/config.py export/
-COPY training/__init__.py training/latent.py training/tiles.py training/
-COPY model_store/sample.mar model_store/interpolate.mar model_store/
+COPY runtime/ runtime/
+COPY --from=build /opt/model_store/ model_store/
 ENV PATH=/opt/venv/bin:$PATH PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1
 USER 10001
 # 8080 inference (public). Inside the container network only: 8082 TorchServe metrics, 8083 handler metrics.

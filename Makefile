@@ -12,11 +12,12 @@ TRAIN_ARGS ?=
 EVAL_ARGS ?=
 EXPORT_CHECKPOINT ?= model_store/release/vae.pt
 BENCH_ARGS ?=
+ARCHIVES ?= build/model_store
 SERVE_ARGS ?=
 SERVE_BENCH_ARGS ?=
 LOADTEST_ARGS ?=
 
-.PHONY: help setup train evaluate classifier release export bench serve serve-bench loadtest test lint clean
+.PHONY: help setup train evaluate classifier release export archives bench serve serve-bench loadtest test lint clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-11s %s\n", $$1, $$2}'
@@ -50,19 +51,22 @@ release: setup  ## train runs/release if needed, then publish it to model_store/
 	[ -f $(RELEASE_RUN)/final.pt ] || $(PY) -m training.train --out $(RELEASE_RUN)
 	$(PY) -m training.release $(RELEASE_RUN)/final.pt
 
-export: setup  ## checkpoint -> quantized decoders, parity gate, model_store/*.mar (CHECKPOINT=path to override)
+export: setup  ## checkpoint -> quantized decoders, parity gate, model_store/export/ (CHECKPOINT=path to override)
 	$(PY) -m export $(if $(filter command line,$(origin CHECKPOINT)),$(CHECKPOINT),$(EXPORT_CHECKPOINT))
 
-bench: setup  ## decoder speed per artifact vs fp32 eager (writes model_store/export/bench_report.json)
-	$(PY) -m export.bench --out model_store/export/bench_report.json $(BENCH_ARGS)
+archives: setup  ## TorchServe archives from model_store/export/ and the handler code, into build/model_store/
+	$(PY) -m handlers.archive --out $(ARCHIVES)
 
-serve: setup  ## TorchServe on 127.0.0.1:8080 with model_store/ (sample, interpolate); metrics on :8083; Ctrl-C stops
-	$(PY) -m handlers $(SERVE_ARGS)
+bench: setup  ## decoder speed per artifact vs fp32 eager (runs/bench/decoders.json)
+	$(PY) -m bench.decoders --out runs/bench/decoders.json $(BENCH_ARGS)
+
+serve: archives  ## TorchServe on 127.0.0.1:8080 (sample, interpolate); metrics on :8083; Ctrl-C stops
+	$(PY) -m handlers --model-store $(ARCHIVES) $(SERVE_ARGS)
 
 serve-bench: setup  ## serving latency/throughput vs an echo handler in the same TorchServe (runs/serve-bench)
-	$(PY) -m handlers.bench --out runs/serve-bench $(SERVE_BENCH_ARGS)
+	$(PY) -m bench.serving --out runs/serve-bench $(SERVE_BENCH_ARGS)
 
-loadtest: setup  ## Locust, 50 users for 60 s, p50 gates (80 ms); starts a server if none answers (LOADTEST_ARGS)
+loadtest: archives  ## Locust, 50 users for 60 s, p50 gates (80 ms); starts a server if none answers (LOADTEST_ARGS)
 	$(PY) -m loadtest $(LOADTEST_ARGS)
 
 test: setup  ## the test suite
@@ -72,5 +76,5 @@ lint: setup  ## ruff, and hadolint on the Dockerfile (fails on any finding)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/hadolint --failure-threshold info Dockerfile
 
-clean:  ## remove the venv and runs/
-	rm -rf $(VENV) runs .pytest_cache .ruff_cache
+clean:  ## remove the venv, runs/ and build/
+	rm -rf $(VENV) runs build .pytest_cache .ruff_cache

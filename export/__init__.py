@@ -1,1 +1,1 @@
-"""Export stage: checkpoint -> quantized TorchScript / ONNX decoders, encoders, parity gate, TorchServe archives."""
+"""Export stage: checkpoint -> quantized TorchScript / ONNX decoders, encoders, parity gate, manifest."""

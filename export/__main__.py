@@ -1,9 +1,10 @@
 """Export a checkpoint for serving: ``python -m export [CHECKPOINT] [--out model_store] [--force]``.
 
-Builds every artifact in a staging folder, gates them on parity with the fp32 eager model, packs the
-TorchServe archives, and only then moves everything into ``OUT``: ``OUT/export/`` (artifacts,
-manifest.json, export_report.json/.md) and ``OUT/sample.mar``, ``OUT/interpolate.mar``. Nothing is rebuilt
-when the manifest in ``OUT`` already matches this checkpoint, config and code (``--force`` rebuilds).
+Builds every artifact in a staging folder, gates them on parity with the fp32 eager model, and only then moves
+the folder into place as ``OUT/export/`` (artifacts, manifest.json with the model's shapes,
+export_report.json/.md). Nothing is rebuilt when the manifest in ``OUT`` already matches this checkpoint,
+config, library versions and export code (``--force`` rebuilds). Serving code is not part of that match: the
+TorchServe archives are built from these artifacts and the handlers by ``make archives``.
 """
 
 from __future__ import annotations
@@ -21,13 +22,16 @@ import onnx
 import onnxruntime
 import torch
 
-from export import archive, build, parity
-from export.config import ARTIFACT_DIR, DEFAULT_CHECKPOINT, DEFAULT_OUT, SERVED_LATENT_DIM, ExportConfig
+from export import build, parity
+from export.config import DEFAULT_CHECKPOINT, DEFAULT_OUT, ExportConfig
+from runtime.artifacts import ARTIFACT_DIR, MANIFEST, MANIFEST_FORMAT
 from training import checkpoint, classifier, data
+from training.model import IMAGE_SHAPE
 
-# Code the artifacts and archives depend on: the export stage, the model definition, what the archives pack.
-CODE = [*sorted(archive.ROOT.glob("export/*.py")), archive.ROOT / "training/model.py",
-        *(archive.ROOT / f for f in archive.CODE_FILES), *(m["handler"] for m in archive.MODELS.values())]
+ROOT = Path(__file__).resolve().parent.parent
+# Code the artifacts depend on: the export stage, the model definition, the runtimes the parity gate runs.
+CODE = [*sorted(ROOT.glob("export/*.py")), ROOT / "training/model.py", ROOT / "runtime/backends.py",
+        ROOT / "runtime/artifacts.py"]
 
 
 class ExportError(Exception):
@@ -35,7 +39,7 @@ class ExportError(Exception):
 
 
 def build_key(ckpt_sha: str, cfg: ExportConfig) -> str:
-    """Hash of everything the artifacts depend on: checkpoint, config, library versions, export and handler code."""
+    """Hash of everything the artifacts depend on: checkpoint, config, library versions, export code."""
     h = hashlib.sha256(ckpt_sha.encode())
     h.update(json.dumps(cfg.to_dict(), sort_keys=True).encode())
     h.update(json.dumps(versions(cfg), sort_keys=True).encode())
@@ -51,25 +55,20 @@ def versions(cfg: ExportConfig) -> dict:
 
 def is_current(out: Path, key: str) -> bool:
     """True when ``out`` holds a manifest with this build key and every file it lists is intact."""
-    manifest_path = out / ARTIFACT_DIR / "manifest.json"
     try:
-        manifest = json.loads(manifest_path.read_text())
+        manifest = json.loads((out / ARTIFACT_DIR / MANIFEST).read_text())
     except (OSError, ValueError):
         return False
     if manifest.get("build_key") != key:
         return False
     files = [(out / ARTIFACT_DIR / a["file"], a["sha256"]) for a in manifest["artifacts"].values()]
-    files += [(out / a["file"], None) for a in manifest["archives"].values()]
-    return all(p.is_file() and (sha is None or checkpoint.file_sha256(p) == sha) for p, sha in files)
+    return all(p.is_file() and checkpoint.file_sha256(p) == sha for p, sha in files)
 
 
 def export(ckpt_path: Path, out: Path, cfg: ExportConfig, force: bool = False,
            data_dir: str | None = None, classifier_path: Path = classifier.DEFAULT_PATH) -> dict:
     """Run the whole export; returns the manifest. Raises ExportError, CheckpointError or DataError."""
     model, state = checkpoint.load_model(ckpt_path)
-    if model.latent_dim != SERVED_LATENT_DIM:
-        raise ExportError(f"{ckpt_path}: latent size {model.latent_dim}, but the serving API takes "
-                          f"{SERVED_LATENT_DIM}-d latents")
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as e:
@@ -79,8 +78,8 @@ def export(ckpt_path: Path, out: Path, cfg: ExportConfig, force: bool = False,
     ckpt_sha = checkpoint.file_sha256(ckpt_path)
     key = build_key(ckpt_sha, cfg)
     if not force and is_current(out, key):
-        print(f"{out / ARTIFACT_DIR / 'manifest.json'} is current for {ckpt_path}; nothing to rebuild")
-        return json.loads((out / ARTIFACT_DIR / "manifest.json").read_text())
+        print(f"{out / ARTIFACT_DIR / MANIFEST} is current for {ckpt_path}; nothing to rebuild")
+        return json.loads((out / ARTIFACT_DIR / MANIFEST).read_text())
     clf, _ = classifier.load(classifier_path)
     x_test = data.load(data_dir).test.tensor()
     with tempfile.TemporaryDirectory(dir=out, prefix=".export-staging-") as staging:
@@ -94,33 +93,29 @@ def export(ckpt_path: Path, out: Path, cfg: ExportConfig, force: bool = False,
         table = parity.markdown(report)
         if not report["passed"]:
             raise ExportError(f"parity gate failed for {ckpt_path}; nothing was written to {out}\n\n{table}")
-        archives = {name: archive.build(name, artifact_dir, staging, version=ckpt_sha[:12])
-                    for name in archive.MODELS}
         manifest = {
-            "format": "fmvae-export-v1",
+            "format": MANIFEST_FORMAT,
             "build_key": key,
             "source_checkpoint": {"file": ckpt_path.name, "sha256": ckpt_sha, "epoch": state.get("epoch"),
                                   "data_sha256": state.get("data_sha256")},
             "model_config": state["model_config"],
+            "shapes": {"latent_dim": model.latent_dim, "image_shape": list(IMAGE_SHAPE)},
             "export_config": cfg.to_dict(),
             "versions": versions(cfg),
             "artifacts": {name: {"file": p.name, "sha256": checkpoint.file_sha256(p), "bytes": p.stat().st_size}
                           for name, p in paths.items()},
-            "archives": {name: {"file": p.name, "contents": archive.contents(p)} for name, p in archives.items()},
             "parity": report,
         }
         (artifact_dir / "export_report.json").write_text(json.dumps(report, indent=2) + "\n")
         (artifact_dir / "export_report.md").write_text(f"# Export parity report for `{ckpt_path.name}`\n\n{table}")
-        (artifact_dir / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
-        # Move into place: archives first, the artifact folder (with its manifest) last.
-        for p in archives.values():
-            os.replace(p, out / p.name)
+        (artifact_dir / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
         old = out / ARTIFACT_DIR
         if old.exists():
             retired = staging / "retired"
             os.replace(old, retired)
         os.replace(artifact_dir, old)
     print(table)
+    print(f"{out / ARTIFACT_DIR}: latent size {model.latent_dim}; `make serve` builds the archives from it")
     return manifest
 
 
@@ -136,7 +131,7 @@ def main(argv: list[str] | None = None) -> None:
     args = p.parse_args(argv)
     try:
         export(args.checkpoint, args.out, ExportConfig(), args.force, args.data_dir, args.classifier)
-    except (ExportError, checkpoint.CheckpointError, data.DataError, archive.ArchiveError) as e:
+    except (ExportError, checkpoint.CheckpointError, data.DataError) as e:
         raise SystemExit(f"error: {e}") from None
     except PermissionError as e:
         raise SystemExit(f"error: {e.filename}: not writable ({e.strerror})") from None

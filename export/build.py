@@ -15,8 +15,9 @@ from onnxruntime.quantization import CalibrationDataReader, CalibrationMethod, Q
 from onnxruntime.quantization.shape_inference import quant_pre_process
 from torch import Tensor, nn
 
-from export.config import DECODERS, ENCODERS, ExportConfig
+from export.config import ExportConfig
 from export.lowres import LowResDecoder
+from runtime.artifacts import DECODERS, ENCODERS
 from training.model import IMAGE_SHAPE, VAE
 
 

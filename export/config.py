@@ -1,4 +1,5 @@
-"""Every export setting in one place: artifact names, ONNX opset, parity bars, calibration."""
+"""Every export setting in one place: where checkpoints come from and artifacts go, ONNX opset, parity bars,
+calibration. Artifact names live in ``runtime/artifacts.py`` (the workers read them too)."""
 
 from __future__ import annotations
 
@@ -6,21 +7,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 DEFAULT_CHECKPOINT = Path("model_store/release/vae.pt")
-DEFAULT_OUT = Path("model_store")
-ARTIFACT_DIR = "export"  # inside the output folder; the .mar archives sit beside it
-SERVED_LATENT_DIM = 64  # the serving API takes latent vectors of this length
-
-# Artifact file names, by (part, runtime, precision).
-DECODERS = {
-    "torchscript-fp32": "decoder_fp32.pt",
-    "torchscript-int8": "decoder_int8.pt",
-    "onnx-fp32": "decoder_fp32.onnx",
-    "onnx-int8": "decoder_int8.onnx",
-}
-ENCODERS = {
-    "torchscript-fp32": "encoder_fp32.pt",
-    "onnx-fp32": "encoder_fp32.onnx",
-}
+DEFAULT_OUT = Path("model_store")  # the artifacts go to its export/ folder (runtime.artifacts.ARTIFACT_DIR)
 
 
 @dataclass(frozen=True)

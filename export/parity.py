@@ -16,9 +16,9 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from export import backends
 from export.build import prior_latents
 from export.config import ExportConfig
+from runtime import backends
 from training.classifier import Classifier
 from training.model import VAE
 

@@ -7,7 +7,8 @@ import signal
 from dataclasses import fields
 from pathlib import Path
 
-from handlers.server import ServerConfig, ServerError, TorchServe
+from handlers.server import ServerError, TorchServe
+from handlers.settings import ServerConfig
 
 
 def interrupt(signum: int, frame: object) -> None:
@@ -19,7 +20,8 @@ def parser() -> argparse.ArgumentParser:
     """The command line of ``python -m handlers`` (also what the Dockerfile's CMD passes)."""
     defaults = ServerConfig()
     cli = argparse.ArgumentParser(prog="python -m handlers", description=__doc__)
-    cli.add_argument("--model-store", type=Path, default=defaults.model_store)
+    cli.add_argument("--model-store", type=Path, default=defaults.model_store,
+                     help="folder with the .mar archives (default: what `make archives` builds)")
     cli.add_argument("--host", default=defaults.host, help="inference API address (default: loopback only)")
     cli.add_argument("--metrics-host", default=defaults.metrics_host, help="metrics addresses (default: loopback)")
     cli.add_argument("--token-auth", action="store_true", help="require TorchServe's bearer keys")

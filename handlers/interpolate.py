@@ -9,24 +9,25 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from handlers.service import Service, Worker, decode_png, seeded_latents
-from training.latent import interpolate
+from handlers.service import Service, Worker, decode_png
+from runtime.latent import interpolate, seeded_latents
 
 GRID_COLS = 16
 
 
 def endpoints(request: dict, worker: Worker) -> np.ndarray:
-    """The two endpoint latents (2, 64) of a validated request."""
+    """The two endpoint latents (2, latent_dim) of a validated request."""
     if "seeds" in request:
-        return np.stack([seeded_latents(seed, 1)[0] for seed in request["seeds"]])
+        return np.stack([seeded_latents(seed, 1, worker.shapes.latent_dim)[0] for seed in request["seeds"]])
     if "latents" in request:
         return np.asarray(request["latents"], dtype=np.float64)
-    images = np.stack([decode_png(text, f"images[{i}]") for i, text in enumerate(request["images"])])
+    size = worker.shapes.image_shape[1:]
+    images = np.stack([decode_png(text, f"images[{i}]", size) for i, text in enumerate(request["images"])])
     return worker.encode(images)
 
 
 def interpolate_job(request: dict, worker: Worker) -> tuple[np.ndarray, dict]:
-    """The path's latents (steps, 64)."""
+    """The path's latents (steps, latent_dim)."""
     z0, z1 = torch.from_numpy(endpoints(request, worker).astype(np.float64))
     return interpolate(z0, z1, request["steps"], request["method"]).numpy(), {}
 

@@ -9,13 +9,14 @@ import secrets
 
 import numpy as np
 
-from handlers.service import Service, Worker, seeded_latents, square_cols
+from handlers.service import Service, Worker, square_cols
+from runtime.latent import seeded_latents
 
 
 def sample_job(request: dict, worker: Worker) -> tuple[np.ndarray, dict]:
     """Latents of one sample request, and the seed they came from."""
     seed = request["seed"] if "seed" in request else secrets.randbits(63)  # get() would draw one every time
-    return seeded_latents(seed, request["n"], request["temperature"]), {"seed": seed}
+    return seeded_latents(seed, request["n"], worker.shapes.latent_dim, request["temperature"]), {"seed": seed}
 
 
 handle = Service("sample", sample_job, square_cols)

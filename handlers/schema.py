@@ -1,6 +1,8 @@
 """Request parsing against the OpenAPI document (``openapi.yaml``): strict JSON in, validated dict out, or a
 ``RequestError`` that names the field, the reason and the problem.
 
+A worker builds one ``RequestSchema`` for its model's latent size, read from the export manifest: the
+document's ``Latent`` length is the released model's, and every worker puts its own model's in its place.
 Two validators read the same schema: fastjsonschema's check, compiled to Python code, passes valid requests
 without building error objects, and a request it rejects goes to jsonschema, whose errors carry the path and
 keyword the messages are built from. jsonschema decides:
@@ -19,35 +21,31 @@ import yaml
 from jsonschema import Draft202012Validator
 
 SPEC: dict = yaml.safe_load(Path(__file__).with_name("openapi.yaml").read_text())
-SCHEMAS: dict = SPEC["components"]["schemas"]
 REQUESTS = {"sample": "SampleRequest", "interpolate": "InterpolateRequest"}
 MAX_BODY_BYTES = 64 * 1024  # two base64 PNGs of 28x28 or two latents need < 4 KiB
-
-
-def inline_refs(node: Any) -> Any:
-    """The schema with every local ``$ref`` replaced by its target (validation then skips ref lookups)."""
-    if isinstance(node, dict):
-        if "$ref" in node:
-            target = SPEC
-            for part in node["$ref"].removeprefix("#/").split("/"):
-                target = target[part]
-            return inline_refs(target)
-        return {k: inline_refs(v) for k, v in node.items()}
-    return [inline_refs(v) for v in node] if isinstance(node, list) else node
-
-
-REQUEST_SCHEMAS = {endpoint: inline_refs(SCHEMAS[name]) for endpoint, name in REQUESTS.items()}
-VALIDATORS = {endpoint: Draft202012Validator(schema) for endpoint, schema in REQUEST_SCHEMAS.items()}
-FAST_CHECKS = {endpoint: fastjsonschema.compile(schema, use_default=False)
-               for endpoint, schema in REQUEST_SCHEMAS.items()}
-DEFAULTS = {endpoint: {k: v["default"] for k, v in schema["properties"].items() if "default" in v}
-            for endpoint, schema in REQUEST_SCHEMAS.items()}
 _JSON_TYPES = {bool: "a boolean", int: "an integer", float: "a number", str: "a string", list: "an array",
                dict: "an object", type(None): "null"}
 _SCHEMA_TYPES = {"integer": "an integer", "number": "a number", "string": "a string", "array": "an array",
                  "object": "an object"}
 # Which error to report when a body has several: its shape first, the endpoint rule last.
 _PRIORITY = {"type": 0, "additionalProperties": 1, "oneOf": 3}
+
+
+def inline_refs(node: Any, schemas: dict) -> Any:
+    """The schema with every ``#/components/schemas/`` reference replaced by its target in ``schemas``
+    (validation then skips ref lookups)."""
+    if isinstance(node, dict):
+        if "$ref" in node:
+            return inline_refs(schemas[node["$ref"].removeprefix("#/components/schemas/")], schemas)
+        return {k: inline_refs(v, schemas) for k, v in node.items()}
+    return [inline_refs(v, schemas) for v in node] if isinstance(node, list) else node
+
+
+def request_schemas(latent_dim: int) -> dict[str, dict]:
+    """Each endpoint's request schema, references inlined, for latent vectors of ``latent_dim`` numbers."""
+    schemas = SPEC["components"]["schemas"]
+    schemas = schemas | {"Latent": schemas["Latent"] | {"minItems": latent_dim, "maxItems": latent_dim}}
+    return {endpoint: inline_refs(schemas[name], schemas) for endpoint, name in REQUESTS.items()}
 
 
 class RequestError(Exception):
@@ -89,17 +87,21 @@ def load_json(raw: Any) -> Any:
         return json.loads(raw)
     except json.JSONDecodeError as e:
         raise RequestError("body", "malformed_json", f"body is not valid JSON: {e}") from None
+    except RecursionError:
+        raise RequestError("body", "malformed_json", "body is nested too deeply to parse (a request needs "
+                                                     "3 levels)") from None
 
 
-def first_non_finite(value: Any, path: tuple = ()) -> tuple | None:
-    """Path of the first NaN or infinite number (Python's JSON parser accepts NaN, Infinity and 1e999)."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return path
-    items = value.items() if isinstance(value, dict) else enumerate(value) if isinstance(value, list) else ()
-    for key, item in items:
-        found = first_non_finite(item, (*path, key))
-        if found is not None:
-            return found
+def first_non_finite(value: Any) -> tuple | None:
+    """Path of the first NaN or infinite number (Python's JSON parser accepts NaN, Infinity and 1e999), depth
+    first in document order; iterative, so that a body nested as deep as the parser allows cannot overflow."""
+    stack = [((), value)]
+    while stack:
+        path, item = stack.pop()
+        if isinstance(item, float) and not math.isfinite(item):
+            return path
+        children = item.items() if isinstance(item, dict) else enumerate(item) if isinstance(item, list) else ()
+        stack.extend(((*path, key), child) for key, child in reversed(list(children)))
     return None
 
 
@@ -139,20 +141,32 @@ def _error(err: Any) -> RequestError:
     return RequestError(field, "invalid_value", f"{field}: {err.message}")
 
 
-def parse(raw: Any, endpoint: str) -> dict:
-    """Validate one request body for ``endpoint`` ("sample" or "interpolate"); returns it with defaults filled."""
-    request = load_json(raw)
-    bad = first_non_finite(request)
-    if bad is not None:
-        raise RequestError(field_name(bad), "not_finite", f"{field_name(bad)} must be a finite number")
-    try:
-        FAST_CHECKS[endpoint](request)
-    except fastjsonschema.JsonSchemaValueException:
-        errors = sorted(VALIDATORS[endpoint].iter_errors(request),
-                        key=lambda e: (_PRIORITY.get(e.validator, 2), len(e.absolute_path)))
-        if errors:
-            raise _error(errors[0]) from None
-    return DEFAULTS[endpoint] | integers(request, REQUEST_SCHEMAS[endpoint])
+class RequestSchema:
+    """The request schemas of one served model (its latent size) and the parser that applies them."""
+
+    def __init__(self, latent_dim: int) -> None:
+        self.schemas = request_schemas(latent_dim)
+        self.validators = {endpoint: Draft202012Validator(schema) for endpoint, schema in self.schemas.items()}
+        self.fast_checks = {endpoint: fastjsonschema.compile(schema, use_default=False)
+                            for endpoint, schema in self.schemas.items()}
+        self.defaults = {endpoint: {k: v["default"] for k, v in schema["properties"].items() if "default" in v}
+                         for endpoint, schema in self.schemas.items()}
+
+    def parse(self, raw: Any, endpoint: str) -> dict:
+        """Validate one request body for ``endpoint`` ("sample" or "interpolate"); returns it with defaults
+        filled."""
+        request = load_json(raw)
+        bad = first_non_finite(request)
+        if bad is not None:
+            raise RequestError(field_name(bad), "not_finite", f"{field_name(bad)} must be a finite number")
+        try:
+            self.fast_checks[endpoint](request)
+        except fastjsonschema.JsonSchemaValueException:
+            errors = sorted(self.validators[endpoint].iter_errors(request),
+                            key=lambda e: (_PRIORITY.get(e.validator, 2), len(e.absolute_path)))
+            if errors:
+                raise _error(errors[0]) from None
+        return self.defaults[endpoint] | integers(request, self.schemas[endpoint])
 
 
 def integers(value: Any, schema: dict) -> Any:

@@ -1,6 +1,7 @@
 """Start and stop a TorchServe serving the model store, plus the exporter of the handlers' Prometheus metrics.
 
-Used by ``python -m handlers`` (``make serve``), the tests and the benchmarks. Each instance gets its own
+Used by ``python -m handlers`` (``make serve``), the tests and the benchmarks; its settings are a
+``ServerConfig`` (``handlers/settings.py``). Each instance gets its own
 ports (HTTP and gRPC) and a private temp dir (TorchServe keeps its pid file and worker sockets there), so
 several can run on one machine. The management API always listens on loopback and the model (registration)
 API stays off. Defaults suit ``make serve``: everything on 127.0.0.1, token auth off; the container turns
@@ -13,72 +14,17 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
 import time
 import urllib.error
 import urllib.request
-from dataclasses import dataclass, fields, replace
 from pathlib import Path
 
 from prometheus_client import CollectorRegistry, multiprocess, start_http_server
 
-
-@dataclass(frozen=True)
-class ServerConfig:
-    """Every serving setting in one place (per-model settings live in each archive's model-config YAML)."""
-
-    host: str = "127.0.0.1"  # inference API (and gRPC inference)
-    metrics_host: str = "127.0.0.1"  # TorchServe's and the handlers' metrics
-    inference_port: int = 8080
-    management_port: int = 8081
-    torchserve_metrics_port: int = 8082  # TorchServe's own metrics (Prometheus format)
-    metrics_port: int = 8083  # the handlers' metrics: latency histograms, images, errors (handlers/metrics.py)
-    grpc_inference_port: int = 7070
-    grpc_management_port: int = 7071
-    model_store: Path = Path("model_store")
-    models: tuple[str, ...] = ("sample", "interpolate")
-    max_request_size: int = 1024 * 1024  # bytes; the handlers reject bodies over 64 KiB with a JSON error
-    log_dir: Path | None = None  # default: logs/ inside the private temp dir
-    token_auth: bool = False  # TorchServe's token authorization; keys in work_dir/key_file.json
-    token_expiration_min: int = 60  # lifetime of the inference/management keys (TorchServe's default)
-    work_dir: Path | None = None  # TorchServe's working directory (key file); default: the private temp dir
-
-    def with_free_ports(self) -> ServerConfig:
-        """A copy whose ports are free on the loopback interface now."""
-        ports = [f.name for f in fields(self) if f.name.endswith("_port")]
-        socks = [socket.socket() for _ in ports]
-        for s in socks:
-            s.bind(("127.0.0.1", 0))
-        chosen = {name: s.getsockname()[1] for name, s in zip(ports, socks, strict=True)}
-        for s in socks:
-            s.close()
-        return replace(self, **chosen)
-
-    def properties(self, model_store: Path) -> str:
-        """TorchServe's config.properties."""
-        return "\n".join([
-            f"inference_address=http://{self.host}:{self.inference_port}",
-            f"management_address=http://127.0.0.1:{self.management_port}",
-            f"metrics_address=http://{self.metrics_host}:{self.torchserve_metrics_port}",
-            f"grpc_inference_address={self.host}",
-            "grpc_management_address=127.0.0.1",
-            f"grpc_inference_port={self.grpc_inference_port}",
-            f"grpc_management_port={self.grpc_management_port}",
-            f"model_store={model_store}",
-            "load_models=" + ",".join(f"{m}={m}.mar" for m in self.models),
-            f"max_request_size={self.max_request_size}",
-            f"allowed_urls=file://{model_store}/.*",  # models come from the local store only
-            f"disable_token_authorization={str(not self.token_auth).lower()}",
-            f"token_expiration_min={self.token_expiration_min}",
-            "enable_model_api=false",
-            "install_py_dep_per_model=false",
-            "metrics_mode=prometheus",
-            "decode_input_request=false",  # the handlers parse JSON bodies themselves, strictly
-            "",
-        ])
+from handlers.settings import ServerConfig
 
 
 class ServerError(Exception):
@@ -143,7 +89,7 @@ class TorchServe:
             store = self.config.model_store.resolve()
             missing = [m for m in self.config.models if not (store / f"{m}.mar").is_file()]
             if missing:
-                raise ServerError(f"{store}: no archive for {', '.join(missing)}; run `make export`")
+                raise ServerError(f"{store}: no archive for {', '.join(missing)}; run `make archives`")
             multiproc = self.tmp / "prometheus"
             multiproc.mkdir()
             self.log_dir.mkdir(parents=True, exist_ok=True)

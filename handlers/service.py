@@ -1,16 +1,15 @@
-"""What both TorchServe handlers share: the worker's decoder (artifact and device picked from the model
-config), one decoder call per batch of requests, per-request errors, response encoding and metrics.
+"""What both TorchServe handlers share: the worker's model (shapes from the export manifest, backend and device
+from the model config), one decoder call per batch of requests, per-request errors, response encoding and metrics.
 
-The model config (``handler:`` in the archive's model-config YAML) names the artifacts:
-``decoder`` (CPU), ``gpu_decoder`` (CUDA workers; fp32, since the int8 kernels are CPU-only), ``encoder``
-(interpolate only), ``threads`` ("auto" or a number; env FMVAE_WORKER_THREADS overrides it) and
+The model config (``handler:`` in the archive's model-config YAML, written from ``handlers/settings.py``) names,
+per device kind ("cpu", "cuda"), the backends to run in order of preference: ``decoder`` (every model) and
+``encoder`` (interpolate), plus ``threads`` ("auto" or a number; env FMVAE_WORKER_THREADS overrides it) and
 ``store_workers`` (the workers of all models in the store, among which "auto" divides the CPUs).
 """
 
 from __future__ import annotations
 
 import base64
-import functools
 import io
 import itertools
 import json
@@ -28,13 +27,14 @@ import onnxruntime as ort
 import torch
 from PIL import Image
 
-from export import backends
-from export.config import DECODERS, SERVED_LATENT_DIM
 from handlers import metrics
-from handlers.schema import RequestError, parse
-from training.tiles import tile, to_uint8
+from handlers.schema import RequestError, RequestSchema
+from runtime import artifacts, backends
+from runtime.images import npy_bytes, png_bytes, tile, to_uint8
 
-BACKEND_OF = {file: name for name, file in DECODERS.items()}
+
+class ConfigError(Exception):
+    """The model config cannot serve this worker (names no backend for its device); raised at worker start."""
 
 
 def worker_threads(setting: str | int, store_workers: int = 1, cpus: int | None = None) -> int:
@@ -47,31 +47,46 @@ def worker_threads(setting: str | int, store_workers: int = 1, cpus: int | None 
     return max(1, cpus // store_workers)
 
 
-def choose_decoder(config: dict, gpu_id: int | None) -> tuple[str, str]:
-    """(artifact file, device) for a worker: see the choice matrix in the README."""
-    if gpu_id is not None and torch.cuda.is_available():
-        device = f"cuda:{gpu_id}"
-        artifact = config.get("gpu_decoder", DECODERS["onnx-fp32"])
-        if artifact.endswith(".onnx") and "CUDAExecutionProvider" not in ort.get_available_providers():
-            artifact = DECODERS["torchscript-fp32"]  # onnxruntime without CUDA: run fp32 on CUDA torch instead
-        return artifact, device
-    return config.get("decoder", DECODERS["onnx-int8"]), "cpu"
+def runnable(backend: str, device: str) -> bool:
+    """Whether this process can run ``backend`` on ``device`` (ONNX on CUDA needs onnxruntime's CUDA provider)."""
+    return device == "cpu" or not backend.startswith("onnx") or \
+        "CUDAExecutionProvider" in ort.get_available_providers()
+
+
+def choose_backend(config: dict, part: str, model: str, gpu_id: int | None) -> tuple[str, str]:
+    """(backend, device) for ``part`` ("decoder" or "encoder"): the first backend the config names for this
+    worker's device kind that it can run. CUDA when TorchServe gave the worker a GPU and torch sees CUDA."""
+    device = f"cuda:{gpu_id}" if gpu_id is not None and torch.cuda.is_available() else "cpu"
+    kind = device.split(":")[0]
+    choices = config.get(part) or {}
+    if not choices.get(kind):
+        raise ConfigError(f"model {model}: its model config names no {part} for {kind} workers "
+                          f"(handler.{part}.{kind} in model-config.yaml; handlers/settings.py writes it)")
+    for backend in choices[kind]:
+        if runnable(backend, device):
+            return backend, device
+    raise ConfigError(f"model {model}: none of the {part} backends {choices[kind]} can run on {device} here "
+                      f"(onnxruntime providers: {ort.get_available_providers()})")
 
 
 class Worker:
-    """The loaded artifacts of one TorchServe worker."""
+    """The loaded model of one TorchServe worker: shapes, request schema, decoder (and encoder), metrics."""
 
     def __init__(self, context: Any) -> None:
         config = (context.model_yaml_config or {}).get("handler", {})
         model_dir = Path(context.system_properties["model_dir"])
         gpu_id = context.system_properties.get("gpu_id")
         self.model = context.model_name
-        self.artifact, self.device = choose_decoder(config, gpu_id)
-        self.backend = BACKEND_OF.get(self.artifact, self.artifact)
+        self.shapes = artifacts.shapes(model_dir)
+        self.schema = RequestSchema(self.shapes.latent_dim)
         self.threads = worker_threads(config.get("threads", "auto"), config.get("store_workers", 1))
+        self.backend, self.device = choose_backend(config, "decoder", self.model, gpu_id)
+        self.artifact = artifacts.DECODERS[self.backend]
         self.decoder = backends.load(model_dir / self.artifact, self.device, self.threads)
-        self.encoder = backends.load(model_dir / config["encoder"], self.device, self.threads) \
-            if "encoder" in config else None
+        self.encoder = None
+        if config.get("encoder"):
+            backend, device = choose_backend(config, "encoder", self.model, gpu_id)
+            self.encoder = backends.load(model_dir / artifacts.ENCODERS[backend], device, self.threads)
         labels = {"model": self.model, "backend": self.backend, "device": self.device}
         metrics.BACKEND_INFO.labels(**labels, artifact=self.artifact, threads=str(self.threads)).set(1)
         # Labelled children resolved once: a labels() lookup per request costs more than the observation.
@@ -91,14 +106,14 @@ class Worker:
         metrics.ERRORS.labels(self.model, reason).inc()
 
     def decode(self, z: np.ndarray) -> np.ndarray:
-        """Mean images (N, 28, 28) in [0, 1] for latents (N, 64)."""
+        """Mean images (N, H, W) in [0, 1] for latents (N, latent_dim)."""
         start = time.perf_counter()
         logits = self.decoder(z.astype(np.float32))
         self.recorder.record((self.decode_seconds.observe, time.perf_counter() - start))
         return (1 / (1 + np.exp(-logits)))[:, 0]
 
     def encode(self, images: np.ndarray) -> np.ndarray:
-        """Posterior means (N, 64) of images (N, 28, 28) in [0, 1]."""
+        """Posterior means (N, latent_dim) of images (N, H, W) in [0, 1]."""
         if self.encoder is None:
             raise RuntimeError(f"model {self.model} has no encoder in its config")
         return self.encoder(images[:, None].astype(np.float32))
@@ -114,48 +129,9 @@ class Job:
     extra: dict = field(default_factory=dict)  # fields for the json reply (e.g. the seed)
 
 
-_LATENT_RNG = np.random.Generator(np.random.Philox(key=0))
-_NO_COUNTER = np.zeros(4, np.uint64)
-
-
-def seeded_latents(seed: int, n: int, temperature: float = 1.0) -> np.ndarray:
-    """n latents from N(0, temperature^2 I), a pure function of the seed; row i does not depend on n.
-
-    The seed is the key of a Philox counter-based generator (Random123: each key is an independent stream),
-    whose state is reset here on every call: cheaper than hashing the seed through a SeedSequence
-    (``default_rng``) for every request. One shared generator, so not for concurrent threads (a worker runs
-    one handler call at a time).
-    """
-    _LATENT_RNG.bit_generator.state = {
-        "bit_generator": "Philox", "state": {"counter": _NO_COUNTER, "key": np.array([seed, 0], np.uint64)},
-        "buffer": _NO_COUNTER, "buffer_pos": 4, "has_uint32": 0, "uinteger": 0}
-    return _LATENT_RNG.standard_normal((n, SERVED_LATENT_DIM)) * temperature
-
-
-def png_bytes(pixels: np.ndarray) -> bytes:
-    """A uint8 (H, W) array as grayscale PNG bytes, at zlib level 1: much cheaper to encode than Pillow's default
-    level 6, for about 13% more bytes on a grid of 64 images."""
-    buffer = io.BytesIO()
-    Image.fromarray(pixels, mode="L").save(buffer, format="PNG", compress_level=1)
-    return buffer.getvalue()
-
-
-@functools.lru_cache(maxsize=512)
-def npy_header(shape: tuple[int, ...]) -> bytes:
-    """The .npy header of a little-endian float32 C-order array of ``shape``."""
-    buffer = io.BytesIO()
-    np.lib.format.write_array_header_1_0(buffer, {"descr": "<f4", "fortran_order": False, "shape": shape})
-    return buffer.getvalue()
-
-
-def npy_bytes(array: np.ndarray) -> bytes:
-    """The array as float32 .npy bytes (what np.save writes, with the header cached per shape)."""
-    array = np.ascontiguousarray(array, dtype="<f4")
-    return npy_header(array.shape) + array.tobytes()
-
-
-def decode_png(text: str, name: str) -> np.ndarray:
-    """A base64 PNG of a 28x28 8-bit grayscale image as intensities in [0, 1]; errors name the field."""
+def decode_png(text: str, name: str, size: tuple[int, int]) -> np.ndarray:
+    """A base64 PNG of an 8-bit grayscale image of ``size`` (height, width) as intensities in [0, 1]; errors name
+    the field."""
     try:
         raw = base64.b64decode(text, validate=True)
     except ValueError:
@@ -164,8 +140,9 @@ def decode_png(text: str, name: str) -> np.ndarray:
         image = Image.open(io.BytesIO(raw))
         if image.format != "PNG":
             raise RequestError(name, "bad_image", f"{name} must be a PNG image, got {image.format}")
-        if image.size != (28, 28):
-            raise RequestError(name, "bad_image", f"{name} must be 28x28 pixels, got {image.size[0]}x{image.size[1]}")
+        if image.size[::-1] != size:
+            raise RequestError(name, "bad_image", f"{name} must be {size[1]}x{size[0]} pixels, got "
+                                                  f"{image.size[0]}x{image.size[1]}")
         if image.mode != "L":
             raise RequestError(name, "bad_image", f"{name} must be 8-bit grayscale (PNG mode L), got mode {image.mode}")
         return np.asarray(image, dtype=np.float32) / 255
@@ -197,7 +174,7 @@ class Service:
         jobs = []
         for i, row in enumerate(data):
             try:
-                request = parse(row.get("body", row.get("data")), self.endpoint)
+                request = self.worker.schema.parse(row.get("body", row.get("data")), self.endpoint)
                 asked = request["n"] if "n" in request else request["steps"]
                 self.worker.recorder.record((self.worker.request_images.observe, asked))
                 jobs.append(Job(i, request, *self.make_job(request, self.worker)))

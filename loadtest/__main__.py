@@ -1,10 +1,11 @@
 """Headless load test with p50 gates: ``python -m loadtest`` (``make loadtest``).
 
 Runs ``loadtest/locustfile.py`` with Locust against ``--host`` (default: the local server; when nothing answers
-there, a TorchServe with ``model_store/`` is started for the run and stopped afterwards). Writes Locust's CSV
-statistics and HTML report to ``--out``, prints p50/p95/p99, req/s and failures per endpoint next to the
-server-side p50 (handler-time histogram quantile from a Prometheus scraping the run), and exits 1 when an
-endpoint's p50 is over its target or any request failed. Settings come from flags or LOADTEST_* variables.
+there, a TorchServe with the archives of ``make archives`` is started for the run and stopped afterwards).
+Writes Locust's CSV statistics and HTML report to ``--out``, prints p50/p95/p99, req/s and failures per
+endpoint next to the server-side p50 (handler-time histogram quantile from a Prometheus scraping the run), and
+exits 1 when an endpoint's p50 is over its target or any request failed. Settings come from flags or
+LOADTEST_* variables.
 """
 
 from __future__ import annotations
@@ -23,7 +24,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from urllib.parse import urlparse
 
-from handlers.server import ServerConfig, TorchServe
+from handlers.server import TorchServe
+from handlers.settings import ServerConfig
 from monitoring.prometheus import Prometheus
 
 LOCUSTFILE = Path(__file__).resolve().parent / "locustfile.py"
@@ -106,7 +108,8 @@ def main(argv: list[str] | None = None) -> int:
             scrape = {"fmvae-handlers": handler_metrics, "torchserve": f"{host}:{ServerConfig.torchserve_metrics_port}"}
             print(f"using the server at {args.host}")
         elif args.host == DEFAULT_HOST:
-            print(f"nothing answers at {args.host}: starting TorchServe with model_store/ for this run", flush=True)
+            print(f"nothing answers at {args.host}: starting TorchServe with {ServerConfig.model_store}/ for this run",
+                  flush=True)
             config = stack.enter_context(TorchServe(ServerConfig())).config
             scrape = {"fmvae-handlers": f"{config.host}:{config.metrics_port}",
                       "torchserve": f"{config.host}:{config.torchserve_metrics_port}"}

@@ -10,9 +10,10 @@ environment, so the runner and plain Locust agree:
 - ``LOADTEST_FORMATS``: response formats, default ``png,json,npy``
 - ``LOADTEST_WAIT``: think time between a user's requests, seconds, default ``0.5,1.5`` (uniform)
 
-Seeds are random; interpolation endpoints are seeds, latents or images (the images come from the service
-itself, fetched once per user). A request counts as failed unless it returns 200 with the content type of
-its format. Locust names requests by endpoint, so its statistics are per endpoint.
+Seeds are random; interpolation endpoints are seeds, latents or images (the images, and the latent size of
+the served model, come from the service itself: a json sample fetched once per user). A request counts as
+failed unless it returns 200 with the content type of its format. Locust names requests by endpoint, so its
+statistics are per endpoint.
 """
 
 from __future__ import annotations
@@ -49,10 +50,12 @@ class ServiceUser(HttpUser):
     wait_time = between(WAIT[0], WAIT[-1])
 
     def on_start(self) -> None:
-        """Fetch two real images for image-input interpolation."""
+        """Fetch two real images for image-input interpolation, and the served latent size from their latents."""
         response = self.client.post("/predictions/sample", json={"n": 2, "seed": random.getrandbits(32),
                                                                  "format": "json"}, name="setup")
-        self.images = json.loads(response.content)["images"] if response.status_code == 200 else None
+        reply = json.loads(response.content) if response.status_code == 200 else {}
+        self.images = reply.get("images")
+        self.latent_dim = len(reply["latents"][0]) if reply else None
 
     def call(self, endpoint: str, body: dict) -> None:
         with self.client.post(f"/predictions/{endpoint}", json=body, name=endpoint, catch_response=True) as r:
@@ -69,11 +72,11 @@ class ServiceUser(HttpUser):
 
     @task(MIX.get("interpolate", 0))
     def interpolate(self) -> None:
-        kind = random.choice(["seeds", "latents", "images"] if self.images else ["seeds", "latents"])
+        kind = random.choice(["seeds", "latents", "images"] if self.images else ["seeds"])
         if kind == "seeds":
             ends = [random.getrandbits(32), random.getrandbits(32)]
         elif kind == "latents":
-            ends = [[round(random.gauss(0, 1), 4) for _ in range(64)] for _ in range(2)]
+            ends = [[round(random.gauss(0, 1), 4) for _ in range(self.latent_dim)] for _ in range(2)]
         else:
             ends = self.images
         self.call("interpolate", {kind: ends, "steps": random.choice(STEPS),

@@ -1,18 +1,22 @@
-"""Shared fixtures: small generated Fashion-MNIST-format datasets written as real IDX .gz files, and a model
-store built from the current handler code."""
+"""Shared fixtures: small generated Fashion-MNIST-format datasets written as real IDX .gz files, a small
+classifier, small models of other latent sizes exported as `make export` does, and a model store built from
+the committed artifacts and the current handler code."""
 
 from __future__ import annotations
 
 import gzip
 import struct
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from training import data
+from runtime.artifacts import ARTIFACT_DIR
+from training import classifier, data, train
 
-ARTIFACTS = Path(__file__).resolve().parent.parent / "model_store" / "export"
+ARTIFACTS = Path(__file__).resolve().parent.parent / "model_store" / ARTIFACT_DIR
 
 
 def idx_bytes(array: np.ndarray) -> bytes:
@@ -43,11 +47,41 @@ def dataset_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def small_classifier(tmp_path_factory, dataset_dir) -> Path:
+    """A 1-epoch feature classifier on the generated dataset (the parity gate's label check needs one)."""
+    path = tmp_path_factory.mktemp("classifier") / "clf.pt"
+    classifier.main(["--out", str(path), "--data-dir", str(dataset_dir), "--epochs", "1"])
+    return path
+
+
+def export_cli(ckpt: Path, out: Path, data_dir: Path, clf: Path) -> subprocess.CompletedProcess:
+    """``python -m export`` as `make export` runs it, with the default ExportConfig; fails the test on error."""
+    result = subprocess.run([sys.executable, "-m", "export", str(ckpt), "--out", str(out), "--data-dir",
+                             str(data_dir), "--classifier", str(clf)], capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return result
+
+
+def train_and_export(root: Path, data_dir: Path, clf: Path, latent_dim: int) -> Path:
+    """A 1-epoch checkpoint of ``latent_dim`` on 256 generated images, exported into ``root/store``; returns the
+    artifact folder."""
+    train.main(["--out", str(root / "run"), "--data-dir", str(data_dir), "--epochs", "1", "--subset", "256",
+                "--latent-dim", str(latent_dim), "--channels", "8", "16", "32", "--device", "cpu"])
+    export_cli(root / "run" / "final.pt", root / "store", data_dir, clf)
+    return root / "store" / ARTIFACT_DIR
+
+
+@pytest.fixture(scope="session")
+def artifacts_2d(tmp_path_factory, dataset_dir, small_classifier) -> Path:
+    """The artifact folder of a small 2-d latent model, exported through the export CLI."""
+    return train_and_export(tmp_path_factory.mktemp("latent2"), dataset_dir, small_classifier, 2)
+
+
+@pytest.fixture(scope="session")
 def current_store(tmp_path_factory) -> Path:
     """A model store with archives built from the committed export artifacts and the current handler code."""
-    from export import archive
+    from handlers import archive
 
     store = tmp_path_factory.mktemp("current-store")
-    for name in archive.MODELS:
-        archive.build(name, ARTIFACTS, store, version="test")
+    archive.build_store(ARTIFACTS, store)
     return store

@@ -13,6 +13,8 @@ import pytest
 import yaml
 
 from handlers.__main__ import parser
+from handlers.archive import CODE_DIRS
+from runtime.artifacts import ARTIFACT_DIR
 
 ROOT = Path(__file__).resolve().parent.parent
 DEPLOY = ROOT / "deploy"
@@ -34,16 +36,17 @@ def exec_form(instruction: str) -> list[str]:
     return json.loads(args.split(" CMD ", 1)[1] if instruction == "HEALTHCHECK" else args)
 
 
-def test_dockerfile_copies_files_that_exist():
+def test_dockerfile_copies_folders_that_exist():
     copies = [shlex.split(args) for name, args in DOCKERFILE if name == "COPY"]
     sources = [src for args in copies if not args[0].startswith("--from") for src in args[:-1]]
     assert sources and all((ROOT / src).exists() for src in sources), [s for s in sources if not (ROOT / s).exists()]
-    # the archives' code is all in the image
-    copied = {(ROOT / s).resolve() for s in sources}
-    from export.archive import CODE_FILES
-    for rel in CODE_FILES:
-        path = (ROOT / rel).resolve()
-        assert path in copied or path.parent in copied, rel
+    code = [src for src in sources if src.endswith(".py") or (ROOT / src).is_dir()]
+    assert all((ROOT / src).is_dir() for src in code), code  # whole folders, never a list of modules
+    # what the archives pack and what they are built from
+    copied = {(ROOT / src).resolve() for src in code}
+    assert {ROOT / folder for folder in CODE_DIRS} | {ROOT / "model_store" / ARTIFACT_DIR} <= copied
+    build_step = next(args for name, args in DOCKERFILE if name == "RUN" and "handlers.archive" in args)
+    assert "--artifacts model_store/export" in build_step  # archives are built in the image, not copied in
 
 
 def test_entrypoint_is_make_serve_with_container_flags():

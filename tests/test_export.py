@@ -1,12 +1,11 @@
-"""The export stage on a small freshly trained checkpoint: artifacts in their real runtimes, the parity gate,
-archives, reproducibility and error cases."""
+"""The export stage on small freshly trained checkpoints: artifacts in their real runtimes, the parity gate,
+the manifest, reproducibility, latent sizes other than 64, and error cases."""
 
 from __future__ import annotations
 
 import json
 import subprocess
 import sys
-import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -16,10 +15,13 @@ import pytest
 import torch
 from onnx import numpy_helper
 
-from export import backends, parity
+from export import parity
 from export.build import build
-from export.config import ARTIFACT_DIR, ExportConfig
+from export.config import ExportConfig
 from export.lowres import LowResDecoder
+from runtime import artifacts, backends
+from runtime.artifacts import ARTIFACT_DIR, MANIFEST
+from tests.conftest import export_cli, train_and_export
 from training import checkpoint, classifier, train
 from training.model import VAE, VAEConfig
 
@@ -27,27 +29,23 @@ CFG = ExportConfig(calibration_samples=256, prior_samples=1000)
 
 
 @pytest.fixture(scope="module")
-def small(tmp_path_factory, dataset_dir) -> dict:
-    """A 1-epoch latent-64 checkpoint and a 1-epoch classifier, trained on the generated dataset."""
+def small(tmp_path_factory, dataset_dir, small_classifier) -> dict:
+    """A 1-epoch latent-64 checkpoint trained on the generated dataset, and the small classifier."""
     root = tmp_path_factory.mktemp("export")
     train.main(["--out", str(root / "run"), "--data-dir", str(dataset_dir), "--epochs", "1", "--device", "cpu",
                 "--channels", "8", "16", "32"])
-    classifier.main(["--out", str(root / "clf.pt"), "--data-dir", str(dataset_dir), "--epochs", "1"])
-    return {"ckpt": root / "run" / "final.pt", "clf": root / "clf.pt", "data": str(dataset_dir), "root": root}
+    return {"ckpt": root / "run" / "final.pt", "clf": small_classifier, "data": dataset_dir, "root": root}
 
 
-def export_cli(small: dict, out: Path) -> subprocess.CompletedProcess:
-    """``python -m export`` as `make export` runs it, with the default ExportConfig."""
-    return subprocess.run([sys.executable, "-m", "export", str(small["ckpt"]), "--out", str(out), "--data-dir",
-                           small["data"], "--classifier", str(small["clf"])],
-                          capture_output=True, text=True, timeout=600, check=True)
+def small_export(small: dict, out: Path) -> subprocess.CompletedProcess:
+    return export_cli(small["ckpt"], out, small["data"], small["clf"])
 
 
 @pytest.fixture(scope="module")
 def exported(small) -> tuple[Path, dict]:
     out = small["root"] / "store"
-    assert "| onnx-int8 |" in export_cli(small, out).stdout  # the parity table is printed
-    return out, json.loads((out / ARTIFACT_DIR / "manifest.json").read_text())
+    assert "| onnx-int8 |" in small_export(small, out).stdout  # the parity table is printed
+    return out, json.loads((out / ARTIFACT_DIR / MANIFEST).read_text())
 
 
 @pytest.mark.parametrize("channels", [(32, 64, 128), (8, 16, 32)])
@@ -96,34 +94,25 @@ def test_manifest_lists_every_file_with_its_hash(small, exported):
     assert manifest["parity"]["passed"]
     assert manifest["source_checkpoint"]["sha256"] == checkpoint.file_sha256(small["ckpt"])
     assert set(manifest["versions"]) >= {"torch", "onnx", "onnxruntime", "opset"}
-    assert len(manifest["artifacts"]) == 6
+    assert artifacts.shapes(out / ARTIFACT_DIR) == artifacts.Shapes(64, (1, 28, 28))
+    assert {e["file"] for e in manifest["artifacts"].values()} == {
+        *artifacts.DECODERS.values(), *artifacts.ENCODERS.values()}
     for entry in manifest["artifacts"].values():
         assert checkpoint.file_sha256(out / ARTIFACT_DIR / entry["file"]) == entry["sha256"]
-    for name, entry in manifest["archives"].items():
-        with zipfile.ZipFile(out / entry["file"]) as z:
-            assert sorted(z.namelist()) == entry["contents"]
-            mar = json.loads(z.read("MAR-INF/MANIFEST.json"))
-            assert mar["model"]["modelName"] == name
-            for artifact in ("decoder_int8.onnx", "decoder_fp32.pt", "export/backends.py", "handlers/service.py",
-                             "model-config.yaml", f"{name}.py"):
-                assert artifact in z.namelist()
-            packed = z.read("decoder_int8.onnx")
-        assert packed == (out / ARTIFACT_DIR / "decoder_int8.onnx").read_bytes()
-    assert "encoder_fp32.onnx" in manifest["archives"]["interpolate"]["contents"]
-    assert json.loads((out / ARTIFACT_DIR / "manifest.json").read_text()) == manifest
+    assert json.loads((out / ARTIFACT_DIR / MANIFEST).read_text()) == manifest
     assert "| onnx-int8 |" in (out / ARTIFACT_DIR / "export_report.md").read_text()
-    assert not [p for p in out.iterdir() if p.name.startswith(".")]  # no staging left behind
+    assert [p.name for p in out.iterdir()] == [ARTIFACT_DIR]  # no staging, no archives: those are serving's
 
 
 def test_rerun_is_current_and_rebuild_is_reproducible(small, exported):
     out, manifest = exported
     before = {p: p.stat().st_mtime_ns for p in (out / ARTIFACT_DIR).iterdir()}
-    assert "nothing to rebuild" in export_cli(small, out).stdout
+    assert "nothing to rebuild" in small_export(small, out).stdout
     assert before == {p: p.stat().st_mtime_ns for p in (out / ARTIFACT_DIR).iterdir()}
     # A rebuild elsewhere gives the same bytes, so the same manifest. (Traced TorchScript embeds the call
     # stack's file paths as debug info: reproducible for one checkout and entry point, as `make export` runs.)
-    export_cli(small, small["root"] / "store2")
-    assert json.loads((small["root"] / "store2" / ARTIFACT_DIR / "manifest.json").read_text()) == manifest
+    small_export(small, small["root"] / "store2")
+    assert json.loads((small["root"] / "store2" / ARTIFACT_DIR / MANIFEST).read_text()) == manifest
 
 
 def test_gate_fails_on_corrupted_artifact(small, tmp_path):
@@ -146,7 +135,7 @@ def run_export(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "export", *args], capture_output=True, text=True, timeout=600)
 
 
-def test_bad_inputs_fail_clearly_and_write_nothing(small, dataset_dir, tmp_path):
+def test_bad_inputs_fail_clearly_and_write_nothing(small, tmp_path):
     store = tmp_path / "store"
     store.mkdir()
     notes = tmp_path / "notes.txt"
@@ -161,12 +150,41 @@ def test_bad_inputs_fail_clearly_and_write_nothing(small, dataset_dir, tmp_path)
     for ckpt, message in cases:
         r = run_export(str(ckpt), "--out", str(store))
         assert r.returncode == 1 and f"{ckpt}: {message}" in r.stderr, r.stderr
-    train.main(["--out", str(tmp_path / "l8"), "--data-dir", str(dataset_dir), "--epochs", "1", "--subset", "64",
-                "--latent-dim", "8", "--channels", "4", "8", "8"])
-    r = run_export(str(tmp_path / "l8" / "final.pt"), "--out", str(store))
-    assert r.returncode == 1 and "latent size 8, but the serving API takes 64-d latents" in r.stderr
     blocker = tmp_path / "a-file"
     blocker.write_text("")
     r = run_export(str(small["ckpt"]), "--out", str(blocker / "store"))
     assert r.returncode == 1 and f"{blocker / 'store'}: cannot create the output folder" in r.stderr
     assert list(store.iterdir()) == []
+
+
+def check_latent_size(artifact_dir: Path, latent_dim: int) -> None:
+    """The export of a ``latent_dim`` model: shapes in the manifest, every artifact runs at that size, gate passed."""
+    assert artifacts.shapes(artifact_dir) == artifacts.Shapes(latent_dim, (1, 28, 28))
+    manifest = artifacts.read_manifest(artifact_dir)
+    assert manifest["parity"]["passed"] and manifest["model_config"]["latent_dim"] == latent_dim
+    z = np.random.default_rng(0).standard_normal((3, latent_dim)).astype(np.float32)
+    for file in artifacts.DECODERS.values():
+        assert backends.load(artifact_dir / file)(z).shape == (3, 1, 28, 28)
+    x = np.random.default_rng(1).random((3, 1, 28, 28)).astype(np.float32)
+    for file in artifacts.ENCODERS.values():
+        assert backends.load(artifact_dir / file)(x).shape == (3, latent_dim)
+    session = ort.InferenceSession(str(artifact_dir / artifacts.DECODERS["onnx-int8"]),
+                                   providers=["CPUExecutionProvider"])
+    assert session.get_inputs()[0].shape == ["batch", latent_dim]
+
+
+def test_export_takes_any_latent_size(artifacts_2d, tmp_path, dataset_dir, small_classifier):
+    """`make export` on 1-epoch 2-d and 16-d checkpoints (the 2-d one is served in test_serving)."""
+    check_latent_size(artifacts_2d, 2)
+    check_latent_size(train_and_export(tmp_path, dataset_dir, small_classifier, 16), 16)
+
+
+def test_manifest_errors_name_the_file(tmp_path):
+    with pytest.raises(artifacts.ManifestError, match=f"{tmp_path / MANIFEST}: not found; run `make export`"):
+        artifacts.shapes(tmp_path)
+    (tmp_path / MANIFEST).write_text("{truncated")
+    with pytest.raises(artifacts.ManifestError, match="not a readable manifest"):
+        artifacts.shapes(tmp_path)
+    (tmp_path / MANIFEST).write_text('{"format": "fmvae-export-v1"}')
+    with pytest.raises(artifacts.ManifestError, match="format 'fmvae-export-v1', expected 'fmvae-export-v2'"):
+        artifacts.shapes(tmp_path)

@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from training.latent import interpolate
+from runtime.latent import interpolate
 from training.model import VAE, VAEConfig
 
 

@@ -15,7 +15,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from handlers.server import ServerConfig, TorchServe
+from handlers.server import TorchServe
+from handlers.settings import ServerConfig
 from monitoring.prometheus import MONITORING, Prometheus
 
 DASHBOARD = MONITORING / "grafana" / "dashboards" / "fmvae.json"

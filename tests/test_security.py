@@ -11,7 +11,8 @@ import urllib.request
 
 import pytest
 
-from handlers.server import ServerConfig, TorchServe
+from handlers.server import TorchServe
+from handlers.settings import ServerConfig
 
 
 @pytest.fixture(scope="module")

@@ -1,45 +1,53 @@
-"""The handlers in a real TorchServe on free loopback ports, built from the committed export artifacts."""
+"""The handlers in a real TorchServe on free loopback ports, archives built from the committed export artifacts
+(and, for the 2-d model, from a small export of the session)."""
 
 from __future__ import annotations
 
 import base64
+import http.client
 import io
 import json
 import os
 import time
 import urllib.error
 import urllib.request
+import zipfile
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
+from types import SimpleNamespace
 
 import fastjsonschema
 import numpy as np
 import pytest
+import yaml
 from PIL import Image
 from prometheus_client.parser import text_string_to_metric_families
 
-from export import archive, backends
-from export.config import DECODERS, ENCODERS
-from handlers import metrics
-from handlers.schema import FAST_CHECKS, VALIDATORS, parse
-from handlers.server import ServerConfig, ServerError, TorchServe, http_json
-from handlers.service import choose_decoder, seeded_latents, worker_threads
+from handlers import archive, metrics
+from handlers.schema import SPEC, RequestSchema
+from handlers.server import ServerError, TorchServe, http_json
+from handlers.service import ConfigError, Worker, choose_backend, worker_threads
+from handlers.settings import MODELS, STORE_WORKERS, ServerConfig
+from runtime import artifacts, backends
+from runtime.latent import seeded_latents
 from tests.conftest import ARTIFACTS
 
-# Beside the two served models (from current_store), two test-only configurations:
-MODELS = {
+LATENT = artifacts.shapes(ARTIFACTS).latent_dim
+# Beside the served models (from current_store), test-only configurations of the same handlers:
+TEST_MODELS = {
     # Long batch delay so that concurrent requests surely share a batch.
-    "batched": {"handler_file": archive.HANDLERS / "sample.py", "artifacts": list(DECODERS.values()),
-                "workers": {"batchSize": 8, "maxBatchDelay": 500}},
-    "sample_ts": {"handler_file": archive.HANDLERS / "sample.py", "artifacts": [DECODERS["torchscript-int8"]],
-                  "handler": {"decoder": DECODERS["torchscript-int8"]}},
+    "batched": replace(MODELS["sample"], workers=1, max_batch_delay_ms=500),
+    "sample_ts": replace(MODELS["sample"], workers=1, decoder={"cpu": ("torchscript-int8",)}),
 }
 
 
 @pytest.fixture(scope="module")
-def server(current_store):
-    for name, spec in MODELS.items():
-        archive.build(name, ARTIFACTS, current_store, version="test", **spec)
-    ts = TorchServe(ServerConfig(model_store=current_store, models=(*archive.MODELS, *MODELS)).with_free_ports())
+def server(current_store, artifacts_2d):
+    for name, spec in TEST_MODELS.items():
+        archive.build(name, spec, ARTIFACTS, current_store)
+    archive.build("interpolate_2d", MODELS["interpolate"], artifacts_2d, current_store)  # a 2-d latent model
+    models = (*MODELS, *TEST_MODELS, "interpolate_2d")
+    ts = TorchServe(ServerConfig(model_store=current_store, models=models).with_free_ports())
     with ts:
         yield ts
     group = ts.process.pid
@@ -119,7 +127,7 @@ def test_sample_formats(server):
     reply = json.loads(body)
     assert code == 200 and headers["content-type"] == "application/json" and reply["seed"] == 3
     assert reply["backend"] == "onnx-int8" and reply["device"] == "cpu"
-    assert np.allclose(reply["latents"], seeded_latents(3, 5), atol=1e-6)
+    assert np.allclose(reply["latents"], seeded_latents(3, 5, LATENT), atol=1e-6)
     decoded = np.stack([png(base64.b64decode(s)) for s in reply["images"]])
     assert decoded.shape == (5, 28, 28)
     assert np.abs(decoded.astype(int) - (images * 255).round()).max() <= 1
@@ -156,17 +164,17 @@ def test_integer_valued_numbers_count_as_integers(server):
 
 def test_temperature_scales_the_latents(server):
     cold = json.loads(post(server, "sample", {"n": 4, "seed": 5, "temperature": 0.5, "format": "json"})[2])
-    assert np.allclose(cold["latents"], 0.5 * seeded_latents(5, 4), atol=1e-6)
+    assert np.allclose(cold["latents"], 0.5 * seeded_latents(5, 4, LATENT), atol=1e-6)
 
 
 def test_interpolate_from_seeds_lerp_and_slerp(server):
-    ends = seeded_latents(1, 1)[0], seeded_latents(2, 1)[0]
+    ends = seeded_latents(1, 1, LATENT)[0], seeded_latents(2, 1, LATENT)[0]
     norms = {}
     for method in ("lerp", "slerp"):
         code, _, body = post(server, "interpolate", {"seeds": [1, 2], "steps": 9, "method": method, "format": "json"})
         reply = json.loads(body)
         z = np.array(reply["latents"])
-        assert code == 200 and z.shape == (9, 64) and len(reply["images"]) == 9
+        assert code == 200 and z.shape == (9, LATENT) and len(reply["images"]) == 9
         assert np.allclose(z[0], ends[0], atol=1e-5) and np.allclose(z[-1], ends[1], atol=1e-5)
         norms[method] = np.linalg.norm(z, axis=1)
     # slerp keeps the norm on the line between the endpoints' norms; lerp cuts inside the shell
@@ -176,7 +184,7 @@ def test_interpolate_from_seeds_lerp_and_slerp(server):
 
 
 def test_interpolate_formats_and_latent_input(server):
-    z = np.random.default_rng(0).standard_normal((2, 64)).round(3)
+    z = np.random.default_rng(0).standard_normal((2, LATENT)).round(3)
     body = {"latents": z.tolist(), "steps": 20, "method": "lerp"}
     code, headers, grid = post(server, "interpolate", body)
     assert code == 200 and headers["content-type"] == "image/png"
@@ -192,7 +200,7 @@ def test_interpolate_from_images_uses_posterior_means(server):
     code, _, body = post(server, "interpolate", {"images": [b64png(p) for p in pixels], "steps": 5,
                                                  "format": "json"})
     assert code == 200
-    encoder = backends.load(ARTIFACTS / ENCODERS["onnx-fp32"])
+    encoder = backends.load(ARTIFACTS / artifacts.ENCODERS["onnx-fp32"])
     mu = encoder(pixels[:, None].astype(np.float32) / 255)
     z = np.array(json.loads(body)["latents"])
     assert np.allclose(z[0], mu[0], atol=1e-4) and np.allclose(z[-1], mu[1], atol=1e-4)
@@ -217,13 +225,19 @@ BAD_INPUTS = [
     ("sample", b'{"temperature": Infinity}', 400, "temperature", "not_finite"),
     ("sample", {"format": "gif"}, 400, "format", "invalid_value"),
     ("sample", b'{"n": 1, "pad": "' + b"x" * 70_000 + b'"}', 413, "body", "body_too_large"),
+    # Nested past what Python's parser takes (it raises RecursionError): malformed, not a server fault.
+    ("sample", b"[" * 5000 + b"]" * 5000, 400, "body", "malformed_json"),
+    ("sample", b'{"n": ' + b"[" * 20_000, 400, "body", "malformed_json"),
+    ("sample", b'{"n": ' + b"[" * 600 + b"]" * 600 + b"}", 400, "n", "wrong_type"),  # deep, but parsed
     ("interpolate", {"steps": 5}, 400, "seeds|latents|images", "missing_endpoints"),
-    ("interpolate", {"seeds": [1, 2], "latents": [[0] * 64] * 2}, 400, "seeds|latents|images", "missing_endpoints"),
+    ("interpolate", {"seeds": [1, 2], "latents": [[0] * LATENT] * 2}, 400, "seeds|latents|images",
+     "missing_endpoints"),
     ("interpolate", {"seeds": [1]}, 400, "seeds", "wrong_length"),
-    ("interpolate", {"latents": [[0.0] * 64, [0.0] * 63]}, 400, "latents[1]", "wrong_length"),
-    ("interpolate", {"latents": [[0.0] * 64, [0.0] * 63 + ["x"]]}, 400, "latents[1][63]", "wrong_type"),
-    ("interpolate", b'{"latents": [[' + b"0," * 63 + b'NaN], [' + b"0," * 63 + b"0]]}", 400, "latents[0][63]",
-     "not_finite"),
+    ("interpolate", {"latents": [[0.0] * LATENT, [0.0] * (LATENT - 1)]}, 400, "latents[1]", "wrong_length"),
+    ("interpolate", {"latents": [[0.0] * LATENT, [0.0] * (LATENT - 1) + ["x"]]}, 400, f"latents[1][{LATENT - 1}]",
+     "wrong_type"),
+    ("interpolate", b'{"latents": [[' + b"0," * (LATENT - 1) + b'NaN], [' + b"0," * (LATENT - 1) + b"0]]}", 400,
+     f"latents[0][{LATENT - 1}]", "not_finite"),
     ("interpolate", {"seeds": [1, 2], "steps": 1}, 400, "steps", "out_of_range"),
     ("interpolate", {"seeds": [1, 2], "steps": 65}, 400, "steps", "out_of_range"),
     ("interpolate", {"seeds": [1, 2], "method": "cubic"}, 400, "method", "invalid_value"),
@@ -302,37 +316,128 @@ def test_metrics_are_exported_and_increase(server):
     assert value(after, "fmvae_errors_total", model="sample", reason="out_of_range") - value(
         before, "fmvae_errors_total", model="sample", reason="out_of_range") == 1
     assert value(after, "fmvae_requests_total", model="sample", code="200") > 0
-    assert value(after, "fmvae_backend_info", **labels, artifact="decoder_int8.onnx", threads="1") == 1
+    threads = str(worker_threads("auto", STORE_WORKERS))  # the rule, on whatever machine runs the test
+    assert value(after, "fmvae_backend_info", **labels, artifact="decoder_int8.onnx", threads=threads) == 1
 
 
-def test_worker_threads_and_device_choice(monkeypatch):
+def test_worker_threads(monkeypatch):
     monkeypatch.delenv("FMVAE_WORKER_THREADS", raising=False)
     assert worker_threads("auto", 3, cpus=16) == 5 and worker_threads("auto", 3, cpus=2) == 1
     assert worker_threads(3) == 3
     monkeypatch.setenv("FMVAE_WORKER_THREADS", "2")
     assert worker_threads("auto", 3, cpus=16) == 2
-    assert choose_decoder(archive.HANDLER_CONFIG, gpu_id=None) == (DECODERS["onnx-int8"], "cpu")
+
+
+def test_backend_choice_per_device(monkeypatch):
+    config = archive.model_config(MODELS["interpolate"])["handler"]
+    assert choose_backend(config, "decoder", "m", gpu_id=None) == ("onnx-int8", "cpu")
+    assert choose_backend(config, "encoder", "m", gpu_id=None) == ("onnx-fp32", "cpu")
+    # A GPU worker (simulated: CUDA visible to torch) takes the first CUDA backend it can run.
+    monkeypatch.setattr("torch.cuda.is_available", lambda: True)
+    both = ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    monkeypatch.setattr("onnxruntime.get_available_providers", lambda: both)
+    assert choose_backend(config, "decoder", "m", gpu_id=1) == ("onnx-fp32", "cuda:1")
+    monkeypatch.setattr("onnxruntime.get_available_providers", lambda: ["CPUExecutionProvider"])
+    assert choose_backend(config, "decoder", "m", gpu_id=0) == ("torchscript-fp32", "cuda:0")
+    assert choose_backend(config, "decoder", "m", gpu_id=None) == ("onnx-int8", "cpu")  # no GPU given: CPU
+    with pytest.raises(ConfigError, match=r"none of the decoder backends \['onnx-fp32'\] can run on cuda:0"):
+        choose_backend({"decoder": {"cuda": ["onnx-fp32"]}}, "decoder", "m", gpu_id=0)
+
+
+def test_a_worker_whose_config_names_no_decoder_fails_at_start():
+    def context(handler: dict) -> SimpleNamespace:
+        return SimpleNamespace(model_name="broken", model_yaml_config={"handler": handler},
+                               system_properties={"model_dir": str(ARTIFACTS), "gpu_id": None})
+
+    with pytest.raises(ConfigError, match=r"model broken: its model config names no decoder for cpu workers "
+                                          r"\(handler.decoder.cpu in model-config.yaml"):
+        Worker(context({"threads": 1}))
+    with pytest.raises(ConfigError, match="names no decoder for cpu workers"):
+        Worker(context({"decoder": {"cuda": ["onnx-fp32"]}, "threads": 1}))
+    worker = Worker(context({"decoder": {"cpu": ["onnx-fp32"]}, "threads": 1}))  # the same path, configured
+    assert (worker.backend, worker.shapes.latent_dim, worker.encoder) == ("onnx-fp32", LATENT, None)
 
 
 VALID_INPUTS = [
     ("sample", {}), ("sample", {"n": 256, "seed": 2**63 - 1, "temperature": 2, "format": "json"}),
     ("sample", {"n": 2.0, "seed": 0.0, "temperature": 1e-9}),
-    ("interpolate", {"seeds": [0, 1]}), ("interpolate", {"latents": [[0.5] * 64] * 2, "steps": 64.0}),
+    ("interpolate", {"seeds": [0, 1]}), ("interpolate", {"latents": [[0.5] * LATENT] * 2, "steps": 64.0}),
     ("interpolate", {"images": [GOOD_PNG, GOOD_PNG], "method": "lerp", "format": "npy"}),
 ]
 
 
 def test_fast_check_agrees_with_the_reference_validator():
     """fastjsonschema passes requests without building errors; jsonschema (the reference) explains rejections."""
+    schema = RequestSchema(LATENT)
     cases = [(model, body) for model, body, *_ in BAD_INPUTS if isinstance(body, dict)] + VALID_INPUTS
     for model, body in cases:
         try:
-            FAST_CHECKS[model](body)
+            schema.fast_checks[model](body)
             fast = True
         except fastjsonschema.JsonSchemaValueException:
             fast = False
-        assert fast == VALIDATORS[model].is_valid(body), (model, body)
-    assert all(parse(json.dumps(body), model) for model, body in VALID_INPUTS)
+        assert fast == schema.validators[model].is_valid(body), (model, body)
+    assert all(schema.parse(json.dumps(body), model) for model, body in VALID_INPUTS)
+
+
+def test_openapi_latent_length_is_the_released_models():
+    """The document shows the released model's latent size; workers put their own model's in its place."""
+    latent = SPEC["components"]["schemas"]["Latent"]
+    assert latent["minItems"] == latent["maxItems"] == LATENT
+    two = RequestSchema(2)
+    with pytest.raises(Exception, match=r"latents\[0\] must have 2 items, got 64"):
+        two.parse(json.dumps({"latents": [[0.0] * 64] * 2}), "interpolate")
+    assert two.parse(json.dumps({"latents": [[0.0, 1.0]] * 2}), "interpolate")["latents"] == [[0.0, 1.0]] * 2
+
+
+def test_a_2d_model_is_served_with_its_own_shapes(server):
+    """interpolate_2d: the same handler over a 2-d export; latent lengths come from its manifest."""
+    reply = json.loads(post(server, "interpolate_2d", {"seeds": [1, 2], "steps": 3, "format": "json"})[2])
+    z = np.array(reply["latents"])
+    assert z.shape == (3, 2) and np.allclose(z[0], seeded_latents(1, 1, 2)[0], atol=1e-6)
+    code, _, body = post(server, "interpolate_2d", {"latents": [[0.0] * LATENT] * 2})
+    error = json.loads(body)
+    assert (code, error["field"], error["reason"]) == (400, "latents[0]", "wrong_length")
+    assert error["message"] == f"latents[0] must have 2 items, got {LATENT}"
+    code, _, body = post(server, "interpolate_2d", {"latents": [[-2.0, 0.5], [2.0, -0.5]], "steps": 4,
+                                                    "format": "npy"})
+    assert code == 200 and npy(body).shape == (4, 28, 28)
+    pixels = (npy(post(server, "sample", {"n": 2, "seed": 7, "format": "npy"})[2]) * 255).round().astype(np.uint8)
+    reply = json.loads(post(server, "interpolate_2d", {"images": [b64png(p) for p in pixels], "steps": 2,
+                                                       "format": "json"})[2])
+    assert np.array(reply["latents"]).shape == (2, 2)  # encoded by the 2-d model's encoder
+
+
+def test_archives_pack_the_worker_folders_and_only_the_artifacts_they_name(current_store):
+    code = {f"{folder}/{p.relative_to(archive.ROOT / folder)}" for folder in archive.CODE_DIRS
+            for p in (archive.ROOT / folder).rglob("*") if p.is_file() and "__pycache__" not in p.parts}
+    for name, spec in MODELS.items():
+        packed = set(archive.contents(current_store / f"{name}.mar"))
+        assert code <= packed
+        files = packed - code - {"MAR-INF/MANIFEST.json", "model-config.yaml", f"{name}.py", artifacts.MANIFEST}
+        assert files == set(archive.artifact_files(spec))
+    assert archive.artifact_files(MODELS["sample"]) == ["decoder_fp32.onnx", "decoder_fp32.pt", "decoder_int8.onnx"]
+    assert "encoder_fp32.onnx" in archive.artifact_files(MODELS["interpolate"])
+    with zipfile.ZipFile(current_store / "interpolate.mar") as z:
+        config = yaml.safe_load(z.read("model-config.yaml"))
+        assert z.read(artifacts.MANIFEST) == (ARTIFACTS / artifacts.MANIFEST).read_bytes()
+    assert config["handler"]["decoder"]["cpu"] == ["onnx-int8"] and config["maxWorkers"] == 1
+
+
+def test_bodies_over_torchserve_limit_get_its_empty_413_or_a_reset(server):
+    """TorchServe refuses bodies over max_request_size before any handler runs: the one non-JSON error."""
+    limit = server.config.max_request_size
+    for size in (limit + 1024, 64 * limit):
+        conn = http.client.HTTPConnection("127.0.0.1", server.config.inference_port, timeout=60)
+        try:
+            conn.request("POST", "/predictions/sample", b"x" * size, {"Content-Type": "application/json"})
+            response = conn.getresponse()
+            assert (response.status, response.read()) == (413, b""), size
+        except (ConnectionResetError, BrokenPipeError):
+            assert size > limit + 1024  # a reset only for very large bodies, sent on after the refusal
+        finally:
+            conn.close()
+    assert post(server, "sample", {"n": 1, "seed": 0, "format": "npy"})[0] == 200  # and the server carries on
 
 
 def test_recorder_writes_in_order_on_flush_and_survives_a_failing_write():
@@ -356,6 +461,6 @@ def test_recorder_writes_in_order_on_flush_and_survives_a_failing_write():
 
 def test_start_without_archives_fails_clearly_and_cleans_up(tmp_path):
     ts = TorchServe(ServerConfig(model_store=tmp_path).with_free_ports())
-    with pytest.raises(ServerError, match="no archive for sample, interpolate; run `make export`"):
+    with pytest.raises(ServerError, match="no archive for sample, interpolate; run `make archives`"):
         ts.start()
     assert not ts.tmp.exists()

@@ -19,9 +19,9 @@ import torch
 from torch import Tensor
 from tqdm import tqdm
 
+from runtime.latent import interpolate
 from training import checkpoint, classifier, data
 from training.figures import interleave_rows, save_figure, save_grid
-from training.latent import interpolate
 from training.model import VAE
 
 LOG_2PI = math.log(2 * math.pi)

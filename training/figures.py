@@ -12,8 +12,8 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from PIL import Image  # noqa: E402
 
+from runtime.images import tile, to_uint8  # noqa: E402
 from training.checkpoint import atomic_write  # noqa: E402
-from training.tiles import tile, to_uint8  # noqa: E402
 
 
 def grid(images: torch.Tensor, rows: int, pad: int = 2, scale: int = 2) -> np.ndarray:

@@ -16,10 +16,10 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
+from runtime.latent import interpolate
 from training import checkpoint, data
 from training.config import TrainConfig
 from training.figures import interleave_rows, plot_curves, save_grid
-from training.latent import interpolate
 from training.model import VAE, VAEConfig
 
 HISTORY_FIELDS = ("epoch", "beta", "train_total", "train_recon", "train_kl",

@@ -1,4 +1,4 @@
-"""Decoder speed per artifact: ``python -m export.bench [--threads N] [--batches 1 16 64 256]``.
+"""Decoder speed per artifact: ``python -m bench.decoders [--threads N] [--batches 1 16 64 256]`` (``make bench``).
 
 Latency (median over rounds, each round the mean of repeated calls for ``--seconds``) and images/s for
 fp32 eager PyTorch and every exported decoder, with each backend's speed-up over fp32 eager measured
@@ -18,8 +18,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from export import backends
-from export.config import ARTIFACT_DIR, DECODERS, DEFAULT_CHECKPOINT, DEFAULT_OUT
+from export.config import DEFAULT_CHECKPOINT
+from runtime import artifacts, backends
 from training import checkpoint
 
 
@@ -46,7 +46,7 @@ def candidates(ckpt: Path, artifact_dir: Path, device: str, threads: int) -> dic
             return out
 
     fns: dict[str, Callable] = {"eager-fp32": eager}
-    for name, file in DECODERS.items():
+    for name, file in artifacts.DECODERS.items():
         if not (artifact_dir / file).is_file():
             raise SystemExit(f"error: {artifact_dir / file} not found; run `make export` first")
         if device == "cpu" or name.endswith("fp32"):
@@ -57,12 +57,13 @@ def candidates(ckpt: Path, artifact_dir: Path, device: str, threads: int) -> dic
 def run(ckpt: Path, artifact_dir: Path, batches: list[int], threads: int, seconds: float, rounds: int) -> list[dict]:
     """Measure every backend at every batch size on CPU (and CUDA when available)."""
     torch.set_num_threads(threads)
+    latent_dim = artifacts.shapes(artifact_dir).latent_dim
     rows = []
     devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
     for device in devices:
         fns = candidates(ckpt, artifact_dir, device, threads)
         for batch in batches:
-            z = np.random.default_rng(0).standard_normal((batch, 64)).astype(np.float32)
+            z = np.random.default_rng(0).standard_normal((batch, latent_dim)).astype(np.float32)
             samples: dict[str, list[float]] = {name: [] for name in fns}
             for _ in range(rounds):
                 for name, fn in fns.items():
@@ -92,10 +93,10 @@ def markdown(rows: list[dict], threads: int) -> str:
 
 
 def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(prog="python -m export.bench", description=__doc__,
+    p = argparse.ArgumentParser(prog="python -m bench.decoders", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--checkpoint", type=Path, default=DEFAULT_CHECKPOINT)
-    p.add_argument("--artifacts", type=Path, default=DEFAULT_OUT / ARTIFACT_DIR)
+    p.add_argument("--artifacts", type=Path, default=artifacts.DEFAULT_DIR)
     p.add_argument("--threads", type=int, default=torch.get_num_threads(), help="default: all cores")
     p.add_argument("--batches", type=int, nargs="+", default=[1, 16, 64, 256])
     p.add_argument("--seconds", type=float, default=0.3, help="timing window per backend per round")
@@ -104,7 +105,7 @@ def main(argv: list[str] | None = None) -> None:
     args = p.parse_args(argv)
     try:
         rows = run(args.checkpoint, args.artifacts, args.batches, args.threads, args.seconds, args.rounds)
-    except checkpoint.CheckpointError as e:
+    except (checkpoint.CheckpointError, artifacts.ManifestError) as e:
         raise SystemExit(f"error: {e}") from None
     table = markdown(rows, args.threads)
     print(table)

@@ -1,7 +1,7 @@
 """One small interface over the exported artifacts: ``decode(z) -> logits`` and ``encode(x) -> mu``.
 
-Used by the parity gate, the benchmark and the TorchServe handlers. Inputs and outputs are float32
-numpy arrays: z (N, 64), images (N, 1, 28, 28) in [0, 1], logits (N, 1, 28, 28).
+Used by the TorchServe workers, the parity gate and the benchmarks. Inputs and outputs are float32 numpy
+arrays: z (N, latent_dim), images (N, 1, 28, 28) in [0, 1], logits (N, 1, 28, 28) (the shapes in the manifest).
 """
 
 from __future__ import annotations

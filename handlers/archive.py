@@ -1,0 +1,108 @@
+"""TorchServe model archives (.mar), built from the exported artifacts and the worker code:
+``python -m handlers.archive [--artifacts model_store/export] [--out build/model_store]`` (``make archives``).
+
+An archive holds its handler, the folders ``handlers/`` and ``runtime/`` (everything a worker imports), the
+artifacts its settings name, the export manifest (the model's shapes) and a model-config YAML written from
+``handlers/settings.py``. Archives are build outputs, made in about a second; they are not committed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+import zipfile
+from pathlib import Path
+
+import yaml
+
+from handlers.settings import ARCHIVE_DIR, MODELS, STORE_WORKERS, ModelSpec
+from runtime import artifacts
+
+ROOT = Path(__file__).resolve().parent.parent
+CODE_DIRS = ("handlers", "runtime")  # the packages a worker imports (tests/test_layout.py checks the rule)
+
+
+class ArchiveError(Exception):
+    """An archive could not be built; the message says why (torch-model-archiver's output, a missing file)."""
+
+
+def artifact_files(spec: ModelSpec) -> list[str]:
+    """The artifact files ``spec`` names, for any device."""
+    named = [artifacts.DECODERS[b] for backends in spec.decoder.values() for b in backends]
+    named += [artifacts.ENCODERS[b] for backends in spec.encoder.values() for b in backends]
+    return sorted(set(named))
+
+
+def model_config(spec: ModelSpec) -> dict:
+    """The archive's model-config YAML: TorchServe's worker and batching settings, and the ``handler:`` section
+    the worker reads (backend per device, threads)."""
+    handler = {"decoder": {device: list(b) for device, b in spec.decoder.items()}, "threads": spec.threads,
+               "store_workers": STORE_WORKERS}
+    if spec.encoder:
+        handler["encoder"] = {device: list(b) for device, b in spec.encoder.items()}
+    return {"minWorkers": spec.workers, "maxWorkers": spec.workers, "batchSize": spec.batch_size,
+            "maxBatchDelay": spec.max_batch_delay_ms, "responseTimeout": spec.response_timeout_s,
+            "handler": handler}
+
+
+def build(name: str, spec: ModelSpec, artifact_dir: Path, out: Path) -> Path:
+    """Write ``out/<name>.mar``; its version is the first 12 hex digits of the source checkpoint's SHA-256."""
+    manifest = artifacts.read_manifest(artifact_dir)
+    files = [artifact_dir / artifacts.MANIFEST] + [artifact_dir / f for f in artifact_files(spec)]
+    missing = [str(f) for f in files if not f.is_file()]
+    if missing:
+        raise ArchiveError(f"{name}: missing {', '.join(missing)}; run `make export`")
+    with tempfile.TemporaryDirectory() as tmp:
+        code = Path(tmp) / "code"
+        for folder in CODE_DIRS:
+            shutil.copytree(ROOT / folder, code / folder, ignore=shutil.ignore_patterns("__pycache__"))
+        config = Path(tmp) / "model-config.yaml"
+        config.write_text(yaml.safe_dump(model_config(spec), sort_keys=False))
+        cmd = [sys.executable, "-m", "model_archiver.model_packaging", "--model-name", name,
+               "--version", manifest["source_checkpoint"]["sha256"][:12], "--handler", str(spec.handler),
+               "--extra-files", ",".join([str(code), *map(str, files)]), "--config-file", str(config),
+               "--export-path", str(out), "--force"]
+        result = subprocess.run(cmd, capture_output=True, text=True)
+    if result.returncode != 0:
+        raise ArchiveError(f"torch-model-archiver failed for {name}: {result.stderr.strip() or result.stdout}")
+    return out / f"{name}.mar"
+
+
+def build_store(artifact_dir: Path, out: Path, models: dict[str, ModelSpec] = MODELS) -> dict[str, Path]:
+    """Build every model's archive into ``out``: all in a staging folder first, then each moved into place."""
+    out.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=out, prefix=".staging-") as staging:
+        built = {name: build(name, spec, artifact_dir, Path(staging)) for name, spec in models.items()}
+        for path in built.values():
+            os.replace(path, out / path.name)
+    return {name: out / path.name for name, path in built.items()}
+
+
+def contents(mar: Path) -> list[str]:
+    """File names inside an archive (TorchServe's MAR-INF/MANIFEST.json included)."""
+    with zipfile.ZipFile(mar) as z:
+        return sorted(z.namelist())
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m handlers.archive", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--artifacts", type=Path, default=artifacts.DEFAULT_DIR)
+    parser.add_argument("--out", type=Path, default=ARCHIVE_DIR)
+    args = parser.parse_args(argv)
+    start = time.perf_counter()
+    try:
+        built = build_store(args.artifacts, args.out)
+    except (ArchiveError, artifacts.ManifestError) as e:
+        raise SystemExit(f"error: {e}") from None
+    sizes = ", ".join(f"{p.name} ({p.stat().st_size / 1e6:.1f} MB)" for p in built.values())
+    print(f"built {sizes} in {args.out} from {args.artifacts} in {time.perf_counter() - start:.1f} s")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,102 @@
+"""Every serving setting in one place: the models served and how (handler, TorchServe workers, batching,
+the backend each device runs, threads), and the server's addresses, ports and limits.
+
+``handlers/archive.py`` writes each model's settings into its archive's model-config YAML, where the worker
+reads them back (``handlers/service.py``); ``handlers/server.py`` runs TorchServe with ``ServerConfig``. The
+model's shapes are not settings: workers read them from the export manifest packed beside the artifacts.
+"""
+
+from __future__ import annotations
+
+import socket
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+
+HANDLERS = Path(__file__).resolve().parent
+
+# Backend per device kind, in order of preference: a worker runs the first one it can (an ONNX backend on
+# CUDA needs onnxruntime's CUDAExecutionProvider). CPU: static int8 ONNX, the fastest CPU decoder at every
+# batch size (docs/export.md); CUDA: fp32, since the int8 kernels are CPU-only.
+DECODER = {"cpu": ("onnx-int8",), "cuda": ("onnx-fp32", "torchscript-fp32")}
+ENCODER = {"cpu": ("onnx-fp32",), "cuda": ("onnx-fp32", "torchscript-fp32")}
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """How one model is served."""
+
+    handler: Path  # the TorchServe handler file (its ``handle`` function)
+    workers: int = 1
+    decoder: dict[str, tuple[str, ...]] = field(default_factory=lambda: DECODER)
+    encoder: dict[str, tuple[str, ...]] = field(default_factory=dict)  # empty: the model encodes nothing
+    # Dynamic batching: up to batch_size requests per handler call, waiting at most max_batch_delay_ms for them
+    # (0 makes TorchServe 0.12 wait ~100 ms for a lone request).
+    batch_size: int = 8
+    max_batch_delay_ms: int = 1
+    response_timeout_s: int = 30
+    threads: str | int = "auto"  # intra-op threads per worker; "auto": the CPUs divided among the store's workers
+
+
+# sample has two workers: TorchServe's frontend handles a worker's replies before it sends that worker its next
+# batch, and with one worker the decoder idled 27% of the time at n=64 (docs/serving-performance.md).
+MODELS = {
+    "sample": ModelSpec(HANDLERS / "sample.py", workers=2),
+    "interpolate": ModelSpec(HANDLERS / "interpolate.py", encoder=ENCODER),
+}
+STORE_WORKERS = sum(spec.workers for spec in MODELS.values())  # among which threads "auto" divides the CPUs
+ARCHIVE_DIR = Path("build/model_store")  # where `make archives` writes the .mar files that `make serve` serves
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    """One TorchServe instance: addresses, ports, the archives it serves, limits and authentication."""
+
+    host: str = "127.0.0.1"  # inference API (and gRPC inference)
+    metrics_host: str = "127.0.0.1"  # TorchServe's and the handlers' metrics
+    inference_port: int = 8080
+    management_port: int = 8081
+    torchserve_metrics_port: int = 8082  # TorchServe's own metrics (Prometheus format)
+    metrics_port: int = 8083  # the handlers' metrics: latency histograms, images, errors (handlers/metrics.py)
+    grpc_inference_port: int = 7070
+    grpc_management_port: int = 7071
+    model_store: Path = ARCHIVE_DIR
+    models: tuple[str, ...] = tuple(MODELS)
+    max_request_size: int = 1024 * 1024  # bytes; the handlers reject bodies over 64 KiB with a JSON error
+    log_dir: Path | None = None  # default: logs/ inside the private temp dir
+    token_auth: bool = False  # TorchServe's token authorization; keys in work_dir/key_file.json
+    token_expiration_min: int = 60  # lifetime of the inference/management keys (TorchServe's default)
+    work_dir: Path | None = None  # TorchServe's working directory (key file); default: the private temp dir
+
+    def with_free_ports(self) -> ServerConfig:
+        """A copy whose ports are free on the loopback interface now."""
+        ports = [f.name for f in fields(self) if f.name.endswith("_port")]
+        socks = [socket.socket() for _ in ports]
+        for s in socks:
+            s.bind(("127.0.0.1", 0))
+        chosen = {name: s.getsockname()[1] for name, s in zip(ports, socks, strict=True)}
+        for s in socks:
+            s.close()
+        return replace(self, **chosen)
+
+    def properties(self, model_store: Path) -> str:
+        """TorchServe's config.properties."""
+        return "\n".join([
+            f"inference_address=http://{self.host}:{self.inference_port}",
+            f"management_address=http://127.0.0.1:{self.management_port}",
+            f"metrics_address=http://{self.metrics_host}:{self.torchserve_metrics_port}",
+            f"grpc_inference_address={self.host}",
+            "grpc_management_address=127.0.0.1",
+            f"grpc_inference_port={self.grpc_inference_port}",
+            f"grpc_management_port={self.grpc_management_port}",
+            f"model_store={model_store}",
+            "load_models=" + ",".join(f"{m}={m}.mar" for m in self.models),
+            f"max_request_size={self.max_request_size}",
+            f"allowed_urls=file://{model_store}/.*",  # models come from the local store only
+            f"disable_token_authorization={str(not self.token_auth).lower()}",
+            f"token_expiration_min={self.token_expiration_min}",
+            "enable_model_api=false",
+            "install_py_dep_per_model=false",
+            "metrics_mode=prometheus",
+            "decode_input_request=false",  # the handlers parse JSON bodies themselves, strictly
+            "",
+        ])

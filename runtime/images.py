@@ -1,0 +1,50 @@
+"""Images as bytes, in numpy and Pillow only: grids, uint8 pixels, PNG and .npy encoding.
+
+Shared by the serving handlers and the training figures.
+"""
+
+from __future__ import annotations
+
+import functools
+import io
+
+import numpy as np
+from PIL import Image
+
+
+def tile(images: np.ndarray, cols: int, pad: int = 2, fill: int = 255) -> np.ndarray:
+    """Tile uint8 images (N, H, W) row-major into one (rows*(H+pad)+pad, cols*(W+pad)+pad) uint8 canvas."""
+    n, h, w = images.shape
+    rows = -(-n // cols)
+    canvas = np.full((rows * (h + pad) + pad, cols * (w + pad) + pad), fill, dtype=np.uint8)
+    for i, img in enumerate(images):
+        r, c = divmod(i, cols)
+        canvas[pad + r * (h + pad):pad + r * (h + pad) + h, pad + c * (w + pad):pad + c * (w + pad) + w] = img
+    return canvas
+
+
+def to_uint8(images: np.ndarray) -> np.ndarray:
+    """Intensities in [0, 1] (any shape) -> uint8 pixels, rounded."""
+    return (np.clip(images, 0, 1) * 255).round().astype(np.uint8)
+
+
+def png_bytes(pixels: np.ndarray) -> bytes:
+    """A uint8 (H, W) array as grayscale PNG bytes, at zlib level 1: much cheaper to encode than Pillow's default
+    level 6, for about 13% more bytes on a grid of 64 images."""
+    buffer = io.BytesIO()
+    Image.fromarray(pixels, mode="L").save(buffer, format="PNG", compress_level=1)
+    return buffer.getvalue()
+
+
+@functools.lru_cache(maxsize=512)
+def npy_header(shape: tuple[int, ...]) -> bytes:
+    """The .npy header of a little-endian float32 C-order array of ``shape``."""
+    buffer = io.BytesIO()
+    np.lib.format.write_array_header_1_0(buffer, {"descr": "<f4", "fortran_order": False, "shape": shape})
+    return buffer.getvalue()
+
+
+def npy_bytes(array: np.ndarray) -> bytes:
+    """The array as float32 .npy bytes (what np.save writes, with the header cached per shape)."""
+    array = np.ascontiguousarray(array, dtype="<f4")
+    return npy_header(array.shape) + array.tobytes()
