@@ -88,8 +88,8 @@ def load_json(raw: Any) -> Any:
     except json.JSONDecodeError as e:
         raise RequestError("body", "malformed_json", f"body is not valid JSON: {e}") from None
     except RecursionError:
-        raise RequestError("body", "malformed_json", "body is nested too deeply to parse (a request needs "
-                                                     "3 levels)") from None
+        raise RequestError("body", "malformed_json", "body is nested too deeply to parse (a valid request "
+                                                     "nests 3 levels at most)") from None
 
 
 def first_non_finite(value: Any) -> tuple | None:
