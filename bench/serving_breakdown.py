@@ -32,6 +32,7 @@ from bench.serving import (
     in_process_decoder,
     write,
 )
+from handlers.server import TorchServe
 from handlers.service import worker_threads
 from handlers.settings import MODELS, STORE_WORKERS
 from runtime import artifacts
@@ -52,7 +53,7 @@ def worker_totals(metrics_url: str, model: str) -> dict[str, float]:
     return totals
 
 
-def worker_delta(server, model: str, before: dict[str, float], seconds: float) -> dict[str, float]:  # noqa: ANN001
+def worker_delta(server: TorchServe, model: str, before: dict[str, float], seconds: float) -> dict[str, float]:
     """The workers' decoder busy share, mean decode call and requests per batch since ``before``."""
     time.sleep(0.2)  # the workers write their metrics within 50 ms of replying
     d = {k: v - before[k] for k, v in worker_totals(server.metrics_url, model).items()}
@@ -121,8 +122,8 @@ def markdown(r: dict) -> str:
         f"| numpy sort of {len(UNSORTED):,} floats | {gap['numpy_sort_back_to_back']:.2f} | "
         f"{gap['numpy_sort_after_sleep']:.2f} | |", "",
         "sample n=64, concurrency 8:", "",
-        "| served images/s | in-process, one worker's threads | in-process, all workers' threads | served / that "
-        "| served / that | decoder busy per worker | worker decode call (ms) | requests per batch |",
+        "| served images/s | in-process, one worker's threads | in-process, all workers' threads | served / one "
+        "worker's | served / all workers' | decoder busy per worker | worker decode call (ms) | requests per batch |",
         "| --- | --- | --- | --- | --- | --- | --- | --- |",
         f"| {n64['images_per_s']['sample']:.0f} | {n64['images_per_s']['one_worker_threads']:.0f} | "
         f"{n64['images_per_s']['all_workers_threads']:.0f} | {n64['vs_one_worker_threads']:.0%} | "
