@@ -16,8 +16,9 @@ ARCHIVES ?= build/model_store
 SERVE_ARGS ?=
 SERVE_BENCH_ARGS ?=
 LOADTEST_ARGS ?=
+SOAK_ARGS ?=
 
-.PHONY: help setup train evaluate classifier release export archives bench serve serve-bench loadtest test lint clean
+.PHONY: help setup train evaluate classifier release export archives bench serve serve-bench loadtest soak test lint clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-11s %s\n", $$1, $$2}'
@@ -68,6 +69,9 @@ serve-bench: setup  ## serving latency/throughput vs an echo handler in the same
 
 loadtest: archives  ## Locust, 50 users for 60 s, p50 gates (80 ms); starts a server if none answers (LOADTEST_ARGS)
 	$(PY) -m loadtest $(LOADTEST_ARGS)
+
+soak: archives  ## 10 minutes of mixed load on a fresh server: errors, p50 drift, memory, log folder bound (SOAK_ARGS)
+	$(PY) -m loadtest.soak $(SOAK_ARGS)
 
 test: setup  ## the test suite
 	$(PY) -m pytest -q

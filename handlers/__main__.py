@@ -1,8 +1,14 @@
-"""``python -m handlers`` (``make serve``): serve the model store with TorchServe until Ctrl-C."""
+"""``python -m handlers`` (``make serve``): serve the model store with TorchServe until Ctrl-C or SIGTERM.
+
+The first Ctrl-C or SIGTERM drains: new requests get 503 shutting_down, everything accepted is answered, then
+TorchServe stops (at most ``--drain-timeout`` seconds). A second one stops at once. Either way nothing is left
+running and the temp dir is removed.
+"""
 
 from __future__ import annotations
 
 import argparse
+import os
 import signal
 from dataclasses import fields
 from pathlib import Path
@@ -11,15 +17,11 @@ from handlers.server import ServerError, TorchServe
 from handlers.settings import ServerConfig
 
 
-def interrupt(signum: int, frame: object) -> None:
-    """SIGTERM (docker stop, kill) stops the server like Ctrl-C."""
-    raise KeyboardInterrupt
-
-
 def parser() -> argparse.ArgumentParser:
     """The command line of ``python -m handlers`` (also what the Dockerfile's CMD passes)."""
     defaults = ServerConfig()
-    cli = argparse.ArgumentParser(prog="python -m handlers", description=__doc__)
+    cli = argparse.ArgumentParser(prog="python -m handlers", description=__doc__,
+                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     cli.add_argument("--model-store", type=Path, default=defaults.model_store,
                      help="folder with the .mar archives (default: what `make archives` builds)")
     cli.add_argument("--host", default=defaults.host, help="inference API address (default: loopback only)")
@@ -31,7 +33,36 @@ def parser() -> argparse.ArgumentParser:
         if f.name.endswith("_port"):
             cli.add_argument(f"--{f.name.replace('_', '-')}", type=int, default=getattr(defaults, f.name))
     cli.add_argument("--log-dir", type=Path, default=Path("runs/serve/logs"))
+    cli.add_argument("--log-max-mb", type=float, default=defaults.log_max_bytes / 2**20,
+                     help="size at which each log file rolls over (default %(default)g)")
+    cli.add_argument("--log-backups", type=int, default=defaults.log_backups,
+                     help="rolled-over copies kept per log file (default %(default)d)")
+    cli.add_argument("--access-log", action="store_true", help="one line per request in access_log.log")
+    cli.add_argument("--drain-timeout", type=float, default=defaults.drain_timeout,
+                     help="seconds a stop waits for accepted requests (default %(default)g)")
     return cli
+
+
+class Stopper:
+    """Signal handler: the first SIGINT/SIGTERM asks for a draining stop, the second for an immediate one.
+    It only sets events (and writes a line), so a signal never interrupts the cleanup itself."""
+
+    def __init__(self, server: TorchServe, drain_timeout: float) -> None:
+        self.server, self.drain_timeout, self.signals = server, drain_timeout, 0
+
+    def __call__(self, signum: int, frame: object) -> None:
+        self.signals += 1
+        if self.signals == 1:
+            self.server.interrupted.set()
+            say(f"stopping: answering what was accepted (at most {self.drain_timeout:g} s; again to stop now) ...")
+        else:
+            self.server.hurry.set()
+            say("stopping now ...")
+
+
+def say(line: str) -> None:
+    """Print from a signal handler too (print() may be in use by the interrupted code)."""
+    os.write(1, (line + "\n").encode())
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -39,32 +70,39 @@ def main(argv: list[str] | None = None) -> int:
     ports = {f.name: getattr(args, f.name) for f in fields(ServerConfig) if f.name.endswith("_port")}
     config = ServerConfig(host=args.host, metrics_host=args.metrics_host, model_store=args.model_store,
                           log_dir=args.log_dir, token_auth=args.token_auth, work_dir=args.work_dir,
-                          token_expiration_min=args.token_expiration_min, **ports)
+                          token_expiration_min=args.token_expiration_min, log_max_bytes=int(args.log_max_mb * 2**20),
+                          log_backups=args.log_backups, access_log=args.access_log,
+                          drain_timeout=args.drain_timeout, **ports)
     server = TorchServe(config)
-    signal.signal(signal.SIGTERM, interrupt)
-    print(f"starting TorchServe on {server.url} (logs: {server.log_dir}) ...", flush=True)
+    stopper = Stopper(server, config.drain_timeout)
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, stopper)
+    say(f"starting TorchServe on {server.url} (logs: {server.log_dir}) ...")
     try:
         server.start()
-        auth = (f"on: keys in {server.key_file}; send 'Authorization: Bearer <inference key>'"
-                if config.token_auth else f"off (listening on {config.host}; the container turns it on)")
-        print(f"ready: {', '.join(config.models)}\n"
-              f"  curl -s -X POST {server.url}/predictions/sample -H 'Content-Type: application/json' "
-              f"-d '{{\"n\": 16, \"seed\": 1}}' -o samples.png\n"
-              f"  metrics: {server.metrics_url} (handlers), "
-              f"http://{config.metrics_host}:{config.torchserve_metrics_port}/metrics (TorchServe)\n"
-              f"  token auth: {auth}; model API: off\n"
-              "Ctrl-C stops.", flush=True)
-        server.process.wait()
-        print(f"TorchServe exited with code {server.process.returncode}\n{server.log_tail()}")
+    except ServerError as e:  # start() has already stopped what it started
+        if server.interrupted.is_set():
+            say("stopped before it was ready")
+            return 0
+        say(f"error: {e}")
         return 1
-    except ServerError as e:
-        print(f"error: {e}")
-        return 1
-    except KeyboardInterrupt:
-        print("stopping ...")
-        return 0
-    finally:
-        server.stop()
+    auth = (f"on: keys in {server.key_file}; send 'Authorization: Bearer <inference key>'"
+            if config.token_auth else f"off (listening on {config.host}; the container turns it on)")
+    say(f"ready: {', '.join(config.models)}\n"
+        f"  curl -s -X POST {server.url}/predictions/sample -H 'Content-Type: application/json' "
+        f"-d '{{\"n\": 16, \"seed\": 1}}' -o samples.png\n"
+        f"  metrics: {server.metrics_url} (handlers), "
+        f"http://{config.metrics_host}:{config.torchserve_metrics_port}/metrics (TorchServe)\n"
+        f"  token auth: {auth}; model API: off; access log: {'on' if config.access_log else 'off'}\n"
+        "Ctrl-C stops.")
+    while not server.interrupted.wait(0.5):
+        if server.process.poll() is not None:
+            say(f"TorchServe exited with code {server.process.returncode}\n{server.log_tail()}")
+            server.stop(drain=False)
+            return 1
+    server.stop()
+    say("stopped")
+    return 0
 
 
 if __name__ == "__main__":

@@ -46,7 +46,8 @@ def model_config(spec: ModelSpec) -> dict:
     if spec.encoder:
         handler["encoder"] = {device: list(b) for device, b in spec.encoder.items()}
     return {"minWorkers": spec.workers, "maxWorkers": spec.workers, "batchSize": spec.batch_size,
-            "maxBatchDelay": spec.max_batch_delay_ms, "responseTimeout": spec.response_timeout_s,
+            "maxBatchDelay": spec.max_batch_delay_ms, "jobQueueSize": spec.job_queue_size,
+            "responseTimeout": spec.response_timeout_s,
             "handler": handler}
 
 

@@ -13,6 +13,7 @@ import base64
 import io
 import itertools
 import json
+import logging
 import math
 import os
 import time
@@ -69,10 +70,18 @@ def choose_backend(config: dict, part: str, model: str, gpu_id: int | None) -> t
                       f"(onnxruntime providers: {ort.get_available_providers()})")
 
 
+SHUTTING_DOWN = RequestError("body", "shutting_down", "the server is shutting down: retry, on another instance if "
+                                                     "there is one", 503)
+
+
 class Worker:
     """The loaded model of one TorchServe worker: shapes, request schema, decoder (and encoder), metrics."""
 
     def __init__(self, context: Any) -> None:
+        # TorchServe's worker logs a line per batch through the root logger; the access log, when turned on, is
+        # the frontend's (handlers/log4j2.xml).
+        logging.getLogger().addFilter(lambda record: not record.getMessage().startswith("Backend received"))
+        self.drain_file = os.environ.get("FMVAE_DRAIN_FILE")  # exists while the launcher drains the server
         config = (context.model_yaml_config or {}).get("handler", {})
         model_dir = Path(context.system_properties["model_dir"])
         gpu_id = context.system_properties.get("gpu_id")
@@ -96,6 +105,10 @@ class Worker:
         self.batch_requests = metrics.BATCH_REQUESTS.labels(self.model)
         self.request_images = metrics.REQUEST_IMAGES.labels(self.model)
         self.recorder = metrics.Recorder(self.model)
+
+    def draining(self) -> bool:
+        """Whether the launcher is stopping the server (one stat per handler call)."""
+        return self.drain_file is not None and os.path.exists(self.drain_file)
 
     def count_response(self, status: int) -> None:
         """Count one answered request under its HTTP status (runs in the recorder's thread)."""
@@ -172,7 +185,13 @@ class Service:
         start = time.perf_counter()
         replies: list[Any] = [None] * len(data)
         jobs = []
-        for i, row in enumerate(data):
+        rows = enumerate(data)
+        if self.worker.draining():  # refuse what is taken up from now on; the 503 also closes the connection
+            for i in range(len(data)):
+                replies[i] = self.error(context, i, SHUTTING_DOWN)
+                context.set_response_header(i, "Retry-After", "1")
+            rows = enumerate([])
+        for i, row in rows:
             try:
                 request = self.worker.schema.parse(row.get("body", row.get("data")), self.endpoint)
                 asked = request["n"] if "n" in request else request["steps"]

@@ -33,8 +33,16 @@ class ModelSpec:
     # (0 makes TorchServe 0.12 wait ~100 ms for a lone request).
     batch_size: int = 8
     max_batch_delay_ms: int = 1
+    # Requests waiting for a worker, per worker; one more gets TorchServe's prompt 503 (docs/operations.md,
+    # overload). Four full batches: a request that gets in waits at most about four batch times.
+    queue_batches_per_worker: int = 4
     response_timeout_s: int = 30
     threads: str | int = "auto"  # intra-op threads per worker; "auto": the CPUs divided among the store's workers
+
+    @property
+    def job_queue_size(self) -> int:
+        """TorchServe's job queue for this model (jobQueueSize)."""
+        return self.queue_batches_per_worker * self.batch_size * self.workers
 
 
 # sample has two workers: TorchServe's frontend handles a worker's replies before it sends that worker its next
@@ -66,6 +74,12 @@ class ServerConfig:
     token_auth: bool = False  # TorchServe's token authorization; keys in work_dir/key_file.json
     token_expiration_min: int = 60  # lifetime of the inference/management keys (TorchServe's default)
     work_dir: Path | None = None  # TorchServe's working directory (key file); default: the private temp dir
+    # Logs: every file rolls over at log_max_bytes and keeps log_backups old copies (handlers/log4j2.xml);
+    # one line per request only with access_log on.
+    log_max_bytes: int = 10 * 1024 * 1024
+    log_backups: int = 2
+    access_log: bool = False
+    drain_timeout: float = 20.0  # seconds a stop waits for accepted requests to be answered (docs/operations.md)
 
     def with_free_ports(self) -> ServerConfig:
         """A copy whose ports are free on the loopback interface now."""
@@ -98,5 +112,7 @@ class ServerConfig:
             "install_py_dep_per_model=false",
             "metrics_mode=prometheus",
             "decode_input_request=false",  # the handlers parse JSON bodies themselves, strictly
+            f"vmargs=-Dlog4j.configurationFile=file://{HANDLERS / 'log4j2.xml'} -Dfmvae.log.size={self.log_max_bytes}"
+            f" -Dfmvae.log.backups={self.log_backups} -Dfmvae.log.access={'info' if self.access_log else 'off'}",
             "",
         ])

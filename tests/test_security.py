@@ -78,9 +78,10 @@ def test_oversized_bodies_are_refused(secured):
     conn.close()
 
 
-def test_health_check_uses_the_key(secured):
-    ping = f"{secured.url}/ping"
-    health = [sys.executable, "-m", "handlers.health", "--url", ping]
-    assert subprocess.run(health, capture_output=True).returncode == 1  # no key: refused
+def test_health_check_uses_the_keys(secured):
+    health = [sys.executable, "-m", "handlers.health", "--url", secured.url, "--management-url",
+              secured.management_url, "--models", "sample"]
+    refused = subprocess.run(health, capture_output=True, text=True)  # no keys: /ping refuses
+    assert refused.returncode == 1 and "unhealthy: /ping" in refused.stdout
     ok = subprocess.run([*health, "--work-dir", str(secured.work_dir)], capture_output=True, text=True)
-    assert ok.returncode == 0 and "Healthy" in ok.stdout
+    assert ok.returncode == 0 and ok.stdout == "healthy: sample ready\n"

@@ -1,0 +1,411 @@
+"""Operations under faults, against a real TorchServe: damaged archives and a model whose workers cannot load,
+a port conflict, a killed worker, an overload burst, a killed launcher, a signal under load (and twice), and
+the log directory under load. Every test bounds its time and leaves no process or temp dir behind."""
+
+from __future__ import annotations
+
+import http.client
+import io
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import fields, replace
+from pathlib import Path
+
+import numpy as np
+import psutil
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from handlers import archive
+from handlers.server import ServerError, TorchServe, http_json
+from handlers.settings import MODELS, ServerConfig
+from tests.conftest import ARTIFACTS
+
+ROOT = Path(__file__).resolve().parent.parent
+NPY = {"n": 4, "seed": 1, "format": "npy"}
+
+
+def group_alive(group: int) -> bool:
+    try:
+        os.killpg(group, 0)
+        return True
+    except ProcessLookupError:
+        return False
+
+
+def wait_until(condition, seconds: float) -> bool:  # noqa: ANN001
+    deadline = time.monotonic() + seconds
+    while not condition():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.1)
+    return True
+
+
+def post(url: str, body: dict, timeout: float = 60) -> tuple[int, bytes]:
+    request = urllib.request.Request(url, data=json.dumps(body).encode(), method="POST",
+                                     headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as response:
+            return response.status, response.read()
+    except urllib.error.HTTPError as e:
+        return e.code, e.read()
+
+
+def copy_store(current_store: Path, tmp_path: Path) -> Path:
+    store = tmp_path / "store"
+    store.mkdir()
+    for name in MODELS:
+        shutil.copy(current_store / f"{name}.mar", store)
+    return store
+
+
+class Launcher:
+    """``python -m handlers`` as `make serve` runs it, in a subprocess, on ``config``'s ports (default: free ones)."""
+
+    def __init__(self, store: Path, tmp_path: Path, *extra: str, config: ServerConfig | None = None) -> None:
+        self.config = config or ServerConfig(model_store=store).with_free_ports()
+        ports = [a for f in fields(ServerConfig) if f.name.endswith("_port")
+                 for a in (f"--{f.name.replace('_', '-')}", str(getattr(self.config, f.name)))]
+        self.temp_before = set(Path("/tmp").glob("fmvae-serve-*"))
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "handlers", "--model-store", str(store), "--log-dir", str(tmp_path / "logs"),
+             *ports, *extra], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        self.lines: list[str] = []
+        self.group: int | None = None
+        self.reader = threading.Thread(target=self._read, daemon=True)
+        self.reader.start()
+        self.url = f"http://127.0.0.1:{self.config.inference_port}"
+
+    def _read(self) -> None:
+        for line in self.process.stdout:
+            self.lines.append(line)
+
+    def output(self) -> str:
+        return "".join(self.lines)
+
+    def wait_ready(self) -> int:
+        """The TorchServe process group, once the launcher says ready."""
+        assert wait_until(lambda: "ready:" in self.output() or self.process.poll() is not None, 90), self.output()
+        assert "ready:" in self.output(), self.output()
+        (wrapper,) = [c for c in psutil.Process(self.process.pid).children() if "torchserve" in " ".join(c.cmdline())]
+        self.group = os.getpgid(wrapper.pid)
+        return self.group
+
+    def new_temp_dirs(self) -> set[Path]:
+        return set(Path("/tmp").glob("fmvae-serve-*")) - self.temp_before
+
+    def kill(self) -> None:
+        """Whatever is still running: the launcher, and its TorchServe group."""
+        if self.process.poll() is None:
+            self.process.kill()
+        self.process.wait()
+        if self.group is not None and group_alive(self.group):
+            os.killpg(self.group, signal.SIGKILL)
+
+
+@pytest.fixture
+def launcher(tmp_path, current_store):
+    """``launcher(*flags, store=..., config=...)`` starts a Launcher; whatever a test leaves running is killed."""
+    started: list[Launcher] = []
+
+    def start(*extra: str, store: Path = current_store, config: ServerConfig | None = None) -> Launcher:
+        started.append(Launcher(store, tmp_path, *extra, config=config))
+        return started[-1]
+
+    yield start
+    for launched in started:
+        launched.kill()
+
+
+class Clients:
+    """Keep-alive clients sending one body to sample back to back until ``stop()`` (or, each on its own, until a
+    status in ``stop_on`` or a refused connection); ``outcomes``: ("http", status, body), ("refused", 0, b"") or
+    ("error", 0, exception name) for every request."""
+
+    def __init__(self, url: str, body: dict, count: int, stop_on: tuple[int, ...] = ()) -> None:
+        host, port = url.removeprefix("http://").split(":")
+        self.address, self.payload, self.stop_on = (host, int(port)), json.dumps(body).encode(), stop_on
+        self.outcomes: list[tuple[str, int, bytes]] = []
+        self.lock, self.stopping = threading.Lock(), threading.Event()
+        self.threads = [threading.Thread(target=self._client) for _ in range(count)]
+        for t in self.threads:
+            t.start()
+
+    def _client(self) -> None:
+        conn = None
+        while not self.stopping.is_set():
+            try:
+                conn = conn or http.client.HTTPConnection(*self.address, timeout=60)
+                conn.request("POST", "/predictions/sample", self.payload, {"Content-Type": "application/json"})
+                response = conn.getresponse()
+                outcome = ("http", response.status, response.read())
+                if response.getheader("Connection", "").lower() == "close":
+                    conn.close()
+                    conn = None
+            except ConnectionRefusedError:
+                outcome = ("refused", 0, b"")
+            except (OSError, http.client.HTTPException) as e:
+                outcome, conn = ("error", 0, type(e).__name__.encode()), None
+            with self.lock:
+                self.outcomes.append(outcome)
+            if outcome[0] == "refused" or outcome[1] in self.stop_on:
+                break
+
+    def join(self, timeout: float = 60) -> None:
+        for t in self.threads:
+            t.join(timeout)
+
+    def stop(self) -> None:
+        self.stopping.set()
+        self.join()
+
+
+# 1. A damaged store fails the start within seconds, naming the archive and the reason.
+
+@pytest.mark.parametrize("damage", ["truncated", "empty"])
+def test_a_damaged_archive_fails_the_start_at_once(current_store, tmp_path, damage):
+    store = copy_store(current_store, tmp_path)
+    mar = store / "sample.mar"
+    mar.write_bytes(mar.read_bytes()[: mar.stat().st_size // 2] if damage == "truncated" else b"")
+    server = TorchServe(ServerConfig(model_store=store).with_free_ports())
+    start = time.monotonic()
+    usable = rf"{mar}: not a usable model archive \(.+\); rebuild it with `make archives`"
+    with pytest.raises(ServerError, match=usable):
+        server.start()
+    assert time.monotonic() - start < 5 and not server.tmp.exists()
+
+
+def test_the_launcher_reports_a_damaged_archive_in_one_line(launcher, current_store, tmp_path):
+    store = copy_store(current_store, tmp_path)
+    (store / "interpolate.mar").write_bytes(b"PK\x03\x04 not really a zip")
+    launched = launcher(store=store)
+    assert launched.process.wait(timeout=30) == 1
+    error = [line for line in launched.lines if line.startswith("error:")]
+    assert error == [f"error: {store / 'interpolate.mar'}: not a usable model archive (not a zip file: File is not "
+                     "a zip file); rebuild it with `make archives`\n"], launched.output()
+    assert "Traceback" not in launched.output() and not launched.new_temp_dirs()
+
+
+def test_a_model_whose_workers_die_while_loading_fails_the_start_with_their_reason(tmp_path):
+    """A model config that names no decoder: the worker raises ConfigError at start, TorchServe retries it; the
+    launcher stops at the first failure with the worker's own exception instead of waiting 180 s."""
+    store = tmp_path / "store"
+    store.mkdir()
+    archive.build("broken", replace(MODELS["sample"], workers=1, decoder={}), ARTIFACTS, store)
+    server = TorchServe(ServerConfig(model_store=store, models=("broken",), log_dir=tmp_path / "logs")
+                        .with_free_ports())
+    start = time.monotonic()
+    with pytest.raises(ServerError) as failed:
+        server.start()
+    assert time.monotonic() - start < 60
+    assert str(failed.value).startswith("model broken: its workers die while loading: handlers.service.ConfigError: "
+                                        "model broken: its model config names no decoder for cpu workers")
+    assert not server.tmp.exists() and not group_alive(server.process.pid)
+
+
+# 6 (launcher). A busy port is one clear line naming it; nothing is left behind.
+
+def test_a_port_conflict_names_the_port(launcher, tmp_path):
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        server = TorchServe(replace(ServerConfig().with_free_ports(), metrics_port=port))
+        with pytest.raises(ServerError, match=rf"^port {port} \(handler metrics, on 127.0.0.1\) is in use"):
+            server.start()
+        assert server.process is None and not server.tmp.exists()
+        launched = launcher("--inference-port", str(port))
+        assert launched.process.wait(timeout=30) == 1
+        errors = [line for line in launched.lines if line.startswith("error:")]
+        assert len(errors) == 1 and errors[0].startswith(f"error: port {port} (inference, on 127.0.0.1) is in use")
+        assert "Traceback" not in launched.output()
+
+
+# 2, 5, 6 (metrics), health: one running server.
+
+@pytest.fixture(scope="module")
+def server(current_store, tmp_path_factory):
+    config = ServerConfig(model_store=current_store, log_dir=tmp_path_factory.mktemp("fault-logs")).with_free_ports()
+    with TorchServe(config) as ts:
+        yield ts
+
+
+def health(server: TorchServe) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "handlers.health", "--url", server.url, "--management-url",
+                           server.management_url, "--work-dir", str(server.work_dir)],
+                          capture_output=True, text=True, timeout=30)
+
+
+def workers(server: TorchServe, model: str) -> list[dict]:
+    return http_json(f"{server.management_url}/models/{model}")[0]["workers"]
+
+
+def scale(server: TorchServe, model: str, count: int) -> None:
+    request = urllib.request.Request(f"{server.management_url}/models/{model}?min_worker={count}&max_worker={count}"
+                                     "&synchronous=true", method="PUT")
+    urllib.request.urlopen(request, timeout=60).read()
+
+
+def test_health_and_requests_while_a_model_has_no_worker(server):
+    assert health(server).returncode == 0
+    scale(server, "interpolate", 0)
+    try:
+        result = health(server)
+        assert result.returncode == 1 and "interpolate: no READY worker" in result.stdout
+        start = time.monotonic()
+        code, body = post(f"{server.url}/predictions/interpolate", {"seeds": [1, 2]})
+        assert code == 503 and time.monotonic() - start < 2  # a prompt refusal, not a hang
+        assert json.loads(body)["type"] == "ServiceUnavailableException"
+    finally:
+        scale(server, "interpolate", 1)
+    assert wait_until(lambda: health(server).returncode == 0, 30)
+
+
+def test_killed_workers_cost_their_requests_a_worker_died_error_and_are_replaced(server):
+    """Both sample workers killed under load: the requests they held get TorchServe's "Worker died." (507 when
+    the worker's exit code is already known as a SIGKILL, else 500), the rest wait for the new workers; no client
+    sees a reset or a hang."""
+    before = {w["pid"] for w in workers(server, "sample")}
+    clients = Clients(server.url, {"n": 64, "seed": 3, "format": "png"}, 8)  # both workers always busy
+    time.sleep(1.5)
+    for pid in before:
+        os.kill(pid, signal.SIGKILL)
+    time.sleep(1.5)
+    assert wait_until(lambda: sum(w["status"] == "READY" for w in workers(server, "sample")) == 2, 30)
+    clients.stop()
+    statuses = {(kind, status) for kind, status, _ in clients.outcomes}
+    assert statuses <= {("http", 200), ("http", 500), ("http", 507)}, statuses
+    died = [(status, json.loads(body)) for _, status, body in clients.outcomes if status != 200]
+    assert died, "no request was in a killed worker"
+    assert all(body == {"code": status, "type": "InternalServerException", "message": "Worker died."}
+               for status, body in died)
+    assert not {w["pid"] for w in workers(server, "sample")} & before
+    assert post(f"{server.url}/predictions/sample", NPY)[0] == 200 and health(server).returncode == 0
+
+
+def frontend_only(server: TorchServe, model: str) -> float:
+    """Requests TorchServe received for ``model`` minus those its handlers answered: what the frontend answered
+    itself (503 queue full, 507 worker died). The rules' client-error ratio is built on the same difference."""
+    text = urllib.request.urlopen(f"http://127.0.0.1:{server.config.torchserve_metrics_port}/metrics").read().decode()
+    received = sum(s.value for f in text_string_to_metric_families(text) for s in f.samples
+                   if s.name == "ts_inference_requests_total" and s.labels.get("model_name") == model)
+    text = urllib.request.urlopen(server.metrics_url).read().decode()
+    answered = sum(s.value for f in text_string_to_metric_families(text) for s in f.samples
+                   if s.name == "fmvae_requests_total" and s.labels.get("model") == model)
+    return received - answered
+
+
+def test_an_overload_burst_gets_prompt_503s_and_the_metrics_count_them(server):
+    time.sleep(0.2)  # the workers write their metrics within 50 ms of replying
+    before = frontend_only(server, "sample")
+    burst = 200
+    start = time.monotonic()
+    with ThreadPoolExecutor(burst) as pool:
+        results = list(pool.map(lambda _: post(f"{server.url}/predictions/sample", {"n": 64, "format": "npy"}),
+                                range(burst)))
+    assert time.monotonic() - start < 60
+    codes = [code for code, _ in results]
+    refused = [json.loads(body) for code, body in results if code == 503]
+    assert set(codes) <= {200, 503} and refused and codes.count(200) >= MODELS["sample"].job_queue_size
+    assert {(r["code"], r["type"]) for r in refused} == {(503, "ServiceUnavailableException")}
+    assert post(f"{server.url}/predictions/sample", NPY)[0] == 200  # recovered at once
+    assert wait_until(lambda: frontend_only(server, "sample") - before == len(refused), 5)
+
+
+def test_logs_of_a_busy_server_stay_under_their_cap(current_store, tmp_path):
+    """Access log on and 64 KiB caps with one old copy each: under load every file rolls over and the folder stays
+    under (files x 2 x cap); with the defaults (access log off) nothing is written per request."""
+    cap = 64 * 1024
+    logs = tmp_path / "logs"
+    config = ServerConfig(model_store=current_store, models=("sample",), log_dir=logs, log_max_bytes=cap,
+                          log_backups=1, access_log=True).with_free_ports()
+    with TorchServe(config) as ts:
+        clients = Clients(ts.url, NPY, 4)
+        assert wait_until(lambda: (logs / "access_log.1.log").exists(), 60)
+        time.sleep(2)
+        clients.stop()
+    files = sorted(p.name for p in logs.iterdir())
+    assert {"access_log.log", "access_log.1.log", "ts_log.log", "model_log.log", "torchserve.out"} <= set(files)
+    assert not [name for name in files if ".2." in name or name.endswith(".2")], files  # one old copy each
+    total = sum(p.stat().st_size for p in logs.iterdir())
+    assert total <= 4 * 2 * (cap + 4096), (total, files)  # 4 files, a line of slack each
+    assert len(clients.outcomes) > 2 * cap / 100  # enough requests to roll the access log over (~85 bytes a line)
+
+    quiet = tmp_path / "quiet"
+    with TorchServe(replace(config, log_dir=quiet, access_log=False).with_free_ports()) as ts:
+        time.sleep(1)
+        sizes = {p.name: p.stat().st_size for p in quiet.iterdir()}
+        clients = Clients(ts.url, NPY, 4)
+        time.sleep(3)
+        clients.stop()
+        time.sleep(0.5)
+        assert len(clients.outcomes) > 100 and {p.name: p.stat().st_size for p in quiet.iterdir()} == sizes
+
+
+# 4. The launcher: TorchServe never outlives it; a stop drains.
+
+def test_a_killed_launcher_takes_its_torchserve_with_it(launcher):
+    first = launcher()
+    group = first.wait_ready()
+    assert post(f"{first.url}/predictions/sample", NPY)[0] == 200
+    os.kill(first.process.pid, signal.SIGKILL)
+    assert wait_until(lambda: not group_alive(group), 20), "TorchServe outlived its launcher"
+    with pytest.raises(urllib.error.URLError):
+        urllib.request.urlopen(f"{first.url}/ping", timeout=5)
+    second = launcher(config=first.config)
+    second_group = second.wait_ready()  # the same ports: a new server, ready because its own workers are
+    assert second_group != group and post(f"{second.url}/predictions/sample", NPY)[0] == 200
+    second.process.send_signal(signal.SIGTERM)
+    assert second.process.wait(timeout=60) == 0 and not group_alive(second_group)
+
+
+def test_sigterm_under_load_answers_everything_accepted(launcher):
+    """Clients that stop at a 503 (as the API asks) see no reset and no request without an answer."""
+    launched = launcher("--drain-timeout", "20")
+    group = launched.wait_ready()
+    clients = Clients(launched.url, NPY, 8, stop_on=(503,))
+    time.sleep(2)
+    signalled = time.monotonic()
+    launched.process.send_signal(signal.SIGTERM)
+    assert launched.process.wait(timeout=40) == 0, launched.output()
+    stopped = time.monotonic() - signalled
+    clients.stop()
+    outcomes = clients.outcomes
+    kinds = {(kind, status) for kind, status, _ in outcomes}
+    assert kinds <= {("http", 200), ("http", 503), ("refused", 0)}, [o for o in outcomes if o[0] == "error"][:3]
+    refusals = [json.loads(body) for _, status, body in outcomes if status == 503]
+    assert refusals and {r["reason"] for r in refusals} == {"shutting_down"}
+    assert all(np.load(io.BytesIO(body)).shape == (4, 28, 28) for _, status, body in outcomes if status == 200)
+    assert stopped < 20 and "stopped" in launched.output()
+    assert not group_alive(group) and not launched.new_temp_dirs()
+
+
+def test_a_second_signal_stops_at_once_and_still_cleans_up(launcher):
+    """Clients that ignore the 503s keep a drain busy until its timeout; a second Ctrl-C cuts it short."""
+    launched = launcher("--drain-timeout", "60")
+    group = launched.wait_ready()
+    clients = Clients(launched.url, NPY, 4)
+    time.sleep(1)
+    launched.process.send_signal(signal.SIGINT)
+    time.sleep(1.5)
+    assert launched.process.poll() is None  # still draining: the clients keep coming
+    second = time.monotonic()
+    launched.process.send_signal(signal.SIGINT)
+    try:
+        assert launched.process.wait(timeout=40) == 0, launched.output()
+    finally:
+        clients.stop()
+    assert time.monotonic() - second < 40 and "stopping now" in launched.output()
+    assert "Traceback" not in launched.output() and "KeyboardInterrupt" not in launched.output()
+    assert not group_alive(group) and not launched.new_temp_dirs()
