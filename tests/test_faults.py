@@ -216,12 +216,12 @@ def test_a_model_whose_workers_die_while_loading_fails_the_start_with_their_reas
 
 # 6 (launcher). A busy port is one clear line naming it; nothing is left behind.
 
-def test_a_port_conflict_names_the_port(launcher, tmp_path):
+def test_a_port_conflict_names_the_port(launcher, current_store):
     with socket.socket() as busy:
         busy.bind(("127.0.0.1", 0))
         busy.listen()
         port = busy.getsockname()[1]
-        server = TorchServe(replace(ServerConfig().with_free_ports(), metrics_port=port))
+        server = TorchServe(replace(ServerConfig(model_store=current_store).with_free_ports(), metrics_port=port))
         with pytest.raises(ServerError, match=rf"^port {port} \(handler metrics, on 127.0.0.1\) is in use"):
             server.start()
         assert server.process is None and not server.tmp.exists()
