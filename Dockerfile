@@ -1,21 +1,30 @@
 # syntax=docker/dockerfile:1
 # The fmvae service: TorchServe 0.12 serving archives built from the committed model_store/export/, GPU by default.
-#   GPU image: docker build -t fmvae .
-#   CPU image: docker build -t fmvae:cpu --build-arg TORCH_INDEX=https://download.pytorch.org/whl/cpu \
-#                 --build-arg ONNXRUNTIME=onnxruntime==1.31.1 .
+#   GPU image: docker build -t fmvae .                      (torch 2.13.0 from PyPI: its Linux build is CUDA 13)
+#   CPU image: docker build -t fmvae:cpu --build-arg TORCH=torch==2.13.0+cpu \
+#                 --build-arg TORCH_INDEX=https://download.pytorch.org/whl/cpu --build-arg ONNXRUNTIME=onnxruntime==1.31.1 .
+#   Without Docker: make image / make image-cpu (buildah, deploy/image.py), which can also take the CPU wheel from
+#   deploy/wheels/ instead of an index.
 # The GPU image runs on CPU-only hosts too: the handlers fall back to the CPU backends.
 
 ARG PYTHON_IMAGE=python:3.11-slim-bookworm
 
 FROM ${PYTHON_IMAGE} AS build
-ARG TORCH_INDEX=https://download.pytorch.org/whl/cu128
+ARG TORCH_INDEX=https://pypi.org/simple
+ARG TORCH=torch==2.13.0
 ARG ONNXRUNTIME=onnxruntime-gpu==1.31.1
 ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
+SHELL ["/bin/bash", "-o", "pipefail", "-c"]
 RUN python -m venv /opt/venv
 ENV PATH=/opt/venv/bin:$PATH
 COPY deploy/requirements-serve.txt /tmp/requirements-serve.txt
-RUN pip install --index-url "${TORCH_INDEX}" --extra-index-url https://pypi.org/simple torch==2.13.0 \
-    && pip install "${ONNXRUNTIME}" -r /tmp/requirements-serve.txt
+COPY deploy/wheels/ /tmp/wheels/
+# torch's version is pinned in the TORCH argument (2.13.0, or 2.13.0+cpu).
+# hadolint ignore=DL3013
+RUN pip install --index-url "${TORCH_INDEX}" --extra-index-url https://pypi.org/simple --find-links /tmp/wheels \
+        "${TORCH}" \
+    && pip install "${ONNXRUNTIME}" -r /tmp/requirements-serve.txt \
+    && find /opt/venv/lib -path '*/site-packages/nvidia/*/lib' -type d | sort > /opt/venv/nvidia-libs.conf
 # The TorchServe archives are build outputs: made here from the committed artifacts and the worker code.
 WORKDIR /src
 COPY handlers/ handlers/
@@ -32,6 +41,9 @@ RUN apt-get update \
     && useradd --create-home --uid 10001 fmvae \
     && install -d -o fmvae -g fmvae /home/fmvae/run /home/fmvae/logs
 COPY --from=build /opt/venv /opt/venv
+# ONNX Runtime's CUDA provider links the CUDA libraries of the nvidia-* wheels (libcublasLt.so.13, ...), which
+# are not on the loader's path: add their folders (none in the CPU image).
+RUN ln -s /opt/venv/nvidia-libs.conf /etc/ld.so.conf.d/fmvae-nvidia-wheels.conf && ldconfig
 WORKDIR /app
 COPY handlers/ handlers/
 COPY runtime/ runtime/

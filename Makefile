@@ -17,8 +17,12 @@ SERVE_ARGS ?=
 SERVE_BENCH_ARGS ?=
 LOADTEST_ARGS ?=
 SOAK_ARGS ?=
+IMAGE_KIND ?= gpu
+# buildah, podman and debootstrap from Debian for the image targets (no Docker engine needed)
+IMAGE_TOOLS = command -v buildah >/dev/null && command -v podman >/dev/null && command -v debootstrap >/dev/null \
+	|| { $(SUDO) apt-get update -q && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -q --no-install-recommends buildah podman debootstrap; }
 
-.PHONY: help setup train evaluate classifier release export archives bench serve serve-bench loadtest soak test lint clean
+.PHONY: help setup train evaluate classifier release export archives bench serve serve-bench loadtest soak image image-cpu image-test test lint clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-11s %s\n", $$1, $$2}'
@@ -72,6 +76,18 @@ loadtest: archives  ## Locust, 50 users for 60 s, p50 gates (80 ms); starts a se
 
 soak: archives  ## 10 minutes of mixed load on a fresh server: errors, p50 drift, memory, log folder bound (SOAK_ARGS)
 	$(PY) -m loadtest.soak $(SOAK_ARGS)
+
+image: setup  ## the GPU serving image with buildah: localhost/fmvae:gpu (deploy/image.py; Docker: see README)
+	@$(IMAGE_TOOLS)
+	$(PY) -m deploy.image build --kind gpu
+
+image-cpu: setup  ## the CPU-only serving image: localhost/fmvae:cpu
+	@$(IMAGE_TOOLS)
+	$(PY) -m deploy.image build --kind cpu
+
+image-test: setup  ## base image if missing, build, run and check the image as a client would (IMAGE_KIND=cpu)
+	@$(IMAGE_TOOLS)
+	$(PY) -m deploy.image test --kind $(IMAGE_KIND)
 
 test: setup  ## the test suite
 	$(PY) -m pytest -q

@@ -91,8 +91,7 @@ def main(argv: list[str] | None = None) -> int:
     say(f"ready: {', '.join(config.models)}\n"
         f"  curl -s -X POST {server.url}/predictions/sample -H 'Content-Type: application/json' "
         f"-d '{{\"n\": 16, \"seed\": 1}}' -o samples.png\n"
-        f"  metrics: {server.metrics_url} (handlers), "
-        f"http://{config.metrics_host}:{config.torchserve_metrics_port}/metrics (TorchServe)\n"
+        f"  metrics: {server.metrics_url} (handlers), {server.torchserve_metrics_url} (TorchServe)\n"
         f"  token auth: {auth}; model API: off; access log: {'on' if config.access_log else 'off'}\n"
         "Ctrl-C stops.")
     while not server.interrupted.wait(0.5):

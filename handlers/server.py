@@ -160,6 +160,10 @@ class TorchServe:
         return f"http://{self._reach(self.config.metrics_host)}:{self.config.metrics_port}/metrics"
 
     @property
+    def torchserve_metrics_url(self) -> str:
+        return f"http://{self._reach(self.config.metrics_host)}:{self.config.torchserve_metrics_port}/metrics"
+
+    @property
     def work_dir(self) -> Path:
         return self.config.work_dir or self.tmp
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import re
 import shlex
+import subprocess
+import sys
 import tomllib
 from pathlib import Path
 
@@ -49,6 +51,35 @@ def test_dockerfile_copies_folders_that_exist():
     assert "--artifacts model_store/export" in build_step  # archives are built in the image, not copied in
 
 
+def test_the_build_context_holds_what_the_dockerfile_copies():
+    """.dockerignore excludes everything (venv, runs, git) but the paths the Dockerfile copies."""
+    ignore = [line.strip() for line in (ROOT / ".dockerignore").read_text().splitlines()
+              if line.strip() and not line.startswith("#")]
+    assert ignore[0] == "*"
+    sources = {src for name, args in DOCKERFILE if name == "COPY" and not args.startswith("--from")
+               for src in shlex.split(args)[:-1]}
+    assert {f"!{src}" for src in sources} <= set(ignore), sources
+
+
+@pytest.mark.parametrize("module", ["handlers", "handlers.health"])
+def test_the_entrypoint_and_healthcheck_modules_start(module):
+    """What ENTRYPOINT and HEALTHCHECK run imports and parses its command line (--help exits 0)."""
+    result = subprocess.run([sys.executable, "-m", module, "--help"], cwd=ROOT, capture_output=True, text=True,
+                            timeout=60)
+    assert result.returncode == 0 and result.stdout.startswith(f"usage: python -m {module}"), result.stderr
+
+
+def test_compose_file_follows_the_compose_specification(tmp_path):
+    """The Compose specification's JSON schema, as vendored by check-jsonschema; a broken file must fail it."""
+    check = [sys.executable, "-m", "check_jsonschema", "--builtin-schema", "vendor.compose-spec"]
+    result = subprocess.run([*check, str(DEPLOY / "compose.yaml")], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stdout + result.stderr
+    broken = yaml.safe_load((DEPLOY / "compose.yaml").read_text())
+    broken["services"]["fmvae"]["ports"] = "8080:8080"  # a string where the spec wants a list
+    (tmp_path / "compose.yaml").write_text(yaml.safe_dump(broken))
+    assert subprocess.run([*check, str(tmp_path / "compose.yaml")], capture_output=True, timeout=120).returncode == 1
+
+
 def test_entrypoint_is_make_serve_with_container_flags():
     makefile = (ROOT / "Makefile").read_text()
     serve = re.search(r"^serve:.*\n\t(.+)$", makefile, re.M).group(1)
@@ -70,7 +101,7 @@ def test_serving_requirements_follow_pyproject():
         name = re.split(r"[=<>]", req)[0]
         if name in pins:
             assert req == pins[name]
-    assert "torch==2.13.0" in next(args for name, args in DOCKERFILE if name == "RUN" and "torch==" in args)
+    assert ("ARG", f"TORCH={pins['torch']}") in DOCKERFILE  # the GPU image's torch is the project's pin
 
 
 def test_compose_stack_references_existing_files():

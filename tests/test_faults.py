@@ -297,7 +297,7 @@ def test_killed_workers_cost_their_requests_a_worker_died_error_and_are_replaced
 def frontend_only(server: TorchServe, model: str) -> float:
     """Requests TorchServe received for ``model`` minus those its handlers answered: what the frontend answered
     itself (503 queue full, 507 worker died). The rules' client-error ratio is built on the same difference."""
-    text = urllib.request.urlopen(f"http://127.0.0.1:{server.config.torchserve_metrics_port}/metrics").read().decode()
+    text = urllib.request.urlopen(server.torchserve_metrics_url).read().decode()
     received = sum(s.value for f in text_string_to_metric_families(text) for s in f.samples
                    if s.name == "ts_inference_requests_total" and s.labels.get("model_name") == model)
     text = urllib.request.urlopen(server.metrics_url).read().decode()
