@@ -1,7 +1,7 @@
 """Export a checkpoint for serving: ``python -m export [CHECKPOINT] [--out model_store] [--force]``.
 
 Builds every artifact in a staging folder, gates them on parity with the fp32 eager model, and only then moves
-the folder into place as ``OUT/export/`` (artifacts, manifest.json with the model's shapes,
+the folder into place as ``OUT/export/`` (artifacts, latent_stats.npz, manifest.json with the model's shapes,
 export_report.json/.md). Nothing is rebuilt when the manifest in ``OUT`` already matches this checkpoint,
 config, library versions and export code (``--force`` rebuilds). Serving code is not part of that match: the
 TorchServe archives are built from these artifacts and the handlers by ``make archives``.
@@ -22,9 +22,9 @@ import onnx
 import onnxruntime
 import torch
 
-from export import build, parity
+from export import build, parity, stats
 from export.config import DEFAULT_CHECKPOINT, DEFAULT_OUT, ExportConfig
-from runtime.artifacts import ARTIFACT_DIR, MANIFEST, MANIFEST_FORMAT
+from runtime.artifacts import ARTIFACT_DIR, MANIFEST, MANIFEST_FORMAT, STATS
 from training import checkpoint, classifier, data
 from training.model import IMAGE_SHAPE
 
@@ -81,7 +81,8 @@ def export(ckpt_path: Path, out: Path, cfg: ExportConfig, force: bool = False,
         print(f"{out / ARTIFACT_DIR / MANIFEST} is current for {ckpt_path}; nothing to rebuild")
         return json.loads((out / ARTIFACT_DIR / MANIFEST).read_text())
     clf, _ = classifier.load(classifier_path)
-    x_test = data.load(data_dir).test.tensor()
+    fmnist = data.load(data_dir)
+    x_test = fmnist.test.tensor()
     with tempfile.TemporaryDirectory(dir=out, prefix=".export-staging-") as staging:
         staging = Path(staging)
         artifact_dir = staging / ARTIFACT_DIR
@@ -93,6 +94,13 @@ def export(ckpt_path: Path, out: Path, cfg: ExportConfig, force: bool = False,
         table = parity.markdown(report)
         if not report["passed"]:
             raise ExportError(f"parity gate failed for {ckpt_path}; nothing was written to {out}\n\n{table}")
+        print("latent statistics of the training and test sets", file=sys.stderr)
+        try:
+            arrays = stats.latent_statistics(model, fmnist.train, fmnist.test)
+        except ValueError as e:
+            raise ExportError(f"{fmnist.source}: cannot compute the latent statistics: {e}") from None
+        paths["stats/latent"] = artifact_dir / STATS
+        stats.write(paths["stats/latent"], arrays)
         manifest = {
             "format": MANIFEST_FORMAT,
             "build_key": key,

@@ -1,5 +1,5 @@
 """Write the serving artifacts of one VAE into a folder: decoders (TorchScript and ONNX, fp32 and int8) and
-encoders (posterior mean only, fp32).
+encoders (posterior mean and log-variance, fp32).
 """
 
 from __future__ import annotations
@@ -19,17 +19,6 @@ from export.config import ExportConfig
 from export.lowres import LowResDecoder
 from runtime.artifacts import DECODERS, ENCODERS
 from training.model import IMAGE_SHAPE, VAE
-
-
-class MeanEncoder(nn.Module):
-    """The encoder reduced to its posterior mean: images (N, 1, 28, 28) -> mu (N, latent_dim)."""
-
-    def __init__(self, model: VAE) -> None:
-        super().__init__()
-        self.encoder = copy.deepcopy(model.encoder)
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.encoder(x)[0]
 
 
 class FullRangeDynamicLinear(nn.Module):
@@ -79,7 +68,8 @@ def torchscript(module: nn.Module, example: Tensor, path: Path) -> None:
         torch.jit.save(torch.jit.trace(module.eval(), example), str(path))
 
 
-def onnx_fp32(module: nn.Module, example: Tensor, path: Path, input_name: str, output_name: str, opset: int) -> None:
+def onnx_fp32(module: nn.Module, example: Tensor, path: Path, input_name: str, output_names: list[str],
+              opset: int) -> None:
     """Export with the TorchScript-based ONNX exporter and a dynamic batch axis.
 
     The default (dynamo) exporter's graph failed ONNX Runtime's quantization shape inference; the
@@ -87,8 +77,8 @@ def onnx_fp32(module: nn.Module, example: Tensor, path: Path, input_name: str, o
     """
     with torch.no_grad():
         torch.onnx.export(module.eval(), (example,), str(path), dynamo=False, opset_version=opset,
-                          input_names=[input_name], output_names=[output_name],
-                          dynamic_axes={input_name: {0: "batch"}, output_name: {0: "batch"}})
+                          input_names=[input_name], output_names=output_names,
+                          dynamic_axes={name: {0: "batch"} for name in (input_name, *output_names)})
 
 
 def fp32_nodes(graph: onnx.GraphProto) -> list[str]:
@@ -134,9 +124,8 @@ def build(model: VAE, out: Path, cfg: ExportConfig) -> dict[str, Path]:
     paths |= {f"encoder/{k}": out / v for k, v in ENCODERS.items()}
     torchscript(decoder, z, paths["decoder/torchscript-fp32"])
     torchscript(int8_decoder, z, paths["decoder/torchscript-int8"])
-    onnx_fp32(decoder, z, paths["decoder/onnx-fp32"], "z", "logits", cfg.opset)
+    onnx_fp32(decoder, z, paths["decoder/onnx-fp32"], "z", ["logits"], cfg.opset)
     onnx_int8(paths["decoder/onnx-fp32"], paths["decoder/onnx-int8"], model.latent_dim, cfg)
-    encoder = MeanEncoder(model)
-    torchscript(encoder, x, paths["encoder/torchscript-fp32"])
-    onnx_fp32(encoder, x, paths["encoder/onnx-fp32"], "x", "mu", cfg.opset)
+    torchscript(model.encoder, x, paths["encoder/torchscript-fp32"])  # images -> (mu, logvar)
+    onnx_fp32(model.encoder, x, paths["encoder/onnx-fp32"], "x", ["mu", "logvar"], cfg.opset)
     return paths

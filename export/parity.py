@@ -1,4 +1,5 @@
-"""The parity gate: every exported decoder against the fp32 eager decoder, every encoder against eager.
+"""The parity gate: every exported decoder against the fp32 eager decoder, every encoder (mean and
+log-variance) against eager.
 
 Decoders are compared on (a) the test set's posterior means and (b) fixed-seed prior samples: PSNR of the
 [0, 1] images, max absolute error, the change of the test negative ELBO (one fixed posterior sample per
@@ -36,9 +37,12 @@ def finite(value: float, digits: int) -> float | None:
     return None if math.isinf(value) else round(value, digits)
 
 
-def run_batched(fn, array: np.ndarray, batch: int = 500) -> np.ndarray:  # noqa: ANN001
-    """Apply an artifact to ``array`` in batches."""
-    return np.concatenate([fn(array[i:i + batch]) for i in range(0, len(array), batch)])
+def run_batched(fn, array: np.ndarray, batch: int = 500) -> np.ndarray | tuple[np.ndarray, ...]:  # noqa: ANN001
+    """Apply an artifact to ``array`` in batches (an encoder's (mu, logvar) come back as a pair of arrays)."""
+    parts = [fn(array[i:i + batch]) for i in range(0, len(array), batch)]
+    if isinstance(parts[0], tuple):
+        return tuple(np.concatenate(outputs) for outputs in zip(*parts, strict=True))
+    return np.concatenate(parts)
 
 
 def sigmoid(logits: np.ndarray) -> np.ndarray:
@@ -97,9 +101,11 @@ def check(model: VAE, artifacts: dict[str, Path], x_test: torch.Tensor, clf: Cla
         report["decoders"][name.split("/", 1)[1]] = row
     for name, path in artifacts.items():
         if name.startswith("encoder/"):
-            err = float(np.abs(run_batched(backends.load(path), x_test.numpy()) - mu.numpy()).max())
-            report["encoders"][name.split("/", 1)[1]] = {"max_abs_mu": float(f"{err:.4g}"),
-                                                          "passed": err <= ENCODER_MAX_ABS}
+            outputs = run_batched(backends.load(path), x_test.numpy())
+            errors = [float(np.abs(out - ref.numpy()).max()) for out, ref in zip(outputs, (mu, logvar), strict=True)]
+            report["encoders"][name.split("/", 1)[1]] = {"max_abs_mu": float(f"{errors[0]:.4g}"),
+                                                          "max_abs_logvar": float(f"{errors[1]:.4g}"),
+                                                          "passed": max(errors) <= ENCODER_MAX_ABS}
     report["passed"] = all(r["passed"] for part in ("decoders", "encoders") for r in report[part].values())
     return report
 
@@ -119,7 +125,8 @@ def markdown(report: dict) -> str:
         lines.append(f"| {name} | {db(r['psnr_test_means_db'])} | {db(r['psnr_prior_db'])} | "
                      f"{max(r['max_abs_test_means'], r['max_abs_prior']):.2e} | {r['neg_elbo_delta']:.4f} | "
                      f"{100 * r['label_agreement']:.2f}% | {'pass' if r['passed'] else 'FAIL'} |")
-    lines += ["", "| encoder | max abs error of mu | gate |", "| --- | --- | --- |"]
+    lines += ["", "| encoder | max abs error of mu | max abs error of logvar | gate |", "| --- | --- | --- | --- |"]
     for name, r in report["encoders"].items():
-        lines.append(f"| {name} | {r['max_abs_mu']:.2e} | {'pass' if r['passed'] else 'FAIL'} |")
+        lines.append(f"| {name} | {r['max_abs_mu']:.2e} | {r['max_abs_logvar']:.2e} | "
+                     f"{'pass' if r['passed'] else 'FAIL'} |")
     return "\n".join(lines) + "\n"

@@ -32,17 +32,17 @@ class ArchiveError(Exception):
 
 
 def artifact_files(spec: ModelSpec) -> list[str]:
-    """The artifact files ``spec`` names, for any device."""
+    """The artifact files ``spec`` names, for any device, and the latent statistics if it uses them."""
     named = [artifacts.DECODERS[b] for backends in spec.decoder.values() for b in backends]
     named += [artifacts.ENCODERS[b] for backends in spec.encoder.values() for b in backends]
-    return sorted(set(named))
+    return sorted(set(named)) + ([artifacts.STATS] if spec.stats else [])
 
 
 def model_config(spec: ModelSpec) -> dict:
     """The archive's model-config YAML: TorchServe's worker and batching settings, and the ``handler:`` section
     the worker reads (backend per device, threads)."""
     handler = {"decoder": {device: list(b) for device, b in spec.decoder.items()}, "threads": spec.threads,
-               "store_workers": STORE_WORKERS}
+               "store_workers": STORE_WORKERS, "stats": spec.stats}
     if spec.encoder:
         handler["encoder"] = {device: list(b) for device, b in spec.encoder.items()}
     return {"minWorkers": spec.workers, "maxWorkers": spec.workers, "batchSize": spec.batch_size,

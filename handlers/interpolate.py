@@ -1,15 +1,15 @@
-"""TorchServe handler of the ``interpolate`` model: a lerp or slerp path between two latents, decoded.
+"""TorchServe handler of ``interpolate``: a lerp, slerp or constant-norm path between two latents, decoded.
 
-The endpoints come as two seeds (each the first latent of ``sample`` with that seed), two latent vectors, or
-two images encoded to their posterior means. Request and response: ``InterpolateRequest`` in openapi.yaml.
+The endpoints come as two seeds (each the first latent of ``sample`` with that seed), two latent vectors, two
+images encoded to their posterior means, or two classes' means. Request and response: ``InterpolateRequest`` in
+openapi.yaml.
 """
 
 from __future__ import annotations
 
 import numpy as np
-import torch
 
-from handlers.service import Service, Worker, decode_png
+from handlers.service import Answer, Plan, Service, Worker, images_of
 from runtime.latent import interpolate, seeded_latents
 
 GRID_COLS = 16
@@ -21,15 +21,22 @@ def endpoints(request: dict, worker: Worker) -> np.ndarray:
         return np.stack([seeded_latents(seed, 1, worker.shapes.latent_dim)[0] for seed in request["seeds"]])
     if "latents" in request:
         return np.asarray(request["latents"], dtype=np.float64)
-    size = worker.shapes.image_shape[1:]
-    images = np.stack([decode_png(text, f"images[{i}]", size) for i, text in enumerate(request["images"])])
-    return worker.encode(images)
+    if "classes" in request:
+        return worker.stats.class_means[[worker.class_index(c) for c in request["classes"]]].astype(np.float64)
+    return worker.encode(worker.pixels(request["images"], "images"))[0].astype(np.float64)
 
 
-def interpolate_job(request: dict, worker: Worker) -> tuple[np.ndarray, dict]:
-    """The path's latents (steps, latent_dim)."""
-    z0, z1 = torch.from_numpy(endpoints(request, worker).astype(np.float64))
-    return interpolate(z0, z1, request["steps"], request["method"]).numpy(), {}
+def plan(request: dict, worker: Worker) -> Plan:
+    """The path's latents (steps, latent_dim); json adds each step's norm and the path's smoothness."""
+    path = interpolate(*endpoints(request, worker), request["steps"], request["method"])
+
+    def finish(logits: np.ndarray) -> Answer:
+        images = images_of(logits)
+        return Answer(images, min(len(images), GRID_COLS), fields={
+            "latents": path, "norms": np.linalg.norm(path, axis=1),
+            "smoothness": float(np.mean(np.diff(images, axis=0) ** 2))})
+
+    return Plan(path, finish)
 
 
-handle = Service("interpolate", interpolate_job, lambda n: min(n, GRID_COLS))
+handle = Service("interpolate", plan)

@@ -1,4 +1,4 @@
-"""TorchServe handler of the ``sample`` model: n latents z ~ N(0, temperature^2 I) from a seed, decoded.
+"""TorchServe handler of ``sample``: latents from the prior, from a class's Gaussian, or around a point, decoded.
 
 Request and response: ``SampleRequest`` in handlers/openapi.yaml. Without a seed, one is drawn and returned.
 """
@@ -7,16 +7,28 @@ from __future__ import annotations
 
 import secrets
 
-import numpy as np
-
-from handlers.service import Service, Worker, square_cols
+from handlers.schema import RequestError
+from handlers.service import Answer, Plan, Service, Worker, images_of, square_cols
 from runtime.latent import seeded_latents
 
+DEFAULT_SIGMA = 0.5  # the spread around a point, with around (openapi.yaml says so)
 
-def sample_job(request: dict, worker: Worker) -> tuple[np.ndarray, dict]:
-    """Latents of one sample request, and the seed they came from."""
+
+def plan(request: dict, worker: Worker) -> Plan:
+    """z = temperature * eps; with a class, mean + scale @ eps; around a point, point + sigma * eps."""
+    if "sigma" in request and "around" not in request:
+        raise RequestError("sigma", "conflict", "sigma is the spread around a point: give it with around")
     seed = request["seed"] if "seed" in request else secrets.randbits(63)  # get() would draw one every time
-    return seeded_latents(seed, request["n"], worker.shapes.latent_dim, request["temperature"]), {"seed": seed}
+    eps = seeded_latents(seed, request["n"], worker.shapes.latent_dim, request["temperature"])
+    if "class" in request:
+        label = worker.class_index(request["class"])
+        z = worker.stats.class_means[label] + eps @ worker.stats.class_scales[label]  # the scale is symmetric
+    elif "around" in request:
+        z = worker.point(request["around"], "around") + request.get("sigma", DEFAULT_SIGMA) * eps
+    else:
+        z = eps
+    return Plan(z, lambda logits: Answer(images_of(logits), square_cols(len(z)), fields={"latents": z, "seed": seed},
+                                         headers={"X-Seed": seed}))
 
 
-handle = Service("sample", sample_job, square_cols)
+handle = Service("sample", plan)

@@ -21,12 +21,13 @@ import yaml
 from jsonschema import Draft202012Validator
 
 SPEC: dict = yaml.safe_load(Path(__file__).with_name("openapi.yaml").read_text())
-REQUESTS = {"sample": "SampleRequest", "interpolate": "InterpolateRequest"}
-MAX_BODY_BYTES = 64 * 1024  # two base64 PNGs of 28x28 or two latents need < 4 KiB
+REQUESTS = {name: f"{name.capitalize()}Request" for name in
+            ("sample", "interpolate", "encode", "decode", "reconstruct", "traverse", "edit", "analogy", "walk")}
+MAX_BODY_BYTES = 512 * 1024  # 256 base64 PNGs of 28x28 need < 320 KiB, 256 latents of 64 numbers < 350 KiB
 _JSON_TYPES = {bool: "a boolean", int: "an integer", float: "a number", str: "a string", list: "an array",
                dict: "an object", type(None): "null"}
 _SCHEMA_TYPES = {"integer": "an integer", "number": "a number", "string": "a string", "array": "an array",
-                 "object": "an object"}
+                 "object": "an object", "boolean": "true or false"}
 # Which error to report when a body has several: its shape first, the endpoint rule last.
 _PRIORITY = {"type": 0, "additionalProperties": 1, "oneOf": 3}
 
@@ -35,16 +36,21 @@ def inline_refs(node: Any, schemas: dict) -> Any:
     """The schema with every ``#/components/schemas/`` reference replaced by its target in ``schemas``
     (validation then skips ref lookups)."""
     if isinstance(node, dict):
-        if "$ref" in node:
-            return inline_refs(schemas[node["$ref"].removeprefix("#/components/schemas/")], schemas)
+        if "$ref" in node:  # keywords beside the reference (a default, a description) refine its target
+            target = schemas[node["$ref"].removeprefix("#/components/schemas/")]
+            return inline_refs(target | {k: v for k, v in node.items() if k != "$ref"}, schemas)
         return {k: inline_refs(v, schemas) for k, v in node.items()}
     return [inline_refs(v, schemas) for v in node] if isinstance(node, list) else node
 
 
-def request_schemas(latent_dim: int) -> dict[str, dict]:
-    """Each endpoint's request schema, references inlined, for latent vectors of ``latent_dim`` numbers."""
+def request_schemas(latent_dim: int, class_names: tuple[str, ...] | None = None) -> dict[str, dict]:
+    """Each endpoint's request schema, references inlined, for the served model: latent vectors of
+    ``latent_dim`` numbers, dimensions below it, and (when given) its class names."""
     schemas = SPEC["components"]["schemas"]
-    schemas = schemas | {"Latent": schemas["Latent"] | {"minItems": latent_dim, "maxItems": latent_dim}}
+    schemas = schemas | {"Latent": schemas["Latent"] | {"minItems": latent_dim, "maxItems": latent_dim},
+                         "Dimension": schemas["Dimension"] | {"maximum": latent_dim - 1}}
+    if class_names is not None:
+        schemas["Class"] = schemas["Class"] | {"enum": [*class_names, *range(len(class_names))]}
     return {endpoint: inline_refs(schemas[name], schemas) for endpoint, name in REQUESTS.items()}
 
 
@@ -111,41 +117,62 @@ def _range(schema: dict) -> str:
     return f"{lo}, {hi}"
 
 
+def _types(schema: dict) -> str:
+    """The schema's type(s) in words: "an integer", "a string or an integer"."""
+    kinds = schema["type"] if isinstance(schema["type"], list) else [schema["type"]]
+    return " or ".join(_SCHEMA_TYPES[kind] for kind in kinds)
+
+
 def _error(err: Any) -> RequestError:
     """One jsonschema error as a RequestError with a message a client can act on."""
     field, kind, schema, value = field_name(err.absolute_path), err.validator, err.schema, err.instance
+
+    def inside(name: str) -> str:
+        return f"{field}.{name}" if field != "body" else name
+
     if kind == "additionalProperties":
         allowed = ", ".join(schema.get("properties", {}))
         unknown = sorted(set(value) - set(schema.get("properties", {})))
-        name = f"{field}.{unknown[0]}" if field != "body" else unknown[0]
-        return RequestError(name, "unknown_field", f"unknown field '{unknown[0]}' (allowed: {allowed})")
+        return RequestError(inside(unknown[0]), "unknown_field", f"unknown field '{unknown[0]}' (allowed: {allowed})")
+    if kind == "required":
+        missing = next(name for name in err.validator_value if name not in value)
+        return RequestError(inside(missing), "missing_field", f"{inside(missing)} is required")
     if kind == "type":
         if field == "body":
             return RequestError("body", "not_an_object", f"body must be a JSON object, got {_JSON_TYPES[type(value)]}")
-        return RequestError(field, "wrong_type", f"{field} must be {_SCHEMA_TYPES[schema['type']]}, "
+        return RequestError(field, "wrong_type", f"{field} must be {_types(schema)}, "
                                                  f"got {_JSON_TYPES.get(type(value), type(value).__name__)}")
     if kind in ("minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum"):
         return RequestError(field, "out_of_range", f"{field} must be in {_range(schema)}, got {value}")
     if kind == "enum":
-        allowed = ", ".join(schema["enum"])
+        allowed = ", ".join(str(v) for v in schema["enum"])
         return RequestError(field, "invalid_value", f"{field} must be one of {allowed}, got {value!r}")
     if kind in ("minItems", "maxItems"):
         want = schema["minItems"] if schema.get("minItems") == schema.get("maxItems") else _range(
             {"minimum": schema.get("minItems", 0), "maximum": schema.get("maxItems", "inf")})
         return RequestError(field, "wrong_length", f"{field} must have {want} items, got {len(value)}")
-    if kind == "oneOf":
-        given = [k for k in ("seeds", "latents", "images") if k in value]
-        return RequestError("seeds|latents|images", "missing_endpoints",
-                            f"give exactly one of seeds, latents or images for the two endpoints, got "
+    if kind in ("minProperties", "maxProperties"):
+        choices = list(schema["properties"])
+        return RequestError(field, "one_of", f"give exactly one of {', '.join(choices)} for {field}, got "
+                                             f"{', '.join(value) if value else 'none'}")
+    if kind == "not":
+        both = err.validator_value["required"]
+        return RequestError("|".join(both), "conflict", f"give at most one of {', '.join(both)}")
+    if kind == "oneOf":  # interpolate's endpoints: the alternatives are each one required field
+        choices = [alternative["required"][0] for alternative in err.validator_value]
+        given = [k for k in choices if k in value]
+        return RequestError("|".join(choices), "missing_endpoints",
+                            f"give exactly one of {', '.join(choices)} for the two endpoints, got "
                             f"{', '.join(given) if given else 'none'}")
     return RequestError(field, "invalid_value", f"{field}: {err.message}")
 
 
 class RequestSchema:
-    """The request schemas of one served model (its latent size) and the parser that applies them."""
+    """The request schemas of one served model (its latent size and class names) and the parser that applies
+    them."""
 
-    def __init__(self, latent_dim: int) -> None:
-        self.schemas = request_schemas(latent_dim)
+    def __init__(self, latent_dim: int, class_names: tuple[str, ...] | None = None) -> None:
+        self.schemas = request_schemas(latent_dim, class_names)
         self.validators = {endpoint: Draft202012Validator(schema) for endpoint, schema in self.schemas.items()}
         self.fast_checks = {endpoint: fastjsonschema.compile(schema, use_default=False)
                             for endpoint, schema in self.schemas.items()}
@@ -153,8 +180,7 @@ class RequestSchema:
                          for endpoint, schema in self.schemas.items()}
 
     def parse(self, raw: Any, endpoint: str) -> dict:
-        """Validate one request body for ``endpoint`` ("sample" or "interpolate"); returns it with defaults
-        filled."""
+        """Validate one request body for ``endpoint`` (a key of REQUESTS); returns it with defaults filled."""
         request = load_json(raw)
         bad = first_non_finite(request)
         if bad is not None:

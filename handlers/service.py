@@ -1,10 +1,15 @@
-"""What both TorchServe handlers share: the worker's model (shapes from the export manifest, backend and device
-from the model config), one decoder call per batch of requests, per-request errors, response encoding and metrics.
+"""What every TorchServe handler shares: the worker's model (shapes from the export manifest, backend and device
+from the model config, latent statistics), points in latent space from requests, one decoder call per batch of
+requests, per-request errors, response encoding and metrics.
+
+A handler file is one operation: ``plan(request, worker) -> Plan`` turns a validated request into the latents it
+needs decoded and a ``finish`` that makes the answer from their logits; ``Service`` does the rest.
 
 The model config (``handler:`` in the archive's model-config YAML, written from ``handlers/settings.py``) names,
 per device kind ("cpu", "cuda"), the backends to run in order of preference: ``decoder`` (every model) and
-``encoder`` (interpolate), plus ``threads`` ("auto" or a number; env FMVAE_WORKER_THREADS overrides it) and
-``store_workers`` (the workers of all models in the store, among which "auto" divides the CPUs).
+``encoder`` (models that take images), plus ``stats`` (models that use classes or directions), ``threads``
+("auto" or a number; env FMVAE_WORKER_THREADS overrides it) and ``store_workers`` (the workers of all models in
+the store, among which "auto" divides the CPUs).
 """
 
 from __future__ import annotations
@@ -31,11 +36,18 @@ from PIL import Image
 from handlers import metrics
 from handlers.schema import RequestError, RequestSchema
 from runtime import artifacts, backends
-from runtime.images import npy_bytes, png_bytes, tile, to_uint8
+from runtime.images import gif_bytes, npy_bytes, png_bytes, tile, to_uint8
+from runtime.latent import seeded_latents
+
+CONTENT_TYPES = {"png": "image/png", "gif": "image/gif", "npy": "application/x-npy", "json": "application/json"}
 
 
 class ConfigError(Exception):
     """The model config cannot serve this worker (names no backend for its device); raised at worker start."""
+
+
+SHUTTING_DOWN = RequestError("body", "shutting_down", "the server is shutting down: retry, on another instance if "
+                                                     "there is one", 503)
 
 
 def worker_threads(setting: str | int, store_workers: int = 1, cpus: int | None = None) -> int:
@@ -70,12 +82,37 @@ def choose_backend(config: dict, part: str, model: str, gpu_id: int | None) -> t
                       f"(onnxruntime providers: {ort.get_available_providers()})")
 
 
-SHUTTING_DOWN = RequestError("body", "shutting_down", "the server is shutting down: retry, on another instance if "
-                                                     "there is one", 503)
+def decode_png(text: str, name: str, size: tuple[int, int]) -> np.ndarray:
+    """A base64 PNG of an 8-bit grayscale image of ``size`` (height, width) as intensities in [0, 1]; errors name
+    the field."""
+    try:
+        raw = base64.b64decode(text, validate=True)
+    except ValueError:
+        raise RequestError(name, "bad_image", f"{name} is not valid base64") from None
+    try:
+        image = Image.open(io.BytesIO(raw))
+        if image.format != "PNG":
+            raise RequestError(name, "bad_image", f"{name} must be a PNG image, got {image.format}")
+        if image.size[::-1] != size:
+            raise RequestError(name, "bad_image", f"{name} must be {size[1]}x{size[0]} pixels, got "
+                                                  f"{image.size[0]}x{image.size[1]}")
+        if image.mode != "L":
+            raise RequestError(name, "bad_image", f"{name} must be 8-bit grayscale (PNG mode L), got mode {image.mode}")
+        return np.asarray(image, dtype=np.float32) / 255
+    except RequestError:
+        raise
+    except Exception as e:  # Pillow raises many types on damaged data
+        raise RequestError(name, "bad_image", f"{name} is not a readable PNG image ({e})") from None
+
+
+def images_of(logits: np.ndarray) -> np.ndarray:
+    """Mean images (N, H, W) in [0, 1] of decoder logits (N, 1, H, W)."""
+    return (1 / (1 + np.exp(-logits)))[:, 0]
 
 
 class Worker:
-    """The loaded model of one TorchServe worker: shapes, request schema, decoder (and encoder), metrics."""
+    """The loaded model of one TorchServe worker: shapes, request schema, decoder (and encoder, latent
+    statistics), metrics."""
 
     def __init__(self, context: Any) -> None:
         # TorchServe's worker logs a line per batch through the root logger; the access log, when turned on, is
@@ -87,7 +124,8 @@ class Worker:
         gpu_id = context.system_properties.get("gpu_id")
         self.model = context.model_name
         self.shapes = artifacts.shapes(model_dir)
-        self.schema = RequestSchema(self.shapes.latent_dim)
+        self.stats = artifacts.read_stats(model_dir / artifacts.STATS) if config.get("stats") else None
+        self.schema = RequestSchema(self.shapes.latent_dim, self.stats.class_names if self.stats else None)
         self.threads = worker_threads(config.get("threads", "auto"), config.get("store_workers", 1))
         self.backend, self.device = choose_backend(config, "decoder", self.model, gpu_id)
         self.artifact = artifacts.DECODERS[self.backend]
@@ -119,62 +157,75 @@ class Worker:
         metrics.ERRORS.labels(self.model, reason).inc()
 
     def decode(self, z: np.ndarray) -> np.ndarray:
-        """Mean images (N, H, W) in [0, 1] for latents (N, latent_dim)."""
+        """Logits (N, 1, H, W) for latents (N, latent_dim)."""
         start = time.perf_counter()
         logits = self.decoder(z.astype(np.float32))
         self.recorder.record((self.decode_seconds.observe, time.perf_counter() - start))
-        return (1 / (1 + np.exp(-logits)))[:, 0]
+        return logits
 
-    def encode(self, images: np.ndarray) -> np.ndarray:
-        """Posterior means (N, latent_dim) of images (N, H, W) in [0, 1]."""
+    def encode(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Posterior means and log-variances (N, latent_dim) of images (N, H, W) in [0, 1]."""
         if self.encoder is None:
             raise RuntimeError(f"model {self.model} has no encoder in its config")
         return self.encoder(images[:, None].astype(np.float32))
 
+    def pixels(self, texts: list[str], name: str) -> np.ndarray:
+        """Base64 PNGs of the model's image size as intensities (N, H, W); errors name ``name[i]``."""
+        size = self.shapes.image_shape[1:]
+        return np.stack([decode_png(text, f"{name}[{i}]", size) for i, text in enumerate(texts)])
+
+    def class_index(self, value: str | int | float) -> int:
+        """A validated class (a name or an index) as its index."""
+        return self.stats.class_names.index(value) if isinstance(value, str) else int(value)
+
+    def point(self, spec: dict, name: str) -> np.ndarray:
+        """The latent (latent_dim,) of a validated Point: a seed's first latent, a latent, an image's posterior
+        mean or a class's mean."""
+        if "seed" in spec:
+            return seeded_latents(spec["seed"], 1, self.shapes.latent_dim)[0]
+        if "latent" in spec:
+            return np.asarray(spec["latent"], np.float64)
+        if "image" in spec:
+            size = self.shapes.image_shape[1:]
+            return self.encode(decode_png(spec["image"], f"{name}.image", size)[None])[0][0].astype(np.float64)
+        return self.stats.class_means[self.class_index(spec["class"])].astype(np.float64)
+
 
 @dataclass
-class Job:
-    """One valid request with its latents, waiting for the batch's decoder call."""
+class Answer:
+    """What one request gets back: ``images`` (K, H, W) in [0, 1] (PNGs in json, gif frames), the png grid,
+    ``cols`` wide, of ``grid`` (default: the images), ``array`` for npy (default: the images), json ``fields``
+    and response ``headers``."""
 
-    index: int
-    request: dict
+    images: np.ndarray | None
+    cols: int = 8
+    grid: np.ndarray | None = None
+    array: np.ndarray | None = None
+    fields: dict = field(default_factory=dict)
+    headers: dict = field(default_factory=dict)
+
+
+@dataclass
+class Plan:
+    """A validated request turned into the latents (M, latent_dim) it needs decoded, and ``finish``, which makes
+    the answer from their logits (M, 1, H, W)."""
+
     latents: np.ndarray
-    extra: dict = field(default_factory=dict)  # fields for the json reply (e.g. the seed)
+    finish: Callable[[np.ndarray], Answer]
 
 
-def decode_png(text: str, name: str, size: tuple[int, int]) -> np.ndarray:
-    """A base64 PNG of an 8-bit grayscale image of ``size`` (height, width) as intensities in [0, 1]; errors name
-    the field."""
-    try:
-        raw = base64.b64decode(text, validate=True)
-    except ValueError:
-        raise RequestError(name, "bad_image", f"{name} is not valid base64") from None
-    try:
-        image = Image.open(io.BytesIO(raw))
-        if image.format != "PNG":
-            raise RequestError(name, "bad_image", f"{name} must be a PNG image, got {image.format}")
-        if image.size[::-1] != size:
-            raise RequestError(name, "bad_image", f"{name} must be {size[1]}x{size[0]} pixels, got "
-                                                  f"{image.size[0]}x{image.size[1]}")
-        if image.mode != "L":
-            raise RequestError(name, "bad_image", f"{name} must be 8-bit grayscale (PNG mode L), got mode {image.mode}")
-        return np.asarray(image, dtype=np.float32) / 255
-    except RequestError:
-        raise
-    except Exception as e:  # Pillow raises many types on damaged data
-        raise RequestError(name, "bad_image", f"{name} is not a readable PNG image ({e})") from None
+def as_json(value: Any) -> Any:
+    """numpy arrays and scalars as JSON (float32 precision is what the model has)."""
+    if isinstance(value, np.ndarray):
+        return value.astype(np.float32).tolist() if value.dtype.kind == "f" else value.tolist()
+    return value.item() if isinstance(value, np.generic) else value
 
 
 class Service:
-    """A TorchServe entry point ``handle(data, context)`` for one endpoint.
+    """A TorchServe entry point ``handle(data, context)`` for one operation, ``plan(request, worker) -> Plan``."""
 
-    ``make_job(request, worker) -> (latents, extra)`` turns a validated request into latents; ``grid_cols(n)``
-    sets the width of the png grid.
-    """
-
-    def __init__(self, endpoint: str, make_job: Callable[[dict, Worker], tuple[np.ndarray, dict]],
-                 grid_cols: Callable[[int], int]) -> None:
-        self.endpoint, self.make_job, self.grid_cols = endpoint, make_job, grid_cols
+    def __init__(self, endpoint: str, plan: Callable[[dict, Worker], Plan]) -> None:
+        self.endpoint, self.plan = endpoint, plan
         self.worker: Worker | None = None
 
     def __call__(self, data: list | None, context: Any) -> list | None:
@@ -184,7 +235,7 @@ class Service:
             return None
         start = time.perf_counter()
         replies: list[Any] = [None] * len(data)
-        jobs = []
+        jobs: list[tuple[int, dict, Plan]] = []
         rows = enumerate(data)
         if self.worker.draining():  # refuse what is taken up from now on; the 503 also closes the connection
             for i in range(len(data)):
@@ -194,27 +245,27 @@ class Service:
         for i, row in rows:
             try:
                 request = self.worker.schema.parse(row.get("body", row.get("data")), self.endpoint)
-                asked = request["n"] if "n" in request else request["steps"]
-                self.worker.recorder.record((self.worker.request_images.observe, asked))
-                jobs.append(Job(i, request, *self.make_job(request, self.worker)))
+                jobs.append((i, request, self.plan(request, self.worker)))
             except RequestError as e:
                 replies[i] = self.error(context, i, e)
             except Exception as e:  # a bug must cost one request, never the worker
                 replies[i] = self.error(context, i, RequestError("body", "internal", f"internal error: {e}", 500))
         if jobs:
+            counts = [len(plan.latents) for _, _, plan in jobs]
             try:
-                images = self.worker.decode(np.concatenate([job.latents for job in jobs]))
-                ends = itertools.accumulate(len(job.latents) for job in jobs)
-                parts = [images[end - len(job.latents):end] for job, end in zip(jobs, ends, strict=True)]
+                logits = self.worker.decode(np.concatenate([plan.latents for _, _, plan in jobs])) if sum(counts) \
+                    else np.zeros((0, *self.worker.shapes.image_shape), np.float32)
+                parts = [logits[end - n:end] for n, end in zip(counts, itertools.accumulate(counts), strict=True)]
             except Exception as e:
                 parts = [RequestError("body", "internal", f"decoding failed: {e}", 500)] * len(jobs)
-            for job, part in zip(jobs, parts, strict=True):
+            for (i, request, plan), part in zip(jobs, parts, strict=True):
                 try:
-                    replies[job.index] = self.error(context, job.index, part) if isinstance(part, RequestError) \
-                        else self.reply(context, job, part)
-                except Exception as e:  # one reply that cannot be encoded fails alone
-                    replies[job.index] = self.error(context, job.index,
-                                                    RequestError("body", "internal", f"internal error: {e}", 500))
+                    replies[i] = self.error(context, i, part) if isinstance(part, RequestError) \
+                        else self.reply(context, i, request["format"], plan.finish(part))
+                except RequestError as e:
+                    replies[i] = self.error(context, i, e)
+                except Exception as e:  # one answer that cannot be made or encoded fails alone
+                    replies[i] = self.error(context, i, RequestError("body", "internal", f"internal error: {e}", 500))
         elapsed = time.perf_counter() - start
         self.worker.recorder.record((self.worker.batch_requests.observe, len(data)),
                                     *[(self.worker.request_seconds.observe, elapsed)] * len(data),
@@ -229,23 +280,24 @@ class Service:
         context.set_response_content_type(idx, "application/json")
         return json.dumps(e.body())
 
-    def reply(self, context: Any, job: Job, images: np.ndarray) -> bytes | str:
-        """Encode one request's images in its format."""
-        self.worker.recorder.record((self.worker.images.inc, len(images)))
-        for key, value in job.extra.items():
-            context.set_response_header(job.index, f"X-{key.capitalize()}", str(value))
-        fmt = job.request["format"]
+    def reply(self, context: Any, idx: int, fmt: str, answer: Answer) -> bytes | str:
+        """Encode one answer in its request's format."""
+        shown = 0 if answer.images is None else len(answer.images)
+        self.worker.recorder.record((self.worker.images.inc, shown),
+                                    (self.worker.request_images.observe, shown or len(answer.array)))
+        for name, value in answer.headers.items():
+            context.set_response_header(idx, name, str(value))
+        context.set_response_content_type(idx, CONTENT_TYPES[fmt])
         if fmt == "png":
-            context.set_response_content_type(job.index, "image/png")
-            return png_bytes(tile(to_uint8(images), self.grid_cols(len(images))))
+            return png_bytes(tile(to_uint8(answer.images if answer.grid is None else answer.grid), answer.cols))
+        if fmt == "gif":
+            return gif_bytes(to_uint8(answer.images))
         if fmt == "npy":
-            context.set_response_content_type(job.index, "application/x-npy")
-            return npy_bytes(images)
-        context.set_response_content_type(job.index, "application/json")
-        pixels = to_uint8(images)
-        return json.dumps({"images": [base64.b64encode(png_bytes(p)).decode() for p in pixels],
-                           "latents": job.latents.astype(np.float32).tolist(), **job.extra,
-                           "backend": self.worker.backend, "device": self.worker.device})
+            return npy_bytes(answer.images if answer.array is None else answer.array)
+        images = {} if answer.images is None else {
+            "images": [base64.b64encode(png_bytes(p)).decode() for p in to_uint8(answer.images)]}
+        return json.dumps(images | {k: as_json(v) for k, v in answer.fields.items()}
+                          | {"backend": self.worker.backend, "device": self.worker.device})
 
 
 def square_cols(n: int) -> int:

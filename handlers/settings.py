@@ -23,12 +23,13 @@ ENCODER = {"cpu": ("onnx-fp32",), "cuda": ("onnx-fp32", "torchscript-fp32")}
 
 @dataclass(frozen=True)
 class ModelSpec:
-    """How one model is served."""
+    """How one model (one route, /predictions/<name>) is served."""
 
     handler: Path  # the TorchServe handler file (its ``handle`` function)
     workers: int = 1
     decoder: dict[str, tuple[str, ...]] = field(default_factory=lambda: DECODER)
-    encoder: dict[str, tuple[str, ...]] = field(default_factory=dict)  # empty: the model encodes nothing
+    encoder: dict[str, tuple[str, ...]] = field(default_factory=dict)  # empty: the model takes no images
+    stats: bool = False  # the model uses classes or directions (latent_stats.npz)
     # Dynamic batching: up to batch_size requests per handler call, waiting at most max_batch_delay_ms for them
     # (0 makes TorchServe 0.12 wait ~100 ms for a lone request).
     batch_size: int = 8
@@ -45,11 +46,26 @@ class ModelSpec:
         return self.queue_batches_per_worker * self.batch_size * self.workers
 
 
+def route(name: str, workers: int = 1, images: bool = True, stats: bool = True) -> ModelSpec:
+    """The spec of the route ``name`` (handler handlers/<name>.py): with an encoder when it takes images, with the
+    latent statistics when it takes classes or directions."""
+    return ModelSpec(HANDLERS / f"{name}.py", workers=workers, encoder=ENCODER if images else {}, stats=stats)
+
+
+# One model (one worker process, sample two) per route: TorchServe routes /predictions/<model>, and a worker
+# serves one model. What that costs in memory and idle CPU, and why it stays: docs/serving.md, workers.
 # sample has two workers: TorchServe's frontend handles a worker's replies before it sends that worker its next
 # batch, and with one worker the decoder idled 27% of the time at n=64 (docs/serving-performance.md).
 MODELS = {
-    "sample": ModelSpec(HANDLERS / "sample.py", workers=2),
-    "interpolate": ModelSpec(HANDLERS / "interpolate.py", encoder=ENCODER),
+    "sample": route("sample", workers=2),
+    "interpolate": route("interpolate"),
+    "encode": route("encode", stats=False),
+    "decode": route("decode", images=False, stats=False),
+    "reconstruct": route("reconstruct", stats=False),
+    "traverse": route("traverse"),
+    "edit": route("edit"),
+    "analogy": route("analogy"),
+    "walk": route("walk"),
 }
 STORE_WORKERS = sum(spec.workers for spec in MODELS.values())  # among which threads "auto" divides the CPUs
 ARCHIVE_DIR = Path("build/model_store")  # where `make archives` writes the .mar files that `make serve` serves

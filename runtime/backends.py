@@ -1,4 +1,4 @@
-"""One small interface over the exported artifacts: ``decode(z) -> logits`` and ``encode(x) -> mu``.
+"""One small interface over the exported artifacts: ``decode(z) -> logits`` and ``encode(x) -> (mu, logvar)``.
 
 Used by the TorchServe workers, the parity gate and the benchmarks. Inputs and outputs are float32 numpy
 arrays: z (N, latent_dim), images (N, 1, 28, 28) in [0, 1], logits (N, 1, 28, 28) (the shapes in the manifest).
@@ -22,9 +22,12 @@ class TorchScriptModule:
         self.device = torch.device(device)
         self.module = torch.jit.load(str(path), map_location=self.device).eval()
 
-    def __call__(self, array: np.ndarray) -> np.ndarray:
+    def __call__(self, array: np.ndarray) -> np.ndarray | tuple[np.ndarray, ...]:
         with torch.inference_mode():
-            return self.module(torch.from_numpy(array).to(self.device)).float().cpu().numpy()
+            out = self.module(torch.from_numpy(array).to(self.device))
+        if isinstance(out, tuple):
+            return tuple(t.float().cpu().numpy() for t in out)
+        return out.float().cpu().numpy()
 
 
 class OnnxModule:
@@ -42,8 +45,9 @@ class OnnxModule:
         self.session = ort.InferenceSession(str(path), options, providers=providers)
         self.input_name = self.session.get_inputs()[0].name
 
-    def __call__(self, array: np.ndarray) -> np.ndarray:
-        return self.session.run(None, {self.input_name: np.ascontiguousarray(array, dtype=np.float32)})[0]
+    def __call__(self, array: np.ndarray) -> np.ndarray | tuple[np.ndarray, ...]:
+        outputs = self.session.run(None, {self.input_name: np.ascontiguousarray(array, dtype=np.float32)})
+        return outputs[0] if len(outputs) == 1 else tuple(outputs)
 
 
 def load(path: str | Path, device: str = "cpu", threads: int | None = None) -> TorchScriptModule | OnnxModule:

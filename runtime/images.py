@@ -48,3 +48,12 @@ def npy_bytes(array: np.ndarray) -> bytes:
     """The array as float32 .npy bytes (what np.save writes, with the header cached per shape)."""
     array = np.ascontiguousarray(array, dtype="<f4")
     return npy_header(array.shape) + array.tobytes()
+
+
+def gif_bytes(frames: np.ndarray, scale: int = 4, frame_ms: int = 120) -> bytes:
+    """uint8 frames (N, H, W) as a looping animated GIF, each frame enlarged ``scale`` times (nearest)."""
+    big = np.kron(frames, np.ones((scale, scale), dtype=np.uint8))
+    first, *rest = (Image.fromarray(frame, mode="L") for frame in big)
+    buffer = io.BytesIO()
+    first.save(buffer, format="GIF", save_all=True, append_images=rest, duration=frame_ms, loop=0)
+    return buffer.getvalue()

@@ -1,14 +1,13 @@
-"""Points in latent space: seeded draws from the prior (numpy), and paths between latents, linear (lerp) and
-spherical (slerp) (torch, so that training runs them on its device)."""
+"""Points and paths in latent space, in numpy: seeded draws from the prior, interpolation (lerp, slerp,
+constant norm) and random walks. Training calls them too, on CPU copies of its tensors."""
 
 from __future__ import annotations
 
 import numpy as np
-import torch
-from torch import Tensor
 
 _LATENT_RNG = np.random.Generator(np.random.Philox(key=0))
 _NO_COUNTER = np.zeros(4, np.uint64)
+METHODS = ("lerp", "slerp", "constant_norm")
 
 
 def seeded_latents(seed: int, n: int, latent_dim: int, temperature: float = 1.0) -> np.ndarray:
@@ -25,33 +24,56 @@ def seeded_latents(seed: int, n: int, latent_dim: int, temperature: float = 1.0)
     return _LATENT_RNG.standard_normal((n, latent_dim)) * temperature
 
 
-def lerp(z0: Tensor, z1: Tensor, t: Tensor) -> Tensor:
+def lerp(z0: np.ndarray, z1: np.ndarray, t: np.ndarray) -> np.ndarray:
     """Points (len(t), D) on the straight line from z0 to z1."""
-    t = t.unsqueeze(1)
+    t = t[:, None]
     return (1 - t) * z0 + t * z1
 
 
-def slerp(z0: Tensor, z1: Tensor, t: Tensor) -> Tensor:
+def slerp(z0: np.ndarray, z1: np.ndarray, t: np.ndarray) -> np.ndarray:
     """Points on the great-circle arc from z0 to z1, with the norm interpolated linearly.
 
     In D dimensions the prior's mass lies on a thin shell of radius ~sqrt(D) (8 in 64-d); lerp cuts through
     the low-norm interior, slerp stays on the shell. Falls back to lerp for (anti)parallel endpoints.
     """
-    t = t.unsqueeze(1)
-    n0, n1 = z0.norm(), z1.norm()
+    n0, n1 = np.linalg.norm(z0), np.linalg.norm(z1)
     u0, u1 = z0 / n0, z1 / n1
-    omega = torch.arccos(torch.clamp((u0 * u1).sum(), -1.0, 1.0))
-    if torch.sin(omega).abs() < 1e-6:
-        return lerp(z0, z1, t.squeeze(1))
-    direction = (torch.sin((1 - t) * omega) * u0 + torch.sin(t * omega) * u1) / torch.sin(omega)
+    omega = np.arccos(np.clip(u0 @ u1, -1.0, 1.0))
+    if abs(np.sin(omega)) < 1e-6:
+        return lerp(z0, z1, t)
+    t = t[:, None]
+    direction = (np.sin((1 - t) * omega) * u0 + np.sin(t * omega) * u1) / np.sin(omega)
     return direction * ((1 - t) * n0 + t * n1)
 
 
-def interpolate(z0: Tensor, z1: Tensor, steps: int, method: str = "slerp") -> Tensor:
-    """``steps`` latents from z0 to z1 inclusive, by ``method`` ("lerp" or "slerp")."""
-    t = torch.linspace(0, 1, steps, dtype=z0.dtype, device=z0.device)
-    if method == "lerp":
-        return lerp(z0, z1, t)
-    if method == "slerp":
-        return slerp(z0, z1, t)
-    raise ValueError(f"method must be 'lerp' or 'slerp', got {method!r}")
+def constant_norm(z0: np.ndarray, z1: np.ndarray, t: np.ndarray) -> np.ndarray:
+    """The straight line's points rescaled to one norm, the mean of the endpoints' norms (so the endpoints move
+    when their norms differ); the midpoint of (anti)parallel endpoints through the origin is left at the origin."""
+    points = lerp(z0, z1, t)
+    norms = np.linalg.norm(points, axis=1, keepdims=True)
+    radius = (np.linalg.norm(z0) + np.linalg.norm(z1)) / 2
+    return np.where(norms > 1e-9, points * radius / np.maximum(norms, 1e-9), points)
+
+
+def interpolate(z0: np.ndarray, z1: np.ndarray, steps: int, method: str = "slerp") -> np.ndarray:
+    """``steps`` latents from z0 to z1 inclusive, by ``method`` ("lerp", "slerp" or "constant_norm")."""
+    paths = {"lerp": lerp, "slerp": slerp, "constant_norm": constant_norm}
+    if method not in paths:
+        raise ValueError(f"method must be one of {', '.join(METHODS)}, got {method!r}")
+    z0, z1 = np.asarray(z0, np.float64), np.asarray(z1, np.float64)
+    return paths[method](z0, z1, np.linspace(0, 1, steps))
+
+
+def walk(start: np.ndarray, steps: np.ndarray, project: bool = False) -> np.ndarray:
+    """The random walk start, start + steps[0], ... (len(steps) + 1, D); with ``project``, the start and every
+    point after it rescaled onto the prior's shell (norm sqrt(D)) before the next step."""
+    point = np.asarray(start, np.float64)
+    shell = np.sqrt(len(point))
+
+    def onto_shell(z: np.ndarray) -> np.ndarray:
+        return z * shell / np.linalg.norm(z) if project else z
+
+    points = [onto_shell(point)]
+    for step in steps:
+        points.append(onto_shell(points[-1] + step))
+    return np.stack(points)

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 import torch
 
-from runtime.latent import interpolate
+from runtime.latent import interpolate, seeded_latents, walk
 from training.model import VAE, VAEConfig
 
 
@@ -60,17 +61,34 @@ def test_recon_is_summed_bce_in_nats_and_beta_weights_kl():
     assert torch.allclose(recon0, torch.full((2,), 784 * math.log(2)), rtol=1e-5)
 
 
-def test_lerp_and_slerp_paths():
-    g = torch.Generator().manual_seed(0)
-    z0, z1 = torch.randn(64, generator=g), torch.randn(64, generator=g)
+def test_interpolation_paths():
+    rng = np.random.default_rng(0)
+    z0, z1 = rng.standard_normal(64), rng.standard_normal(64)
     for method in ("lerp", "slerp"):
         path = interpolate(z0, z1, 9, method)
         assert path.shape == (9, 64)
-        assert torch.allclose(path[0], z0, atol=1e-5) and torch.allclose(path[-1], z1, atol=1e-5)
-    slerp_norms = interpolate(z0, z1, 9, "slerp").norm(dim=1)
-    expected = torch.linspace(0, 1, 9) * (z1.norm() - z0.norm()) + z0.norm()
-    assert torch.allclose(slerp_norms, expected, rtol=1e-4)
-    # Lerp between two prior samples cuts through the low-norm interior of the 64-d shell.
-    assert interpolate(z0, z1, 9, "lerp").norm(dim=1)[4] < 0.8 * min(z0.norm(), z1.norm())
+        assert np.allclose(path[0], z0) and np.allclose(path[-1], z1)
+    norm0, norm1 = np.linalg.norm(z0), np.linalg.norm(z1)
+    slerp_norms = np.linalg.norm(interpolate(z0, z1, 9, "slerp"), axis=1)
+    assert np.allclose(slerp_norms, np.linspace(norm0, norm1, 9))
+    # Lerp between two prior samples cuts through the low-norm interior of the 64-d shell ...
+    assert np.linalg.norm(interpolate(z0, z1, 9, "lerp")[4]) < 0.8 * min(norm0, norm1)
+    # ... constant_norm puts every point at the endpoints' mean norm, on the line's directions.
+    path = interpolate(z0, z1, 9, "constant_norm")
+    assert np.allclose(np.linalg.norm(path, axis=1), (norm0 + norm1) / 2)
+    line = interpolate(z0, z1, 9, "lerp")
+    assert np.allclose(path / np.linalg.norm(path, axis=1, keepdims=True),
+                       line / np.linalg.norm(line, axis=1, keepdims=True))
     with pytest.raises(ValueError, match="method"):
         interpolate(z0, z1, 3, "cubic")
+
+
+def test_seeded_latents_and_walks():
+    a, b = seeded_latents(5, 4, 16), seeded_latents(5, 2, 16)
+    assert a.shape == (4, 16) and np.array_equal(a[:2], b)  # row i does not depend on n
+    assert not np.allclose(seeded_latents(6, 1, 16), a[:1])
+    start, steps = np.full(16, 2.0), 0.3 * seeded_latents(1, 5, 16)
+    free = walk(start, steps)
+    assert free.shape == (6, 16) and np.allclose(free[0], start) and np.allclose(np.diff(free, axis=0), steps)
+    shell = walk(start, steps, project=True)
+    assert np.allclose(np.linalg.norm(shell, axis=1), 4.0)  # sqrt(16)

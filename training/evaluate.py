@@ -158,7 +158,8 @@ def figures(model: VAE, fmnist: data.FashionMNIST, mu: Tensor, usage: dict, out:
              "lerp_vs_slerp": "eval_lerp_vs_slerp.png", "traversal": "eval_traversal.png", "pca": "eval_pca.png"}
     save_grid(model.sample(64, generator=torch.Generator().manual_seed(0)), 8, out / files["samples"])
     save_grid(interleave_rows(x_test[:32], torch.sigmoid(model.decode(mu[:32]))), 8, out / files["reconstructions"])
-    rows = [interpolate(mu[a], mu[b], 12, method) for a, b in ((0, 1), (2, 3), (4, 5), (6, 7))
+    rows = [torch.from_numpy(interpolate(mu[a].numpy(), mu[b].numpy(), 12, method)).float()
+            for a, b in ((0, 1), (2, 3), (4, 5), (6, 7))
             for method in ("lerp", "slerp")]
     save_grid(torch.sigmoid(model.decode(torch.cat(rows))), 8, out / files["lerp_vs_slerp"])
     dims = np.argsort(usage["posterior_mean_variance"])[::-1][:8].tolist()

@@ -13,6 +13,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 from tqdm import tqdm
 
@@ -90,7 +91,9 @@ def save_grids(model: VAE, x_test: torch.Tensor, out: Path, epoch: int, device: 
     z = torch.randn(64, model.latent_dim, generator=torch.Generator().manual_seed(1234)).to(device)
     save_grid(torch.sigmoid(model.decode(z)), rows=8, path=prefix.with_name(prefix.name + "_samples.png"))
     mu = model.encode(x_test[32:48].to(device))[0]
-    path = torch.cat([interpolate(mu[2 * k], mu[2 * k + 1], 10, "slerp") for k in range(8)])
+    ends = mu.cpu().numpy()
+    path = torch.from_numpy(np.concatenate([interpolate(ends[2 * k], ends[2 * k + 1], 10, "slerp")
+                                            for k in range(8)])).float().to(device)
     save_grid(torch.sigmoid(model.decode(path)), rows=8, path=prefix.with_name(prefix.name + "_interp.png"))
 
 
