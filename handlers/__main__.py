@@ -24,6 +24,8 @@ def parser() -> argparse.ArgumentParser:
                                   formatter_class=argparse.RawDescriptionHelpFormatter)
     cli.add_argument("--model-store", type=Path, default=defaults.model_store,
                      help="folder with the .mar archives (default: what `make archives` builds)")
+    cli.add_argument("--models", nargs="+", default=list(defaults.models), metavar="MODEL",
+                     help="the models (routes) to serve (default: all of handlers/settings.py)")
     cli.add_argument("--host", default=defaults.host, help="inference API address (default: loopback only)")
     cli.add_argument("--metrics-host", default=defaults.metrics_host, help="metrics addresses (default: loopback)")
     cli.add_argument("--token-auth", action="store_true", help="require TorchServe's bearer keys")
@@ -69,6 +71,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     ports = {f.name: getattr(args, f.name) for f in fields(ServerConfig) if f.name.endswith("_port")}
     config = ServerConfig(host=args.host, metrics_host=args.metrics_host, model_store=args.model_store,
+                          models=tuple(args.models),
                           log_dir=args.log_dir, token_auth=args.token_auth, work_dir=args.work_dir,
                           token_expiration_min=args.token_expiration_min, log_max_bytes=int(args.log_max_mb * 2**20),
                           log_backups=args.log_backups, access_log=args.access_log,

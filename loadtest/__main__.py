@@ -26,10 +26,10 @@ from urllib.parse import urlparse
 
 from handlers.server import TorchServe
 from handlers.settings import ServerConfig
+from loadtest.mix import mix
 from monitoring.prometheus import Prometheus
 
 LOCUSTFILE = Path(__file__).resolve().parent / "locustfile.py"
-ENDPOINTS = ("sample", "interpolate")
 DEFAULT_HOST = f"http://{ServerConfig.host}:{ServerConfig.inference_port}"
 
 
@@ -44,11 +44,11 @@ def answers(host: str) -> bool:
 
 def targets(specs: list[str], default_ms: float) -> dict[str, float]:
     """p50 targets in ms per endpoint from ``["sample=80", ...]``; unnamed endpoints get ``default_ms``."""
-    result = dict.fromkeys(ENDPOINTS, default_ms)
+    result = dict.fromkeys(mix(), default_ms)
     for spec in specs:
         name, _, value = spec.partition("=")
         if name not in result or not value:
-            raise SystemExit(f"error: --p50 expects ENDPOINT=MS with ENDPOINT in {', '.join(ENDPOINTS)}, got {spec!r}")
+            raise SystemExit(f"error: --p50 expects ENDPOINT=MS with ENDPOINT in {', '.join(result)}, got {spec!r}")
         result[name] = float(value)
     return result
 
@@ -130,7 +130,7 @@ def main(argv: list[str] | None = None) -> int:
     stats = locust_stats(out / "locust_stats.csv")
     summary = {"host": args.host, "users": args.users, "spawn_rate": args.spawn_rate, "duration_s": args.duration,
                "failures_total": stats.get("Aggregated", {}).get("failures", 0), "endpoints": {}}
-    for name in ENDPOINTS:
+    for name in gates:
         row = stats.get(name, {"requests": 0, "failures": 0, "p50_ms": float("nan"), "p95_ms": float("nan"),
                                "p99_ms": float("nan"), "requests_per_s": 0.0})
         summary["endpoints"][name] = row | {"server_p50_ms": server.get(name, float("nan")),

@@ -1,18 +1,30 @@
 """Shared fixtures: small generated Fashion-MNIST-format datasets written as real IDX .gz files, a small
-classifier, small models of other latent sizes exported as `make export` does, and a model store built from
-the committed artifacts and the current handler code."""
+classifier, small models of other latent sizes exported as `make export` does, a model store built from the
+committed artifacts and the current handler code, and one TorchServe serving it (with its HTTP helpers)."""
 
 from __future__ import annotations
 
+import base64
 import gzip
+import io
+import json
+import os
 import struct
 import subprocess
 import sys
+import urllib.error
+import urllib.request
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import pytest
+from PIL import Image
 
+from handlers import archive
+from handlers.server import TorchServe
+from handlers.settings import MODELS, ServerConfig
+from runtime import artifacts
 from runtime.artifacts import ARTIFACT_DIR
 from training import classifier, data, train
 
@@ -77,11 +89,61 @@ def artifacts_2d(tmp_path_factory, dataset_dir, small_classifier) -> Path:
     return train_and_export(tmp_path_factory.mktemp("latent2"), dataset_dir, small_classifier, 2)
 
 
+LATENT = artifacts.shapes(ARTIFACTS).latent_dim
+# Beside the served models (from current_store), test-only configurations of the same handlers:
+TEST_MODELS = {
+    # Long batch delay so that concurrent requests surely share a batch.
+    "batched": replace(MODELS["sample"], workers=1, max_batch_delay_ms=500),
+    "sample_ts": replace(MODELS["sample"], workers=1, decoder={"cpu": ("torchscript-int8",)}),
+}
+
+
+@pytest.fixture(scope="session")
+def server(current_store, artifacts_2d):
+    """One TorchServe for the serving tests: every served model, the test-only ones and a 2-d latent model."""
+    for name, spec in TEST_MODELS.items():
+        archive.build(name, spec, ARTIFACTS, current_store)
+    archive.build("interpolate_2d", MODELS["interpolate"], artifacts_2d, current_store)  # a 2-d latent model
+    models = (*MODELS, *TEST_MODELS, "interpolate_2d")
+    ts = TorchServe(ServerConfig(model_store=current_store, models=models).with_free_ports())
+    with ts:
+        yield ts
+    group = ts.process.pid
+    with pytest.raises(ProcessLookupError):  # no JVM or worker left behind
+        os.killpg(group, 0)
+    assert not ts.tmp.exists()
+
+
+def post(server, model: str, body: bytes | dict, content_type: str = "application/json") -> tuple[int, dict, bytes]:
+    data = json.dumps(body).encode() if isinstance(body, dict) else body
+    request = urllib.request.Request(f"{server.url}/predictions/{model}", data=data, method="POST",
+                                     headers={"Content-Type": content_type})
+    try:
+        with urllib.request.urlopen(request, timeout=60) as response:
+            return response.status, {k.lower(): v for k, v in response.headers.items()}, response.read()
+    except urllib.error.HTTPError as e:
+        return e.code, {k.lower(): v for k, v in e.headers.items()}, e.read()
+
+
+def npy(payload: bytes) -> np.ndarray:
+    return np.load(io.BytesIO(payload))
+
+
+def png(payload: bytes) -> np.ndarray:
+    image = Image.open(io.BytesIO(payload))
+    assert image.format == "PNG" and image.mode == "L"
+    return np.asarray(image)
+
+
+def b64png(pixels: np.ndarray) -> str:
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, format="PNG")
+    return base64.b64encode(buffer.getvalue()).decode()
+
+
 @pytest.fixture(scope="session")
 def current_store(tmp_path_factory) -> Path:
     """A model store with archives built from the committed export artifacts and the current handler code."""
-    from handlers import archive
-
     store = tmp_path_factory.mktemp("current-store")
     archive.build_store(ARTIFACTS, store)
     return store

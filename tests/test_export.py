@@ -22,7 +22,7 @@ from export.lowres import LowResDecoder
 from runtime import artifacts, backends
 from runtime.artifacts import ARTIFACT_DIR, MANIFEST
 from tests.conftest import export_cli, train_and_export
-from training import checkpoint, classifier, train
+from training import checkpoint, classifier, data, train
 from training.model import VAE, VAEConfig
 
 CFG = ExportConfig(calibration_samples=256, prior_samples=1000)
@@ -70,7 +70,7 @@ def test_artifacts_run_in_their_runtimes_and_match_eager(small, exported):
     x = np.random.default_rng(2).random((5, 1, 28, 28)).astype(np.float32)
     with torch.no_grad():
         ref = torch.sigmoid(model.decode(torch.from_numpy(z))).numpy()
-        ref_mu = model.encode(torch.from_numpy(x))[0].numpy()
+        ref_mu, ref_logvar = (t.numpy() for t in model.encode(torch.from_numpy(x)))
     art = out / ARTIFACT_DIR
     session = ort.InferenceSession(str(art / "decoder_fp32.onnx"), providers=["CPUExecutionProvider"])
     assert session.get_inputs()[0].shape[0] == "batch"  # dynamic batch axis
@@ -86,7 +86,8 @@ def test_artifacts_run_in_their_runtimes_and_match_eager(small, exported):
     assert ops.count("QLinearConv") == 2 and ops.count("Conv") == 1 and ops.count("Gemm") == 1
     assert "QGemm" not in ops
     for name in ("encoder_fp32.onnx", "encoder_fp32.pt"):
-        assert np.abs(backends.load(art / name)(x) - ref_mu).max() < 1e-5
+        mu, logvar = backends.load(art / name)(x)
+        assert np.abs(mu - ref_mu).max() < 1e-5 and np.abs(logvar - ref_logvar).max() < 1e-5
 
 
 def test_manifest_lists_every_file_with_its_hash(small, exported):
@@ -96,7 +97,7 @@ def test_manifest_lists_every_file_with_its_hash(small, exported):
     assert set(manifest["versions"]) >= {"torch", "onnx", "onnxruntime", "opset"}
     assert artifacts.shapes(out / ARTIFACT_DIR) == artifacts.Shapes(64, (1, 28, 28))
     assert {e["file"] for e in manifest["artifacts"].values()} == {
-        *artifacts.DECODERS.values(), *artifacts.ENCODERS.values()}
+        *artifacts.DECODERS.values(), *artifacts.ENCODERS.values(), artifacts.STATS}
     for entry in manifest["artifacts"].values():
         assert checkpoint.file_sha256(out / ARTIFACT_DIR / entry["file"]) == entry["sha256"]
     assert json.loads((out / ARTIFACT_DIR / MANIFEST).read_text()) == manifest
@@ -167,7 +168,11 @@ def check_latent_size(artifact_dir: Path, latent_dim: int) -> None:
         assert backends.load(artifact_dir / file)(z).shape == (3, 1, 28, 28)
     x = np.random.default_rng(1).random((3, 1, 28, 28)).astype(np.float32)
     for file in artifacts.ENCODERS.values():
-        assert backends.load(artifact_dir / file)(x).shape == (3, latent_dim)
+        assert [a.shape for a in backends.load(artifact_dir / file)(x)] == [(3, latent_dim)] * 2  # mu, logvar
+    stats = artifacts.read_stats(artifact_dir / artifacts.STATS)
+    assert stats.class_means.shape == (10, latent_dim) and stats.class_scales.shape == (10, latent_dim, latent_dim)
+    assert stats.principal_directions.shape == (latent_dim, latent_dim)
+    assert sorted(stats.active_order) == list(range(latent_dim))
     session = ort.InferenceSession(str(artifact_dir / artifacts.DECODERS["onnx-int8"]),
                                    providers=["CPUExecutionProvider"])
     assert session.get_inputs()[0].shape == ["batch", latent_dim]
@@ -188,3 +193,34 @@ def test_manifest_errors_name_the_file(tmp_path):
     (tmp_path / MANIFEST).write_text('{"format": "fmvae-export-v1"}')
     with pytest.raises(artifacts.ManifestError, match="format 'fmvae-export-v1', expected 'fmvae-export-v2'"):
         artifacts.shapes(tmp_path)
+
+
+def test_latent_statistics_describe_the_posterior_means(small, exported):
+    """Class means and scales, principal directions and the activity order, against a direct computation."""
+    out, _ = exported
+    stats = artifacts.read_stats(out / ARTIFACT_DIR / artifacts.STATS)
+    model, _ = checkpoint.load_model(small["ckpt"])
+    fmnist = data.load(small["data"])
+    with torch.no_grad():
+        mu_train = model.encode(fmnist.train.tensor())[0].double().numpy()
+        mu_test = model.encode(fmnist.test.tensor())[0].double().numpy()
+    assert stats.class_names == data.CLASS_NAMES
+    for label in (0, 7):
+        members = mu_train[fmnist.train.labels == label]
+        assert np.allclose(stats.class_means[label], members.mean(0), atol=1e-5)
+        scale = stats.class_scales[label].astype(np.float64)
+        assert np.allclose(scale, scale.T, atol=1e-6)  # symmetric: eps @ scale has the class's covariance
+        assert np.allclose(scale @ scale, np.cov(members, rowvar=False), atol=1e-4)
+    directions = stats.principal_directions.astype(np.float64)
+    assert np.allclose(directions @ directions.T, np.eye(64), atol=1e-4)  # orthonormal rows
+    assert np.all(np.diff(stats.principal_std) <= 1e-6)  # largest variance first
+    assert np.isclose(np.var(mu_test @ directions[0], ddof=1), stats.principal_std[0] ** 2, rtol=1e-3)
+    assert np.array_equal(stats.active_order, np.argsort(-mu_test.var(0), kind="stable"))
+
+
+def test_statistics_errors_name_the_file(tmp_path):
+    with pytest.raises(artifacts.ManifestError, match=f"{tmp_path / 'missing.npz'}: not found"):
+        artifacts.read_stats(tmp_path / "missing.npz")
+    (tmp_path / "broken.npz").write_bytes(b"PK\x03\x04 truncated")
+    with pytest.raises(artifacts.ManifestError, match="not readable latent statistics"):
+        artifacts.read_stats(tmp_path / "broken.npz")

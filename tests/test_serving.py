@@ -5,22 +5,18 @@ from __future__ import annotations
 
 import base64
 import http.client
-import io
 import json
-import os
 import time
 import urllib.error
 import urllib.request
 import zipfile
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import replace
 from types import SimpleNamespace
 
 import fastjsonschema
 import numpy as np
 import pytest
 import yaml
-from PIL import Image
 from prometheus_client.parser import text_string_to_metric_families
 
 from handlers import archive, metrics
@@ -30,57 +26,7 @@ from handlers.service import ConfigError, Worker, choose_backend, worker_threads
 from handlers.settings import MODELS, STORE_WORKERS, ServerConfig
 from runtime import artifacts, backends
 from runtime.latent import seeded_latents
-from tests.conftest import ARTIFACTS
-
-LATENT = artifacts.shapes(ARTIFACTS).latent_dim
-# Beside the served models (from current_store), test-only configurations of the same handlers:
-TEST_MODELS = {
-    # Long batch delay so that concurrent requests surely share a batch.
-    "batched": replace(MODELS["sample"], workers=1, max_batch_delay_ms=500),
-    "sample_ts": replace(MODELS["sample"], workers=1, decoder={"cpu": ("torchscript-int8",)}),
-}
-
-
-@pytest.fixture(scope="module")
-def server(current_store, artifacts_2d):
-    for name, spec in TEST_MODELS.items():
-        archive.build(name, spec, ARTIFACTS, current_store)
-    archive.build("interpolate_2d", MODELS["interpolate"], artifacts_2d, current_store)  # a 2-d latent model
-    models = (*MODELS, *TEST_MODELS, "interpolate_2d")
-    ts = TorchServe(ServerConfig(model_store=current_store, models=models).with_free_ports())
-    with ts:
-        yield ts
-    group = ts.process.pid
-    with pytest.raises(ProcessLookupError):  # no JVM or worker left behind
-        os.killpg(group, 0)
-    assert not ts.tmp.exists()
-
-
-def post(server, model: str, body: bytes | dict, content_type: str = "application/json") -> tuple[int, dict, bytes]:
-    data = json.dumps(body).encode() if isinstance(body, dict) else body
-    request = urllib.request.Request(f"{server.url}/predictions/{model}", data=data, method="POST",
-                                     headers={"Content-Type": content_type})
-    try:
-        with urllib.request.urlopen(request, timeout=60) as response:
-            return response.status, {k.lower(): v for k, v in response.headers.items()}, response.read()
-    except urllib.error.HTTPError as e:
-        return e.code, {k.lower(): v for k, v in e.headers.items()}, e.read()
-
-
-def npy(payload: bytes) -> np.ndarray:
-    return np.load(io.BytesIO(payload))
-
-
-def png(payload: bytes) -> np.ndarray:
-    image = Image.open(io.BytesIO(payload))
-    assert image.format == "PNG" and image.mode == "L"
-    return np.asarray(image)
-
-
-def b64png(pixels: np.ndarray) -> str:
-    buffer = io.BytesIO()
-    Image.fromarray(pixels).save(buffer, format="PNG")
-    return base64.b64encode(buffer.getvalue()).decode()
+from tests.conftest import ARTIFACTS, LATENT, b64png, npy, png, post
 
 
 def scrape(server) -> list[tuple[str, dict, float]]:
@@ -201,7 +147,7 @@ def test_interpolate_from_images_uses_posterior_means(server):
                                                  "format": "json"})
     assert code == 200
     encoder = backends.load(ARTIFACTS / artifacts.ENCODERS["onnx-fp32"])
-    mu = encoder(pixels[:, None].astype(np.float32) / 255)
+    mu, _ = encoder(pixels[:, None].astype(np.float32) / 255)
     z = np.array(json.loads(body)["latents"])
     assert np.allclose(z[0], mu[0], atol=1e-4) and np.allclose(z[-1], mu[1], atol=1e-4)
 
@@ -224,13 +170,13 @@ BAD_INPUTS = [
     ("sample", b'{"temperature": NaN}', 400, "temperature", "not_finite"),
     ("sample", b'{"temperature": Infinity}', 400, "temperature", "not_finite"),
     ("sample", {"format": "gif"}, 400, "format", "invalid_value"),
-    ("sample", b'{"n": 1, "pad": "' + b"x" * 70_000 + b'"}', 413, "body", "body_too_large"),
+    ("sample", b'{"n": 1, "pad": "' + b"x" * 600_000 + b'"}', 413, "body", "body_too_large"),
     # Nested past what Python's parser takes (it raises RecursionError): malformed, not a server fault.
     ("sample", b"[" * 5000 + b"]" * 5000, 400, "body", "malformed_json"),
     ("sample", b'{"n": ' + b"[" * 20_000, 400, "body", "malformed_json"),
     ("sample", b'{"n": ' + b"[" * 600 + b"]" * 600 + b"}", 400, "n", "wrong_type"),  # deep, but parsed
-    ("interpolate", {"steps": 5}, 400, "seeds|latents|images", "missing_endpoints"),
-    ("interpolate", {"seeds": [1, 2], "latents": [[0] * LATENT] * 2}, 400, "seeds|latents|images",
+    ("interpolate", {"steps": 5}, 400, "seeds|latents|images|classes", "missing_endpoints"),
+    ("interpolate", {"seeds": [1, 2], "latents": [[0] * LATENT] * 2}, 400, "seeds|latents|images|classes",
      "missing_endpoints"),
     ("interpolate", {"seeds": [1]}, 400, "seeds", "wrong_length"),
     ("interpolate", {"latents": [[0.0] * LATENT, [0.0] * (LATENT - 1)]}, 400, "latents[1]", "wrong_length"),
@@ -416,8 +362,11 @@ def test_archives_pack_the_worker_folders_and_only_the_artifacts_they_name(curre
         assert code <= packed
         files = packed - code - {"MAR-INF/MANIFEST.json", "model-config.yaml", f"{name}.py", artifacts.MANIFEST}
         assert files == set(archive.artifact_files(spec))
-    assert archive.artifact_files(MODELS["sample"]) == ["decoder_fp32.onnx", "decoder_fp32.pt", "decoder_int8.onnx"]
-    assert "encoder_fp32.onnx" in archive.artifact_files(MODELS["interpolate"])
+    decoders = ["decoder_fp32.onnx", "decoder_fp32.pt", "decoder_int8.onnx"]
+    assert archive.artifact_files(MODELS["decode"]) == decoders  # latents in, images out: nothing else
+    assert archive.artifact_files(MODELS["encode"]) == [*decoders, "encoder_fp32.onnx", "encoder_fp32.pt"]
+    assert archive.artifact_files(MODELS["sample"]) == [*decoders, "encoder_fp32.onnx", "encoder_fp32.pt",
+                                                        artifacts.STATS]  # around an image, by class
     with zipfile.ZipFile(current_store / "interpolate.mar") as z:
         config = yaml.safe_load(z.read("model-config.yaml"))
         assert z.read(artifacts.MANIFEST) == (ARTIFACTS / artifacts.MANIFEST).read_bytes()
@@ -461,6 +410,6 @@ def test_recorder_writes_in_order_on_flush_and_survives_a_failing_write():
 
 def test_start_without_archives_fails_clearly_and_cleans_up(tmp_path):
     ts = TorchServe(ServerConfig(model_store=tmp_path).with_free_ports())
-    with pytest.raises(ServerError, match="no archive for sample, interpolate; run `make archives`"):
+    with pytest.raises(ServerError, match=f"no archive for {', '.join(MODELS)}; run `make archives`"):
         ts.start()
     assert not ts.tmp.exists()

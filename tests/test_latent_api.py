@@ -1,0 +1,294 @@
+"""The latent-space operations on the session's TorchServe: every OpenAPI example, each operation's arithmetic
+against the artifacts and statistics in this process, and bad input for every field."""
+
+from __future__ import annotations
+
+import io
+import json
+
+import fastjsonschema
+import numpy as np
+import pytest
+import yaml
+from jsonschema import Draft202012Validator
+from PIL import Image
+
+from handlers.schema import SPEC, RequestSchema, inline_refs
+from handlers.server import http_json
+from runtime import artifacts, backends
+from runtime.latent import interpolate, seeded_latents
+from tests.conftest import ARTIFACTS, LATENT, b64png, npy, png, post
+from training.data import CLASS_NAMES
+
+STATS = artifacts.read_stats(ARTIFACTS / artifacts.STATS)
+DECODER = backends.load(ARTIFACTS / artifacts.DECODERS["onnx-int8"])
+ENCODER = backends.load(ARTIFACTS / artifacts.ENCODERS["onnx-fp32"])
+OPERATIONS = [path.removeprefix("/predictions/") for path in SPEC["paths"]]
+CONTENT_TYPES = {"png": "image/png", "gif": "image/gif", "npy": "application/x-npy", "json": "application/json"}
+
+
+def request_schema(operation: str) -> dict:
+    """The operation's request body in the OpenAPI document: its schema reference and its example."""
+    return SPEC["paths"][f"/predictions/{operation}"]["post"]["requestBody"]["content"]["application/json"]
+
+
+def formats(operation: str) -> list[str]:
+    """The formats an operation's schema allows."""
+    schema = RequestSchema(LATENT).schemas[operation]["properties"]["format"]
+    return schema["enum"]
+
+
+def images_of(logits: np.ndarray) -> np.ndarray:
+    return (1 / (1 + np.exp(-logits)))[:, 0]
+
+
+def real_images(server, n: int = 3) -> tuple[np.ndarray, list[str]]:
+    """Decoded samples as uint8 pixels and base64 PNGs: images the encoder has seen the like of."""
+    pixels = (npy(post(server, "sample", {"n": n, "seed": 21, "format": "npy"})[2]) * 255).round().astype(np.uint8)
+    return pixels, [b64png(p) for p in pixels]
+
+
+def json_reply(server, operation: str, body: dict) -> dict:
+    code, headers, payload = post(server, operation, body | {"format": "json"})
+    assert code == 200, payload[:300]
+    return json.loads(payload)
+
+
+@pytest.mark.parametrize("operation", OPERATIONS)
+def test_every_openapi_example_answers_in_every_format(server, operation):
+    example = request_schema(operation)["example"]
+    reply = "EncodeResponse" if operation == "encode" else "ImagesResponse"
+    validator = Draft202012Validator(inline_refs(SPEC["components"]["schemas"][reply], SPEC["components"]["schemas"]))
+    for fmt in formats(operation):
+        code, headers, payload = post(server, operation, example | {"format": fmt})
+        assert code == 200, (fmt, payload[:300])
+        assert headers["content-type"] == CONTENT_TYPES[fmt]
+        if fmt == "json":
+            validator.validate(json.loads(payload))
+        elif fmt == "png":
+            assert png(payload).shape[0] >= 30
+        elif fmt == "gif":
+            assert Image.open(io.BytesIO(payload)).n_frames == example.get("steps", 16)
+        else:
+            assert npy(payload).dtype == np.float32
+
+
+def test_encode_gives_the_encoders_mean_and_log_variance(server):
+    pixels, texts = real_images(server)
+    reply = json_reply(server, "encode", {"images": texts})
+    mu, logvar = ENCODER(pixels[:, None].astype(np.float32) / 255)
+    assert np.allclose(reply["mu"], mu, atol=1e-5) and np.allclose(reply["logvar"], logvar, atol=1e-5)
+    array = npy(post(server, "encode", {"images": texts, "format": "npy"})[2])
+    assert array.shape == (3, 2, LATENT) and np.allclose(array[:, 0], mu, atol=1e-5)
+
+
+def test_decode_is_samples_decoder(server):
+    sampled = json_reply(server, "sample", {"n": 5, "seed": 8})
+    images = npy(post(server, "decode", {"latents": sampled["latents"], "format": "npy"})[2])
+    assert images.shape == (5, 28, 28)
+    assert np.allclose(images, npy(post(server, "sample", {"n": 5, "seed": 8, "format": "npy"})[2]), atol=1e-5)
+
+
+def test_reconstruct_reports_the_recon_term_and_kl(server):
+    pixels, texts = real_images(server, 10)
+    reply = json_reply(server, "reconstruct", {"images": texts, "samples": 4, "seed": 3})
+    x = pixels.astype(np.float32) / 255
+    mu, logvar = ENCODER(x[:, None])
+    eps = seeded_latents(3, 10 * 4, LATENT).reshape(10, 4, LATENT)
+    z = (mu[:, None] + eps * np.exp(0.5 * logvar)[:, None]).reshape(-1, LATENT)
+    logits = DECODER(z.astype(np.float32)).reshape(10, 4, -1).astype(np.float64)
+    target = x.reshape(10, 1, -1)
+    bce = (np.maximum(logits, 0) - logits * target + np.log1p(np.exp(-np.abs(logits)))).sum(-1).mean(1)
+    kl = -0.5 * (1 + logvar - mu ** 2 - np.exp(logvar)).sum(1)
+    assert np.allclose(reply["recon_error"], bce, rtol=1e-4) and np.allclose(reply["kl"], kl, rtol=1e-4)
+    assert 50 < np.mean(bce) < 784 * np.log(2)  # nats: better than a coin per pixel
+    recon = npy(post(server, "reconstruct", {"images": texts, "format": "npy"})[2])
+    assert np.allclose(recon, images_of(DECODER(mu)), atol=1e-5)  # the decoded posterior mean
+    grid = png(post(server, "reconstruct", {"images": texts})[2])
+    assert grid.shape == (2 + 4 * 30, 2 + 8 * 30)  # 8 inputs, their reconstructions, 2 inputs, theirs
+    assert np.array_equal(grid[2:30, 2:30], pixels[0])
+    assert (grid[2 + 60:30 + 60, 2 + 60:30 + 60] == 255).all()  # the short row is padded with white
+
+
+def test_traverse_walks_the_named_directions(server):
+    start = seeded_latents(4, 1, LATENT)[0]
+    reply = json_reply(server, "traverse", {"start": {"seed": 4}, "range": [-2, 2], "steps": 5})
+    z = np.array(reply["latents"]).reshape(-1, 5, LATENT)
+    default = [int(d) for d in STATS.active_order[:8]]
+    assert reply["directions"] == [{"dimension": d} for d in default] and z.shape == (8, 5, LATENT)
+    t = np.linspace(-2, 2, 5)
+    assert np.allclose(z[0], start + t[:, None] * np.eye(LATENT)[default[0]], atol=1e-5)
+    body = {"start": {"seed": 4}, "directions": [{"principal": 1}, {"class": "Bag"}], "steps": 3}
+    z = np.array(json_reply(server, "traverse", body)["latents"]).reshape(2, 3, LATENT)
+    assert np.allclose(z[0, -1] - z[0, 0], 6 * STATS.principal_directions[1], atol=1e-4)
+    bag = STATS.class_means[8] - STATS.class_means.mean(0)
+    assert np.allclose(z[1, -1] - z[1, 0], 6 * bag / np.linalg.norm(bag), atol=1e-4)
+    assert npy(post(server, "traverse", body | {"format": "npy"})[2]).shape == (2, 3, 28, 28)
+
+
+def test_edit_moves_between_class_means_and_strength_zero_is_the_reconstruction(server):
+    pixels, texts = real_images(server, 1)
+    body = {"start": {"image": texts[0]}, "from": "Sneaker", "to": 9, "strength": [0, 1, 2]}
+    reply = json_reply(server, "edit", body)
+    z = np.array(reply["latents"])
+    mu, _ = ENCODER(pixels[:, None].astype(np.float32) / 255)
+    vector = STATS.class_means[9] - STATS.class_means[7]
+    assert np.allclose(z, mu[0] + np.array([0, 1, 2])[:, None] * vector, atol=1e-5)
+    images = npy(post(server, "edit", body | {"format": "npy"})[2])
+    assert np.allclose(images[0], images_of(DECODER(mu))[0], atol=1e-5)
+    single = json_reply(server, "edit", body | {"strength": 1.5})
+    assert single["strengths"] == [1.5] and len(single["images"]) == 1
+
+
+def test_analogy_adds_the_difference(server):
+    body = {"a": {"class": "Sneaker"}, "b": {"class": "Ankle boot"}, "c": {"seed": 5}}
+    z = np.array(json_reply(server, "analogy", body)["latents"])
+    assert np.allclose(z[:3], [STATS.class_means[7], STATS.class_means[9], seeded_latents(5, 1, LATENT)[0]], atol=1e-5)
+    assert np.allclose(z[3], z[2] + z[1] - z[0], atol=1e-5)
+    assert png(post(server, "analogy", body)[2]).shape == (32, 2 + 4 * 30)
+
+
+def test_walk_is_seeded_and_can_stay_on_the_shell(server):
+    body = {"start": {"seed": 7}, "seed": 2, "steps": 6, "step_size": 0.5}
+    reply = json_reply(server, "walk", body)
+    z = np.array(reply["latents"])
+    assert reply["seed"] == 2 and z.shape == (6, LATENT)
+    assert np.allclose(np.diff(z, axis=0), 0.5 * seeded_latents(2, 5, LATENT), atol=1e-5)
+    shell = np.array(json_reply(server, "walk", body | {"project": True})["latents"])
+    assert np.allclose(np.linalg.norm(shell, axis=1), np.sqrt(LATENT), rtol=1e-5)
+    code, headers, _ = post(server, "walk", {"start": {"class": 0}, "format": "npy"})
+    assert code == 200 and int(headers["x-seed"]) >= 0  # drawn and returned
+
+
+def test_sample_by_class_and_around_a_point(server):
+    reply = json_reply(server, "sample", {"n": 4, "seed": 6, "class": "Trouser", "temperature": 0.5})
+    eps = seeded_latents(6, 4, LATENT, 0.5)
+    assert np.allclose(reply["latents"], STATS.class_means[1] + eps @ STATS.class_scales[1], atol=1e-4)
+    around = json_reply(server, "sample", {"n": 3, "seed": 6, "around": {"seed": 11}, "sigma": 0.2})
+    assert np.allclose(around["latents"], seeded_latents(11, 1, LATENT)[0] + 0.2 * seeded_latents(6, 3, LATENT),
+                       atol=1e-5)
+    default_sigma = json_reply(server, "sample", {"n": 1, "seed": 6, "around": {"seed": 11}})
+    assert np.allclose(default_sigma["latents"][0],
+                       seeded_latents(11, 1, LATENT)[0] + 0.5 * seeded_latents(6, 1, LATENT)[0], atol=1e-5)
+
+
+def test_interpolate_between_classes_with_constant_norm_and_as_a_gif(server):
+    body = {"classes": ["Sneaker", "Bag"], "steps": 6, "method": "constant_norm"}
+    reply = json_reply(server, "interpolate", body)
+    z = np.array(reply["latents"])
+    expected = interpolate(STATS.class_means[7], STATS.class_means[8], 6, "constant_norm")
+    assert np.allclose(z, expected, atol=1e-4)
+    assert np.allclose(reply["norms"], np.linalg.norm(expected, axis=1), rtol=1e-4)
+    images = npy(post(server, "interpolate", body | {"format": "npy"})[2])
+    assert np.isclose(reply["smoothness"], np.mean(np.diff(images, axis=0) ** 2), rtol=1e-3)
+    gif = Image.open(io.BytesIO(post(server, "interpolate", body | {"format": "gif"})[2]))
+    assert gif.format == "GIF" and gif.n_frames == 6 and gif.size == (112, 112)
+
+
+def test_openapi_class_list_is_the_models():
+    """The document lists the released model's classes; workers put their own model's in its place."""
+    assert SPEC["components"]["schemas"]["Class"]["enum"] == [*STATS.class_names, *range(len(STATS.class_names))]
+    assert STATS.class_names == CLASS_NAMES
+
+
+GOOD = b64png(np.zeros((28, 28), np.uint8))
+NAN_LATENT = b'{"latents": [[' + b"0," * (LATENT - 1) + b"NaN]]}"
+BAD_INPUTS = [
+    ("sample", {"class": "cat"}, "class", "invalid_value"),
+    ("sample", {"class": 10}, "class", "invalid_value"),
+    ("sample", {"class": True}, "class", "wrong_type"),
+    ("sample", {"class": 1, "around": {"seed": 1}}, "class|around", "conflict"),
+    ("sample", {"sigma": 0.3}, "sigma", "conflict"),
+    ("sample", {"around": {"seed": 1}, "sigma": 0}, "sigma", "out_of_range"),
+    ("sample", {"around": {}}, "around", "one_of"),
+    ("sample", {"around": {"seed": 1, "class": 2}}, "around", "one_of"),
+    ("sample", {"around": {"colour": 1}}, "around.colour", "unknown_field"),
+    ("sample", {"around": {"latent": [0.0] * (LATENT - 1)}}, "around.latent", "wrong_length"),
+    ("sample", {"around": {"image": "not base64!"}}, "around.image", "bad_image"),
+    ("interpolate", {"classes": ["Bag", "hat"]}, "classes[1]", "invalid_value"),
+    ("interpolate", {"classes": ["Bag"]}, "classes", "wrong_length"),
+    ("interpolate", {"seeds": [1, 2], "method": "spline"}, "method", "invalid_value"),
+    ("interpolate", {"seeds": [1, 2], "format": "bmp"}, "format", "invalid_value"),
+    ("encode", {}, "images", "missing_field"),
+    ("encode", {"images": []}, "images", "wrong_length"),
+    ("encode", {"images": [GOOD] * 257}, "images", "wrong_length"),
+    ("encode", {"images": [GOOD, b64png(np.zeros((32, 32), np.uint8))]}, "images[1]", "bad_image"),
+    ("encode", {"images": [GOOD], "format": "png"}, "format", "invalid_value"),
+    ("decode", {"latents": [[0.0] * (LATENT + 1)]}, "latents[0]", "wrong_length"),
+    ("decode", NAN_LATENT, f"latents[0][{LATENT - 1}]", "not_finite"),
+    ("decode", {"latents": []}, "latents", "wrong_length"),
+    ("reconstruct", {"images": [GOOD], "samples": 0}, "samples", "out_of_range"),
+    ("reconstruct", {"images": [GOOD], "samples": 65}, "samples", "out_of_range"),
+    ("reconstruct", {"images": [b64png(np.zeros((28, 28, 3), np.uint8))]}, "images[0]", "bad_image"),
+    ("traverse", {}, "start", "missing_field"),
+    ("traverse", {"start": {"seed": 1}, "directions": [{"dimension": LATENT}]}, "directions[0].dimension",
+     "out_of_range"),
+    ("traverse", {"start": {"seed": 1}, "directions": [{"principal": -1}]}, "directions[0].principal",
+     "out_of_range"),
+    ("traverse", {"start": {"seed": 1}, "directions": [{"class": "hat"}]}, "directions[0].class", "invalid_value"),
+    ("traverse", {"start": {"seed": 1}, "directions": [{"dimension": 1, "principal": 1}]}, "directions[0]",
+     "one_of"),
+    ("traverse", {"start": {"seed": 1}, "directions": []}, "directions", "wrong_length"),
+    ("traverse", {"start": {"seed": 1}, "range": [-11, 3]}, "range[0]", "out_of_range"),
+    ("traverse", {"start": {"seed": 1}, "range": [1]}, "range", "wrong_length"),
+    ("traverse", {"start": {"seed": 1}, "steps": 1}, "steps", "out_of_range"),
+    ("traverse", {"start": {"seed": 1}, "steps": 33}, "steps", "out_of_range"),
+    ("edit", {"start": {"seed": 1}, "to": 2}, "from", "missing_field"),
+    ("edit", {"start": {"seed": 1}, "from": "Bag", "to": "hat"}, "to", "invalid_value"),
+    ("edit", {"start": {"seed": 1}, "from": 0, "to": 1, "strength": 5}, "strength", "out_of_range"),
+    ("edit", {"start": {"seed": 1}, "from": 0, "to": 1, "strength": [0, "x"]}, "strength[1]", "wrong_type"),
+    ("edit", {"start": {"seed": 1}, "from": 0, "to": 1, "strength": []}, "strength", "wrong_length"),
+    ("analogy", {"a": {"seed": 1}, "b": {"seed": 2}}, "c", "missing_field"),
+    ("analogy", {"a": {"seed": 1}, "b": {"seed": 2}, "c": {"latent": [1.0] * (LATENT + 2)}}, "c.latent",
+     "wrong_length"),
+    ("walk", {"start": {"seed": 1}, "steps": 65}, "steps", "out_of_range"),
+    ("walk", {"start": {"seed": 1}, "step_size": 0}, "step_size", "out_of_range"),
+    ("walk", {"start": {"seed": 1}, "project": "yes"}, "project", "wrong_type"),
+    ("walk", {"start": {"image": GOOD, "seed": 3}}, "start", "one_of"),
+]
+
+
+@pytest.mark.parametrize(("operation", "body", "field", "reason"), BAD_INPUTS,
+                         ids=[f"{o}-{r}-{f}" for o, _, f, r in BAD_INPUTS])
+def test_bad_input_gets_a_400_naming_the_field(server, operation, body, field, reason):
+    code, headers, payload = post(server, operation, body)
+    error = json.loads(payload)
+    assert (code, headers["content-type"]) == (400, "application/json"), payload[:300]
+    assert (error["field"], error["reason"]) == (field, reason), error
+
+
+def test_a_wrong_class_lists_the_valid_ones(server):
+    error = json.loads(post(server, "edit", {"start": {"seed": 1}, "from": "Sneakers", "to": 1})[2])
+    assert error["field"] == "from" and all(f"{name}, " in error["message"] for name in CLASS_NAMES)
+
+
+def test_workers_survive_bad_input(server):
+    def pids() -> dict:
+        return {op: sorted(w["pid"] for w in http_json(f"{server.management_url}/models/{op}")[0]["workers"])
+                for op in OPERATIONS}
+
+    before = pids()
+    for operation, body, *_ in BAD_INPUTS:
+        post(server, operation, body)
+    assert pids() == before
+    assert all(post(server, op, request_schema(op)["example"] | {"format": "npy"})[0] == 200
+               for op in OPERATIONS if op != "encode")
+
+
+def test_fast_check_agrees_with_the_reference_validator_on_every_operation():
+    schema = RequestSchema(LATENT, CLASS_NAMES)
+    cases = [(op, body) for op, body, *_ in BAD_INPUTS if isinstance(body, dict)]
+    cases += [(op, request_schema(op)["example"]) for op in OPERATIONS]
+    for operation, body in cases:
+        try:
+            schema.fast_checks[operation](body)
+            fast = True
+        except fastjsonschema.JsonSchemaValueException:
+            fast = False
+        assert fast == schema.validators[operation].is_valid(body), (operation, body)
+
+
+def test_examples_are_documented_for_every_operation():
+    spec = yaml.safe_load((ARTIFACTS.parent.parent / "handlers" / "openapi.yaml").read_text())
+    assert {p.removeprefix("/predictions/") for p in spec["paths"]} == set(OPERATIONS)
+    assert all("example" in request_schema(op) for op in OPERATIONS)
