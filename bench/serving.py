@@ -1,11 +1,11 @@
 """Serving benchmark: ``python -m bench.serving [--seconds S] [--out DIR]`` (``make serve-bench``).
 
-Starts one TorchServe with ``sample``, ``interpolate`` and a trivial ``echo`` handler (archives built from
-``model_store/export`` and the current handler code), then measures p50/p99 latency and throughput for sample
-n=1, sample n=64 and interpolate steps=10 (format npy) at concurrency 1 and 8, each next to echo at the same
-concurrency (the framework's floor). Sample n=64 is also set against the served decoder decoding batches of 64
-in this process with the threads of all sample workers (the in-process rate). The two sides of a ratio are
-measured in alternating slices (each side in turn, then the reverse order), so that a machine whose speed
+Starts one TorchServe with every route and a trivial ``echo`` handler (archives built from ``model_store/export``
+and the current handler code), then measures p50/p99 latency and throughput for sample n=1, sample n=64,
+interpolate steps=10 and each other route's OpenAPI example (format npy) at concurrency 1 and 8, each next to echo
+at the same concurrency (the framework's floor). Sample n=64 is also set against the served decoder decoding
+batches of 64 in this process with the threads of all sample workers (the in-process rate). The two sides of a
+ratio are measured in alternating slices (each side in turn, then the reverse order), so that a machine whose speed
 drifts during the run shifts both alike. Clients run on the same machine and share its CPUs.
 
 Targets: sample n=1 p50 at concurrency 1 <= 1.3x the echo floor; sample n=64 at concurrency 8 >= 80% of the
@@ -28,17 +28,21 @@ from pathlib import Path
 import numpy as np
 
 from handlers import archive
+from handlers.schema import SPEC
 from handlers.server import TorchServe
 from handlers.service import worker_threads
 from handlers.settings import DECODER, MODELS, STORE_WORKERS, ModelSpec, ServerConfig
 from runtime import artifacts, backends
 
 BENCH = Path(__file__).resolve().parent
-SCENARIOS = {  # name -> (model, body, images per request)
+EXAMPLES = {path.removeprefix("/predictions/"): op["post"]["requestBody"]["content"]["application/json"]["example"]
+            for path, op in SPEC["paths"].items()}
+SCENARIOS = {  # name -> (model, body, images per request): the targets' rows, then each other route's example
     "sample n=1": ("sample", {"n": 1, "seed": 1, "format": "npy"}, 1),
     "sample n=64": ("sample", {"n": 64, "seed": 1, "format": "npy"}, 64),
     "interpolate steps=10": ("interpolate", {"seeds": [1, 2], "steps": 10, "format": "npy"}, 10),
-}
+} | {f"{route} (example)": (route, EXAMPLES[route] | {"format": "npy"}, images) for route, images in (
+    ("encode", 1), ("decode", 1), ("reconstruct", 1), ("traverse", 21), ("edit", 3), ("analogy", 4), ("walk", 12))}
 ECHO_BODY = {"n": 1, "seed": 1, "format": "npy"}
 IN_PROCESS_BATCH = 64
 # Benchmark-only handlers served beside the real ones: echo (the framework's floor) and bare (decoding only).
