@@ -65,7 +65,7 @@ archives: setup  ## TorchServe archives from model_store/export/ and the handler
 bench: setup  ## decoder speed per artifact vs fp32 eager (runs/bench/decoders.json)
 	$(PY) -m bench.decoders --out runs/bench/decoders.json $(BENCH_ARGS)
 
-serve: archives  ## make archives, then TorchServe on 127.0.0.1:8080 (sample, interpolate); metrics on :8083
+serve: archives  ## make archives, then TorchServe on 127.0.0.1:8080 with every route; metrics on :8083
 	$(PY) -m handlers --model-store $(ARCHIVES) $(SERVE_ARGS)
 
 serve-bench: setup  ## serving latency/throughput vs an echo handler in the same TorchServe (runs/serve-bench)

@@ -135,6 +135,8 @@ def figures(client: Client, test: data.Split, out: Path) -> list[str]:
 
     grid("sample_by_class.png", np.concatenate([client.npy("sample", {"n": 10, "seed": 3, "class": c})
                                                 for c in range(10)]), 10)
+    grid("edit_sneaker_to_boot.png", client.npy("edit", {"start": {"class": 7}, "from": 7, "to": 9,
+                                                         "strength": [0, 0.25, 0.5, 0.75, 1, 1.25]}), 6)
     strips = [client.npy("edit", {"start": {"image": b64png(test.images[test.labels == source][0])}, "from": source,
                                   "to": target, "strength": [0, 0.25, 0.5, 0.75, 1, 1.25, 1.5]})
               for source, target in EDIT_TARGETS.items()]

@@ -31,6 +31,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import psutil
+import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
 BASE = "localhost/fmvae-base:bookworm"
@@ -41,8 +42,9 @@ CPU_TORCH = "torch==2.13.0+cpu"
 CPU_INDEX = "https://download.pytorch.org/whl/cpu"
 PORTS = {"inference": 8080, "management": 8081, "TorchServe metrics": 8082, "handler metrics": 8083,
          "gRPC inference": 7070, "gRPC management": 7071}
-BODIES = {"sample": [{"n": 16, "seed": 1}, {"n": 4, "seed": 2, "format": "json"}, {"n": 4, "format": "npy"}],
-          "interpolate": [{"seeds": [1, 2], "steps": 8}, {"seeds": [3, 4], "format": "npy"}]}
+# Every route the service has, with its OpenAPI example (what a test also sends to a server outside the image).
+EXAMPLES = {path.removeprefix("/predictions/"): op["post"]["requestBody"]["content"]["application/json"]["example"]
+            for path, op in yaml.safe_load((ROOT / "handlers" / "openapi.yaml").read_text())["paths"].items()}
 
 
 class ImageError(Exception):
@@ -277,11 +279,10 @@ def test(kind: str) -> int:
             check(results, "with the key: /ping", lambda: (
                 (r := http(f"{url}/ping", key=key))[0] == 200 and json.loads(r[2])["status"] == "Healthy",
                 f"HTTP {r[0]} {r[2].decode().strip()}"))
-            for model, bodies in BODIES.items():
-                for body in bodies:
-                    check(results, f"with the key: {model} {json.dumps(body)}", lambda m=model, b=body: (
-                        (r := http(f"{url}/predictions/{m}", b, key))[0] == 200,
-                        f"HTTP {r[0]} {r[1]}, {len(r[2])} bytes"))
+            for route, body in EXAMPLES.items():
+                check(results, f"with the key: {route}'s example", lambda route=route, body=body: (
+                    (r := http(f"{url}/predictions/{route}", body, key))[0] == 200,
+                    f"HTTP {r[0]} {r[1]}, {len(r[2])} bytes"))
             outside = outside_address()
             for role, marker in (("TorchServe metrics", b"ts_inference_requests_total"),
                                  ("handler metrics", b"fmvae_requests_total")):

@@ -9,7 +9,7 @@ Each worker writes its samples into ``$PROMETHEUS_MULTIPROC_DIR`` (prometheus-cl
 | fmvae_request_duration_seconds | histogram | model, backend, device | handler time per request (batch in to replies) |
 | fmvae_decode_duration_seconds | histogram | model, backend, device | time of the one decoder call per batch |
 | fmvae_batch_requests | histogram | model | requests per handler call (TorchServe's dynamic batch) |
-| fmvae_request_images | histogram | model | images asked for per request (sample n, interpolate steps) |
+| fmvae_request_images | histogram | model | images (or, for encode, encodings) returned per request |
 | fmvae_images_generated_total | counter | model, backend, device | images decoded and returned |
 | fmvae_requests_total | counter | model, code | requests answered, by HTTP status |
 | fmvae_errors_total | counter | model, reason | rejected or failed requests, by reason (the Error body's reason) |
@@ -43,7 +43,7 @@ REQUEST_SECONDS = Histogram("fmvae_request_duration_seconds", "Handler time per 
 DECODE_SECONDS = Histogram("fmvae_decode_duration_seconds", "Decoder call time per batch",
                            ["model", "backend", "device"], buckets=LATENCY_BUCKETS)
 BATCH_REQUESTS = Histogram("fmvae_batch_requests", "Requests per handler call", ["model"], buckets=BATCH_BUCKETS)
-REQUEST_IMAGES = Histogram("fmvae_request_images", "Images asked for per request", ["model"],
+REQUEST_IMAGES = Histogram("fmvae_request_images", "Images (encode: encodings) returned per request", ["model"],
                            buckets=IMAGE_BUCKETS)
 IMAGES = Counter("fmvae_images_generated", "Images decoded and returned", ["model", "backend", "device"])
 REQUESTS = Counter("fmvae_requests", "Requests answered, by HTTP status", ["model", "code"])

@@ -16,7 +16,7 @@ import pytest
 import torch
 
 from handlers.server import TorchServe
-from handlers.settings import ServerConfig
+from handlers.settings import MODELS, ServerConfig
 from monitoring.prometheus import MONITORING, Prometheus
 
 DASHBOARD = MONITORING / "grafana" / "dashboards" / "fmvae.json"
@@ -88,11 +88,13 @@ def test_loadtest_passes_and_every_panel_has_data(stack, tmp_path):
     run = next(tmp_path.iterdir())
     summary = json.loads((run / "summary.json").read_text())
     assert (run / "report.html").is_file() and (run / "locust_stats.csv").is_file()
-    for name in ("sample", "interpolate"):
-        row = summary["endpoints"][name]
-        assert row["requests"] > 10 and row["failures"] == 0 and row["passed"]
+    assert set(summary["endpoints"]) == set(MODELS)  # the Locust mix covers every route
+    for name, row in summary["endpoints"].items():
+        assert row["requests"] > 3 and row["failures"] == 0 and row["passed"], name
         assert 0 < row["server_p50_ms"] <= row["p50_ms"] + 1  # the handler's part of the whole request
         assert f"| {name} | {row['requests']} |" in result.stdout
+    by_route = prometheus.wait_for("fmvae:requests:rate1m", timeout=10)
+    assert {series["metric"]["model"] for series in by_route} >= set(MODELS)  # every route reaches the panels
 
     gpu = torch.cuda.is_available()
     empty = []
