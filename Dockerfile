@@ -1,5 +1,5 @@
 # syntax=docker/dockerfile:1
-# The fmvae service: TorchServe 0.12 serving archives built from the committed model_store/export/, GPU by default.
+# The fmvae service: TorchServe 0.12 serving archives built from the committed model_store/export*/, GPU by default.
 #   GPU image: docker build -t fmvae .                      (torch 2.13.0 from PyPI: its Linux build is CUDA 13)
 #   CPU image: docker build -t fmvae:cpu --build-arg TORCH=torch==2.13.0+cpu \
 #                 --build-arg TORCH_INDEX=https://download.pytorch.org/whl/cpu --build-arg ONNXRUNTIME=onnxruntime==1.31.1 .
@@ -30,7 +30,8 @@ WORKDIR /src
 COPY handlers/ handlers/
 COPY runtime/ runtime/
 COPY model_store/export/ model_store/export/
-RUN python -m handlers.archive --artifacts model_store/export --out /opt/model_store
+COPY model_store/export-2d/ model_store/export-2d/
+RUN python -m handlers.archive --store model_store --out /opt/model_store
 
 FROM ${PYTHON_IMAGE} AS runtime
 # Java 17 runs TorchServe's frontend. Debian's security updates move the exact version: not pinned.
@@ -57,4 +58,5 @@ HEALTHCHECK --interval=30s --timeout=10s --start-period=60s --retries=3 \
     CMD ["python", "-m", "handlers.health", "--work-dir", "/home/fmvae/run"]
 ENTRYPOINT ["python", "-m", "handlers"]
 CMD ["--host", "0.0.0.0", "--metrics-host", "0.0.0.0", "--token-auth", "--token-expiration-min", "1440", \
-     "--work-dir", "/home/fmvae/run", "--log-dir", "/home/fmvae/logs", "--model-store", "model_store"]
+     "--work-dir", "/home/fmvae/run", "--log-dir", "/home/fmvae/logs", "--model-store", "model_store", \
+     "--no-explorer"]

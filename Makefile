@@ -8,13 +8,17 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 RUN ?= runs/train
 CHECKPOINT ?= $(RUN)/final.pt
 RELEASE_RUN ?= runs/release
+SWEEP ?=
+EXPERIMENT_ARGS ?=
 TRAIN_ARGS ?=
 EVAL_ARGS ?=
-EXPORT_CHECKPOINT ?= model_store/release/vae.pt
+EXPORT_NAME ?= export
+EXPORT_ARGS ?=
 BENCH_ARGS ?=
 ARCHIVES ?= build/model_store
 SERVE_ARGS ?=
 SERVE_BENCH_ARGS ?=
+EXPLORER_BENCH_ARGS ?=
 LOADTEST_ARGS ?=
 SOAK_ARGS ?=
 IMAGE_KIND ?= gpu
@@ -22,18 +26,19 @@ IMAGE_KIND ?= gpu
 IMAGE_TOOLS = command -v buildah >/dev/null && command -v podman >/dev/null && command -v debootstrap >/dev/null \
 	|| { $(SUDO) apt-get update -q && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -q --no-install-recommends buildah podman debootstrap; }
 
-.PHONY: help setup train evaluate classifier release export archives bench serve serve-bench loadtest soak image image-cpu image-test test lint clean
+.PHONY: help setup train evaluate classifier release experiments export archives bench serve serve-bench explorer-bench loadtest soak image image-cpu image-test test lint clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-11s %s\n", $$1, $$2}'
 
-setup: $(VENV)/.installed  ## venv, Python deps, Debian packages (dataset-fashion-mnist, Java 17, prometheus)
+setup: $(VENV)/.installed  ## venv, Python deps, Debian packages (dataset-fashion-mnist, Java 17, prometheus, chromium)
 
 $(VENV)/.installed: pyproject.toml
 	@pkgs=""; \
 	[ -f $(DATA_PKG_DIR)/train-images-idx3-ubyte.gz ] || pkgs="$$pkgs dataset-fashion-mnist"; \
 	command -v java >/dev/null || pkgs="$$pkgs openjdk-17-jre-headless"; \
 	command -v promtool >/dev/null || pkgs="$$pkgs prometheus"; \
+	command -v chromium >/dev/null || pkgs="$$pkgs chromium"; \
 	if [ -n "$$pkgs" ] && command -v apt-get >/dev/null; then \
 		echo "installing Debian packages: $$pkgs"; \
 		$(SUDO) apt-get update -q && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -q --no-install-recommends $$pkgs; \
@@ -56,20 +61,26 @@ release: setup  ## train runs/release if needed, then publish it to model_store/
 	[ -f $(RELEASE_RUN)/final.pt ] || $(PY) -m training.train --out $(RELEASE_RUN)
 	$(PY) -m training.release $(RELEASE_RUN)/final.pt
 
-export: setup  ## checkpoint -> quantized decoders, parity gate, model_store/export/ (CHECKPOINT=path to override)
-	$(PY) -m export $(if $(filter command line,$(origin CHECKPOINT)),$(CHECKPOINT),$(EXPORT_CHECKPOINT))
+export: setup  ## released models -> quantized decoders, parity gate, model_store/export{,-2d}/ (CHECKPOINT=, EXPORT_NAME=)
+	$(PY) -m export $(if $(filter command line,$(origin CHECKPOINT)),$(CHECKPOINT) --name $(EXPORT_NAME)) $(EXPORT_ARGS)
 
-archives: setup  ## TorchServe archives from model_store/export/ and the handler code, into build/model_store/
+archives: setup  ## TorchServe archives from model_store/export*/ and the handler code, into build/model_store/
 	$(PY) -m handlers.archive --out $(ARCHIVES)
+
+experiments: setup  ## the beta, latent-size and KL warm-up sweeps into docs/experiments/ (SWEEP=beta, EXPERIMENT_ARGS)
+	$(PY) -m experiments $(SWEEP) $(EXPERIMENT_ARGS)
 
 bench: setup  ## decoder speed per artifact vs fp32 eager (runs/bench/decoders.json)
 	$(PY) -m bench.decoders --out runs/bench/decoders.json $(BENCH_ARGS)
 
-serve: archives  ## make archives, then TorchServe on 127.0.0.1:8080 with every route; metrics on :8083
+serve: archives  ## make archives, then TorchServe on 127.0.0.1:8080 with every route, the explorer on :8084; metrics on :8083
 	$(PY) -m handlers --model-store $(ARCHIVES) $(SERVE_ARGS)
 
 serve-bench: setup  ## serving latency/throughput vs an echo handler in the same TorchServe (runs/serve-bench)
 	$(PY) -m bench.serving --out runs/serve-bench $(SERVE_BENCH_ARGS)
+
+explorer-bench: archives  ## the explorer's round trip and fps in chromium over scripted drags (runs/bench/explorer.json)
+	$(PY) -m bench.explorer $(EXPLORER_BENCH_ARGS)
 
 loadtest: archives  ## Locust, 50 users for 60 s, p50 gates (80 ms); starts a server if none answers (LOADTEST_ARGS)
 	$(PY) -m loadtest $(LOADTEST_ARGS)

@@ -192,7 +192,7 @@ def main(argv: list[str] | None = None) -> None:
     test = data.load(args.data_dir).test
     start = time.monotonic()
     with tempfile.TemporaryDirectory() as store:
-        archive.build_store(args.artifacts, Path(store))
+        archive.build_store(args.artifacts.parent, Path(store))
         with TorchServe(ServerConfig(model_store=Path(store), models=tuple(MODELS)).with_free_ports()) as server:
             client = Client(server.url)
             report = {"per_class": args.per_class, "edits_per_class": args.edits, "pairs": args.pairs,

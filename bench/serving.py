@@ -142,7 +142,7 @@ def bench_server(artifact_dir: Path, references: tuple[str, ...]) -> Iterator[tu
     concurrency) -> (seconds -> Tally)``. Its archives are built here from ``artifact_dir`` and the current code."""
     with tempfile.TemporaryDirectory() as tmp:
         models = MODELS | {name: REFERENCE_MODELS[name] for name in references}
-        archive.build_store(artifact_dir, Path(tmp), models)
+        archive.build_store(artifact_dir.parent, Path(tmp), models)
         config = ServerConfig(model_store=Path(tmp), models=tuple(models)).with_free_ports()
         with TorchServe(config) as server:
             def serve(model: str, body: dict, concurrency: int) -> Callable[[float], Tally]:

@@ -58,7 +58,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     rows = {}
     with tempfile.TemporaryDirectory() as store:
-        archive.build_store(args.artifacts, Path(store))
+        archive.build_store(args.artifacts.parent, Path(store))
         for name, models in LAYOUTS.items():
             with TorchServe(ServerConfig(model_store=Path(store), models=models).with_free_ports()) as server:
                 time.sleep(5)  # let start-up work finish

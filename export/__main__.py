@@ -1,10 +1,15 @@
-"""Export a checkpoint for serving: ``python -m export [CHECKPOINT] [--out model_store] [--force]``.
+"""Export a checkpoint for serving: ``python -m export [CHECKPOINT --name export] [--out model_store] [--force]``.
 
 Builds every artifact in a staging folder, gates them on parity with the fp32 eager model, and only then moves
-the folder into place as ``OUT/export/`` (artifacts, latent_stats.npz, manifest.json with the model's shapes,
-export_report.json/.md). Nothing is rebuilt when the manifest in ``OUT`` already matches this checkpoint,
+the folder into place as ``OUT/NAME/`` (artifacts, latent_stats.npz, manifest.json with the model's shapes,
+export_report.json/.md). Nothing is rebuilt when the manifest in ``OUT/NAME`` already matches this checkpoint,
 config, library versions and export code (``--force`` rebuilds). Serving code is not part of that match: the
-TorchServe archives are built from these artifacts and the handlers by ``make archives``.
+TorchServe archives are built from these artifacts and the handlers by ``make archives``. Without a checkpoint,
+every released model is exported (``export/config.py``, RELEASES: the 64-d and the 2-d model).
+
+When only int8 decoders fail the gate, ``--allow-fp32-fallback`` publishes the export without them: the
+manifest's ``fallback`` maps each dropped backend to its fp32 twin, the archives serve that one on CPU, and the
+server's ready banner says so. Without the flag such an export fails and says that the flag exists.
 """
 
 from __future__ import annotations
@@ -15,6 +20,7 @@ import json
 import os
 import sys
 import tempfile
+from dataclasses import replace
 from importlib.metadata import version
 from pathlib import Path
 
@@ -23,7 +29,7 @@ import onnxruntime
 import torch
 
 from export import build, parity, stats
-from export.config import DEFAULT_CHECKPOINT, DEFAULT_OUT, ExportConfig
+from export.config import DEFAULT_OUT, RELEASES, ExportConfig
 from runtime.artifacts import ARTIFACT_DIR, MANIFEST, MANIFEST_FORMAT, STATS
 from training import checkpoint, classifier, data
 from training.model import IMAGE_SHAPE
@@ -38,9 +44,11 @@ class ExportError(Exception):
     """The export cannot proceed or did not pass its gate; the message says why."""
 
 
-def build_key(ckpt_sha: str, cfg: ExportConfig) -> str:
-    """Hash of everything the artifacts depend on: checkpoint, config, library versions, export code."""
+def build_key(ckpt_sha: str, cfg: ExportConfig, allow_fallback: bool = False) -> str:
+    """Hash of everything the artifacts depend on: checkpoint, config, library versions, export code, and whether
+    failed int8 decoders may be dropped."""
     h = hashlib.sha256(ckpt_sha.encode())
+    h.update(b"allow-fp32-fallback" if allow_fallback else b"")
     h.update(json.dumps(cfg.to_dict(), sort_keys=True).encode())
     h.update(json.dumps(versions(cfg), sort_keys=True).encode())
     for path in CODE:
@@ -53,21 +61,34 @@ def versions(cfg: ExportConfig) -> dict:
             "torch_model_archiver": version("torch-model-archiver"), "opset": cfg.opset}
 
 
-def is_current(out: Path, key: str) -> bool:
-    """True when ``out`` holds a manifest with this build key and every file it lists is intact."""
+def is_current(folder: Path, key: str) -> bool:
+    """True when ``folder`` holds a manifest with this build key and every file it lists is intact."""
     try:
-        manifest = json.loads((out / ARTIFACT_DIR / MANIFEST).read_text())
+        manifest = json.loads((folder / MANIFEST).read_text())
     except (OSError, ValueError):
         return False
     if manifest.get("build_key") != key:
         return False
-    files = [(out / ARTIFACT_DIR / a["file"], a["sha256"]) for a in manifest["artifacts"].values()]
+    files = [(folder / a["file"], a["sha256"]) for a in manifest["artifacts"].values()]
     return all(p.is_file() and checkpoint.file_sha256(p) == sha for p, sha in files)
 
 
+def int8_fallback(report: dict) -> dict[str, str] | None:
+    """{failed int8 backend: its fp32 twin} when only int8 decoders failed the gate (and each has a passing
+    twin); None when something else failed too, so no fallback can rescue the export."""
+    failed = [name for part in ("decoders", "encoders") for name, r in report[part].items() if not r["passed"]]
+    twins = {name: name.replace("-int8", "-fp32") for name in failed}
+    if not failed or any(not name.endswith("-int8") or not report["decoders"].get(twin, {}).get("passed")
+                         for name, twin in twins.items()):
+        return None
+    return twins
+
+
 def export(ckpt_path: Path, out: Path, cfg: ExportConfig, force: bool = False,
-           data_dir: str | None = None, classifier_path: Path = classifier.DEFAULT_PATH) -> dict:
-    """Run the whole export; returns the manifest. Raises ExportError, CheckpointError or DataError."""
+           data_dir: str | None = None, classifier_path: Path = classifier.DEFAULT_PATH,
+           name: str = ARTIFACT_DIR, allow_fallback: bool = False) -> dict:
+    """Run the whole export into ``out/name``; returns the manifest. Raises ExportError, CheckpointError or
+    DataError."""
     model, state = checkpoint.load_model(ckpt_path)
     try:
         out.mkdir(parents=True, exist_ok=True)
@@ -76,10 +97,11 @@ def export(ckpt_path: Path, out: Path, cfg: ExportConfig, force: bool = False,
     if not os.access(out, os.W_OK):
         raise ExportError(f"{out}: output folder is not writable")
     ckpt_sha = checkpoint.file_sha256(ckpt_path)
-    key = build_key(ckpt_sha, cfg)
-    if not force and is_current(out, key):
-        print(f"{out / ARTIFACT_DIR / MANIFEST} is current for {ckpt_path}; nothing to rebuild")
-        return json.loads((out / ARTIFACT_DIR / MANIFEST).read_text())
+    key = build_key(ckpt_sha, cfg, allow_fallback)
+    final = out / name
+    if not force and is_current(final, key):
+        print(f"{final / MANIFEST} is current for {ckpt_path}; nothing to rebuild")
+        return json.loads((final / MANIFEST).read_text())
     clf, _ = classifier.load(classifier_path)
     fmnist = data.load(data_dir)
     x_test = fmnist.test.tensor()
@@ -92,8 +114,14 @@ def export(ckpt_path: Path, out: Path, cfg: ExportConfig, force: bool = False,
         print("checking parity against fp32 eager", file=sys.stderr)
         report = parity.check(model, paths, x_test, clf, cfg)
         table = parity.markdown(report)
-        if not report["passed"]:
-            raise ExportError(f"parity gate failed for {ckpt_path}; nothing was written to {out}\n\n{table}")
+        fallback = None if report["passed"] else int8_fallback(report)
+        if not report["passed"] and not (allow_fallback and fallback):
+            hint = ("\nOnly int8 decoders failed: --allow-fp32-fallback publishes the export without them and "
+                    "serves their fp32 twins on CPU (slower; said in the manifest and the server's banner)."
+                    if fallback else "")
+            raise ExportError(f"parity gate failed for {ckpt_path}; nothing was written to {final}\n\n{table}{hint}")
+        for backend in fallback or {}:
+            paths.pop(f"decoder/{backend}").unlink()
         print("latent statistics of the training and test sets", file=sys.stderr)
         try:
             arrays = stats.latent_statistics(model, fmnist.train, fmnist.test)
@@ -114,31 +142,49 @@ def export(ckpt_path: Path, out: Path, cfg: ExportConfig, force: bool = False,
                           for name, p in paths.items()},
             "parity": report,
         }
+        if fallback:
+            manifest["fallback"] = {"backends": fallback, "reason": "int8 decoders failed the parity gate: "
+                                    + ", ".join(sorted(fallback)) + " (export_report.md)"}
         (artifact_dir / "export_report.json").write_text(json.dumps(report, indent=2) + "\n")
         (artifact_dir / "export_report.md").write_text(f"# Export parity report for `{ckpt_path.name}`\n\n{table}")
         (artifact_dir / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
-        old = out / ARTIFACT_DIR
-        if old.exists():
-            retired = staging / "retired"
-            os.replace(old, retired)
-        os.replace(artifact_dir, old)
+        if final.exists():
+            os.replace(final, staging / "retired")
+        os.replace(artifact_dir, final)
     print(table)
-    print(f"{out / ARTIFACT_DIR}: latent size {model.latent_dim}; `make serve` builds the archives from it")
+    if fallback:
+        print(f"WARNING: {final} serves fp32 decoders on CPU instead of {', '.join(sorted(fallback))}, which "
+              "failed the parity gate (manifest: fallback)")
+    print(f"{final}: latent size {model.latent_dim}; `make serve` builds the archives from it")
     return manifest
 
 
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(prog="python -m export", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("checkpoint", type=Path, nargs="?", default=DEFAULT_CHECKPOINT,
-                   help=f"default {DEFAULT_CHECKPOINT}")
+    p.add_argument("checkpoint", type=Path, nargs="?", default=None,
+                   help="default: every released model, " + ", ".join(f"{c} -> {n}/" for c, n in RELEASES.items()))
+    p.add_argument("--name", default=ARTIFACT_DIR, help=f"artifact folder inside --out (default {ARTIFACT_DIR})")
     p.add_argument("--out", type=Path, default=DEFAULT_OUT, help=f"model store (default {DEFAULT_OUT})")
     p.add_argument("--force", action="store_true", help="rebuild even when the manifest is current")
+    p.add_argument("--allow-fp32-fallback", action="store_true",
+                   help="publish without int8 decoders that fail the gate; CPU serves their fp32 twins")
+    defaults = ExportConfig()
+    p.add_argument("--psnr-min-db", type=float, default=defaults.psnr_min_db, help="parity bar (default %(default)s)")
+    p.add_argument("--elbo-delta-max", type=float, default=defaults.elbo_delta_max,
+                   help="parity bar, nats per image (default %(default)s)")
     p.add_argument("--data-dir", default=None, help="folder with the four IDX .gz files")
     p.add_argument("--classifier", type=Path, default=classifier.DEFAULT_PATH)
     args = p.parse_args(argv)
+    if args.checkpoint is None and args.name != ARTIFACT_DIR:
+        p.error("--name needs a checkpoint")
+    if Path(args.name).name != args.name or args.name in ("", ".", ".."):
+        p.error(f"--name {args.name!r}: a folder name inside --out, without '/'")
+    jobs = {args.checkpoint: args.name} if args.checkpoint else RELEASES
+    cfg = replace(defaults, psnr_min_db=args.psnr_min_db, elbo_delta_max=args.elbo_delta_max)
     try:
-        export(args.checkpoint, args.out, ExportConfig(), args.force, args.data_dir, args.classifier)
+        for ckpt, name in jobs.items():
+            export(ckpt, args.out, cfg, args.force, args.data_dir, args.classifier, name, args.allow_fp32_fallback)
     except (ExportError, checkpoint.CheckpointError, data.DataError) as e:
         raise SystemExit(f"error: {e}") from None
     except PermissionError as e:

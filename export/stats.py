@@ -3,7 +3,8 @@
 From the model's posterior means: per class of the labelled training set, the mean and the symmetric square root
 of the covariance (a Gaussian to sample a class from; differences of means are the class edit directions); of the
 test set, the principal directions with their standard deviations and the dimensions ordered by the variance of
-their mean (the most active first, as in the evaluation report). The file is a zip of .npy arrays with fixed
+their mean (the most active first, as in the evaluation report), and the posterior means of the first
+SCATTER_POINTS test images with their labels (the explorer page draws them). The file is a zip of .npy arrays with fixed
 timestamps, so that a rebuild gives the same bytes (numpy's savez stamps the current time).
 """
 
@@ -18,6 +19,8 @@ import torch
 
 from training.data import CLASS_NAMES, Split
 from training.model import VAE
+
+SCATTER_POINTS = 2000
 
 
 @torch.no_grad()
@@ -51,7 +54,9 @@ def latent_statistics(model: VAE, train: Split, test: Split) -> dict[str, np.nda
             "class_scales": np.array(scales, np.float32),
             "principal_directions": (directions * signs[:, None]).astype(np.float32),
             "principal_std": (singular / np.sqrt(len(mu_test) - 1)).astype(np.float32),
-            "active_order": np.argsort(-mu_test.var(0), kind="stable").astype(np.int64)}
+            "active_order": np.argsort(-mu_test.var(0), kind="stable").astype(np.int64),
+            "scatter_means": mu_test[:SCATTER_POINTS].astype(np.float32),
+            "scatter_labels": test.labels[:SCATTER_POINTS].astype(np.int64)}
 
 
 def write(path: Path, arrays: dict[str, np.ndarray]) -> None:

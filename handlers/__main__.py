@@ -1,4 +1,5 @@
-"""``python -m handlers`` (``make serve``): serve the model store with TorchServe until Ctrl-C or SIGTERM.
+"""``python -m handlers`` (``make serve``): serve the model store with TorchServe until Ctrl-C or SIGTERM, with
+the explorer page (``python -m explorer``, on loopback) beside it unless ``--no-explorer``.
 
 The first Ctrl-C or SIGTERM drains: new requests get 503 shutting_down, everything accepted is answered, then
 TorchServe stops (at most ``--drain-timeout`` seconds). A second one stops at once. Either way nothing is left
@@ -9,12 +10,19 @@ from __future__ import annotations
 
 import argparse
 import os
+import select
 import signal
+import subprocess
+import sys
 from dataclasses import fields
 from pathlib import Path
 
-from handlers.server import ServerError, TorchServe
+from handlers.archive import packed_manifest
+from handlers.server import ROOT, ServerError, TorchServe
 from handlers.settings import ServerConfig
+from runtime.artifacts import FALLBACK
+
+EXPLORER_START_S = 30.0
 
 
 def parser() -> argparse.ArgumentParser:
@@ -42,7 +50,37 @@ def parser() -> argparse.ArgumentParser:
     cli.add_argument("--access-log", action="store_true", help="one line per request in access_log.log")
     cli.add_argument("--drain-timeout", type=float, default=defaults.drain_timeout,
                      help="seconds a stop waits for accepted requests (default %(default)g)")
+    cli.add_argument("--no-explorer", action="store_true", help="do not start the explorer page")
     return cli
+
+
+def start_explorer(server: TorchServe, config: ServerConfig) -> tuple[subprocess.Popen, str]:
+    """``python -m explorer`` for the served models on ``config.explorer_port``: (process, its URL). It exits
+    when this launcher does; with token auth it reads the inference key itself (the page never sees it)."""
+    cmd = [sys.executable, "-m", "explorer", "--api", server.url, "--port", str(config.explorer_port),
+           "--model-store", str(config.model_store.resolve()), "--parent", str(os.getpid()),
+           "--models", *config.models]
+    if config.token_auth:
+        cmd += ["--key-file", str(server.key_file)]
+    process = subprocess.Popen(cmd, cwd=ROOT, stderr=subprocess.PIPE, text=True)
+    ready, _, _ = select.select([process.stderr], [], [], EXPLORER_START_S)
+    line = process.stderr.readline().strip() if ready else ""
+    if not line.startswith("explorer: "):
+        process.kill()
+        rest = process.stderr.read() if ready else "no answer"
+        raise ServerError(f"the explorer did not start: {line} {rest}".strip())
+    return process, line.removeprefix("explorer: ")  # "off (why)" when the models cover no whole latent space
+
+
+def fallback_warnings(config: ServerConfig) -> list[str]:
+    """A line per served model whose export fell back to fp32 decoders on CPU (int8 failed the parity gate)."""
+    lines = []
+    for model in config.models:
+        fallback = packed_manifest(config.model_store / f"{model}.mar").get(FALLBACK)
+        if fallback:
+            swaps = ", ".join(f"{a} -> {b}" for a, b in fallback["backends"].items())
+            lines.append(f"  WARNING: {model} serves fp32 decoders ({swaps}): {fallback['reason']}\n")
+    return lines
 
 
 class Stopper:
@@ -89,22 +127,39 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         say(f"error: {e}")
         return 1
+    explorer, explorer_line = None, "  explorer: off (--no-explorer)\n"
+    try:
+        if not args.no_explorer:
+            explorer, url = start_explorer(server, config)
+            explorer_line = f"  explorer: {url}\n"
+        warnings = fallback_warnings(config)
+    except (ServerError, OSError, KeyError, ValueError) as e:
+        say(f"error: {e}")
+        server.stop(drain=False)
+        return 1
     auth = (f"on: keys in {server.key_file}; send 'Authorization: Bearer <inference key>'"
             if config.token_auth else f"off (listening on {config.host}; the container turns it on)")
     say(f"ready: {', '.join(config.models)}\n"
         f"  curl -s -X POST {server.url}/predictions/sample -H 'Content-Type: application/json' "
         f"-d '{{\"n\": 16, \"seed\": 1}}' -o samples.png\n"
+        f"{explorer_line}"
         f"  metrics: {server.metrics_url} (handlers), {server.torchserve_metrics_url} (TorchServe)\n"
         f"  token auth: {auth}; model API: off; access log: {'on' if config.access_log else 'off'}\n"
-        "Ctrl-C stops.")
+        + "".join(warnings) + "Ctrl-C stops.")
+    code = 0
     while not server.interrupted.wait(0.5):
         if server.process.poll() is not None:
             say(f"TorchServe exited with code {server.process.returncode}\n{server.log_tail()}")
             server.stop(drain=False)
-            return 1
-    server.stop()
-    say("stopped")
-    return 0
+            code = 1
+            break
+    else:
+        server.stop()
+        say("stopped")
+    if explorer is not None:
+        explorer.terminate()
+        explorer.wait(10)
+    return code
 
 
 if __name__ == "__main__":

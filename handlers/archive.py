@@ -1,14 +1,17 @@
 """TorchServe model archives (.mar), built from the exported artifacts and the worker code:
-``python -m handlers.archive [--artifacts model_store/export] [--out build/model_store]`` (``make archives``).
+``python -m handlers.archive [--store model_store] [--out build/model_store]`` (``make archives``).
 
 An archive holds its handler, the folders ``handlers/`` and ``runtime/`` (everything a worker imports), the
-artifacts its settings name, the export manifest (the model's shapes) and a model-config YAML written from
-``handlers/settings.py``. Archives are build outputs, made in about a second; they are not committed.
+artifacts its settings name from its export folder (``model_store/<export>/``), the export manifest (the
+model's shapes) and a model-config YAML written from ``handlers/settings.py``. Where the export fell back from a
+failed int8 decoder, the archive serves its fp32 twin (``runtime.artifacts.serving_backends``). Archives are
+build outputs, made in about a second; they are not committed.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import shutil
 import subprocess
@@ -31,17 +34,22 @@ class ArchiveError(Exception):
     """An archive could not be built; the message says why (torch-model-archiver's output, a missing file)."""
 
 
-def artifact_files(spec: ModelSpec) -> list[str]:
+def decoders(spec: ModelSpec, manifest: dict) -> dict[str, tuple[str, ...]]:
+    """The decoder backends per device that the archive serves: the spec's, after the export's fallback."""
+    return {device: artifacts.serving_backends(manifest, b) for device, b in spec.decoder.items()}
+
+
+def artifact_files(spec: ModelSpec, manifest: dict) -> list[str]:
     """The artifact files ``spec`` names, for any device, and the latent statistics if it uses them."""
-    named = [artifacts.DECODERS[b] for backends in spec.decoder.values() for b in backends]
+    named = [artifacts.DECODERS[b] for backends in decoders(spec, manifest).values() for b in backends]
     named += [artifacts.ENCODERS[b] for backends in spec.encoder.values() for b in backends]
     return sorted(set(named)) + ([artifacts.STATS] if spec.stats else [])
 
 
-def model_config(spec: ModelSpec) -> dict:
+def model_config(spec: ModelSpec, manifest: dict) -> dict:
     """The archive's model-config YAML: TorchServe's worker and batching settings, and the ``handler:`` section
     the worker reads (backend per device, threads)."""
-    handler = {"decoder": {device: list(b) for device, b in spec.decoder.items()}, "threads": spec.threads,
+    handler = {"decoder": {device: list(b) for device, b in decoders(spec, manifest).items()}, "threads": spec.threads,
                "store_workers": STORE_WORKERS, "stats": spec.stats}
     if spec.encoder:
         handler["encoder"] = {device: list(b) for device, b in spec.encoder.items()}
@@ -54,7 +62,7 @@ def model_config(spec: ModelSpec) -> dict:
 def build(name: str, spec: ModelSpec, artifact_dir: Path, out: Path) -> Path:
     """Write ``out/<name>.mar``; its version is the first 12 hex digits of the source checkpoint's SHA-256."""
     manifest = artifacts.read_manifest(artifact_dir)
-    files = [artifact_dir / artifacts.MANIFEST] + [artifact_dir / f for f in artifact_files(spec)]
+    files = [artifact_dir / artifacts.MANIFEST] + [artifact_dir / f for f in artifact_files(spec, manifest)]
     missing = [str(f) for f in files if not f.is_file()]
     if missing:
         raise ArchiveError(f"{name}: missing {', '.join(missing)}; run `make export`")
@@ -63,7 +71,7 @@ def build(name: str, spec: ModelSpec, artifact_dir: Path, out: Path) -> Path:
         for folder in CODE_DIRS:
             shutil.copytree(ROOT / folder, code / folder, ignore=shutil.ignore_patterns("__pycache__"))
         config = Path(tmp) / "model-config.yaml"
-        config.write_text(yaml.safe_dump(model_config(spec), sort_keys=False))
+        config.write_text(yaml.safe_dump(model_config(spec, manifest), sort_keys=False))
         cmd = [sys.executable, "-m", "model_archiver.model_packaging", "--model-name", name,
                "--version", manifest["source_checkpoint"]["sha256"][:12], "--handler", str(spec.handler),
                "--extra-files", ",".join([str(code), *map(str, files)]), "--config-file", str(config),
@@ -74,11 +82,12 @@ def build(name: str, spec: ModelSpec, artifact_dir: Path, out: Path) -> Path:
     return out / f"{name}.mar"
 
 
-def build_store(artifact_dir: Path, out: Path, models: dict[str, ModelSpec] = MODELS) -> dict[str, Path]:
-    """Build every model's archive into ``out``: all in a staging folder first, then each moved into place."""
+def build_store(store: Path, out: Path, models: dict[str, ModelSpec] = MODELS) -> dict[str, Path]:
+    """Build every model's archive into ``out`` from its export folder in ``store``: all in a staging folder
+    first, then each moved into place."""
     out.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=out, prefix=".staging-") as staging:
-        built = {name: build(name, spec, artifact_dir, Path(staging)) for name, spec in models.items()}
+        built = {name: build(name, spec, store / spec.export, Path(staging)) for name, spec in models.items()}
         for path in built.values():
             os.replace(path, out / path.name)
     return {name: out / path.name for name, path in built.items()}
@@ -90,19 +99,26 @@ def contents(mar: Path) -> list[str]:
         return sorted(z.namelist())
 
 
+def packed_manifest(mar: Path) -> dict:
+    """The export manifest packed in an archive."""
+    with zipfile.ZipFile(mar) as z:
+        return json.loads(z.read(artifacts.MANIFEST))
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m handlers.archive", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--artifacts", type=Path, default=artifacts.DEFAULT_DIR)
+    parser.add_argument("--store", type=Path, default=artifacts.DEFAULT_DIR.parent,
+                        help="the model store with the export folders (default %(default)s)")
     parser.add_argument("--out", type=Path, default=ARCHIVE_DIR)
     args = parser.parse_args(argv)
     start = time.perf_counter()
     try:
-        built = build_store(args.artifacts, args.out)
+        built = build_store(args.store, args.out)
     except (ArchiveError, artifacts.ManifestError) as e:
         raise SystemExit(f"error: {e}") from None
     sizes = ", ".join(f"{p.name} ({p.stat().st_size / 1e6:.1f} MB)" for p in built.values())
-    print(f"built {sizes} in {args.out} from {args.artifacts} in {time.perf_counter() - start:.1f} s")
+    print(f"built {sizes} in {args.out} from {args.store} in {time.perf_counter() - start:.1f} s")
 
 
 if __name__ == "__main__":

@@ -51,7 +51,8 @@ QUIET_SECONDS = 0.3  # a drain ends once nothing was queued or answered for this
 WORKER_VERSION = r"(?:[0-9a-f]{12}|[\d.]+)"
 PORT_ROLES = {"inference_port": "inference", "management_port": "management",
               "torchserve_metrics_port": "TorchServe metrics", "metrics_port": "handler metrics",
-              "grpc_inference_port": "gRPC inference", "grpc_management_port": "gRPC management"}
+              "grpc_inference_port": "gRPC inference", "grpc_management_port": "gRPC management",
+              "explorer_port": "explorer page"}
 
 
 class ServerError(Exception):
@@ -90,8 +91,8 @@ def check_ports(config: ServerConfig) -> None:
     """Raise ServerError naming the first of the server's ports that something already listens on."""
     for field, role in PORT_ROLES.items():
         port = getattr(config, field)
-        host = ("127.0.0.1" if "management" in field else config.metrics_host if "metrics" in field
-                else config.host)
+        host = ("127.0.0.1" if "management" in field or field == "explorer_port" else config.metrics_host
+                if "metrics" in field else config.host)
         with socket.socket() as probe:
             probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the servers do: TIME_WAIT is free
             try:

@@ -12,6 +12,8 @@ import socket
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 
+from runtime.artifacts import ARTIFACT_DIR
+
 HANDLERS = Path(__file__).resolve().parent
 
 # Backend per device kind, in order of preference: a worker runs the first one it can (an ONNX backend on
@@ -26,6 +28,7 @@ class ModelSpec:
     """How one model (one route, /predictions/<name>) is served."""
 
     handler: Path  # the TorchServe handler file (its ``handle`` function)
+    export: str = ARTIFACT_DIR  # the model's export folder in the model store (model_store/<export>/)
     workers: int = 1
     decoder: dict[str, tuple[str, ...]] = field(default_factory=lambda: DECODER)
     encoder: dict[str, tuple[str, ...]] = field(default_factory=dict)  # empty: the model takes no images
@@ -46,10 +49,12 @@ class ModelSpec:
         return self.queue_batches_per_worker * self.batch_size * self.workers
 
 
-def route(name: str, workers: int = 1, images: bool = True, stats: bool = True) -> ModelSpec:
-    """The spec of the route ``name`` (handler handlers/<name>.py): with an encoder when it takes images, with the
-    latent statistics when it takes classes or directions."""
-    return ModelSpec(HANDLERS / f"{name}.py", workers=workers, encoder=ENCODER if images else {}, stats=stats)
+def route(name: str, workers: int = 1, images: bool = True, stats: bool = True, export: str = ARTIFACT_DIR
+          ) -> ModelSpec:
+    """The spec of the route ``name`` (handler handlers/<name>.py) for the model exported to ``export``: with an
+    encoder when it takes images, with the latent statistics when it takes classes or directions."""
+    return ModelSpec(HANDLERS / f"{name}.py", export=export, workers=workers, encoder=ENCODER if images else {},
+                     stats=stats)
 
 
 # One model (one worker process, sample two) per route: TorchServe routes /predictions/<model>, and a worker
@@ -66,6 +71,12 @@ MODELS = {
     "edit": route("edit"),
     "analogy": route("analogy"),
     "walk": route("walk"),
+    # The 2-d model (model_store/export-2d): what the explorer page calls, under the same handlers.
+    "sample2d": route("sample", export="export-2d"),
+    "decode2d": route("decode", images=False, stats=False, export="export-2d"),
+    "encode2d": route("encode", stats=False, export="export-2d"),
+    "interpolate2d": route("interpolate", export="export-2d"),
+    "edit2d": route("edit", export="export-2d"),
 }
 STORE_WORKERS = sum(spec.workers for spec in MODELS.values())  # among which threads "auto" divides the CPUs
 ARCHIVE_DIR = Path("build/model_store")  # where `make archives` writes the .mar files that `make serve` serves
@@ -83,6 +94,7 @@ class ServerConfig:
     metrics_port: int = 8083  # the handlers' metrics: latency histograms, images, errors (handlers/metrics.py)
     grpc_inference_port: int = 7070
     grpc_management_port: int = 7071
+    explorer_port: int = 8084  # the explorer page (explorer/), started by `python -m handlers` beside TorchServe
     model_store: Path = ARCHIVE_DIR
     models: tuple[str, ...] = tuple(MODELS)
     max_request_size: int = 1024 * 1024  # bytes; the handlers reject bodies over 64 KiB with a JSON error

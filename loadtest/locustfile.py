@@ -4,7 +4,8 @@ Run it through ``python -m loadtest`` (``make loadtest``), which adds the p50 ga
 ``locust -f loadtest/locustfile.py --host http://127.0.0.1:8080`` works too. The mix comes from the
 environment, so the runner and plain Locust agree:
 
-- ``LOADTEST_MIX``: endpoint weights, default ``sample=3`` and 1 for each other route (loadtest/mix.py)
+- ``LOADTEST_MIX``: endpoint weights, default ``sample=3`` and 1 for each other route, the 2-d model's
+  included (loadtest/mix.py)
 - ``LOADTEST_N``: sample sizes drawn uniformly, default ``1,4,16,64``
 - ``LOADTEST_STEPS``: interpolation lengths, default ``2,10,32``
 - ``LOADTEST_FORMATS``: response formats, default ``png,json,npy``
@@ -122,6 +123,35 @@ class ServiceUser(HttpUser):
     def analogy(self) -> None:
         self.call("analogy", {"a": self.point(), "b": self.point(), "c": self.point(),
                               "format": random.choice(FORMATS)})
+
+    # The 2-d model's routes, as the explorer page calls them: one point at a time, json.
+    @staticmethod
+    def plane_point() -> list[float]:
+        return [round(random.uniform(-3, 3), 4), round(random.uniform(-3, 3), 4)]
+
+    @task(MIX.get("decode2d", 0))
+    def decode2d(self) -> None:
+        self.call("decode2d", {"latents": [self.plane_point()], "format": "json"})
+
+    @task(MIX.get("sample2d", 0))
+    def sample2d(self) -> None:
+        self.call("sample2d", {"n": 8, "seed": random.getrandbits(32), "format": random.choice(FORMATS)})
+
+    @task(MIX.get("encode2d", 0))
+    def encode2d(self) -> None:
+        if self.images:
+            self.call("encode2d", {"images": self.images[:1], "format": "json"})
+
+    @task(MIX.get("interpolate2d", 0))
+    def interpolate2d(self) -> None:
+        self.call("interpolate2d", {"latents": [self.plane_point(), self.plane_point()], "steps": 8,
+                                    "method": random.choice(["lerp", "slerp", "constant_norm"]), "format": "json"})
+
+    @task(MIX.get("edit2d", 0))
+    def edit2d(self) -> None:
+        source, target = random.sample(CLASSES, 2)
+        self.call("edit2d", {"start": {"latent": self.plane_point()}, "from": source, "to": target,
+                             "strength": round(random.uniform(-2, 2), 2), "format": "json"})
 
     @task(MIX.get("walk", 0))
     def walk(self) -> None:

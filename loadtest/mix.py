@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import os
 
-DEFAULT_MIX = ("sample=3,interpolate=1,encode=1,decode=1,reconstruct=1,traverse=1,edit=1,analogy=1,walk=1")
+DEFAULT_MIX = ("sample=3,interpolate=1,encode=1,decode=1,reconstruct=1,traverse=1,edit=1,analogy=1,walk=1,"
+               "sample2d=1,decode2d=1,encode2d=1,interpolate2d=1,edit2d=1")
 
 
 def choices(spec: str) -> list[str]:

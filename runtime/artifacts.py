@@ -12,6 +12,7 @@ import json
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import IO
 
 import numpy as np
 
@@ -32,6 +33,7 @@ ENCODERS = {  # images -> (posterior mean, log-variance)
     "onnx-fp32": "encoder_fp32.onnx",
 }
 STATS = "latent_stats.npz"
+FALLBACK = "fallback"  # manifest key: {"backends": {dropped int8 backend: fp32 twin}, "reason": ...} (export)
 
 
 class ManifestError(Exception):
@@ -61,6 +63,13 @@ def read_manifest(artifact_dir: Path) -> dict:
     return manifest
 
 
+def serving_backends(manifest: dict, backends: tuple[str, ...]) -> tuple[str, ...]:
+    """``backends`` with each that the export dropped (its int8 decoder failed the parity gate and the export was
+    allowed to fall back) replaced by its fp32 twin."""
+    swap = manifest.get(FALLBACK, {}).get("backends", {})
+    return tuple(dict.fromkeys(swap.get(b, b) for b in backends))
+
+
 def shapes(artifact_dir: Path) -> Shapes:
     """The shapes recorded in ``artifact_dir``'s manifest."""
     recorded = read_manifest(artifact_dir)["shapes"]
@@ -75,7 +84,8 @@ class LatentStats:
     square root of each class's covariance, so that ``mean + eps @ scale`` with eps ~ N(0, I) follows the class's
     Gaussian. Test set: ``principal_directions`` (D, D), rows sorted by ``principal_std`` (D,) from the largest;
     ``active_order`` (D,), the dimensions sorted by the variance of their posterior mean (the evaluation report's
-    "most active" first).
+    "most active" first); ``scatter_means`` (M, D) and ``scatter_labels`` (M,), the first test images' posterior
+    means and labels (the explorer draws them).
     """
 
     class_names: tuple[str, ...]
@@ -84,19 +94,22 @@ class LatentStats:
     principal_directions: np.ndarray
     principal_std: np.ndarray
     active_order: np.ndarray
+    scatter_means: np.ndarray
+    scatter_labels: np.ndarray
 
     def class_direction(self, source: int, target: int) -> np.ndarray:
         """The attribute vector from class ``source`` to class ``target``: the difference of their means."""
         return self.class_means[target] - self.class_means[source]
 
 
-def read_stats(path: Path) -> LatentStats:
-    """``latent_stats.npz`` as LatentStats; ManifestError names the file when it is missing or damaged."""
+def read_stats(path: Path | IO[bytes]) -> LatentStats:
+    """``latent_stats.npz`` (a path or an open file) as LatentStats; ManifestError names the file when it is
+    missing or damaged."""
     try:
         with np.load(path, allow_pickle=False) as arrays:
             return LatentStats(tuple(str(n) for n in arrays["class_names"]), arrays["class_means"],
                                arrays["class_scales"], arrays["principal_directions"], arrays["principal_std"],
-                               arrays["active_order"])
+                               arrays["active_order"], arrays["scatter_means"], arrays["scatter_labels"])
     except FileNotFoundError:
         raise ManifestError(f"{path}: not found; run `make export`") from None
     except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as e:

@@ -89,6 +89,20 @@ def artifacts_2d(tmp_path_factory, dataset_dir, small_classifier) -> Path:
     return train_and_export(tmp_path_factory.mktemp("latent2"), dataset_dir, small_classifier, 2)
 
 
+@pytest.fixture(scope="session")
+def fallback_2d(artifacts_2d, dataset_dir, small_classifier) -> Path:
+    """The same 2-d checkpoint exported with a parity bar its int8 decoders cannot meet (100 dB) and
+    --allow-fp32-fallback: an export that serves fp32 decoders on CPU; returns the artifact folder."""
+    root = artifacts_2d.parent.parent
+    result = subprocess.run([sys.executable, "-m", "export", str(root / "run" / "final.pt"), "--out", str(root),
+                             "--name", "export-fallback", "--psnr-min-db", "100", "--allow-fp32-fallback",
+                             "--data-dir", str(dataset_dir), "--classifier", str(small_classifier)],
+                            capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "WARNING" in result.stdout and "fall" in result.stdout
+    return root / "export-fallback"
+
+
 LATENT = artifacts.shapes(ARTIFACTS).latent_dim
 # Beside the served models (from current_store), test-only configurations of the same handlers:
 TEST_MODELS = {
@@ -99,12 +113,14 @@ TEST_MODELS = {
 
 
 @pytest.fixture(scope="session")
-def server(current_store, artifacts_2d):
-    """One TorchServe for the serving tests: every served model, the test-only ones and a 2-d latent model."""
+def server(current_store, artifacts_2d, fallback_2d):
+    """One TorchServe for the serving tests: every served model, the test-only ones, a small 2-d latent model and
+    an export that fell back to fp32 decoders."""
     for name, spec in TEST_MODELS.items():
         archive.build(name, spec, ARTIFACTS, current_store)
     archive.build("interpolate_2d", MODELS["interpolate"], artifacts_2d, current_store)  # a 2-d latent model
-    models = (*MODELS, *TEST_MODELS, "interpolate_2d")
+    archive.build("decode_fallback", MODELS["decode"], fallback_2d, current_store)
+    models = (*MODELS, *TEST_MODELS, "interpolate_2d", "decode_fallback")
     ts = TorchServe(ServerConfig(model_store=current_store, models=models).with_free_ports())
     with ts:
         yield ts
@@ -145,5 +161,5 @@ def b64png(pixels: np.ndarray) -> str:
 def current_store(tmp_path_factory) -> Path:
     """A model store with archives built from the committed export artifacts and the current handler code."""
     store = tmp_path_factory.mktemp("current-store")
-    archive.build_store(ARTIFACTS, store)
+    archive.build_store(ARTIFACTS.parent, store)
     return store

@@ -16,6 +16,7 @@ import yaml
 
 from handlers.__main__ import parser
 from handlers.archive import CODE_DIRS
+from handlers.settings import MODELS
 from runtime.artifacts import ARTIFACT_DIR
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -46,9 +47,11 @@ def test_dockerfile_copies_folders_that_exist():
     assert all((ROOT / src).is_dir() for src in code), code  # whole folders, never a list of modules
     # what the archives pack and what they are built from
     copied = {(ROOT / src).resolve() for src in code}
-    assert {ROOT / folder for folder in CODE_DIRS} | {ROOT / "model_store" / ARTIFACT_DIR} <= copied
+    exports = {ROOT / "model_store" / spec.export for spec in MODELS.values()}
+    assert {ROOT / folder for folder in CODE_DIRS} | exports <= copied
+    assert ROOT / "model_store" / ARTIFACT_DIR in exports
     build_step = next(args for name, args in DOCKERFILE if name == "RUN" and "handlers.archive" in args)
-    assert "--artifacts model_store/export" in build_step  # archives are built in the image, not copied in
+    assert "--store model_store" in build_step  # archives are built in the image, not copied in
 
 
 def test_the_build_context_holds_what_the_dockerfile_copies():
@@ -87,6 +90,7 @@ def test_entrypoint_is_make_serve_with_container_flags():
     assert exec_form("ENTRYPOINT") == ["python", "-m", "handlers"]
     args = parser().parse_args(exec_form("CMD"))
     assert args.token_auth and args.host == "0.0.0.0"  # public inference port, with auth
+    assert args.no_explorer  # the page is a local tool (explorer/ is not in the image)
     health = exec_form("HEALTHCHECK")
     assert health[health.index("--work-dir") + 1] == str(args.work_dir)  # it finds TorchServe's key file
     exposed = {int(p) for name, ports in DOCKERFILE if name == "EXPOSE" for p in ports.split()}

@@ -15,10 +15,13 @@ import pytest
 import torch
 from onnx import numpy_helper
 
+import export.__main__ as export_main
 from export import parity
 from export.build import build
-from export.config import ExportConfig
+from export.config import RELEASES, ExportConfig
 from export.lowres import LowResDecoder
+from handlers import archive
+from handlers.settings import MODELS
 from runtime import artifacts, backends
 from runtime.artifacts import ARTIFACT_DIR, MANIFEST
 from tests.conftest import export_cli, train_and_export
@@ -182,6 +185,40 @@ def test_export_takes_any_latent_size(artifacts_2d, tmp_path, dataset_dir, small
     """`make export` on 1-epoch 2-d and 16-d checkpoints (the 2-d one is served in test_serving)."""
     check_latent_size(artifacts_2d, 2)
     check_latent_size(train_and_export(tmp_path, dataset_dir, small_classifier, 16), 16)
+
+
+def test_int8_failing_the_gate_is_refused_unless_the_fp32_fallback_is_chosen(artifacts_2d, fallback_2d, tmp_path,
+                                                                            dataset_dir, small_classifier):
+    ckpt = artifacts_2d.parent.parent / "run" / "final.pt"
+    refused = run_export(str(ckpt), "--out", str(tmp_path), "--name", "strict", "--psnr-min-db", "100",
+                         "--data-dir", str(dataset_dir), "--classifier", str(small_classifier))
+    assert refused.returncode == 1 and "parity gate failed" in refused.stderr
+    assert "--allow-fp32-fallback" in refused.stderr and not (tmp_path / "strict").exists()
+    manifest = artifacts.read_manifest(fallback_2d)
+    assert manifest["fallback"]["backends"] == {"onnx-int8": "onnx-fp32", "torchscript-int8": "torchscript-fp32"}
+    assert manifest["export_config"]["psnr_min_db"] == 100 and not list(fallback_2d.glob("*int8*"))
+    assert not any("int8" in name for name in manifest["artifacts"])
+    assert artifacts.serving_backends(manifest, ("onnx-int8",)) == ("onnx-fp32",)
+    out = tmp_path / "mar"
+    out.mkdir()
+    mar = archive.build("decode_fallback", MODELS["decode"], fallback_2d, out)
+    assert archive.model_config(MODELS["decode"], manifest)["handler"]["decoder"]["cpu"] == ["onnx-fp32"]
+    assert "decoder_fp32.onnx" in archive.contents(mar)
+    # An encoder (not an int8 decoder) failing leaves nothing to fall back to.
+    report = {"decoders": {"onnx-int8": {"passed": False}, "onnx-fp32": {"passed": True}},
+              "encoders": {"onnx-fp32": {"passed": False}}}
+    assert export_main.int8_fallback(report) is None
+    report["encoders"]["onnx-fp32"]["passed"] = True
+    assert export_main.int8_fallback(report) == {"onnx-int8": "onnx-fp32"}
+
+
+def test_export_without_a_checkpoint_exports_every_release_and_names_are_folders(tmp_path):
+    assert run_export("--name", "x").returncode == 2  # --name needs a checkpoint
+    bad = run_export("model_store/release/vae.pt", "--name", "../elsewhere", "--out", str(tmp_path))
+    assert bad.returncode == 2 and "a folder name inside --out" in bad.stderr
+    current = run_export()  # the committed releases: their committed exports are current
+    assert current.returncode == 0, current.stderr
+    assert current.stdout.count("nothing to rebuild") == len(RELEASES)
 
 
 def test_manifest_errors_name_the_file(tmp_path):

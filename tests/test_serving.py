@@ -20,6 +20,7 @@ import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
 from handlers import archive, metrics
+from handlers.__main__ import fallback_warnings
 from handlers.schema import SPEC, RequestSchema
 from handlers.server import ServerError, TorchServe, http_json
 from handlers.service import ConfigError, Worker, choose_backend, worker_threads
@@ -275,7 +276,7 @@ def test_worker_threads(monkeypatch):
 
 
 def test_backend_choice_per_device(monkeypatch):
-    config = archive.model_config(MODELS["interpolate"])["handler"]
+    config = archive.model_config(MODELS["interpolate"], artifacts.read_manifest(ARTIFACTS))["handler"]
     assert choose_backend(config, "decoder", "m", gpu_id=None) == ("onnx-int8", "cpu")
     assert choose_backend(config, "encoder", "m", gpu_id=None) == ("onnx-fp32", "cpu")
     # A GPU worker (simulated: CUDA visible to torch) takes the first CUDA backend it can run.
@@ -360,13 +361,14 @@ def test_archives_pack_the_worker_folders_and_only_the_artifacts_they_name(curre
     for name, spec in MODELS.items():
         packed = set(archive.contents(current_store / f"{name}.mar"))
         assert code <= packed
-        files = packed - code - {"MAR-INF/MANIFEST.json", "model-config.yaml", f"{name}.py", artifacts.MANIFEST}
-        assert files == set(archive.artifact_files(spec))
+        files = packed - code - {"MAR-INF/MANIFEST.json", "model-config.yaml", spec.handler.name, artifacts.MANIFEST}
+        assert files == set(archive.artifact_files(spec, archive.packed_manifest(current_store / f"{name}.mar")))
     decoders = ["decoder_fp32.onnx", "decoder_fp32.pt", "decoder_int8.onnx"]
-    assert archive.artifact_files(MODELS["decode"]) == decoders  # latents in, images out: nothing else
-    assert archive.artifact_files(MODELS["encode"]) == [*decoders, "encoder_fp32.onnx", "encoder_fp32.pt"]
-    assert archive.artifact_files(MODELS["sample"]) == [*decoders, "encoder_fp32.onnx", "encoder_fp32.pt",
-                                                        artifacts.STATS]  # around an image, by class
+    manifest = artifacts.read_manifest(ARTIFACTS)
+    assert archive.artifact_files(MODELS["decode"], manifest) == decoders  # latents in, images out: nothing else
+    assert archive.artifact_files(MODELS["encode"], manifest) == [*decoders, "encoder_fp32.onnx", "encoder_fp32.pt"]
+    assert archive.artifact_files(MODELS["sample"], manifest) == [*decoders, "encoder_fp32.onnx", "encoder_fp32.pt",
+                                                                  artifacts.STATS]  # around an image, by class
     with zipfile.ZipFile(current_store / "interpolate.mar") as z:
         config = yaml.safe_load(z.read("model-config.yaml"))
         assert z.read(artifacts.MANIFEST) == (ARTIFACTS / artifacts.MANIFEST).read_bytes()
@@ -413,3 +415,11 @@ def test_start_without_archives_fails_clearly_and_cleans_up(tmp_path):
     with pytest.raises(ServerError, match=f"no archive for {', '.join(MODELS)}; run `make archives`"):
         ts.start()
     assert not ts.tmp.exists()
+
+
+def test_a_fallback_export_serves_fp32_decoders_and_the_banner_says_so(server, current_store):
+    code, _, body = post(server, "decode_fallback", {"latents": [[0.5, -0.5]], "format": "json"})
+    assert code == 200 and json.loads(body)["backend"] == "onnx-fp32"
+    lines = fallback_warnings(ServerConfig(model_store=current_store, models=("decode", "decode_fallback")))
+    assert len(lines) == 1 and "WARNING: decode_fallback serves fp32 decoders (" in lines[0]
+    assert "onnx-int8 -> onnx-fp32" in lines[0] and "failed the parity gate" in lines[0]

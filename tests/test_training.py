@@ -6,6 +6,7 @@ import csv
 import json
 import math
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -13,8 +14,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 
-from training import checkpoint, classifier, evaluate, release, train
+from training import checkpoint, classifier, data, evaluate, release, train
 from training.config import TrainConfig
 
 SMALL = ["--channels", "8", "16", "32", "--latent-dim", "8", "--batch-size", "64"]
@@ -109,9 +111,27 @@ def test_evaluate_writes_report(tmp_path, trained, dataset_dir):
     assert u["mutual_information"] <= u["mutual_information_bound"] + 1e-6
     assert report["diagnosis"].split(":")[0] in {"posterior collapse", "weak encoding", "healthy"}
     assert report["frechet"]["samples_vs_test"] > 0 and report["frechet"]["train_vs_test_floor"] > 0
-    for key in ("samples", "reconstructions", "lerp_vs_slerp", "traversal", "pca"):
+    for key in ("samples", "reconstructions", "lerp_vs_slerp", "traversal", "pca", "coverage"):
         assert (trained / report["figures"][key]).is_file()
+    assert "manifold" not in report["figures"]  # 2-d models only
     assert "negative IWAE bound, k=32" in (trained / "report.md").read_text()
+    shares = report["frechet"]["prior_class_shares"]
+    assert list(shares) == list(data.CLASS_NAMES) and math.isclose(sum(shares.values()), 1, abs_tol=1e-3)
+    model, _ = checkpoint.load_model(trained / "final.pt")
+    params = report["parameters"]
+    assert params["total"] == sum(p.numel() for p in model.parameters()) == params["encoder"] + params["decoder"]
+    assert f"{params['total']:,} parameters" in (trained / "report.md").read_text()
+
+
+def test_a_2d_model_gets_its_manifold_figure(tmp_path, artifacts_2d, dataset_dir, small_classifier):
+    run = artifacts_2d.parent.parent / "run"
+    shutil.copy(run / "final.pt", tmp_path / "final.pt")
+    report = evaluate.evaluate(tmp_path / "final.pt", k=4, data_dir=str(dataset_dir),
+                               classifier_path=small_classifier, fd_samples=300)
+    figure = tmp_path / report["figures"]["manifold"]
+    with Image.open(figure) as image:
+        assert image.width > 2 * image.height * 0.9  # the decoded grid beside the scatter
+    assert "Decoded 2-d latent plane" in (tmp_path / "report.md").read_text()
 
 
 def test_bce_floor_is_mean_binary_entropy():

@@ -16,6 +16,7 @@ from pathlib import Path
 import matplotlib.pyplot as plt
 import numpy as np
 import torch
+from sklearn.manifold import TSNE
 from torch import Tensor
 from tqdm import tqdm
 
@@ -27,6 +28,8 @@ from training.model import VAE
 LOG_2PI = math.log(2 * math.pi)
 ACTIVE_THRESHOLD = 0.01
 INFORMATIVE_KL = 0.1  # nats; a dimension below this carries next to nothing even if its mean varies
+TSNE_POINTS = 2000  # test images in the t-SNE figure (t-SNE is quadratic-ish; 2,000 takes ~15 s on 2 cores)
+MANIFOLD_STEPS = 15  # decoded grid over [-3, 3]^2 for a 2-d latent
 
 
 def progress(iterable, desc: str, unit: str, total: int | None = None):  # noqa: ANN001, ANN201
@@ -135,27 +138,41 @@ def frechet_distance(a: np.ndarray, b: np.ndarray) -> float:
 @torch.no_grad()
 def frechet(model: VAE, clf: classifier.Classifier, fmnist: data.FashionMNIST, n: int = 10000, seed: int = 0
             ) -> dict:
-    """FD(prior samples, test set) with FD(train subset, test set) as the floor, in classifier features."""
+    """FD(prior samples, test set) with FD(train subset, test set) as the floor, in classifier features, and the
+    coverage of the prior: the share of its samples the classifier puts in each class (the test set: 10% each)."""
     gen = torch.Generator().manual_seed(seed)
     x_test = fmnist.test.tensor()
     samples = torch.cat([model.sample(min(1000, n - i), generator=gen)
                          for i in progress(range(0, n, 1000), "prior samples", "batch")])
     train_idx = torch.randperm(len(fmnist.train.images), generator=gen)[:n]
     test_features = clf.embed(x_test).numpy().astype(np.float64)
+    labels = clf.predict(samples).numpy()
+    shares = np.bincount(labels, minlength=len(data.CLASS_NAMES)) / len(labels)
     return {
         "samples_vs_test": frechet_distance(clf.embed(samples).numpy().astype(np.float64), test_features),
         "train_vs_test_floor": frechet_distance(clf.embed(fmnist.train.tensor()[train_idx]).numpy().astype(np.float64),
                                                 test_features),
         "n_samples": n,
+        "prior_class_shares": {name: round(float(v), 4) for name, v in zip(data.CLASS_NAMES, shares, strict=True)},
     }
 
 
+def scatter_by_class(ax: plt.Axes, xy: np.ndarray, labels: np.ndarray, title: str) -> None:
+    """Points coloured by Fashion-MNIST class, with a legend."""
+    for c, name in enumerate(data.CLASS_NAMES):
+        ax.scatter(xy[labels == c, 0], xy[labels == c, 1], s=2, alpha=0.5, label=name)
+    ax.set_title(title)
+    ax.legend(markerscale=5, fontsize=8, loc="best")
+
+
 @torch.no_grad()
-def figures(model: VAE, fmnist: data.FashionMNIST, mu: Tensor, usage: dict, out: Path) -> dict[str, str]:
+def figures(model: VAE, fmnist: data.FashionMNIST, mu: Tensor, usage: dict, coverage: dict[str, float], out: Path
+            ) -> dict[str, str]:
     """Write the evaluation PNGs; returns {figure: file name}."""
     x_test = fmnist.test.tensor()
     files = {"samples": "eval_samples.png", "reconstructions": "eval_reconstructions.png",
-             "lerp_vs_slerp": "eval_lerp_vs_slerp.png", "traversal": "eval_traversal.png", "pca": "eval_pca.png"}
+             "lerp_vs_slerp": "eval_lerp_vs_slerp.png", "traversal": "eval_traversal.png", "pca": "eval_pca.png",
+             "coverage": "eval_coverage.png"}
     save_grid(model.sample(64, generator=torch.Generator().manual_seed(0)), 8, out / files["samples"])
     save_grid(interleave_rows(x_test[:32], torch.sigmoid(model.decode(mu[:32]))), 8, out / files["reconstructions"])
     rows = [torch.from_numpy(interpolate(mu[a].numpy(), mu[b].numpy(), 12, method)).float()
@@ -168,17 +185,56 @@ def figures(model: VAE, fmnist: data.FashionMNIST, mu: Tensor, usage: dict, out:
     for row, d in enumerate(dims):
         z[row, :, d] = values
     save_grid(torch.sigmoid(model.decode(z.flatten(0, 1))), len(dims), out / files["traversal"])
+    labels = fmnist.test.labels
     centred = mu - mu.mean(0)
     _, _, v = torch.linalg.svd(centred, full_matrices=False)
-    xy = (centred @ v[:2].T).numpy()
-    fig, ax = plt.subplots(figsize=(7, 6))
-    labels = fmnist.test.labels
-    for c, name in enumerate(data.CLASS_NAMES):
-        ax.scatter(xy[labels == c, 0], xy[labels == c, 1], s=2, alpha=0.5, label=name)
-    ax.set_title("test posterior means, first two principal components")
-    ax.legend(markerscale=5, fontsize=8, loc="best")
+    pcs = min(2, model.latent_dim)
+    fig, axes = plt.subplots(1, 2, figsize=(14, 6))
+    scatter_by_class(axes[0], (centred @ v[:pcs].T).numpy(), labels,
+                     "test posterior means, first two principal components")
+    subset = slice(0, min(TSNE_POINTS, len(mu)))
+    embedded = TSNE(2, init="pca", perplexity=min(30.0, len(mu[subset]) - 1.0), random_state=0).fit_transform(
+        mu[subset].numpy())
+    scatter_by_class(axes[1], embedded, labels[subset], f"t-SNE of the first {len(embedded)} test posterior means")
     save_figure(fig, out / files["pca"])
+    fig, ax = plt.subplots(figsize=(8, 3.5))
+    shares = list(coverage.values())
+    ax.bar(range(len(shares)), [100 * s for s in shares])
+    ax.axhline(100 / len(shares), color="k", lw=1, ls="--", label="test set (10% each)")
+    ax.set_xticks(range(len(shares)), list(coverage), rotation=30, ha="right")
+    ax.set_ylabel("% of prior samples")
+    ax.set_title("classes of prior samples (project classifier)")
+    ax.legend()
+    save_figure(fig, out / files["coverage"])
+    if model.latent_dim == 2:
+        files["manifold"] = "eval_manifold.png"
+        manifold(model, mu.numpy(), labels, out / files["manifold"])
     return files | {"traversal_dims": dims}
+
+
+@torch.no_grad()
+def manifold(model: VAE, mu: np.ndarray, labels: np.ndarray, path: Path, steps: int = MANIFOLD_STEPS) -> None:
+    """A 2-d latent's figure: images decoded on a grid over [-3, 3]^2 beside the test posterior means by class."""
+    values = np.linspace(-3, 3, steps)
+    grid_z = torch.tensor([[x, y] for y in values[::-1] for x in values], dtype=torch.float32)  # top row: y = 3
+    images = torch.sigmoid(model.decode(grid_z)).numpy()[:, 0]
+    canvas = np.concatenate([np.concatenate(list(row), axis=1) for row in images.reshape(steps, steps, 28, 28)])
+    fig, axes = plt.subplots(1, 2, figsize=(14, 6.6))
+    axes[0].imshow(canvas, cmap="gray", extent=(-3, 3, -3, 3), vmin=0, vmax=1)
+    axes[0].set_title(f"decoded grid over [-3, 3]^2 ({steps} x {steps})")
+    axes[0].set_xlabel("z1")
+    axes[0].set_ylabel("z2")
+    scatter_by_class(axes[1], mu, labels, "test posterior means by class")
+    axes[1].set_xlim(-3, 3)
+    axes[1].set_ylim(-3, 3)
+    axes[1].set_aspect("equal")
+    save_figure(fig, path)
+
+
+def parameter_count(model: VAE) -> dict[str, int]:
+    """Trainable parameters of the encoder, the decoder and both."""
+    enc, dec = (sum(p.numel() for p in part.parameters()) for part in (model.encoder, model.decoder))
+    return {"encoder": enc, "decoder": dec, "total": enc + dec}
 
 
 def markdown(report: dict) -> str:
@@ -187,7 +243,9 @@ def markdown(report: dict) -> str:
     lines = [
         f"# Evaluation of `{report['checkpoint']}`",
         "",
-        f"Epoch {report['epoch']}, latent {report['latent_dim']}, channels {report['channels']}.",
+        f"Epoch {report['epoch']}, latent {report['latent_dim']}, channels {report['channels']}, "
+        f"{report['parameters']['total']:,} parameters (encoder {report['parameters']['encoder']:,}, "
+        f"decoder {report['parameters']['decoder']:,}).",
         "",
         "| metric (test set, nats/image) | value |",
         "| --- | --- |",
@@ -212,12 +270,18 @@ def markdown(report: dict) -> str:
         f" {f['samples_vs_test']:.2f} for {f['n_samples']} prior samples vs the test set; floor (train vs test)"
         f" {f['train_vs_test_floor']:.2f}.",
         "",
+        "Coverage: share of the prior samples the classifier puts in each class (10% each in the test set): "
+        + ", ".join(f"{name} {100 * v:.1f}%" for name, v in f["prior_class_shares"].items()) + ".",
+        "",
     ]
     captions = {"samples": "Prior samples", "reconstructions": "Test images (odd rows) and reconstructions (even rows)",
                 "lerp_vs_slerp": "Lerp (odd rows) vs slerp (even rows) between test posterior means",
                 "traversal": f"Traversal of the most active dimensions {report['figures']['traversal_dims']}, -3..3",
-                "pca": "PCA of test posterior means"}
+                "pca": "PCA and t-SNE of test posterior means",
+                "coverage": "Classes of prior samples", "manifold": "Decoded 2-d latent plane and the test set in it"}
     for key, caption in captions.items():
+        if key not in report["figures"]:
+            continue
         lines += [f"## {caption}", "", f"![{caption}]({report['figures'][key]})", ""]
     return "\n".join(lines)
 
@@ -234,20 +298,22 @@ def evaluate(ckpt_path: Path, k: int = 1000, data_dir: str | None = None,
     out = ckpt_path.parent
     mu, logvar = model.encode(x_test)
     usage = latent_usage(mu, logvar)
+    fd = frechet(model, clf, fmnist, fd_samples)
     report = {
         "checkpoint": ckpt_path.name,
         "checkpoint_sha256": checkpoint.file_sha256(ckpt_path),
         "epoch": state.get("epoch"),
         "latent_dim": model.latent_dim,
         "channels": list(model.cfg.channels),
+        "parameters": parameter_count(model),
         "data_sha256": fmnist.sha256,
         "test": elbo_and_iwae(model, x_test, k),
         "bce_floor": bce_floor(x_test),
         "latent": usage,
         "diagnosis": diagnose(usage),
-        "frechet": frechet(model, clf, fmnist, fd_samples),
+        "frechet": fd,
         "classifier_accuracy": clf_state["test_accuracy"],
-        "figures": figures(model, fmnist, mu, usage, out),
+        "figures": figures(model, fmnist, mu, usage, fd["prior_class_shares"], out),
     }
     checkpoint.atomic_write(out / "report.json", lambda tmp: tmp.write_text(json.dumps(report, indent=2) + "\n"))
     checkpoint.atomic_write(out / "report.md", lambda tmp: tmp.write_text(markdown(report)))

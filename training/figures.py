@@ -40,7 +40,8 @@ def save_figure(fig: plt.Figure, path: Path) -> None:
 
 
 def plot_curves(history: list[dict], path: Path) -> None:
-    """Train and test total / reconstruction / KL per epoch, one panel each."""
+    """Train and test total / reconstruction / KL per epoch, one panel each (KL on a log scale: under KL warm-up or
+    a large beta it spans orders of magnitude)."""
     epochs = [h["epoch"] for h in history]
     fig, axes = plt.subplots(1, 3, figsize=(13, 3.6))
     for ax, term in zip(axes, ("total", "recon", "kl"), strict=True):
@@ -49,6 +50,8 @@ def plot_curves(history: list[dict], path: Path) -> None:
         ax.set_title({"total": "negative ELBO", "recon": "reconstruction (BCE)", "kl": "KL"}[term])
         ax.set_xlabel("epoch")
         ax.set_ylabel("nats / image")
-        ax.grid(alpha=0.3)
+        if term == "kl" and min(min(h["train_kl"], h["test_kl"]) for h in history) > 0:
+            ax.set_yscale("log")
+        ax.grid(alpha=0.3, which="both")
         ax.legend()
     save_figure(fig, path)

@@ -31,15 +31,16 @@ def train_command(cfg: dict, out: Path) -> str:
 
 def model_card(report: dict, state: dict, source: Path) -> str:
     """MODEL_CARD.md: what the model is, how it was made, and how well it does."""
-    e, cfg = report["test"], state["train_config"]
+    e, cfg, params = report["test"], state["train_config"], report["parameters"]
     decay = f", cosine decay after epoch {cfg['lr_decay_start']}" if cfg.get("lr_decay_start") else " constant"
     hashes = "\n".join(f"| `{name}` | `{digest}` |" for name, digest in report["data_sha256"].items())
-    return f"""# Model card: Fashion-MNIST convolutional VAE
+    return f"""# Model card: Fashion-MNIST convolutional VAE, latent {cfg["model"]["latent_dim"]}
 
 - Checkpoint: `vae.pt` (SHA-256 `{report['checkpoint_sha256']}`), published from `{source}`.
 - Architecture: conv encoder {tuple(cfg['model']['channels'])} -> Gaussian q(z|x), latent {cfg['model']['latent_dim']};
   decoder Linear -> 3x3 conv -> nearest upsample x2 -> 3x3 conv -> sub-pixel 3x3 conv + PixelShuffle ->
-  Bernoulli logits over 28x28 pixels in [0, 1] (see `training/model.py`).
+  Bernoulli logits over 28x28 pixels in [0, 1] (see `training/model.py`). {params['total']:,} parameters
+  (encoder {params['encoder']:,}, decoder {params['decoder']:,}).
 - Training: `{train_command(cfg, source.parent)}` ({cfg['epochs']} epochs, batch {cfg['batch_size']},
   Adam lr {cfg['lr']}{decay}, beta {cfg['beta']}, KL warm-up {cfg['kl_warmup_epochs']} epochs, seed {cfg['seed']}).
 - Intended use: generating and interpolating 28x28 grayscale clothing images for demos and serving tests.
@@ -63,6 +64,8 @@ def model_card(report: dict, state: dict, source: Path) -> str:
 | mutual information | {report['latent']['mutual_information']:.2f} nats |
 | Frechet distance (samples vs test; floor train vs test) | {report['frechet']['samples_vs_test']:.2f}; \
 {report['frechet']['train_vs_test_floor']:.2f} |
+| prior samples per class (classifier; test set 10% each) | \
+{", ".join(f"{k} {100 * v:.1f}%" for k, v in report['frechet']['prior_class_shares'].items())} |
 
 {report['diagnosis']}
 

@@ -1,0 +1,124 @@
+"""The explorer's speed in a real browser: ``python -m bench.explorer [--moves 240]`` (``make explorer-bench``).
+
+Starts what ``make serve`` starts (TorchServe with every model, built from the current artifacts and handler code,
+and the explorer page), opens the page in headless chromium (Playwright) and, for each latent space, drags the
+pointer over the pad along a fixed figure-eight, one move every ``--gap-ms`` (a 60 Hz pointer). The page keeps
+at most one decode in flight and drops stale positions; the Performance API times each decode round trip in the
+page (``window.explorerStats``) and a requestAnimationFrame counter gives frames per second during the drag.
+Writes ``runs/bench/explorer.json`` and prints p50/p95 round trip, decodes answered, moves dropped and fps.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import shutil
+import statistics
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+from playwright.sync_api import Page, sync_playwright
+
+from explorer.server import Explorer
+from handlers import archive
+from handlers.server import TorchServe
+from handlers.settings import ServerConfig
+from runtime import artifacts
+
+FRAME_COUNTER = """() => { window.benchFrames = 0; const tick = () => { window.benchFrames += 1;
+  requestAnimationFrame(tick); }; requestAnimationFrame(tick); }"""
+
+
+def chromium() -> str:
+    """Debian's chromium (``make setup`` installs it)."""
+    path = shutil.which("chromium") or shutil.which("chromium-browser")
+    if path is None:
+        raise SystemExit("error: chromium not found; run `make setup` (Debian package chromium)")
+    return path
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, max(0, math.ceil(q / 100 * len(ordered)) - 1))]
+
+
+def drag(page: Page, moves: int, gap_ms: float) -> dict:
+    """A figure-eight drag over the pad; the decode round trips, drops and frame rate it produced."""
+    box = page.locator("#pad").bounding_box()
+    cx, cy, r = box["x"] + box["width"] / 2, box["y"] + box["height"] / 2, 0.4 * box["width"]
+    page.evaluate("() => { window.explorerStats.decodes = []; window.explorerStats.dropped = 0; }")
+    page.mouse.move(cx, cy)
+    page.wait_for_timeout(300)
+    page.evaluate("() => { window.explorerStats.decodes = []; window.explorerStats.dropped = 0; }")
+    page.evaluate(FRAME_COUNTER)
+    start = time.perf_counter()
+    page.mouse.down()
+    for i in range(moves):
+        t = 2 * math.pi * i / moves
+        page.mouse.move(cx + r * math.sin(t), cy + r * math.sin(t) * math.cos(t))
+        page.wait_for_timeout(gap_ms)
+    page.mouse.up()
+    seconds = time.perf_counter() - start
+    frames = page.evaluate("() => window.benchFrames")
+    page.wait_for_timeout(500)  # let the last decode land
+    stats = page.evaluate("() => window.explorerStats")
+    rtt = stats["decodes"]
+    return {"moves": moves, "decodes": len(rtt), "dropped": stats["dropped"], "seconds": round(seconds, 2),
+            "rtt_p50_ms": round(statistics.median(rtt), 2), "rtt_p95_ms": round(percentile(rtt, 95), 2),
+            "rtt_max_ms": round(max(rtt), 2), "fps": round(frames / seconds, 1)}
+
+
+def run(moves: int, gap_ms: float, rounds: int, artifact_dir: Path) -> dict:
+    """Serve everything, drag each space ``rounds`` times; the report."""
+    with tempfile.TemporaryDirectory() as store:
+        archive.build_store(artifact_dir.parent, Path(store))
+        config = ServerConfig(model_store=Path(store)).with_free_ports()
+        with TorchServe(config) as ts:
+            explorer = Explorer(ts.url, config.models, Path(store))
+            threading.Thread(target=explorer.serve_forever, daemon=True).start()
+            try:
+                with sync_playwright() as pw:
+                    browser = pw.chromium.launch(executable_path=chromium(), args=["--no-sandbox"])
+                    page = browser.new_page(viewport={"width": 1400, "height": 1000})
+                    page.goto(explorer.url)
+                    page.wait_for_selector("body[data-ready=true]")
+                    results = {}
+                    for space in page.eval_on_selector_all("#space option", "os => os.map(o => o.value)"):
+                        page.select_option("#space", space)
+                        page.wait_for_timeout(500)
+                        results[space] = [drag(page, moves, gap_ms) for _ in range(rounds)]
+                    browser.close()
+            finally:
+                explorer.shutdown()
+                explorer.server_close()
+    return {"moves": moves, "gap_ms": gap_ms, "rounds": rounds, "spaces": results}
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(prog="python -m bench.explorer", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--moves", type=int, default=240, help="pointer moves per drag (default %(default)s)")
+    p.add_argument("--gap-ms", type=float, default=16.7, help="between moves (default %(default)s: 60 Hz)")
+    p.add_argument("--rounds", type=int, default=3, help="drags per space (default %(default)s)")
+    p.add_argument("--artifacts", type=Path, default=artifacts.DEFAULT_DIR)
+    p.add_argument("--out", type=Path, default=Path("runs/bench/explorer.json"))
+    args = p.parse_args(argv)
+    if args.moves < 200:
+        p.error("--moves must be at least 200")
+    report = run(args.moves, args.gap_ms, args.rounds, args.artifacts)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(report, indent=2) + "\n")
+    print("| space | round | moves | decodes | dropped | round trip p50 (ms) | p95 (ms) | fps |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- |")
+    for space, rows in report["spaces"].items():
+        for i, r in enumerate(rows, 1):
+            print(f"| {space} | {i} | {r['moves']} | {r['decodes']} | {r['dropped']} | {r['rtt_p50_ms']:.1f} | "
+                  f"{r['rtt_p95_ms']:.1f} | {r['fps']:.0f} |")
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1 @@
+"""The documents' experiments: beta, latent-size and KL warm-up sweeps (``python -m experiments``)."""

@@ -1,0 +1,51 @@
+"""``python -m explorer --api URL``: the latent explorer page on loopback (``make serve`` starts it beside
+TorchServe and prints its address). See ``explorer/server.py``."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import threading
+import time
+from pathlib import Path
+
+from explorer.server import Explorer, NoSpace
+from handlers.settings import ARCHIVE_DIR, MODELS, ServerConfig
+from runtime.artifacts import ManifestError
+
+
+def exit_with_parent(parent: int) -> None:
+    """Stop this process when ``parent`` (the launcher) is gone, however it ended."""
+    while os.getppid() == parent:
+        time.sleep(0.5)
+    os._exit(0)
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(prog="python -m explorer", description=__doc__)
+    p.add_argument("--api", default=f"http://127.0.0.1:{ServerConfig.inference_port}", help="inference API URL")
+    p.add_argument("--port", type=int, default=ServerConfig.explorer_port, help="default %(default)s")
+    p.add_argument("--key-file", type=Path, help="TorchServe's key_file.json when token auth is on")
+    p.add_argument("--models", nargs="+", default=list(MODELS), help="the served models (default: all)")
+    p.add_argument("--model-store", type=Path, default=ARCHIVE_DIR, help="the served archives (default %(default)s)")
+    p.add_argument("--parent", type=int, help="exit when this process is gone (the launcher passes its pid)")
+    args = p.parse_args(argv)
+    try:
+        server = Explorer(args.api, tuple(args.models), args.model_store, args.port, args.key_file)
+    except NoSpace as e:
+        print(f"explorer: off ({e})", file=sys.stderr, flush=True)
+        return
+    except (OSError, ValueError, ManifestError) as e:
+        raise SystemExit(f"error: explorer: {e}") from None
+    if args.parent:
+        threading.Thread(target=exit_with_parent, args=(args.parent,), daemon=True).start()
+    print(f"explorer: {server.url}", file=sys.stderr, flush=True)
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        pass
+
+
+if __name__ == "__main__":
+    main()

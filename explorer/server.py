@@ -1,0 +1,198 @@
+"""The explorer's HTTP server: the static page, the latent spaces it draws, and a same-origin proxy to the
+inference API.
+
+- ``GET /`` and ``/static/*``: the page (``explorer/static``), no build step.
+- ``GET /api/spaces``: per served latent space (one export folder), the routes that serve it and, from the
+  export manifest and ``latent_stats.npz`` packed in the served archives, the latent size, class names, the
+  test posterior means to scatter with their labels, the leading principal directions and the most active dimensions.
+- ``POST /api/predictions/<model>``: forwarded to TorchServe's inference API for the models of those spaces
+  only. With token auth on, the proxy adds the inference key from TorchServe's key file: the key never reaches
+  the browser. The proxy sends no CORS headers, takes ``application/json`` bodies only (another origin cannot
+  send one without a preflight, which is refused) and refuses a request whose ``Origin`` is not its own.
+
+It listens on loopback only, like the rest of ``make serve``.
+"""
+
+from __future__ import annotations
+
+import http.client
+import io
+import json
+import mimetypes
+import threading
+import urllib.parse
+import zipfile
+from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import numpy as np
+
+from handlers.settings import MODELS
+from runtime import artifacts
+
+STATIC = Path(__file__).resolve().parent / "static"
+OPERATIONS = ("sample", "decode", "encode", "interpolate", "edit")  # what the page calls
+PRINCIPAL_DIRECTIONS = 8
+MAX_BODY = 512 * 1024  # the handlers' own limit
+
+
+class NoSpace(ValueError):
+    """None of the served models cover a whole latent space: there is nothing for the page to explore."""
+
+
+@dataclass(frozen=True)
+class Space:
+    """One latent space the page can explore: its name, export folder and {operation: served model}."""
+
+    name: str
+    export: str
+    routes: dict[str, str]
+
+
+def spaces(models: tuple[str, ...]) -> list[Space]:
+    """The spaces among the served ``models``: each export folder whose models cover every operation the page
+    calls, named by latent size ("64-d", "2-d")."""
+    found = []
+    for export in dict.fromkeys(MODELS[m].export for m in models if m in MODELS):
+        routes = {MODELS[m].handler.stem: m for m in models if m in MODELS and MODELS[m].export == export}
+        if all(op in routes for op in OPERATIONS):
+            found.append(Space("", export, {op: routes[op] for op in OPERATIONS}))
+    return found
+
+
+def space_document(space: Space, model_store: Path) -> tuple[str, dict]:
+    """The space's name and what the page needs of it, from the archive of its ``edit`` route (which packs the
+    manifest and the latent statistics): what is served, whatever is in the export folders now."""
+    mar = model_store / f"{space.routes['edit']}.mar"
+    try:
+        with zipfile.ZipFile(mar) as z:
+            manifest = json.loads(z.read(artifacts.MANIFEST))
+            stats = artifacts.read_stats(io.BytesIO(z.read(artifacts.STATS)))
+    except (OSError, KeyError, ValueError, zipfile.BadZipFile) as e:
+        raise artifacts.ManifestError(f"{mar}: cannot read the packed manifest and statistics ({e})") from None
+    latent_dim = int(manifest["shapes"]["latent_dim"])
+
+    def rounded(a: np.ndarray) -> list:
+        return np.round(a.astype(np.float64), 4).tolist()
+
+    return f"{latent_dim}-d", {
+        "export": space.export, "routes": space.routes, "latent_dim": latent_dim,
+        "class_names": list(stats.class_names), "scatter_means": rounded(stats.scatter_means),
+        "scatter_labels": stats.scatter_labels.tolist(),
+        "principal_directions": rounded(stats.principal_directions[:PRINCIPAL_DIRECTIONS]),
+        "active_order": stats.active_order.tolist()}
+
+
+class Explorer(ThreadingHTTPServer):
+    """The explorer on ``port`` (0: any free one), in front of the inference API at ``api``."""
+
+    daemon_threads = True
+
+    def __init__(self, api: str, models: tuple[str, ...], model_store: Path, port: int = 0,
+                 key_file: Path | None = None) -> None:
+        documents = dict(space_document(s, model_store) for s in spaces(models))
+        if not documents:
+            raise NoSpace(f"none of the models {', '.join(models)} serve a whole latent space "
+                             f"({', '.join(OPERATIONS)})")
+        self.spaces_json = json.dumps(documents).encode()
+        self.allowed = {route for d in documents.values() for route in d["routes"].values()}
+        target = urllib.parse.urlsplit(api)
+        self.api_host, self.api_port = target.hostname, target.port
+        self.key_file = key_file
+        self.local = threading.local()  # one kept-alive connection to TorchServe per thread
+        super().__init__(("127.0.0.1", port), ExplorerHandler)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.server_address[1]}"
+
+    @property
+    def origins(self) -> tuple[str, str]:
+        """The page's own origins: the only ones whose requests the proxy takes."""
+        return self.url, f"http://localhost:{self.server_address[1]}"
+
+    def inference_key(self) -> str | None:
+        """TorchServe's current inference key (it can be regenerated, so read each time), or None."""
+        if self.key_file is None:
+            return None
+        return json.loads(self.key_file.read_text())["inference"]["key"]
+
+    def forward(self, model: str, body: bytes) -> tuple[int, str, bytes]:
+        """POST ``body`` to /predictions/<model>: (status, content type, body); one retry on a stale connection."""
+        headers = {"Content-Type": "application/json"}
+        key = self.inference_key()
+        if key:
+            headers["Authorization"] = f"Bearer {key}"
+        for attempt in (1, 2):
+            conn = getattr(self.local, "conn", None)
+            if conn is None:
+                conn = self.local.conn = http.client.HTTPConnection(self.api_host, self.api_port, timeout=60)
+            try:
+                conn.request("POST", f"/predictions/{model}", body, headers)
+                response = conn.getresponse()
+                return response.status, response.getheader("Content-Type", "application/json"), response.read()
+            except (ConnectionError, http.client.HTTPException, OSError):
+                conn.close()
+                self.local.conn = None
+                if attempt == 2:
+                    raise
+        raise AssertionError("unreachable")
+
+
+class ExplorerHandler(BaseHTTPRequestHandler):
+    """GET the page and the spaces, POST predictions through the proxy."""
+
+    protocol_version = "HTTP/1.1"  # keep-alive: one connection for the page's many small requests
+    server: Explorer
+
+    def log_message(self, format: str, *args: object) -> None:  # noqa: A002
+        """Quiet: one line per pointer move would flood the terminal."""
+
+    def send(self, status: int, content_type: str, body: bytes) -> None:
+        self.send_response(status)
+        self.send_header("Content-Type", content_type)
+        self.send_header("Content-Length", str(len(body)))
+        self.send_header("Cache-Control", "no-store")
+        self.send_header("X-Content-Type-Options", "nosniff")
+        self.end_headers()
+        self.wfile.write(body)
+
+    def error(self, status: int, field: str, message: str) -> None:
+        self.send(status, "application/json", json.dumps({"error": field, "field": field, "message": message}).encode())
+
+    def do_GET(self) -> None:  # noqa: N802
+        path = urllib.parse.urlsplit(self.path).path
+        if path == "/api/spaces":
+            self.send(200, "application/json", self.server.spaces_json)
+            return
+        name = "index.html" if path in ("/", "/index.html") else path.removeprefix("/static/")
+        file = (STATIC / name).resolve()
+        if not path.startswith(("/static/", "/index.html")) and path != "/" or file.parent != STATIC \
+                or not file.is_file():
+            self.error(404, "path", f"{path}: not found")
+            return
+        self.send(200, mimetypes.guess_type(file.name)[0] or "application/octet-stream", file.read_bytes())
+
+    def do_POST(self) -> None:  # noqa: N802
+        path = urllib.parse.urlsplit(self.path).path
+        model = path.removeprefix("/api/predictions/")
+        length = int(self.headers.get("Content-Length") or 0)
+        body = self.rfile.read(length) if 0 < length <= MAX_BODY else b""
+        origin = self.headers.get("Origin")
+        if not path.startswith("/api/predictions/") or model not in self.server.allowed:
+            self.error(404, "model", f"{model}: not a model of the explorer ({', '.join(sorted(self.server.allowed))})")
+        elif origin is not None and origin not in self.server.origins:
+            self.error(403, "origin", f"requests from {origin} are not accepted; open {self.server.url}")
+        elif (self.headers.get("Content-Type") or "").split(";")[0].strip() != "application/json":
+            self.error(415, "content_type", "the body must be application/json")
+        elif length > MAX_BODY:
+            self.close_connection = True
+            self.error(413, "body", f"the body is over {MAX_BODY} bytes")
+        else:
+            try:
+                status, content_type, answer = self.server.forward(model, body)
+            except OSError as e:
+                self.error(502, "api", f"the inference API did not answer ({e})")
+                return
+            self.send(status, content_type, answer)

@@ -1,0 +1,170 @@
+"""The explorer page in a real browser (Debian's chromium driven by Playwright) against the session TorchServe,
+and its proxy: same origin only, JSON only, the served models only, the inference key added server-side."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import threading
+import urllib.error
+import urllib.request
+
+import pytest
+from playwright.sync_api import sync_playwright
+
+from explorer.server import Explorer, NoSpace
+from handlers.server import TorchServe
+from handlers.settings import MODELS, ServerConfig
+
+CHROMIUM = shutil.which("chromium")
+pytestmark = pytest.mark.skipif(CHROMIUM is None, reason="chromium missing: run `make setup`")
+
+# Records the most decode requests in flight at once (the page must never have more than one).
+IN_FLIGHT = """() => { const f = window.fetch; window.inFlight = 0; window.maxInFlight = 0;
+  window.fetch = async (...a) => { const d = String(a[0]).includes('decode');
+    if (d) { window.inFlight += 1; window.maxInFlight = Math.max(window.maxInFlight, window.inFlight); }
+    try { return await f(...a); } finally { if (d) window.inFlight -= 1; } }; }"""
+
+
+def serve(explorer: Explorer):
+    threading.Thread(target=explorer.serve_forever, daemon=True).start()
+    return explorer
+
+
+@pytest.fixture(scope="module")
+def explorer(server, current_store):
+    page_server = serve(Explorer(server.url, tuple(MODELS), current_store))
+    yield page_server
+    page_server.shutdown()
+    page_server.server_close()
+
+
+@pytest.fixture(scope="module")
+def browser():
+    with sync_playwright() as pw:
+        instance = pw.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
+        yield instance
+        instance.close()
+
+
+def src(page, selector: str) -> str:
+    return page.get_attribute(selector, "src") or ""
+
+
+def wait_change(page, selector: str, before: str) -> str:
+    page.wait_for_function("([s, b]) => (document.querySelector(s).getAttribute('src') || '') !== b",
+                           arg=[selector, before], timeout=15000)
+    return src(page, selector)
+
+
+def test_the_page_drives_every_control_through_the_api(explorer, browser, tmp_path):
+    page = browser.new_page(viewport={"width": 1400, "height": 1000})
+    errors: list[str] = []
+    page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+    page.on("pageerror", lambda e: errors.append(str(e)))
+    page.add_init_script(f"({IN_FLIGHT})()")
+    page.goto(explorer.url)
+    page.wait_for_selector("body[data-ready=true]", timeout=20000)
+    assert page.eval_on_selector_all("#space option", "os => os.map(o => o.value)") == ["64-d", "2-d"]
+    # The scatter: many coloured pixels on the pad, and a legend of the ten classes.
+    coloured = page.evaluate("""() => { const c = document.getElementById('pad');
+        const d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data; let n = 0;
+        for (let i = 0; i < d.length; i += 4) if (d[i + 3] > 0 && !(d[i] === d[i + 1] && d[i + 1] === d[i + 2])) n++;
+        return n; }""")
+    assert coloured > 2000
+    assert page.locator("#legend span").count() == 10
+    first = wait_change(page, "#decoded", "")
+    # A scripted drag decodes new points, never more than one request at a time.
+    box = page.locator("#pad").bounding_box()
+    page.evaluate("() => { window.explorerStats.decodes = []; window.explorerStats.dropped = 0; }")
+    page.mouse.move(box["x"] + 60, box["y"] + 60)
+    for i in range(40):
+        page.mouse.move(box["x"] + 60 + 8 * i, box["y"] + 80 + 5 * i)
+    dragged = wait_change(page, "#decoded", first)
+    page.wait_for_timeout(300)
+    assert page.evaluate("() => window.maxInFlight") == 1
+    stats = page.evaluate("() => window.explorerStats")
+    assert 1 <= len(stats["decodes"]) <= 41 and len(stats["decodes"]) + stats["dropped"] <= 41
+    assert "onnx-int8 on cpu" in page.text_content("#status") and " ms" in page.text_content("#status")
+    # A slider moves the decoded point; the class edit answers and follows its strength.
+    page.eval_on_selector("#sliders input", "el => { el.value = 2.5; el.dispatchEvent(new Event('input')); }")
+    wait_change(page, "#decoded", dragged)
+    edited = wait_change(page, "#edited", "")
+    page.eval_on_selector("#edit-strength", "el => { el.value = -1.5; el.dispatchEvent(new Event('input')); }")
+    wait_change(page, "#edited", edited)
+    # Two clicks on the plane: an interpolation strip of 8 images.
+    page.mouse.click(box["x"] + 100, box["y"] + 100)
+    page.mouse.click(box["x"] + 380, box["y"] + 360)
+    page.wait_for_function("() => document.querySelectorAll('#strip img').length === 8", timeout=15000)
+    page.click("#sample")
+    page.wait_for_function("() => document.querySelectorAll('#samples img').length === 8", timeout=15000)
+    # A drawn garment is encoded onto the plane and reconstructed.
+    draw = page.locator("#draw").bounding_box()
+    page.mouse.move(draw["x"] + 60, draw["y"] + 40)
+    page.mouse.down()
+    for i in range(12):
+        page.mouse.move(draw["x"] + 60 + 9 * i, draw["y"] + 40 + 12 * i)
+    page.mouse.up()
+    page.click("#encode")
+    page.wait_for_function("() => document.getElementById('encoding').textContent.startsWith('plane')")
+    wait_change(page, "#reconstruction", "")
+    page.screenshot(path=str(tmp_path / "explorer.png"))
+    # The 2-d model: its own plane, decoded by its own route.
+    page.select_option("#space", "2-d")
+    page.wait_for_function("() => document.getElementById('status').textContent.startsWith('decode2d')")
+    assert page.is_hidden("#plane-controls")
+    assert errors == []
+    page.close()
+
+
+def request(url: str, body: bytes, headers: dict) -> tuple[int, dict]:
+    req = urllib.request.Request(url, data=body, headers=headers, method="POST")
+    try:
+        with urllib.request.urlopen(req, timeout=30) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as e:
+        return e.code, json.loads(e.read())
+
+
+BODY = json.dumps({"latents": [[0.0, 0.0]], "format": "json"}).encode()
+JSON = {"Content-Type": "application/json"}
+
+
+def test_the_proxy_takes_json_from_its_own_origin_for_the_served_models_only(explorer):
+    url = f"{explorer.url}/api/predictions/decode2d"
+    code, body = request(url, BODY, JSON | {"Origin": explorer.url})
+    assert code == 200 and len(body["images"]) == 1
+    assert request(url, BODY, JSON | {"Origin": "http://evil.example"}) == (403, {
+        "error": "origin", "field": "origin",
+        "message": f"requests from http://evil.example are not accepted; open {explorer.url}"})
+    assert request(url, BODY, {"Content-Type": "text/plain"})[0] == 415  # a "simple" cross-site form post
+    code, body = request(f"{explorer.url}/api/predictions/batched", BODY, JSON)  # served, but not the page's
+    assert code == 404 and body["field"] == "model"
+    code, body = request(url, b'{"latents": [[0.0]]}', JSON)  # the API's own 400 comes through
+    assert code == 400 and body["field"] == "latents[0]"
+    with pytest.raises(urllib.error.HTTPError) as e:
+        urllib.request.urlopen(f"{explorer.url}/static/../server.py", timeout=10)
+    assert e.value.code == 404
+    spaces = json.loads(urllib.request.urlopen(f"{explorer.url}/api/spaces", timeout=10).read())
+    assert spaces["2-d"]["routes"]["decode"] == "decode2d" and spaces["64-d"]["latent_dim"] == 64
+    assert len(spaces["64-d"]["scatter_means"]) == len(spaces["64-d"]["scatter_labels"]) >= 1000
+
+
+def test_with_token_auth_the_proxy_adds_the_key_and_the_page_never_sees_it(current_store, tmp_path):
+    models = tuple(m for m in MODELS if MODELS[m].export == "export-2d")
+    config = ServerConfig(model_store=current_store, models=models, token_auth=True,
+                          work_dir=tmp_path).with_free_ports()
+    with TorchServe(config) as ts:
+        page_server = serve(Explorer(ts.url, models, current_store, key_file=ts.key_file))
+        try:
+            code, body = request(f"{page_server.url}/api/predictions/decode2d", BODY, JSON)
+            assert code == 200 and len(body["images"]) == 1
+            key = ts.key("inference")
+            page = urllib.request.urlopen(f"{page_server.url}/", timeout=10).read().decode()
+            spaces = urllib.request.urlopen(f"{page_server.url}/api/spaces", timeout=10).read().decode()
+            assert key not in page and key not in spaces
+        finally:
+            page_server.shutdown()
+            page_server.server_close()
+    with pytest.raises(NoSpace):
+        Explorer("http://127.0.0.1:1", ("sample", "interpolate"), current_store)
