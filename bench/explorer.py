@@ -28,8 +28,8 @@ from handlers.server import TorchServe
 from handlers.settings import ServerConfig
 from runtime import artifacts
 
-FRAME_COUNTER = """() => { window.benchFrames = 0; const tick = () => { window.benchFrames += 1;
-  requestAnimationFrame(tick); }; requestAnimationFrame(tick); }"""
+FRAME_COUNTER = """() => { window.benchFrames = 0; if (window.benchCounting) return; window.benchCounting = true;
+  const tick = () => { window.benchFrames += 1; requestAnimationFrame(tick); }; requestAnimationFrame(tick); }"""
 
 
 def chromium() -> str:
@@ -71,7 +71,21 @@ def drag(page: Page, moves: int, gap_ms: float) -> dict:
             "rtt_max_ms": round(max(rtt), 2), "fps": round(frames / seconds, 1)}
 
 
-def run(moves: int, gap_ms: float, rounds: int, artifact_dir: Path) -> dict:
+def picture(page: Page, path: Path) -> None:
+    """The 64-d space with every panel filled: a strip between two clicked points, samples, a point decoded."""
+    page.select_option("#space", "64-d")
+    page.wait_for_timeout(500)
+    box = page.locator("#pad").bounding_box()
+    page.mouse.click(box["x"] + 0.3 * box["width"], box["y"] + 0.35 * box["height"])
+    page.mouse.click(box["x"] + 0.7 * box["width"], box["y"] + 0.7 * box["height"])
+    page.click("#sample")
+    page.mouse.move(box["x"] + 0.55 * box["width"], box["y"] + 0.4 * box["height"])
+    page.wait_for_timeout(1500)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(path), full_page=True)
+
+
+def run(moves: int, gap_ms: float, rounds: int, artifact_dir: Path, screenshot: Path | None = None) -> dict:
     """Serve everything, drag each space ``rounds`` times; the report."""
     with tempfile.TemporaryDirectory() as store:
         archive.build_store(artifact_dir.parent, Path(store))
@@ -90,6 +104,8 @@ def run(moves: int, gap_ms: float, rounds: int, artifact_dir: Path) -> dict:
                         page.select_option("#space", space)
                         page.wait_for_timeout(500)
                         results[space] = [drag(page, moves, gap_ms) for _ in range(rounds)]
+                    if screenshot:
+                        picture(page, screenshot)
                     browser.close()
             finally:
                 explorer.shutdown()
@@ -105,10 +121,11 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--rounds", type=int, default=3, help="drags per space (default %(default)s)")
     p.add_argument("--artifacts", type=Path, default=artifacts.DEFAULT_DIR)
     p.add_argument("--out", type=Path, default=Path("runs/bench/explorer.json"))
+    p.add_argument("--screenshot", type=Path, help="also save a screenshot of the page (docs/explorer.png)")
     args = p.parse_args(argv)
     if args.moves < 200:
         p.error("--moves must be at least 200")
-    report = run(args.moves, args.gap_ms, args.rounds, args.artifacts)
+    report = run(args.moves, args.gap_ms, args.rounds, args.artifacts, args.screenshot)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2) + "\n")
     print("| space | round | moves | decodes | dropped | round trip p50 (ms) | p95 (ms) | fps |")
