@@ -3,7 +3,8 @@
 
 - ``beta``: beta in {0.1, 0.5, 1, 2, 4} at latent 64.
 - ``latent``: latent size in {2, 8, 16, 20, 32, 64} at beta 1 (2-d against the 20-d and 32-d of the documents).
-- ``warmup``: no KL warm-up against a linear warm-up over the first half of the epochs, beta 1, latent 64.
+- ``warmup``: no KL warm-up against a linear warm-up over the first half of the epochs (at least 2: the
+  schedule reaches the full beta at epoch ``kl_warmup_epochs``, so 1 would change nothing), beta 1, latent 64.
 
 Each row trains the project's VAE (``training.train``; every other setting is the release recipe's) into
 ``runs/experiments/<row>/`` (a finished row is reused: rows shared by two sweeps train once) and measures it on
@@ -46,7 +47,8 @@ def row_config(setting: dict, epochs: int, subset: int | None, seed: int) -> Tra
     warmup = setting.get("kl_warmup_epochs", 0)
     return TrainConfig(model=VAEConfig(latent_dim=setting.get("latent_dim", VAEConfig.latent_dim)),
                        epochs=epochs, subset=subset, seed=seed, beta=setting.get("beta", 1.0),
-                       kl_warmup_epochs=epochs // 2 if warmup == "half" else warmup, checkpoint_every=epochs)
+                       kl_warmup_epochs=max(2, epochs // 2) if warmup == "half" else warmup,
+                       checkpoint_every=epochs)
 
 
 def run_name(cfg: TrainConfig) -> str:

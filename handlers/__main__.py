@@ -54,9 +54,10 @@ def parser() -> argparse.ArgumentParser:
     return cli
 
 
-def start_explorer(server: TorchServe, config: ServerConfig) -> tuple[subprocess.Popen, str]:
-    """``python -m explorer`` for the served models on ``config.explorer_port``: (process, its URL). It exits
-    when this launcher does; with token auth it reads the inference key itself (the page never sees it)."""
+def start_explorer(server: TorchServe, config: ServerConfig) -> tuple[subprocess.Popen | None, str]:
+    """``python -m explorer`` for the served models on ``config.explorer_port``: (process, its URL), or (None,
+    "off (why)") when the served models cover no whole latent space. It exits when this launcher does; with token
+    auth it reads the inference key itself (the page never sees it)."""
     cmd = [sys.executable, "-m", "explorer", "--api", server.url, "--port", str(config.explorer_port),
            "--model-store", str(config.model_store.resolve()), "--parent", str(os.getpid()),
            "--models", *config.models]
@@ -69,7 +70,10 @@ def start_explorer(server: TorchServe, config: ServerConfig) -> tuple[subprocess
         process.kill()
         rest = process.stderr.read() if ready else "no answer"
         raise ServerError(f"the explorer did not start: {line} {rest}".strip())
-    return process, line.removeprefix("explorer: ")  # "off (why)" when the models cover no whole latent space
+    if line.startswith("explorer: off"):  # the models cover no whole latent space: it has exited, reap it
+        process.wait(10)
+        return None, line.removeprefix("explorer: ")
+    return process, line.removeprefix("explorer: ")
 
 
 def fallback_warnings(config: ServerConfig) -> list[str]:

@@ -223,9 +223,10 @@ def test_bad_request_in_a_batch_fails_alone(server):
     with ThreadPoolExecutor(len(bodies)) as pool:
         results = list(pool.map(lambda b: post(server, "batched", b), bodies))
     answered = value(before, "fmvae_requests_total", model="batched") + len(bodies)
-    after = scrape_when(server, lambda s: value(s, "fmvae_requests_total", model="batched") >= answered)
-    calls = value(after, "fmvae_batch_requests_count", model="batched") - value(
-        before, "fmvae_batch_requests_count", model="batched")
+    calls_before = value(before, "fmvae_batch_requests_count", model="batched")
+    after = scrape_when(server, lambda s: value(s, "fmvae_requests_total", model="batched") >= answered
+                        and value(s, "fmvae_batch_requests_count", model="batched") > calls_before)
+    calls = value(after, "fmvae_batch_requests_count", model="batched") - calls_before
     assert 0 < calls
     assert calls < len(bodies)  # some requests shared a handler call
     assert results[3][0] == 400 and json.loads(results[3][2])["field"] == "n"
