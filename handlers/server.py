@@ -47,6 +47,7 @@ from handlers.watchdog import signal_group
 
 ROOT = Path(__file__).resolve().parent.parent
 QUIET_SECONDS = 0.3  # a drain ends once nothing was queued or answered for this long
+LOG_GRACE_S = 5.0  # how long a worker death waits for the worker's exception to reach model_log.log
 # The workers' thread names in TorchServe's logs: W-<port>-<model>_<version>-stdout (or -stderr).
 WORKER_VERSION = r"(?:[0-9a-f]{12}|[\d.]+)"
 PORT_ROLES = {"inference_port": "inference", "management_port": "management",
@@ -134,6 +135,7 @@ class TorchServe:
         self.config = config or ServerConfig()
         self.process: subprocess.Popen | None = None  # the torchserve wrapper: session leader, pid = group id
         self.exporter = None
+        self._deaths: dict[str, float] = {}  # model -> when its workers were first seen dying while loading
         self.registry: CollectorRegistry | None = None
         self.watchdog: subprocess.Popen | None = None
         self._watchdog_pipe: int | None = None  # write end; the watchdog acts when it closes
@@ -300,6 +302,11 @@ class TorchServe:
             if f"Load model failed: {model}, error: Worker died." in ts_log:
                 worker = re.findall(rf"W-\d+-{re.escape(model)}_{WORKER_VERSION}-std(?:out|err) MODEL_LOG - "
                                     r"(\w[\w.]*(?:Error|Exception)\b.*)", self._read_log("model_log.log"))
+                # The worker's output reaches model_log.log a moment after ts_log.log says it died: wait for it
+                # (at most LOG_GRACE_S) rather than report a death without its reason.
+                first_seen = self._deaths.setdefault(model, time.monotonic())
+                if not worker and time.monotonic() - first_seen < LOG_GRACE_S:
+                    continue
                 reason = worker[-1] if worker else "no exception in model_log.log"
                 return f"model {model}: its workers die while loading: {reason} (see {self.log_dir}/model_log.log)"
         return None

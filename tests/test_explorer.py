@@ -23,7 +23,9 @@ pytestmark = pytest.mark.skipif(CHROMIUM is None, reason="chromium missing: run 
 IN_FLIGHT = """() => { const f = window.fetch; window.inFlight = 0; window.maxInFlight = 0;
   window.fetch = async (...a) => { const d = String(a[0]).includes('decode');
     if (d) { window.inFlight += 1; window.maxInFlight = Math.max(window.maxInFlight, window.inFlight); }
-    try { return await f(...a); } finally { if (d) window.inFlight -= 1; } }; }"""
+    try { return await f(...a); } finally { if (d) window.inFlight -= 1; } };
+  window.padMoves = 0;
+  document.addEventListener('pointermove', (e) => { if (e.target.id === 'pad') window.padMoves += 1; }, true); }"""
 
 
 def serve(explorer: Explorer):
@@ -76,15 +78,18 @@ def test_the_page_drives_every_control_through_the_api(explorer, browser, tmp_pa
     first = wait_change(page, "#decoded", "")
     # A scripted drag decodes new points, never more than one request at a time.
     box = page.locator("#pad").bounding_box()
-    page.evaluate("() => { window.explorerStats.decodes = []; window.explorerStats.dropped = 0; }")
+    page.evaluate("() => { window.explorerStats.decodes = []; window.explorerStats.dropped = 0; window.padMoves = 0; }")
     page.mouse.move(box["x"] + 60, box["y"] + 60)
     for i in range(40):
         page.mouse.move(box["x"] + 60 + 8 * i, box["y"] + 80 + 5 * i)
     dragged = wait_change(page, "#decoded", first)
     page.wait_for_timeout(300)
     assert page.evaluate("() => window.maxInFlight") == 1
-    stats = page.evaluate("() => window.explorerStats")
-    assert 1 <= len(stats["decodes"]) <= 41 and len(stats["decodes"]) + stats["dropped"] <= 41
+    # Every pointer position was decoded or dropped as stale (chromium adds a move of its own after some layout
+    # changes, so the count is the page's, not the script's).
+    page.wait_for_function("() => window.explorerStats.decodes.length + window.explorerStats.dropped"
+                           " === window.padMoves", timeout=10000)
+    assert len(page.evaluate("() => window.explorerStats")["decodes"]) >= 1
     assert "onnx-int8 on cpu" in page.text_content("#status") and " ms" in page.text_content("#status")
     # A slider moves the decoded point; the class edit answers and follows its strength.
     page.eval_on_selector("#sliders input", "el => { el.value = 2.5; el.dispatchEvent(new Event('input')); }")
