@@ -49,10 +49,10 @@ def drag(page: Page, moves: int, gap_ms: float) -> dict:
     """A figure-eight drag over the pad; the decode round trips, drops and frame rate it produced."""
     box = page.locator("#pad").bounding_box()
     cx, cy, r = box["x"] + box["width"] / 2, box["y"] + box["height"] / 2, 0.4 * box["width"]
-    page.evaluate("() => { window.explorerStats.decodes = []; window.explorerStats.dropped = 0; }")
+    page.evaluate("() => { window.explorerStats.decodes = []; window.explorerStats.dropped = {}; }")
     page.mouse.move(cx, cy)
     page.wait_for_timeout(300)
-    page.evaluate("() => { window.explorerStats.decodes = []; window.explorerStats.dropped = 0; }")
+    page.evaluate("() => { window.explorerStats.decodes = []; window.explorerStats.dropped = {}; }")
     page.evaluate(FRAME_COUNTER)
     start = time.perf_counter()
     page.mouse.down()
@@ -66,7 +66,8 @@ def drag(page: Page, moves: int, gap_ms: float) -> dict:
     page.wait_for_timeout(500)  # let the last decode land
     stats = page.evaluate("() => window.explorerStats")
     rtt = stats["decodes"]
-    return {"moves": moves, "decodes": len(rtt), "dropped": stats["dropped"], "seconds": round(seconds, 2),
+    return {"moves": moves, "decodes": len(rtt), "dropped": stats["dropped"].get("decode", 0),
+            "seconds": round(seconds, 2),
             "rtt_p50_ms": round(statistics.median(rtt), 2), "rtt_p95_ms": round(percentile(rtt, 95), 2),
             "rtt_max_ms": round(max(rtt), 2), "fps": round(frames / seconds, 1)}
 

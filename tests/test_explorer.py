@@ -78,7 +78,8 @@ def test_the_page_drives_every_control_through_the_api(explorer, browser, tmp_pa
     first = wait_change(page, "#decoded", "")
     # A scripted drag decodes new points, never more than one request at a time.
     box = page.locator("#pad").bounding_box()
-    page.evaluate("() => { window.explorerStats.decodes = []; window.explorerStats.dropped = 0; window.padMoves = 0; }")
+    page.evaluate("() => { window.explorerStats.decodes = []; window.explorerStats.dropped = {}; "
+                  "window.padMoves = 0; }")
     page.mouse.move(box["x"] + 60, box["y"] + 60)
     for i in range(40):
         page.mouse.move(box["x"] + 60 + 8 * i, box["y"] + 80 + 5 * i)
@@ -87,9 +88,12 @@ def test_the_page_drives_every_control_through_the_api(explorer, browser, tmp_pa
     assert page.evaluate("() => window.maxInFlight") == 1
     # Every pointer position was decoded or dropped as stale (chromium adds a move of its own after some layout
     # changes, so the count is the page's, not the script's).
-    page.wait_for_function("() => window.explorerStats.decodes.length + window.explorerStats.dropped"
-                           " === window.padMoves", timeout=10000)
-    assert len(page.evaluate("() => window.explorerStats")["decodes"]) >= 1
+    page.wait_for_function("() => window.inFlight === 0", timeout=10000)
+    page.wait_for_timeout(300)
+    counts = page.evaluate("() => [window.explorerStats.decodes.length, window.explorerStats.dropped.decode || 0,"
+                           " window.padMoves]")
+    decoded, dropped, moves = counts
+    assert decoded >= 1 and decoded + dropped == moves, counts
     assert "onnx-int8 on cpu" in page.text_content("#status") and " ms" in page.text_content("#status")
     # A slider moves the decoded point; the class edit answers and follows its strength.
     page.eval_on_selector("#sliders input", "el => { el.value = 2.5; el.dispatchEvent(new Event('input')); }")

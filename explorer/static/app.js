@@ -10,8 +10,8 @@ const STRIP_STEPS = 8;   // images in the interpolation strip
 const SAMPLES = 8;
 const $ = (id) => document.getElementById(id);
 
-// Round trips of the pad's decode requests and the pointer moves dropped as stale (read by bench/explorer.py).
-window.explorerStats = { decodes: [], dropped: 0 };
+// Round trips of the pad's decode requests, and per control the arguments dropped as stale (bench/explorer.py).
+window.explorerStats = { decodes: [], dropped: {} };
 
 const state = {
   spaces: {},    // from /api/spaces: per model, its routes, latent size, classes, scatter, directions
@@ -57,11 +57,14 @@ function setStatus(text, error) {
 }
 
 // One control's requests: at most one in flight; while it runs, only the newest argument waits.
-function latest(send) {
+function latest(name, send) {
   let busy = false;
   let waiting = null;
   return (arg) => {
-    if (waiting !== null) window.explorerStats.dropped += 1;
+    if (waiting !== null) {
+      const dropped = window.explorerStats.dropped;
+      dropped[name] = (dropped[name] || 0) + 1;
+    }
     waiting = arg;
     if (busy) return;
     busy = true;
@@ -169,7 +172,7 @@ function marker([u, v], color, text) {
   }
 }
 
-const decodePoint = latest(async (z) => {
+const decodePoint = latest("decode", async (z) => {
   const { data, ms } = await api("decode", { latents: [z], format: "json" });
   window.explorerStats.decodes.push(ms);
   $("decoded").src = png(data.images[0]);
@@ -229,7 +232,7 @@ $("reset-sliders").addEventListener("click", () => {
 });
 
 const requestEdit = (() => {
-  const send = latest(async (body) => {
+  const send = latest("edit", async (body) => {
     const { data } = await api("edit", body);
     $("edited").src = png(data.images[0]);
   });
@@ -245,7 +248,7 @@ $("edit-strength").addEventListener("input", () => {
 
 const stripRequest = () => ({ latents: state.ends.map((e) => e.z), steps: STRIP_STEPS,
   method: $("interp-method").value, format: "json" });
-const requestStrip = latest(async (body) => {
+const requestStrip = latest("interpolate", async (body) => {
   const { data } = await api("interpolate", body);
   fillStrip($("strip"), data.images);
 });
@@ -260,7 +263,7 @@ function fillStrip(box, images) {
   }));
 }
 
-const requestSamples = latest(async (body) => {
+const requestSamples = latest("sample", async (body) => {
   const { data } = await api("sample", body);
   fillStrip($("samples"), data.images);
 });
