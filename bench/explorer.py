@@ -49,7 +49,6 @@ def drag(page: Page, moves: int, gap_ms: float) -> dict:
     """A figure-eight drag over the pad; the decode round trips, drops and frame rate it produced."""
     box = page.locator("#pad").bounding_box()
     cx, cy, r = box["x"] + box["width"] / 2, box["y"] + box["height"] / 2, 0.4 * box["width"]
-    page.evaluate("() => { window.explorerStats.decodes = []; window.explorerStats.dropped = {}; }")
     page.mouse.move(cx, cy)
     page.wait_for_timeout(300)
     page.evaluate("() => { window.explorerStats.decodes = []; window.explorerStats.dropped = {}; }")

@@ -28,6 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
+from handlers import archive
 from handlers.settings import MODELS
 from runtime import artifacts
 
@@ -35,6 +36,7 @@ STATIC = Path(__file__).resolve().parent / "static"
 OPERATIONS = ("sample", "decode", "encode", "interpolate", "edit")  # what the page calls
 PRINCIPAL_DIRECTIONS = 8
 MAX_BODY = 512 * 1024  # the handlers' own limit
+UPSTREAM_ERRORS = (OSError, http.client.HTTPException)  # a refused, reset or malformed answer from TorchServe
 
 
 class NoSpace(ValueError):
@@ -43,9 +45,8 @@ class NoSpace(ValueError):
 
 @dataclass(frozen=True)
 class Space:
-    """One latent space the page can explore: its name, export folder and {operation: served model}."""
+    """One latent space the page can explore: its export folder and {operation: served model}."""
 
-    name: str
     export: str
     routes: dict[str, str]
 
@@ -57,7 +58,7 @@ def spaces(models: tuple[str, ...]) -> list[Space]:
     for export in dict.fromkeys(MODELS[m].export for m in models if m in MODELS):
         routes = {MODELS[m].handler.stem: m for m in models if m in MODELS and MODELS[m].export == export}
         if all(op in routes for op in OPERATIONS):
-            found.append(Space("", export, {op: routes[op] for op in OPERATIONS}))
+            found.append(Space(export, {op: routes[op] for op in OPERATIONS}))
     return found
 
 
@@ -66,9 +67,8 @@ def space_document(space: Space, model_store: Path) -> tuple[str, dict]:
     manifest and the latent statistics): what is served, whatever is in the export folders now."""
     mar = model_store / f"{space.routes['edit']}.mar"
     try:
-        with zipfile.ZipFile(mar) as z:
-            manifest = json.loads(z.read(artifacts.MANIFEST))
-            stats = artifacts.read_stats(io.BytesIO(z.read(artifacts.STATS)))
+        manifest = archive.packed_manifest(mar)
+        stats = artifacts.read_stats(io.BytesIO(archive.packed(mar, artifacts.STATS)))
     except (OSError, KeyError, ValueError, zipfile.BadZipFile) as e:
         raise artifacts.ManifestError(f"{mar}: cannot read the packed manifest and statistics ({e})") from None
     latent_dim = int(manifest["shapes"]["latent_dim"])
@@ -94,7 +94,7 @@ class Explorer(ThreadingHTTPServer):
         documents = dict(space_document(s, model_store) for s in spaces(models))
         if not documents:
             raise NoSpace(f"none of the models {', '.join(models)} serve a whole latent space "
-                             f"({', '.join(OPERATIONS)})")
+                          f"({', '.join(OPERATIONS)})")
         self.spaces_json = json.dumps(documents).encode()
         self.allowed = {route for d in documents.values() for route in d["routes"].values()}
         target = urllib.parse.urlsplit(api)
@@ -124,20 +124,24 @@ class Explorer(ThreadingHTTPServer):
         key = self.inference_key()
         if key:
             headers["Authorization"] = f"Bearer {key}"
-        for attempt in (1, 2):
-            conn = getattr(self.local, "conn", None)
-            if conn is None:
-                conn = self.local.conn = http.client.HTTPConnection(self.api_host, self.api_port, timeout=60)
-            try:
-                conn.request("POST", f"/predictions/{model}", body, headers)
-                response = conn.getresponse()
-                return response.status, response.getheader("Content-Type", "application/json"), response.read()
-            except (ConnectionError, http.client.HTTPException, OSError):
-                conn.close()
-                self.local.conn = None
-                if attempt == 2:
-                    raise
-        raise AssertionError("unreachable")
+        try:
+            return self._post(model, body, headers)
+        except UPSTREAM_ERRORS:  # TorchServe closed the kept-alive connection: once more on a new one
+            return self._post(model, body, headers)
+
+    def _post(self, model: str, body: bytes, headers: dict[str, str]) -> tuple[int, str, bytes]:
+        """One request on this thread's connection to TorchServe (made if missing, dropped after an error)."""
+        conn = getattr(self.local, "conn", None)
+        if conn is None:
+            conn = self.local.conn = http.client.HTTPConnection(self.api_host, self.api_port, timeout=60)
+        try:
+            conn.request("POST", f"/predictions/{model}", body, headers)
+            response = conn.getresponse()
+            return response.status, response.getheader("Content-Type", "application/json"), response.read()
+        except UPSTREAM_ERRORS:
+            conn.close()
+            self.local.conn = None
+            raise
 
 
 class ExplorerHandler(BaseHTTPRequestHandler):
@@ -195,7 +199,7 @@ class ExplorerHandler(BaseHTTPRequestHandler):
         else:
             try:
                 status, content_type, answer = self.server.forward(model, body)
-            except OSError as e:
+            except UPSTREAM_ERRORS as e:
                 self.error(502, "api", f"the inference API did not answer ({e})")
                 return
             self.send(status, content_type, answer)

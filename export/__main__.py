@@ -30,7 +30,7 @@ import torch
 
 from export import build, parity, stats
 from export.config import DEFAULT_OUT, RELEASES, ExportConfig
-from runtime.artifacts import ARTIFACT_DIR, MANIFEST, MANIFEST_FORMAT, STATS
+from runtime.artifacts import ARTIFACT_DIR, FALLBACK, MANIFEST, MANIFEST_FORMAT, STATS
 from training import checkpoint, classifier, data
 from training.model import IMAGE_SHAPE
 
@@ -143,7 +143,7 @@ def export(ckpt_path: Path, out: Path, cfg: ExportConfig, force: bool = False,
             "parity": report,
         }
         if fallback:
-            manifest["fallback"] = {"backends": fallback, "reason": "int8 decoders failed the parity gate: "
+            manifest[FALLBACK] = {"backends": fallback, "reason": "int8 decoders failed the parity gate: "
                                     + ", ".join(sorted(fallback)) + " (export_report.md)"}
         (artifact_dir / "export_report.json").write_text(json.dumps(report, indent=2) + "\n")
         (artifact_dir / "export_report.md").write_text(f"# Export parity report for `{ckpt_path.name}`\n\n{table}")

@@ -9,7 +9,7 @@ from pathlib import Path
 DEFAULT_CHECKPOINT = Path("model_store/release/vae.pt")
 DEFAULT_OUT = Path("model_store")  # the artifacts go to its export/ folder (runtime.artifacts.ARTIFACT_DIR)
 # The released models and the folder of DEFAULT_OUT each is exported to: what `make export` (no CHECKPOINT) builds.
-RELEASES = {Path("model_store/release/vae.pt"): "export", Path("model_store/release-2d/vae.pt"): "export-2d"}
+RELEASES = {DEFAULT_CHECKPOINT: "export", Path("model_store/release-2d/vae.pt"): "export-2d"}
 
 
 @dataclass(frozen=True)

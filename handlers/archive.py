@@ -99,10 +99,15 @@ def contents(mar: Path) -> list[str]:
         return sorted(z.namelist())
 
 
+def packed(mar: Path, name: str) -> bytes:
+    """A file packed in an archive (its name inside, e.g. ``latent_stats.npz``)."""
+    with zipfile.ZipFile(mar) as z:
+        return z.read(name)
+
+
 def packed_manifest(mar: Path) -> dict:
     """The export manifest packed in an archive."""
-    with zipfile.ZipFile(mar) as z:
-        return json.loads(z.read(artifacts.MANIFEST))
+    return json.loads(packed(mar, artifacts.MANIFEST))
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -17,6 +17,7 @@ import urllib.request
 from dataclasses import replace
 from pathlib import Path
 
+import fastjsonschema
 import numpy as np
 import pytest
 from PIL import Image
@@ -128,6 +129,16 @@ def server(current_store, artifacts_2d, fallback_2d):
     with pytest.raises(ProcessLookupError):  # no JVM or worker left behind
         os.killpg(group, 0)
     assert not ts.tmp.exists()
+
+
+def fast_check_passes(schema, operation: str, body: dict) -> bool:
+    """Whether the schema's fast (fastjsonschema) check lets ``body`` through; the tests compare it with the
+    reference validator."""
+    try:
+        schema.fast_checks[operation](body)
+    except fastjsonschema.JsonSchemaValueException:
+        return False
+    return True
 
 
 def post(server, model: str, body: bytes | dict, content_type: str = "application/json") -> tuple[int, dict, bytes]:
