@@ -4,6 +4,7 @@ the manifest, reproducibility, latent sizes other than 64, and error cases."""
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -216,7 +217,9 @@ def test_export_without_a_checkpoint_exports_every_release_and_names_are_folders
     assert run_export("--name", "x").returncode == 2  # --name needs a checkpoint
     bad = run_export("model_store/release/vae.pt", "--name", "../elsewhere", "--out", str(tmp_path))
     assert bad.returncode == 2 and "a folder name inside --out" in bad.stderr
-    current = run_export()  # the committed releases: their committed exports are current
+    for name in RELEASES.values():  # a copy, so that a stale export is rebuilt there, never in model_store/
+        shutil.copytree(Path("model_store") / name, tmp_path / name)
+    current = run_export("--out", str(tmp_path))  # the committed releases: their committed exports are current
     assert current.returncode == 0, current.stderr
     assert current.stdout.count("nothing to rebuild") == len(RELEASES)
 
