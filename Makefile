@@ -8,6 +8,7 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 RUN ?= runs/train
 CHECKPOINT ?= $(RUN)/final.pt
 RELEASE_RUN ?= runs/release
+RELEASE_TRAIN_ARGS ?= --batch-norm --kl-warmup-epochs 10 --lr-decay-start 30
 SWEEP ?=
 EXPERIMENT_ARGS ?=
 TRAIN_ARGS ?=
@@ -57,8 +58,8 @@ classifier: setup  ## train the feature classifier used by evaluate/export (mode
 evaluate: setup  ## evaluate CHECKPOINT (default runs/train/final.pt): report.md, report.json, figures beside it
 	$(PY) -m training.evaluate $(CHECKPOINT) $(EVAL_ARGS)
 
-release: setup  ## train runs/release if needed, then publish it to model_store/release with report and model card
-	[ -f $(RELEASE_RUN)/final.pt ] || $(PY) -m training.train --out $(RELEASE_RUN)
+release: setup  ## train runs/release if needed (RELEASE_TRAIN_ARGS: the release recipe), then publish it to model_store/release with report and model card
+	[ -f $(RELEASE_RUN)/final.pt ] || $(PY) -m training.train --out $(RELEASE_RUN) $(RELEASE_TRAIN_ARGS)
 	$(PY) -m training.release $(RELEASE_RUN)/final.pt
 
 export: setup  ## released models -> quantized decoders, parity gate, model_store/export{,-2d}/ (CHECKPOINT=, EXPORT_NAME=)
@@ -67,7 +68,7 @@ export: setup  ## released models -> quantized decoders, parity gate, model_stor
 archives: setup  ## TorchServe archives from model_store/export*/ and the handler code, into build/model_store/
 	$(PY) -m handlers.archive --out $(ARCHIVES)
 
-experiments: setup  ## the beta, latent-size and KL warm-up sweeps into docs/experiments/ (SWEEP=beta, EXPERIMENT_ARGS)
+experiments: setup  ## the beta, latent-size, KL warm-up and lever sweeps into docs/experiments/ (SWEEP=beta, EXPERIMENT_ARGS)
 	$(PY) -m experiments $(SWEEP) $(EXPERIMENT_ARGS)
 
 bench: setup  ## decoder speed per artifact vs fp32 eager (runs/bench/decoders.json)

@@ -5,6 +5,8 @@
 - ``latent``: latent size in {2, 8, 16, 20, 32, 64} at beta 1 (2-d against the 20-d and 32-d of the documents).
 - ``warmup``: no KL warm-up against a linear warm-up over the first half of the epochs (at least 2: the
   schedule reaches the full beta at epoch ``kl_warmup_epochs``, so 1 would change nothing), beta 1, latent 64.
+- ``levers``: the release recipe against each lever for a stronger 64-d model (KL warm-up, BatchNorm, wider
+  convolutions 48/96/192) and all three together.
 
 Each row trains the project's VAE (``training.train``; every other setting is the release recipe's) into
 ``runs/experiments/<row>/`` (a finished row is reused: rows shared by two sweeps train once) and measures it on
@@ -36,6 +38,8 @@ SWEEPS = {
     "beta": [{"beta": b} for b in (0.1, 0.5, 1.0, 2.0, 4.0)],
     "latent": [{"latent_dim": d} for d in (2, 8, 16, 20, 32, 64)],
     "warmup": [{"kl_warmup_epochs": 0}, {"kl_warmup_epochs": "half"}],
+    "levers": [{}, {"kl_warmup_epochs": "half"}, {"batch_norm": True}, {"channels": (48, 96, 192)},
+               {"batch_norm": True, "channels": (48, 96, 192), "kl_warmup_epochs": "half"}],
 }
 DOCS = Path("docs/experiments")
 SMOOTHNESS_PAIRS = 100
@@ -45,7 +49,10 @@ FIGURE_IMAGES = 10
 def row_config(setting: dict, epochs: int, subset: int | None, seed: int) -> TrainConfig:
     """The training config of one row: the release recipe with the row's setting."""
     warmup = setting.get("kl_warmup_epochs", 0)
-    return TrainConfig(model=VAEConfig(latent_dim=setting.get("latent_dim", VAEConfig.latent_dim)),
+    model = VAEConfig(latent_dim=setting.get("latent_dim", VAEConfig.latent_dim),
+                      channels=setting.get("channels", VAEConfig.channels),
+                      batch_norm=setting.get("batch_norm", False))
+    return TrainConfig(model=model,
                        epochs=epochs, subset=subset, seed=seed, beta=setting.get("beta", 1.0),
                        kl_warmup_epochs=max(2, epochs // 2) if warmup == "half" else warmup,
                        checkpoint_every=epochs)
@@ -54,7 +61,9 @@ def row_config(setting: dict, epochs: int, subset: int | None, seed: int) -> Tra
 def run_name(cfg: TrainConfig) -> str:
     """The run folder of a config: rows with the same config in two sweeps share it."""
     subset = cfg.subset or "all"
-    return (f"beta{cfg.beta:g}_z{cfg.model.latent_dim}_warmup{cfg.kl_warmup_epochs}_e{cfg.epochs}_n{subset}"
+    arch = "" if cfg.model.channels == VAEConfig.channels else "_c" + "-".join(map(str, cfg.model.channels))
+    arch += "_bn" if cfg.model.batch_norm else ""
+    return (f"beta{cfg.beta:g}_z{cfg.model.latent_dim}_warmup{cfg.kl_warmup_epochs}{arch}_e{cfg.epochs}_n{subset}"
             f"_s{cfg.seed}")
 
 
@@ -86,10 +95,17 @@ def measure(ckpt: Path, fmnist: data.FashionMNIST, clf: classifier.Classifier) -
 
 
 def label(setting: dict, cfg: TrainConfig) -> str:
-    """The row's name in the table: its setting."""
-    key = next(iter(setting))
-    value = cfg.model.latent_dim if key == "latent_dim" else getattr(cfg, key)
-    return f"{key.replace('_', ' ')} {value:g}"
+    """The row's name in the table: its setting ("release recipe" for none)."""
+    parts = []
+    for key in setting:
+        if key == "batch_norm":
+            parts.append("BatchNorm")
+        elif key == "channels":
+            parts.append("channels " + "/".join(map(str, cfg.model.channels)))
+        else:
+            value = cfg.model.latent_dim if key == "latent_dim" else getattr(cfg, key)
+            parts.append(f"{key.replace('_', ' ')} {value:g}")
+    return " + ".join(parts) or "release recipe"
 
 
 def markdown(sweep: str, rows: list[dict], args: argparse.Namespace) -> str:

@@ -7,7 +7,8 @@ a PixelShuffle(2) output. Applying this to the two convolutions at 14x14 gives
 
     Linear -> (128, 7, 7) -> ReLU -> Conv 128->64 -> ReLU -> Conv 64->128 -> ReLU -> Conv 128->16 -> PixelShuffle(4)
 
-with the same outputs (to float rounding). Why: ONNX Runtime's int8 graph of the original spent more time in
+with the same outputs (to float rounding); a decoder trained with BatchNorm has it folded into the convolutions
+first. Why: ONNX Runtime's int8 graph of the original spent more time in
 its uint8 nearest Resize (1.9 ms at batch 64) than in either int8 convolution, and a DepthToSpace at
 64 channels cost as much again; with all convolutions at 7x7 only one small DepthToSpace remains, at the end.
 """
@@ -18,8 +19,22 @@ import copy
 
 import torch
 from torch import Tensor, nn
+from torch.nn.utils.fusion import fuse_conv_bn_eval
 
 from training.model import Decoder
+
+
+def fold_batch_norm(layers: nn.Sequential) -> list[nn.Module]:
+    """``layers`` in eval mode with each Conv2d -> BatchNorm2d pair folded into one Conv2d (same outputs)."""
+    folded: list[nn.Module] = []
+    for layer in layers:
+        if isinstance(layer, nn.BatchNorm2d):
+            if not folded or not isinstance(folded[-1], nn.Conv2d):
+                raise ValueError("a BatchNorm2d that does not follow a Conv2d cannot be folded")
+            folded[-1] = fuse_conv_bn_eval(folded[-1].eval(), layer.eval())
+        else:
+            folded.append(layer)
+    return folded
 
 
 def low_res_conv(conv: nn.Conv2d, input_shuffled: bool) -> nn.Conv2d:
@@ -67,11 +82,12 @@ class LowResDecoder(nn.Module):
 
     def __init__(self, decoder: Decoder) -> None:
         super().__init__()
-        layers = [type(m).__name__ for m in decoder.conv]
+        folded = fold_batch_norm(decoder.conv)
+        layers = [type(m).__name__ for m in folded]
         expected = ["ReLU", "Conv2d", "ReLU", "Upsample", "Conv2d", "ReLU", "Conv2d", "PixelShuffle"]
         if layers != expected:
             raise ValueError(f"decoder layers {layers} are not the layout this rewrite knows ({expected})")
-        _, conv7, _, _, conv14, _, conv_out, _ = decoder.conv
+        _, conv7, _, _, conv14, _, conv_out, _ = folded
         self.channels = decoder.c3
         self.fc = copy.deepcopy(decoder.fc)
         self.conv = nn.Sequential(

@@ -52,12 +52,16 @@ def exported(small) -> tuple[Path, dict]:
     return out, json.loads((out / ARTIFACT_DIR / MANIFEST).read_text())
 
 
-@pytest.mark.parametrize("channels", [(32, 64, 128), (8, 16, 32)])
-def test_low_res_decoder_equals_the_trained_decoder(channels):
+@pytest.mark.parametrize(("channels", "batch_norm"), [((32, 64, 128), False), ((8, 16, 32), False),
+                                                      ((8, 16, 32), True)])
+def test_low_res_decoder_equals_the_trained_decoder(channels, batch_norm):
     torch.manual_seed(0)
-    decoder = VAE(VAEConfig(channels=channels)).decoder.eval()
+    decoder = VAE(VAEConfig(channels=channels, batch_norm=batch_norm)).decoder.eval()
     for p in decoder.parameters():  # non-zero biases too, so that a misplaced bias channel shows
         torch.nn.init.normal_(p, std=0.2)
+    for name, buffer in decoder.named_buffers():  # BatchNorm running statistics far from (0, 1)
+        if name.endswith(("running_mean", "running_var")):
+            buffer.copy_(torch.rand_like(buffer) + 0.5)
     low = LowResDecoder(decoder).eval()
     z = torch.randn(7, 64)
     with torch.no_grad():

@@ -18,6 +18,7 @@ from PIL import Image
 
 from training import checkpoint, classifier, data, evaluate, release, train
 from training.config import TrainConfig
+from training.model import VAEConfig
 
 SMALL = ["--channels", "8", "16", "32", "--latent-dim", "8", "--batch-size", "64"]
 
@@ -210,3 +211,22 @@ def test_atomic_write_gives_files_the_usual_mode(tmp_path):
     os.umask(umask)
     assert target.read_text() == "x" and (target.stat().st_mode & 0o777) == 0o666 & ~umask
     assert list(tmp_path.iterdir()) == [target]
+
+
+def test_batch_norm_model_trains_resumes_and_names_its_recipe(tmp_path, dataset_dir):
+    run_train(tmp_path, dataset_dir, "--epochs", "1", "--batch-norm", "--kl-warmup-epochs", "2", "--subset", "256")
+    state = checkpoint.load(tmp_path / "final.pt")
+    assert state["model_config"]["batch_norm"] is True
+    model, _ = checkpoint.load_model(tmp_path / "final.pt")
+    norms = [m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    assert len(norms) == 5 and all(not m.training and m.num_batches_tracked > 0 for m in norms)
+    command = release.train_command(state["train_config"], Path("runs/x"))
+    assert "--batch-norm" in command and "--kl-warmup-epochs 2" in command and "--channels 8 16 32" in command
+    with pytest.raises(SystemExit, match="--batch-norm cannot change on --resume"):
+        train.main(["--resume", str(tmp_path / "final.pt"), "--epochs", "2", "--batch-norm"])
+
+
+def test_checkpoints_from_before_batch_norm_load_without_it():
+    old = {"latent_dim": 64, "channels": [32, 64, 128]}
+    assert VAEConfig.from_dict(old) == VAEConfig() and not VAEConfig.from_dict(old).batch_norm
+    assert VAEConfig.from_dict(VAEConfig(batch_norm=True).to_dict()).batch_norm

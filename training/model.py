@@ -28,6 +28,7 @@ class VAEConfig:
 
     latent_dim: int = 64
     channels: tuple[int, int, int] = (32, 64, 128)
+    batch_norm: bool = False  # BatchNorm2d after every hidden convolution (folded into the conv on export)
 
     def to_dict(self) -> dict:
         """Plain-JSON form (lists, not tuples), as saved in checkpoints and manifests."""
@@ -35,8 +36,15 @@ class VAEConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> VAEConfig:
-        """Inverse of ``to_dict``."""
-        return cls(latent_dim=int(d["latent_dim"]), channels=tuple(int(c) for c in d["channels"]))
+        """Inverse of ``to_dict`` (checkpoints from before ``batch_norm`` existed have none)."""
+        return cls(latent_dim=int(d["latent_dim"]), channels=tuple(int(c) for c in d["channels"]),
+                   batch_norm=bool(d.get("batch_norm", False)))
+
+
+def conv_block(cfg: VAEConfig, c_in: int, c_out: int, stride: int = 1) -> list[nn.Module]:
+    """A hidden 3x3 convolution, with BatchNorm when the config asks for it, then ReLU."""
+    conv = nn.Conv2d(c_in, c_out, 3, stride=stride, padding=1)
+    return [conv, nn.BatchNorm2d(c_out), nn.ReLU()] if cfg.batch_norm else [conv, nn.ReLU()]
 
 
 class Encoder(nn.Module):
@@ -46,9 +54,7 @@ class Encoder(nn.Module):
         super().__init__()
         c1, c2, c3 = cfg.channels
         self.conv = nn.Sequential(
-            nn.Conv2d(1, c1, 3, stride=2, padding=1), nn.ReLU(),
-            nn.Conv2d(c1, c2, 3, stride=2, padding=1), nn.ReLU(),
-            nn.Conv2d(c2, c3, 3, stride=2, padding=1), nn.ReLU(),
+            *conv_block(cfg, 1, c1, stride=2), *conv_block(cfg, c1, c2, stride=2), *conv_block(cfg, c2, c3, stride=2),
             nn.Flatten(),
         )
         self.fc = nn.Linear(c3 * 4 * 4, 2 * cfg.latent_dim)
@@ -68,8 +74,8 @@ class Decoder(nn.Module):
         self.fc = nn.Linear(cfg.latent_dim, c3 * 7 * 7)
         self.conv = nn.Sequential(
             nn.ReLU(),
-            nn.Conv2d(c3, c2, 3, padding=1), nn.ReLU(), nn.Upsample(scale_factor=2, mode="nearest"),
-            nn.Conv2d(c2, c1, 3, padding=1), nn.ReLU(),
+            *conv_block(cfg, c3, c2), nn.Upsample(scale_factor=2, mode="nearest"),
+            *conv_block(cfg, c2, c1),
             nn.Conv2d(c1, 4, 3, padding=1), nn.PixelShuffle(2),  # (4, 14, 14) -> (1, 28, 28)
         )
 

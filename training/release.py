@@ -23,21 +23,27 @@ def train_command(cfg: dict, out: Path) -> str:
     """The command line that reproduces a run with this training config."""
     defaults = TrainConfig().to_dict()
     flags = [f"--{k.replace('_', '-')} {v}" for k, v in cfg.items() if k != "model" and v != defaults[k]]
-    if VAEConfig.from_dict(cfg["model"]) != VAEConfig():
-        flags += [f"--latent-dim {cfg['model']['latent_dim']}",
-                  "--channels " + " ".join(map(str, cfg["model"]["channels"]))]
+    model = VAEConfig.from_dict(cfg["model"])
+    if model.latent_dim != VAEConfig.latent_dim:
+        flags.append(f"--latent-dim {model.latent_dim}")
+    if model.channels != VAEConfig.channels:
+        flags.append("--channels " + " ".join(map(str, model.channels)))
+    if model.batch_norm:
+        flags.append("--batch-norm")
     return " ".join(["python -m training.train --out", str(out), *flags])
 
 
 def model_card(report: dict, state: dict, source: Path) -> str:
     """MODEL_CARD.md: what the model is, how it was made, and how well it does."""
     e, cfg, params = report["test"], state["train_config"], report["parameters"]
+    norm = ", BatchNorm after every hidden conv (folded on export)" if cfg["model"].get("batch_norm") else ""
+    shape = f"{tuple(cfg['model']['channels'])}{norm} -> Gaussian q(z|x), latent {cfg['model']['latent_dim']}"
     decay = f", cosine decay after epoch {cfg['lr_decay_start']}" if cfg.get("lr_decay_start") else " constant"
     hashes = "\n".join(f"| `{name}` | `{digest}` |" for name, digest in report["data_sha256"].items())
     return f"""# Model card: Fashion-MNIST convolutional VAE, latent {cfg["model"]["latent_dim"]}
 
 - Checkpoint: `vae.pt` (SHA-256 `{report['checkpoint_sha256']}`), published from `{source}`.
-- Architecture: conv encoder {tuple(cfg['model']['channels'])} -> Gaussian q(z|x), latent {cfg['model']['latent_dim']};
+- Architecture: conv encoder {shape};
   decoder Linear -> 3x3 conv -> nearest upsample x2 -> 3x3 conv -> sub-pixel 3x3 conv + PixelShuffle ->
   Bernoulli logits over 28x28 pixels in [0, 1] (see `training/model.py`). {params['total']:,} parameters
   (encoder {params['encoder']:,}, decoder {params['decoder']:,}).

@@ -189,6 +189,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--latent-dim", type=positive_int, default=None, help=f"default {d.model.latent_dim}")
     p.add_argument("--channels", type=positive_int, nargs=3, default=None,
                    help=f"conv widths (default {' '.join(map(str, d.model.channels))})")
+    p.add_argument("--batch-norm", action="store_true", default=None,
+                   help="BatchNorm after every hidden convolution (default off)")
     return p.parse_args(argv)
 
 
@@ -201,7 +203,7 @@ def main(argv: list[str] | None = None) -> None:
             resume = checkpoint.load(args.resume)
         except checkpoint.CheckpointError as e:
             raise SystemExit(f"error: --resume: {e}") from None
-        fixed = [f"--{k.replace('_', '-')}" for k in (*HYPER_FLAGS, "latent_dim", "channels")
+        fixed = [f"--{k.replace('_', '-')}" for k in (*HYPER_FLAGS, "latent_dim", "channels", "batch_norm")
                  if getattr(args, k) is not None]
         if fixed:
             raise SystemExit(f"error: {', '.join(fixed)} cannot change on --resume (the checkpoint fixes them)")
@@ -219,7 +221,8 @@ def main(argv: list[str] | None = None) -> None:
         out = args.out or args.resume.parent
     else:
         model_cfg = VAEConfig(latent_dim=args.latent_dim or VAEConfig.latent_dim,
-                              channels=tuple(args.channels) if args.channels else VAEConfig.channels)
+                              channels=tuple(args.channels) if args.channels else VAEConfig.channels,
+                              batch_norm=bool(args.batch_norm))
         cfg = TrainConfig(model=model_cfg, **{k: getattr(args, k) for k in (*HYPER_FLAGS, "epochs", "lr_decay_start")
                                               if getattr(args, k) is not None})
         out = args.out or Path("runs/train")
