@@ -8,7 +8,7 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 RUN ?= runs/train
 CHECKPOINT ?= $(RUN)/final.pt
 RELEASE_RUN ?= runs/release
-RELEASE_TRAIN_ARGS ?= --batch-norm --kl-warmup-epochs 10 --lr-decay-start 30
+RELEASE_BASE ?= runs/release-60
 SWEEP ?=
 EXPERIMENT_ARGS ?=
 TRAIN_ARGS ?=
@@ -58,8 +58,9 @@ classifier: setup  ## train the feature classifier used by evaluate/export (mode
 evaluate: setup  ## evaluate CHECKPOINT (default runs/train/final.pt): report.md, report.json, figures beside it
 	$(PY) -m training.evaluate $(CHECKPOINT) $(EVAL_ARGS)
 
-release: setup  ## train runs/release if needed (RELEASE_TRAIN_ARGS: the release recipe), then publish it to model_store/release with report and model card
-	[ -f $(RELEASE_RUN)/final.pt ] || $(PY) -m training.train --out $(RELEASE_RUN) $(RELEASE_TRAIN_ARGS)
+release: setup  ## train runs/release if needed (60 epochs into RELEASE_BASE, then 25 more), then publish it to model_store/release with report and model card
+	[ -f $(RELEASE_RUN)/final.pt ] || [ -f $(RELEASE_BASE)/final.pt ] || $(PY) -m training.train --out $(RELEASE_BASE) --lr-decay-start 30
+	[ -f $(RELEASE_RUN)/final.pt ] || $(PY) -m training.train --out $(RELEASE_RUN) --init-from $(RELEASE_BASE)/final.pt --epochs 85 --lr 3e-4 --lr-decay-start 60
 	$(PY) -m training.release $(RELEASE_RUN)/final.pt
 
 export: setup  ## released models -> quantized decoders, parity gate, model_store/export{,-2d}/ (CHECKPOINT=, EXPORT_NAME=)

@@ -230,3 +230,26 @@ def test_checkpoints_from_before_batch_norm_load_without_it():
     old = {"latent_dim": 64, "channels": [32, 64, 128]}
     assert VAEConfig.from_dict(old) == VAEConfig() and not VAEConfig.from_dict(old).batch_norm
     assert VAEConfig.from_dict(VAEConfig(batch_norm=True).to_dict()).batch_norm
+
+
+def test_init_from_trains_on_from_weights_with_a_fresh_optimizer_and_records_it(tmp_path, dataset_dir, trained):
+    parent = tmp_path / "released.pt"  # like a released vae.pt: no optimizer or RNG state
+    checkpoint.save(parent, {k: v for k, v in checkpoint.load(trained / "final.pt").items()
+                             if k in release.KEEP})
+    with pytest.raises(SystemExit, match="pass --epochs > that"):
+        train.main(["--init-from", str(parent), "--epochs", "2", "--data-dir", str(dataset_dir)])
+    with pytest.raises(SystemExit, match="--channels cannot be set with --init-from"):
+        train.main(["--init-from", str(parent), "--epochs", "3", "--channels", "8", "16", "32"])
+    out = tmp_path / "long"
+    train.main(["--out", str(out), "--init-from", str(parent), "--epochs", "3", "--lr", "3e-4",
+                "--lr-decay-start", "2", "--data-dir", str(dataset_dir), "--device", "cpu", "--batch-size", "64"])
+    state = checkpoint.load(out / "final.pt")
+    assert state["epoch"] == 3 and [h["epoch"] for h in state["history"]] == [1, 2, 3]
+    assert state["history"][:2] == checkpoint.load(parent)["history"]
+    assert state["init_from"]["sha256"] == checkpoint.file_sha256(parent) and state["init_from"]["epoch"] == 2
+    assert state["model_config"] == checkpoint.load(parent)["model_config"]
+    moved = [not torch.equal(a, state["model"][k]) for k, a in checkpoint.load(parent)["model"].items()
+             if a.is_floating_point()]
+    assert any(moved)
+    command = release.train_command(state["train_config"], out, state["init_from"])
+    assert f"--init-from {parent}" in command and "--epochs 3" in command and "--lr 0.0003" in command

@@ -16,13 +16,15 @@ from training.config import TrainConfig
 from training.model import VAEConfig
 
 DEFAULT_OUT = Path("model_store/release")
-KEEP = ("model_config", "train_config", "model", "epoch", "data_sha256", "history")
+KEEP = ("model_config", "train_config", "model", "epoch", "data_sha256", "history", "init_from")
 
 
-def train_command(cfg: dict, out: Path) -> str:
-    """The command line that reproduces a run with this training config."""
+def train_command(cfg: dict, out: Path, init_from: dict | None = None) -> str:
+    """The command line that reproduces a run with this training config (and starting checkpoint)."""
     defaults = TrainConfig().to_dict()
     flags = [f"--{k.replace('_', '-')} {v}" for k, v in cfg.items() if k != "model" and v != defaults[k]]
+    if init_from is not None:
+        return " ".join(["python -m training.train --out", str(out), "--init-from", init_from["path"], *flags])
     model = VAEConfig.from_dict(cfg["model"])
     if model.latent_dim != VAEConfig.latent_dim:
         flags.append(f"--latent-dim {model.latent_dim}")
@@ -38,6 +40,11 @@ def model_card(report: dict, state: dict, source: Path) -> str:
     e, cfg, params = report["test"], state["train_config"], report["parameters"]
     norm = ", BatchNorm after every hidden conv (folded on export)" if cfg["model"].get("batch_norm") else ""
     shape = f"{tuple(cfg['model']['channels'])}{norm} -> Gaussian q(z|x), latent {cfg['model']['latent_dim']}"
+    parent = state.get("init_from")
+    lineage = "" if parent is None else (
+        f"\n  Started from `{parent['path']}` (SHA-256 `{parent['sha256'][:16]}...`, epoch {parent['epoch']}) with a "
+        f"fresh optimizer; that checkpoint was trained with "
+        f"`{train_command(parent['train_config'], Path('runs/release'))}`.")
     decay = f", cosine decay after epoch {cfg['lr_decay_start']}" if cfg.get("lr_decay_start") else " constant"
     hashes = "\n".join(f"| `{name}` | `{digest}` |" for name, digest in report["data_sha256"].items())
     return f"""# Model card: Fashion-MNIST convolutional VAE, latent {cfg["model"]["latent_dim"]}
@@ -47,8 +54,9 @@ def model_card(report: dict, state: dict, source: Path) -> str:
   decoder Linear -> 3x3 conv -> nearest upsample x2 -> 3x3 conv -> sub-pixel 3x3 conv + PixelShuffle ->
   Bernoulli logits over 28x28 pixels in [0, 1] (see `training/model.py`). {params['total']:,} parameters
   (encoder {params['encoder']:,}, decoder {params['decoder']:,}).
-- Training: `{train_command(cfg, source.parent)}` ({cfg['epochs']} epochs, batch {cfg['batch_size']},
-  Adam lr {cfg['lr']}{decay}, beta {cfg['beta']}, KL warm-up {cfg['kl_warmup_epochs']} epochs, seed {cfg['seed']}).
+- Training: `{train_command(cfg, source.parent, parent)}` ({cfg['epochs']} epochs, batch {cfg['batch_size']},
+  Adam lr {cfg['lr']}{decay}, beta {cfg['beta']}, KL warm-up {cfg['kl_warmup_epochs']} epochs,
+  seed {cfg['seed']}).{lineage}
 - Intended use: generating and interpolating 28x28 grayscale clothing images for demos and serving tests.
   Not a classifier, not a density model for anything but Fashion-MNIST.
 

@@ -1,4 +1,8 @@
-"""Train the Fashion-MNIST VAE: ``python -m training.train [--out runs/train] [--resume CKPT]``.
+"""Train the Fashion-MNIST VAE: ``python -m training.train [--out runs/train] [--resume CKPT | --init-from CKPT]``.
+
+``--resume`` continues a run exactly (optimizer, RNG, schedule). ``--init-from`` trains on from a checkpoint's
+weights (a released ``vae.pt`` has no optimizer state) with a fresh Adam and this run's schedule: epochs keep
+counting from the checkpoint's, its history is kept, and the checkpoint it started from is recorded.
 
 Writes into the run folder: ``history.csv`` and ``curves.png`` (every epoch), ``epoch_NNN.pt`` and grids
 ``grids/epoch_NNN_{recon,samples,interp}.png`` every ``--checkpoint-every`` epochs, and ``final.pt``.
@@ -108,8 +112,8 @@ def write_history(history: list[dict], out: Path) -> None:
 
 
 def run(cfg: TrainConfig, out: Path, device: torch.device, data_dir: str | None = None,
-        resume: dict | None = None) -> Path:
-    """Train to ``cfg.epochs`` (continuing ``resume`` if given); returns the path of ``final.pt``."""
+        resume: dict | None = None, init: dict | None = None) -> Path:
+    """Train to ``cfg.epochs`` (continuing ``resume``, or from ``init``'s weights); returns ``final.pt``'s path."""
     fmnist = data.load(data_dir)
     x_train, x_test = fmnist.train.tensor(), fmnist.test.tensor()
     if cfg.subset is not None:
@@ -119,15 +123,19 @@ def run(cfg: TrainConfig, out: Path, device: torch.device, data_dir: str | None 
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
     history: list[dict] = []
     start = 1
-    if resume is not None:
-        if resume["data_sha256"] != fmnist.sha256:
-            raise SystemExit("error: --resume: the checkpoint was trained on different data files "
+    parent = resume or init
+    if parent is not None:
+        if parent["data_sha256"] != fmnist.sha256:
+            flag = "--resume" if resume is not None else "--init-from"
+            raise SystemExit(f"error: {flag}: the checkpoint was trained on different data files "
                              f"than those in {fmnist.source}")
-        model.load_state_dict(resume["model"])
+        model.load_state_dict(parent["model"])
+        history = list(parent["history"])
+        start = parent["epoch"] + 1
+    if resume is not None:
         opt.load_state_dict(resume["optimizer"])
         torch.set_rng_state(resume["rng_state"])
-        history = resume["history"]
-        start = resume["epoch"] + 1
+    lineage = (resume or {}).get("init_from") or (init and init["init_from"])
     out.mkdir(parents=True, exist_ok=True)
     print(f"training on {len(x_train)} images from {fmnist.source} on {device}, "
           f"epochs {start}..{cfg.epochs}, writing to {out}", file=sys.stderr)
@@ -151,6 +159,8 @@ def run(cfg: TrainConfig, out: Path, device: torch.device, data_dir: str | None 
                      "model": {k: v.cpu() for k, v in model.state_dict().items()},
                      "optimizer": opt.state_dict(), "epoch": epoch, "rng_state": torch.get_rng_state(),
                      "data_sha256": fmnist.sha256, "history": history}
+            if lineage:
+                state["init_from"] = lineage
             if periodic:
                 checkpoint.save(out / f"epoch_{epoch:03d}.pt", state)
                 save_grids(model, x_test, out, epoch, device)
@@ -173,6 +183,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", type=Path, default=None, help="run folder (default: runs/train, or the --resume folder)")
     p.add_argument("--resume", type=Path, default=None, help="continue exactly from this checkpoint")
+    p.add_argument("--init-from", type=Path, default=None,
+                   help="train on from this checkpoint's weights with a fresh optimizer and this run's schedule")
     p.add_argument("--data-dir", default=None, help="folder with the four IDX .gz files")
     p.add_argument("--device", default="auto", help="auto (CUDA if available), cpu, cuda, cuda:N")
     p.add_argument("--epochs", type=positive_int, default=None, help=f"total epochs (default {d.epochs})")
@@ -197,8 +209,29 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     device = pick_device(args.device)
-    resume = None
-    if args.resume is not None:
+    resume = init = None
+    if args.resume is not None and args.init_from is not None:
+        raise SystemExit("error: --resume and --init-from exclude each other")
+    if args.init_from is not None:
+        try:
+            init = checkpoint.load(args.init_from, required=("model_config", "model", "epoch", "history",
+                                                              "data_sha256", "train_config"))
+        except checkpoint.CheckpointError as e:
+            raise SystemExit(f"error: --init-from: {e}") from None
+        fixed = [f"--{k.replace('_', '-')}" for k in ("latent_dim", "channels", "batch_norm")
+                 if getattr(args, k) is not None]
+        if fixed:
+            raise SystemExit(f"error: {', '.join(fixed)} cannot be set with --init-from (the checkpoint fixes them)")
+        if args.epochs is None or args.epochs <= init["epoch"]:
+            raise SystemExit(f"error: --init-from: {args.init_from} is at epoch {init['epoch']}; "
+                             "pass --epochs > that (the total count)")
+        init["init_from"] = {"path": str(args.init_from), "sha256": checkpoint.file_sha256(args.init_from),
+                             "epoch": init["epoch"], "train_config": init["train_config"]}
+        cfg = TrainConfig(model=VAEConfig.from_dict(init["model_config"]),
+                          **{k: getattr(args, k) for k in (*HYPER_FLAGS, "epochs", "lr_decay_start")
+                             if getattr(args, k) is not None})
+        out = args.out or Path("runs/train")
+    elif args.resume is not None:
         try:
             resume = checkpoint.load(args.resume)
         except checkpoint.CheckpointError as e:
@@ -227,7 +260,7 @@ def main(argv: list[str] | None = None) -> None:
                                               if getattr(args, k) is not None})
         out = args.out or Path("runs/train")
     try:
-        final = run(cfg, out, device, args.data_dir, resume)
+        final = run(cfg, out, device, args.data_dir, resume, init)
     except data.DataError as e:
         raise SystemExit(f"error: {e}") from None
     print(f"wrote {final}")
