@@ -1,1 +1,1 @@
-"""The documents' experiments: beta, latent-size and KL warm-up sweeps (``python -m experiments``)."""
+"""The documents' experiments: beta, latent-size, KL warm-up and lever sweeps (``python -m experiments``)."""

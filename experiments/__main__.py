@@ -1,4 +1,4 @@
-"""The documents' experiments: ``python -m experiments {beta,latent,warmup} [--epochs 3] [--subset 20000]``
+"""The documents' experiments: ``python -m experiments {beta,latent,warmup,levers} [--epochs 3] [--subset 20000]``
 (``make experiments``).
 
 - ``beta``: beta in {0.1, 0.5, 1, 2, 4} at latent 64.
@@ -87,7 +87,8 @@ def measure(ckpt: Path, fmnist: data.FashionMNIST, clf: classifier.Classifier) -
     usage = evaluate.latent_usage(mu, logvar)
     row = {"neg_elbo": elbo["neg_elbo"], "recon": elbo["recon"], "kl": elbo["kl"],
            "active_units": usage["active_units"], "mutual_information": usage["mutual_information"],
-           "frechet": evaluate.frechet(model, clf, fmnist)["samples_vs_test"], "smoothness": smoothness(model, mu),
+           "frechet": evaluate.frechet(model, clf, fmnist, floor=False)["samples_vs_test"],
+           "smoothness": smoothness(model, mu),
            "train_seconds": round(sum(h["seconds"] for h in state["history"]), 1)}
     recon = torch.sigmoid(model.decode(mu[:FIGURE_IMAGES]))
     samples = model.sample(FIGURE_IMAGES, generator=torch.Generator().manual_seed(0))

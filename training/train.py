@@ -31,6 +31,7 @@ HISTORY_FIELDS = ("epoch", "beta", "train_total", "train_recon", "train_kl",
                   "test_total", "test_recon", "test_kl", "seconds")
 # Hyper-parameter flags: (argparse dest, TrainConfig field). They may not change on --resume, except epochs.
 HYPER_FLAGS = ("batch_size", "lr", "beta", "kl_warmup_epochs", "seed", "subset", "checkpoint_every")
+ARCH_FLAGS = ("latent_dim", "channels", "batch_norm")  # fixed by a checkpoint's weights
 
 
 def pick_device(name: str) -> torch.device:
@@ -135,7 +136,7 @@ def run(cfg: TrainConfig, out: Path, device: torch.device, data_dir: str | None 
     if resume is not None:
         opt.load_state_dict(resume["optimizer"])
         torch.set_rng_state(resume["rng_state"])
-    lineage = (resume or {}).get("init_from") or (init and init["init_from"])
+    lineage = (parent or {}).get("init_from")  # main sets it on ``init``; a resumed run carries its own
     out.mkdir(parents=True, exist_ok=True)
     print(f"training on {len(x_train)} images from {fmnist.source} on {device}, "
           f"epochs {start}..{cfg.epochs}, writing to {out}", file=sys.stderr)
@@ -206,6 +207,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
+def given(args: argparse.Namespace, names: tuple[str, ...]) -> dict:
+    """The flags among ``names`` that were given on the command line: {dest: value}."""
+    return {k: getattr(args, k) for k in names if getattr(args, k) is not None}
+
+
+def flag_names(dests: dict) -> str:
+    """``--flag-a, --flag-b`` for argparse dests."""
+    return ", ".join(f"--{k.replace('_', '-')}" for k in dests)
+
+
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     device = pick_device(args.device)
@@ -218,28 +229,23 @@ def main(argv: list[str] | None = None) -> None:
                                                               "data_sha256", "train_config"))
         except checkpoint.CheckpointError as e:
             raise SystemExit(f"error: --init-from: {e}") from None
-        fixed = [f"--{k.replace('_', '-')}" for k in ("latent_dim", "channels", "batch_norm")
-                 if getattr(args, k) is not None]
-        if fixed:
-            raise SystemExit(f"error: {', '.join(fixed)} cannot be set with --init-from (the checkpoint fixes them)")
+        if fixed := given(args, ARCH_FLAGS):
+            raise SystemExit(f"error: {flag_names(fixed)} cannot be set with --init-from (the checkpoint fixes them)")
         if args.epochs is None or args.epochs <= init["epoch"]:
             raise SystemExit(f"error: --init-from: {args.init_from} is at epoch {init['epoch']}; "
                              "pass --epochs > that (the total count)")
         init["init_from"] = {"path": str(args.init_from), "sha256": checkpoint.file_sha256(args.init_from),
                              "epoch": init["epoch"], "train_config": init["train_config"]}
         cfg = TrainConfig(model=VAEConfig.from_dict(init["model_config"]),
-                          **{k: getattr(args, k) for k in (*HYPER_FLAGS, "epochs", "lr_decay_start")
-                             if getattr(args, k) is not None})
+                          **given(args, (*HYPER_FLAGS, "epochs", "lr_decay_start")))
         out = args.out or Path("runs/train")
     elif args.resume is not None:
         try:
             resume = checkpoint.load(args.resume)
         except checkpoint.CheckpointError as e:
             raise SystemExit(f"error: --resume: {e}") from None
-        fixed = [f"--{k.replace('_', '-')}" for k in (*HYPER_FLAGS, "latent_dim", "channels", "batch_norm")
-                 if getattr(args, k) is not None]
-        if fixed:
-            raise SystemExit(f"error: {', '.join(fixed)} cannot change on --resume (the checkpoint fixes them)")
+        if fixed := given(args, (*HYPER_FLAGS, *ARCH_FLAGS)):
+            raise SystemExit(f"error: {flag_names(fixed)} cannot change on --resume (the checkpoint fixes them)")
         trained = TrainConfig.from_dict(resume["train_config"])
         cfg = TrainConfig.from_dict(resume["train_config"])
         cfg.epochs = args.epochs or cfg.epochs
@@ -256,8 +262,7 @@ def main(argv: list[str] | None = None) -> None:
         model_cfg = VAEConfig(latent_dim=args.latent_dim or VAEConfig.latent_dim,
                               channels=tuple(args.channels) if args.channels else VAEConfig.channels,
                               batch_norm=bool(args.batch_norm))
-        cfg = TrainConfig(model=model_cfg, **{k: getattr(args, k) for k in (*HYPER_FLAGS, "epochs", "lr_decay_start")
-                                              if getattr(args, k) is not None})
+        cfg = TrainConfig(model=model_cfg, **given(args, (*HYPER_FLAGS, "epochs", "lr_decay_start")))
         out = args.out or Path("runs/train")
     try:
         final = run(cfg, out, device, args.data_dir, resume, init)
