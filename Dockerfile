@@ -29,9 +29,10 @@ RUN pip install --index-url "${TORCH_INDEX}" --extra-index-url https://pypi.org/
 WORKDIR /src
 COPY handlers/ handlers/
 COPY runtime/ runtime/
+COPY serving/ serving/
 COPY model_store/export/ model_store/export/
 COPY model_store/export-2d/ model_store/export-2d/
-RUN python -m handlers.archive --store model_store --out /opt/model_store
+RUN python -m serving.archive --store model_store --out /opt/model_store
 
 FROM ${PYTHON_IMAGE} AS runtime
 # Java 17 runs TorchServe's frontend. Debian's security updates move the exact version: not pinned.
@@ -46,8 +47,9 @@ COPY --from=build /opt/venv /opt/venv
 # are not on the loader's path: add their folders (none in the CPU image).
 RUN ln -s /opt/venv/nvidia-libs.conf /etc/ld.so.conf.d/fmvae-nvidia-wheels.conf && ldconfig
 WORKDIR /app
-COPY handlers/ handlers/
+# The launcher (serving/) and what it shares with the workers (runtime/); the worker code is in the archives.
 COPY runtime/ runtime/
+COPY serving/ serving/
 COPY --from=build /opt/model_store/ model_store/
 ENV PATH=/opt/venv/bin:$PATH PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1
 USER 10001
@@ -55,8 +57,8 @@ USER 10001
 # 8081 management listens on the container's loopback and cannot be published.
 EXPOSE 8080 8082 8083
 HEALTHCHECK --interval=30s --timeout=10s --start-period=60s --retries=3 \
-    CMD ["python", "-m", "handlers.health", "--work-dir", "/home/fmvae/run"]
-ENTRYPOINT ["python", "-m", "handlers"]
+    CMD ["python", "-m", "serving.health", "--work-dir", "/home/fmvae/run"]
+ENTRYPOINT ["python", "-m", "serving"]
 CMD ["--host", "0.0.0.0", "--metrics-host", "0.0.0.0", "--token-auth", "--token-expiration-min", "1440", \
      "--work-dir", "/home/fmvae/run", "--log-dir", "/home/fmvae/logs", "--model-store", "model_store", \
      "--no-explorer"]

@@ -27,7 +27,7 @@ IMAGE_KIND ?= gpu
 IMAGE_TOOLS = command -v buildah >/dev/null && command -v podman >/dev/null && command -v debootstrap >/dev/null \
 	|| { $(SUDO) apt-get update -q && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -q --no-install-recommends buildah podman debootstrap; }
 
-.PHONY: help setup train evaluate classifier release experiments export archives bench serve serve-bench explorer-bench loadtest soak image image-cpu image-test test lint clean
+.PHONY: help setup train evaluate classifier release experiments export archives bench serve serve-bench explorer-bench loadtest soak image image-cpu image-test test test-fast lint clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-11s %s\n", $$1, $$2}'
@@ -67,7 +67,7 @@ export: setup  ## released models -> quantized decoders, parity gate, model_stor
 	$(PY) -m export $(if $(filter command line,$(origin CHECKPOINT)),$(CHECKPOINT) --name $(EXPORT_NAME)) $(EXPORT_ARGS)
 
 archives: setup  ## TorchServe archives from model_store/export*/ and the handler code, into build/model_store/
-	$(PY) -m handlers.archive --out $(ARCHIVES)
+	$(PY) -m serving.archive --out $(ARCHIVES)
 
 experiments: setup  ## the beta, latent-size, KL warm-up and lever sweeps into docs/experiments/ (SWEEP=beta, EXPERIMENT_ARGS)
 	$(PY) -m experiments $(SWEEP) $(EXPERIMENT_ARGS)
@@ -76,7 +76,7 @@ bench: setup  ## decoder speed per artifact vs fp32 eager (runs/bench/decoders.j
 	$(PY) -m bench.decoders --out runs/bench/decoders.json $(BENCH_ARGS)
 
 serve: archives  ## make archives, then TorchServe on 127.0.0.1:8080 with every route, the explorer on :8084; metrics on :8083
-	$(PY) -m handlers --model-store $(ARCHIVES) $(SERVE_ARGS)
+	$(PY) -m serving --model-store $(ARCHIVES) $(SERVE_ARGS)
 
 serve-bench: setup  ## serving latency/throughput vs an echo handler in the same TorchServe (runs/serve-bench)
 	$(PY) -m bench.serving --out runs/serve-bench $(SERVE_BENCH_ARGS)
@@ -102,8 +102,11 @@ image-test: setup  ## base image if missing, build, run and check the image as a
 	@$(IMAGE_TOOLS)
 	$(PY) -m deploy.image test --kind $(IMAGE_KIND)
 
-test: setup  ## the test suite
+test: setup  ## the whole test suite, real TorchServe, Prometheus and browser included
 	$(PY) -m pytest -q
+
+test-fast: setup  ## the tests that need no TorchServe, Java, Prometheus or browser (under 90 s)
+	$(PY) -m pytest -q -m "not integration"
 
 lint: setup  ## ruff, and hadolint on the Dockerfile (fails on any finding)
 	$(VENV)/bin/ruff check .

@@ -10,10 +10,11 @@ from typing import Any
 
 import numpy as np
 
-from handlers.service import worker_threads
+from handlers.device import worker_threads
 from runtime import artifacts, backends
 from runtime.images import npy_bytes
 from runtime.latent import seeded_latents
+from runtime.manifest import Manifest
 
 _model: list = []  # the worker's (decoder, latent size), loaded on the initialization call
 
@@ -25,7 +26,7 @@ def handle(data: list | None, context: Any) -> list | None:
         model_dir = Path(context.system_properties["model_dir"])
         threads = worker_threads(config["threads"], config["store_workers"])
         decoder = artifacts.DECODERS[config["decoder"]["cpu"][0]]
-        _model.append((backends.load(model_dir / decoder, "cpu", threads), artifacts.shapes(model_dir).latent_dim))
+        _model.append((backends.load(model_dir / decoder, "cpu", threads), Manifest.read(model_dir).shapes.latent_dim))
     if data is None:
         return None
     decode, latent_dim = _model[0]

@@ -20,6 +20,8 @@ import torch
 
 from export.config import DEFAULT_CHECKPOINT
 from runtime import artifacts, backends
+from runtime.errors import FmvaeError, ManifestError
+from runtime.manifest import Manifest
 from training import checkpoint
 
 
@@ -48,7 +50,7 @@ def candidates(ckpt: Path, artifact_dir: Path, device: str, threads: int) -> dic
     fns: dict[str, Callable] = {"eager-fp32": eager}
     for name, file in artifacts.DECODERS.items():
         if not (artifact_dir / file).is_file():
-            raise SystemExit(f"error: {artifact_dir / file} not found; run `make export` first")
+            raise ManifestError(f"{artifact_dir / file} not found; run `make export` first")
         if device == "cpu" or name.endswith("fp32"):
             fns[name] = backends.load(artifact_dir / file, device=device, threads=threads)
     return fns
@@ -57,7 +59,7 @@ def candidates(ckpt: Path, artifact_dir: Path, device: str, threads: int) -> dic
 def run(ckpt: Path, artifact_dir: Path, batches: list[int], threads: int, seconds: float, rounds: int) -> list[dict]:
     """Measure every backend at every batch size on CPU (and CUDA when available)."""
     torch.set_num_threads(threads)
-    latent_dim = artifacts.shapes(artifact_dir).latent_dim
+    latent_dim = Manifest.read(artifact_dir).shapes.latent_dim
     rows = []
     devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
     for device in devices:
@@ -103,10 +105,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--out", type=Path, default=None, help="also write the rows as JSON here")
     args = p.parse_args(argv)
-    try:
-        rows = run(args.checkpoint, args.artifacts, args.batches, args.threads, args.seconds, args.rounds)
-    except (checkpoint.CheckpointError, artifacts.ManifestError) as e:
-        raise SystemExit(f"error: {e}") from None
+    rows = run(args.checkpoint, args.artifacts, args.batches, args.threads, args.seconds, args.rounds)
     table = markdown(rows, args.threads)
     print(table)
     if args.out:
@@ -115,4 +114,7 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except FmvaeError as e:
+        raise SystemExit(f"error: {e}") from None

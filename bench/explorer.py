@@ -22,11 +22,13 @@ from pathlib import Path
 
 from playwright.sync_api import Page, sync_playwright
 
+from bench.errors import BenchError
 from explorer.server import Explorer
-from handlers import archive
-from handlers.server import TorchServe
-from handlers.settings import ServerConfig
 from runtime import artifacts
+from runtime.errors import FmvaeError
+from serving import archive
+from serving.server import TorchServe
+from serving.settings import ServerConfig
 
 FRAME_COUNTER = """() => { window.benchFrames = 0; if (window.benchCounting) return; window.benchCounting = true;
   const tick = () => { window.benchFrames += 1; requestAnimationFrame(tick); }; requestAnimationFrame(tick); }"""
@@ -36,7 +38,7 @@ def chromium() -> str:
     """Debian's chromium (``make setup`` installs it)."""
     path = shutil.which("chromium") or shutil.which("chromium-browser")
     if path is None:
-        raise SystemExit("error: chromium not found; run `make setup` (Debian package chromium)")
+        raise BenchError("chromium not found; run `make setup` (Debian package chromium)")
     return path
 
 
@@ -138,4 +140,7 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except FmvaeError as e:
+        raise SystemExit(f"error: {e}") from None

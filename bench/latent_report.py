@@ -29,11 +29,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from handlers import archive
-from handlers.server import TorchServe
-from handlers.settings import MODELS, ServerConfig
 from runtime import artifacts
 from runtime.images import png_bytes, tile, to_uint8
+from serving import archive
+from serving.server import TorchServe
+from serving.settings import MODELS, ServerConfig
 from training import classifier, data
 
 EVALUATION = Path("model_store/release/report.json")

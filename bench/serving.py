@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import http.client
+import io
 import json
 import tempfile
 import threading
@@ -27,22 +28,25 @@ from pathlib import Path
 
 import numpy as np
 
-from handlers import archive
-from handlers.schema import SPEC
-from handlers.server import TorchServe
-from handlers.service import worker_threads
-from handlers.settings import DECODER, MODELS, STORE_WORKERS, ModelSpec, ServerConfig
+from handlers.device import worker_threads
 from runtime import artifacts, backends
+from runtime.manifest import Manifest
+from serving import archive
+from serving.routes import PATH_PREFIX, ROUTES, example
+from serving.server import TorchServe
+from serving.settings import DECODER, MODELS, STORE_WORKERS, ModelSpec, ServerConfig
 
 BENCH = Path(__file__).resolve().parent
-EXAMPLES = {path.removeprefix("/predictions/"): op["post"]["requestBody"]["content"]["application/json"]["example"]
-            for path, op in SPEC["paths"].items()}
-SCENARIOS = {  # name -> (model, body, images per request): the targets' rows, then each other route's example
-    "sample n=1": ("sample", {"n": 1, "seed": 1, "format": "npy"}, 1),
-    "sample n=64": ("sample", {"n": 64, "seed": 1, "format": "npy"}, 64),
-    "interpolate steps=10": ("interpolate", {"seeds": [1, 2], "steps": 10, "format": "npy"}, 10),
-} | {f"{route} (example)": (route, EXAMPLES[route] | {"format": "npy"}, images) for route, images in (
-    ("encode", 1), ("decode", 1), ("reconstruct", 1), ("traverse", 21), ("edit", 3), ("analogy", 4), ("walk", 12))}
+TARGET_ROWS = {  # name -> (route, body): the rows the serving targets are about
+    "sample n=1": ("sample", {"n": 1, "seed": 1, "format": "npy"}),
+    "sample n=64": ("sample", {"n": 64, "seed": 1, "format": "npy"}),
+    "interpolate steps=10": ("interpolate", {"seeds": [1, 2], "steps": 10, "format": "npy"}),
+}
+# name -> (route, body): the target rows, then the OpenAPI example of every other route of the released model
+SCENARIOS = TARGET_ROWS | {
+    f"{name} (example)": (name, example(route.operation) | {"format": "npy"})
+    for name, route in ROUTES.items()
+    if route.export == artifacts.ARTIFACT_DIR and name not in {r for r, _ in TARGET_ROWS.values()}}
 ECHO_BODY = {"n": 1, "seed": 1, "format": "npy"}
 IN_PROCESS_BATCH = 64
 # Benchmark-only handlers served beside the real ones: echo (the framework's floor) and bare (decoding only).
@@ -130,7 +134,7 @@ def alternate(sides: dict[str, Callable[[float], Tally]], seconds: float, rounds
 
 def in_process_decoder(artifact_dir: Path, threads: int) -> tuple[Callable[[np.ndarray], np.ndarray], int]:
     """The decoder the CPU workers serve, loaded here with ``threads`` threads and warmed; and the latent size."""
-    latent_dim = artifacts.shapes(artifact_dir).latent_dim
+    latent_dim = Manifest.read(artifact_dir).shapes.latent_dim
     decode = backends.load(artifact_dir / artifacts.DECODERS[DECODER["cpu"][0]], threads=threads)
     decode(np.zeros((IN_PROCESS_BATCH, latent_dim), np.float32))
     return decode, latent_dim
@@ -151,6 +155,17 @@ def bench_server(artifact_dir: Path, references: tuple[str, ...]) -> Iterator[tu
             yield server, serve
 
 
+def images_per_request(server: TorchServe, model: str, body: dict) -> int:
+    """How many images (encode: encodings) one npy answer to ``body`` holds: its leading dimensions."""
+    conn = http.client.HTTPConnection(server.config.host, server.config.inference_port, timeout=60)
+    try:
+        conn.request("POST", f"{PATH_PREFIX}{model}", json.dumps(body).encode(), {"Content-Type": "application/json"})
+        array = np.load(io.BytesIO(conn.getresponse().read()))
+    finally:
+        conn.close()
+    return int(np.prod(array.shape[:-2]))
+
+
 def run(artifact_dir: Path, seconds: float, concurrencies: list[int], rounds: int = 4,
         scenarios: list[str] | None = None) -> dict:
     """Every scenario at every concurrency against echo (and, for batches of 64, the in-process decoder)."""
@@ -158,13 +173,14 @@ def run(artifact_dir: Path, seconds: float, concurrencies: list[int], rounds: in
     decode, latent_dim = in_process_decoder(artifact_dir, threads)
     z = np.random.default_rng(0).standard_normal((IN_PROCESS_BATCH, latent_dim)).astype(np.float32)
     rows = []
-    with bench_server(artifact_dir, ("echo",)) as (_, serve):
+    with bench_server(artifact_dir, ("echo",)) as (server, serve):
         for concurrency in concurrencies:  # warm-up: every model and the JVM's code paths at each load
-            for model, body, _ in [*SCENARIOS.values(), ("echo", ECHO_BODY, 1)]:
+            for model, body in [*SCENARIOS.values(), ("echo", ECHO_BODY)]:
                 serve(model, body, concurrency)(0.5)
+        images_of = {name: images_per_request(server, *SCENARIOS[name]) for name in scenarios or SCENARIOS}
         for concurrency in concurrencies:
             for scenario in scenarios or SCENARIOS:
-                model, body, images = SCENARIOS[scenario]
+                (model, body), images = SCENARIOS[scenario], images_of[scenario]
                 sides = {"scenario": serve(model, body, concurrency), "echo": serve("echo", ECHO_BODY, concurrency)}
                 if images == IN_PROCESS_BATCH:
                     sides["in_process"] = lambda s: decode_loop(decode, z, s)

@@ -1,7 +1,7 @@
 """Where serving time goes: ``python -m bench.serving_breakdown [--seconds S] [--out DIR]``.
 
-An experiment behind the two findings in docs/serving-performance.md, in one TorchServe with ``sample``,
-``interpolate``, ``echo`` and ``bare`` (a handler that only decodes: bench/bare.py):
+An experiment behind the two findings in docs/serving-performance.md, in one TorchServe with every route, ``echo``
+and ``bare`` (a handler that only decodes: bench/bare.py):
 
 1. sample n=1 at concurrency 1 next to echo and bare (alternating slices), and the served decoder called for
    one latent in this process back to back and 3 ms after the previous call (the gap a worker sees between
@@ -32,10 +32,10 @@ from bench.serving import (
     in_process_decoder,
     write,
 )
-from handlers.server import TorchServe
-from handlers.service import worker_threads
-from handlers.settings import MODELS, STORE_WORKERS
+from handlers.device import worker_threads
 from runtime import artifacts
+from serving.server import TorchServe
+from serving.settings import MODELS, STORE_WORKERS
 
 GAP = 0.003  # seconds between calls: about the gap a worker waits between requests at concurrency 1
 UNSORTED = np.random.default_rng(0).standard_normal(32768).astype(np.float32)  # ~ one decoder call of numpy work
@@ -69,8 +69,8 @@ def run(artifact_dir: Path, seconds: float, rounds: int) -> dict:
     every, _ = in_process_decoder(artifact_dir, threads * MODELS["sample"].workers)
     z1 = np.random.default_rng(0).standard_normal((1, latent_dim)).astype(np.float32)
     z64 = np.random.default_rng(0).standard_normal((IN_PROCESS_BATCH, latent_dim)).astype(np.float32)
-    _, n1, _ = SCENARIOS["sample n=1"]
-    _, n64, _ = SCENARIOS["sample n=64"]
+    _, n1 = SCENARIOS["sample n=1"]
+    _, n64 = SCENARIOS["sample n=64"]
     with bench_server(artifact_dir, ("echo", "bare")) as (server, serve):
         for model, body in (("sample", n1), ("sample", n64), ("echo", ECHO_BODY), ("bare", n1)):
             for concurrency in (1, 8):

@@ -19,10 +19,10 @@ from pathlib import Path
 
 import psutil
 
-from handlers import archive
-from handlers.server import TorchServe
-from handlers.settings import MODELS, ServerConfig
 from runtime import artifacts
+from serving import archive
+from serving.server import TorchServe
+from serving.settings import MODELS, ServerConfig
 
 LAYOUTS = {"every route (served)": tuple(MODELS), "sample and interpolate only": ("sample", "interpolate")}
 

@@ -31,7 +31,12 @@ from collections.abc import Callable
 from pathlib import Path
 
 import psutil
-import yaml
+
+from deploy.errors import ImageError
+from runtime.artifacts import ARTIFACT_DIR
+from serving.checks import PORT_ROLES
+from serving.routes import ROUTES, example
+from serving.settings import KEY_FILE, ServerConfig
 
 ROOT = Path(__file__).resolve().parent.parent
 BASE = "localhost/fmvae-base:bookworm"
@@ -40,15 +45,10 @@ CA_BUNDLE = Path("/etc/ssl/certs/ca-certificates.crt")
 WHEELS = ROOT / "deploy" / "wheels"
 CPU_TORCH = "torch==2.13.0+cpu"
 CPU_INDEX = "https://download.pytorch.org/whl/cpu"
-PORTS = {"inference": 8080, "management": 8081, "TorchServe metrics": 8082, "handler metrics": 8083,
-         "gRPC inference": 7070, "gRPC management": 7071}
-# Every route the service has, with its OpenAPI example (what a test also sends to a server outside the image).
-EXAMPLES = {path.removeprefix("/predictions/"): op["post"]["requestBody"]["content"]["application/json"]["example"]
-            for path, op in yaml.safe_load((ROOT / "handlers" / "openapi.yaml").read_text())["paths"].items()}
-
-
-class ImageError(Exception):
-    """A step failed; the message says which and why."""
+# The image's ports: the server's defaults (the explorer is off in the container).
+PORTS = {role: getattr(ServerConfig, field) for field, role in PORT_ROLES.items() if field != "explorer_port"}
+# Every route of the released model, with its operation's OpenAPI example.
+EXAMPLES = {name: example(route.operation) for name, route in ROUTES.items() if route.export == ARTIFACT_DIR}
 
 
 def run(*cmd: str, **kwargs: object) -> subprocess.CompletedProcess:
@@ -192,7 +192,7 @@ class Container:
         TorchServe's and its workers', share it even after they are reparented)."""
         if self._namespace is None:
             for child in psutil.Process(self.process.pid).children(recursive=True):
-                if child.cmdline()[1:3] == ["-m", "handlers"]:
+                if child.cmdline()[1:3] == ["-m", "serving"]:
                     self._namespace = os.readlink(f"/proc/{child.pid}/ns/mnt")
         if self._namespace is None:
             raise ImageError("the service's launcher is not running")
@@ -210,12 +210,12 @@ class Container:
         return found
 
     def key(self, kind: str) -> str:
-        return json.loads((self.root / "home/fmvae/run/key_file.json").read_text())[kind]["key"]
+        return json.loads((self.root / "home/fmvae/run" / KEY_FILE).read_text())[kind]["key"]
 
     def stop(self, timeout: float = 60) -> tuple[bool, str]:
         """SIGTERM to the service's launcher (it drains, then stops TorchServe): (nothing left running, what)."""
         running = self.processes()
-        launchers = [p for p in running if p.cmdline()[1:3] == ["-m", "handlers"]]
+        launchers = [p for p in running if p.cmdline()[1:3] == ["-m", "serving"]]
         for launcher in launchers:
             launcher.send_signal(signal.SIGTERM)
         deadline = time.monotonic() + timeout

@@ -31,6 +31,7 @@ import torch
 from runtime.latent import interpolate
 from training import checkpoint, classifier, data, evaluate, train
 from training.config import TrainConfig
+from training.errors import TrainingError
 from training.figures import save_grid
 from training.model import VAE, VAEConfig
 
@@ -187,7 +188,7 @@ def main(argv: list[str] | None = None) -> None:
     try:
         for sweep in args.sweeps:
             run_sweep(sweep, args)
-    except (checkpoint.CheckpointError, data.DataError) as e:
+    except TrainingError as e:
         raise SystemExit(f"error: {e}") from None
     print(f"wrote {', '.join(str(args.docs / f'{s}.md') for s in args.sweeps)}")
 

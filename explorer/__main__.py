@@ -10,9 +10,10 @@ import threading
 import time
 from pathlib import Path
 
-from explorer.server import Explorer, NoSpace
-from handlers.settings import ARCHIVE_DIR, MODELS, ServerConfig
-from runtime.artifacts import ManifestError
+from explorer.errors import NoSpace
+from explorer.server import Explorer
+from runtime.errors import ManifestError
+from serving.settings import ARCHIVE_DIR, KEY_FILE, MODELS, ServerConfig
 
 
 def exit_with_parent(parent: int) -> None:
@@ -26,7 +27,7 @@ def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(prog="python -m explorer", description=__doc__)
     p.add_argument("--api", default=f"http://127.0.0.1:{ServerConfig.inference_port}", help="inference API URL")
     p.add_argument("--port", type=int, default=ServerConfig.explorer_port, help="default %(default)s")
-    p.add_argument("--key-file", type=Path, help="TorchServe's key_file.json when token auth is on")
+    p.add_argument("--key-file", type=Path, help=f"TorchServe's {KEY_FILE} when token auth is on")
     p.add_argument("--models", nargs="+", default=list(MODELS), help="the served models (default: all)")
     p.add_argument("--model-store", type=Path, default=ARCHIVE_DIR, help="the served archives (default %(default)s)")
     p.add_argument("--parent", type=int, help="exit when this process is gone (the launcher passes its pid)")

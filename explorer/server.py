@@ -2,13 +2,16 @@
 inference API.
 
 - ``GET /`` and ``/static/*``: the page (``explorer/static``), no build step.
-- ``GET /api/spaces``: per served latent space (one export folder), the routes that serve it and, from the
-  export manifest and ``latent_stats.npz`` packed in the served archives, the latent size, class names, the
-  test posterior means to scatter with their labels, the leading principal directions and the most active dimensions.
+- ``GET /api/spaces``: per served latent space (one export folder whose routes serve every operation the page
+  calls, ``serving/routes.py``), the routes that serve it and, from the export manifest and
+  ``latent_stats.npz`` packed in the served archives, the latent size, class names, the test posterior means
+  to scatter with their labels, the leading principal directions and the most active dimensions.
 - ``POST /api/predictions/<model>``: forwarded to TorchServe's inference API for the models of those spaces
   only. With token auth on, the proxy adds the inference key from TorchServe's key file: the key never reaches
   the browser. The proxy sends no CORS headers, takes ``application/json`` bodies only (another origin cannot
   send one without a preflight, which is refused) and refuses a request whose ``Origin`` is not its own.
+
+Its own errors are the project's one error shape (``runtime/errors.py``), as the API's are.
 
 It listens on loopback only, like the rest of ``make serve``.
 """
@@ -28,19 +31,16 @@ from pathlib import Path
 
 import numpy as np
 
-from handlers import archive
-from handlers.settings import MODELS
+from explorer.errors import NoSpace
 from runtime import artifacts
+from runtime.errors import ManifestError, error_body
+from serving import archive
+from serving.routes import EXPLORER_OPERATIONS, ROUTES
+from serving.settings import MODELS
 
 STATIC = Path(__file__).resolve().parent / "static"
-OPERATIONS = ("sample", "decode", "encode", "interpolate", "edit")  # what the page calls
 PRINCIPAL_DIRECTIONS = 8
-MAX_BODY = 512 * 1024  # the handlers' own limit
 UPSTREAM_ERRORS = (OSError, http.client.HTTPException)  # a refused, reset or malformed answer from TorchServe
-
-
-class NoSpace(ValueError):
-    """None of the served models cover a whole latent space: there is nothing for the page to explore."""
 
 
 @dataclass(frozen=True)
@@ -52,13 +52,14 @@ class Space:
 
 
 def spaces(models: tuple[str, ...]) -> list[Space]:
-    """The spaces among the served ``models``: each export folder whose models cover every operation the page
-    calls, named by latent size ("64-d", "2-d")."""
+    """The spaces among the served ``models``: each export folder whose routes cover every operation the page
+    calls."""
+    served = [m for m in models if m in ROUTES]
     found = []
-    for export in dict.fromkeys(MODELS[m].export for m in models if m in MODELS):
-        routes = {MODELS[m].handler.stem: m for m in models if m in MODELS and MODELS[m].export == export}
-        if all(op in routes for op in OPERATIONS):
-            found.append(Space(export, {op: routes[op] for op in OPERATIONS}))
+    for export in dict.fromkeys(ROUTES[m].export for m in served):
+        routes = {ROUTES[m].operation: m for m in served if ROUTES[m].export == export}
+        if all(op in routes for op in EXPLORER_OPERATIONS):
+            found.append(Space(export, {op: routes[op] for op in EXPLORER_OPERATIONS}))
     return found
 
 
@@ -66,12 +67,12 @@ def space_document(space: Space, model_store: Path) -> tuple[str, dict]:
     """The space's name and what the page needs of it, from the archive of its ``edit`` route (which packs the
     manifest and the latent statistics): what is served, whatever is in the export folders now."""
     mar = model_store / f"{space.routes['edit']}.mar"
+    manifest = archive.packed_manifest(mar)
     try:
-        manifest = archive.packed_manifest(mar)
         stats = artifacts.read_stats(io.BytesIO(archive.packed(mar, artifacts.STATS)))
-    except (OSError, KeyError, ValueError, zipfile.BadZipFile) as e:
-        raise artifacts.ManifestError(f"{mar}: cannot read the packed manifest and statistics ({e})") from None
-    latent_dim = int(manifest["shapes"]["latent_dim"])
+    except (OSError, KeyError, zipfile.BadZipFile) as e:
+        raise ManifestError(f"{mar}: cannot read the packed statistics ({e})") from None
+    latent_dim = manifest.shapes.latent_dim
 
     def rounded(a: np.ndarray) -> list:
         return np.round(a.astype(np.float64), 4).tolist()
@@ -94,9 +95,10 @@ class Explorer(ThreadingHTTPServer):
         documents = dict(space_document(s, model_store) for s in spaces(models))
         if not documents:
             raise NoSpace(f"none of the models {', '.join(models)} serve a whole latent space "
-                          f"({', '.join(OPERATIONS)})")
+                          f"({', '.join(EXPLORER_OPERATIONS)})")
         self.spaces_json = json.dumps(documents).encode()
         self.allowed = {route for d in documents.values() for route in d["routes"].values()}
+        self.max_body = max(MODELS[route].max_body_bytes for route in self.allowed)  # the handlers' own limit
         target = urllib.parse.urlsplit(api)
         self.api_host, self.api_port = target.hostname, target.port
         self.key_file = key_file
@@ -165,8 +167,9 @@ class ExplorerHandler(BaseHTTPRequestHandler):
         self.end_headers()
         self.wfile.write(body)
 
-    def error(self, status: int, field: str, message: str) -> None:
-        self.send(status, "application/json", json.dumps({"error": field, "field": field, "message": message}).encode())
+    def error(self, status: int, reason: str, message: str, field: str | None = None) -> None:
+        """Answer with the project's one error shape."""
+        self.send(status, "application/json", json.dumps(error_body(status, reason, message, field)).encode())
 
     def do_GET(self) -> None:  # noqa: N802
         path = urllib.parse.urlsplit(self.path).path
@@ -177,7 +180,7 @@ class ExplorerHandler(BaseHTTPRequestHandler):
         file = (STATIC / name).resolve()
         if not path.startswith(("/static/", "/index.html")) and path != "/" or file.parent != STATIC \
                 or not file.is_file():
-            self.error(404, "path", f"{path}: not found")
+            self.error(404, "not_found", f"{path}: not found", "path")
             return
         self.send(200, mimetypes.guess_type(file.name)[0] or "application/octet-stream", file.read_bytes())
 
@@ -185,21 +188,23 @@ class ExplorerHandler(BaseHTTPRequestHandler):
         path = urllib.parse.urlsplit(self.path).path
         model = path.removeprefix("/api/predictions/")
         length = int(self.headers.get("Content-Length") or 0)
-        body = self.rfile.read(length) if 0 < length <= MAX_BODY else b""
+        body = self.rfile.read(length) if 0 < length <= self.server.max_body else b""
         origin = self.headers.get("Origin")
         if not path.startswith("/api/predictions/") or model not in self.server.allowed:
-            self.error(404, "model", f"{model}: not a model of the explorer ({', '.join(sorted(self.server.allowed))})")
+            self.error(404, "unknown_model", f"{model}: not a model of the explorer "
+                                             f"({', '.join(sorted(self.server.allowed))})", "model")
         elif origin is not None and origin not in self.server.origins:
-            self.error(403, "origin", f"requests from {origin} are not accepted; open {self.server.url}")
+            self.error(403, "foreign_origin", f"requests from {origin} are not accepted; open {self.server.url}",
+                       "Origin")
         elif (self.headers.get("Content-Type") or "").split(";")[0].strip() != "application/json":
-            self.error(415, "content_type", "the body must be application/json")
-        elif length > MAX_BODY:
+            self.error(415, "wrong_content_type", "the body must be application/json", "Content-Type")
+        elif length > self.server.max_body:
             self.close_connection = True
-            self.error(413, "body", f"the body is over {MAX_BODY} bytes")
+            self.error(413, "body_too_large", f"the body is over {self.server.max_body} bytes", "body")
         else:
             try:
                 status, content_type, answer = self.server.forward(model, body)
             except UPSTREAM_ERRORS as e:
-                self.error(502, "api", f"the inference API did not answer ({e})")
+                self.error(502, "upstream_failed", f"the inference API did not answer ({e})")
                 return
             self.send(status, content_type, answer)

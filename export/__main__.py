@@ -30,18 +30,19 @@ import torch
 
 from export import build, parity, stats
 from export.config import DEFAULT_OUT, RELEASES, ExportConfig
-from runtime.artifacts import ARTIFACT_DIR, FALLBACK, MANIFEST, MANIFEST_FORMAT, STATS
+from export.errors import ExportError
+from runtime.artifacts import ARTIFACT_DIR, STATS
+from runtime.errors import FmvaeError, ManifestError
+from runtime.manifest import FILE as MANIFEST
+from runtime.manifest import Artifact, Fallback, Manifest, Shapes, Source
 from training import checkpoint, classifier, data
 from training.model import IMAGE_SHAPE
 
 ROOT = Path(__file__).resolve().parent.parent
-# Code the artifacts depend on: the export stage, the model definition, the runtimes the parity gate runs.
+# Code the artifacts depend on: the export stage, the model definition, the runtimes the parity gate runs, the
+# manifest's format.
 CODE = [*sorted(ROOT.glob("export/*.py")), ROOT / "training/model.py", ROOT / "runtime/backends.py",
-        ROOT / "runtime/artifacts.py"]
-
-
-class ExportError(Exception):
-    """The export cannot proceed or did not pass its gate; the message says why."""
+        ROOT / "runtime/artifacts.py", ROOT / "runtime/manifest.py"]
 
 
 def build_key(ckpt_sha: str, cfg: ExportConfig, allow_fallback: bool = False) -> str:
@@ -64,12 +65,12 @@ def versions(cfg: ExportConfig) -> dict:
 def is_current(folder: Path, key: str) -> bool:
     """True when ``folder`` holds a manifest with this build key and every file it lists is intact."""
     try:
-        manifest = json.loads((folder / MANIFEST).read_text())
-    except (OSError, ValueError):
+        manifest = Manifest.read(folder)
+    except ManifestError:
         return False
-    if manifest.get("build_key") != key:
+    if manifest.build_key != key:
         return False
-    files = [(folder / a["file"], a["sha256"]) for a in manifest["artifacts"].values()]
+    files = [(folder / a.file, a.sha256) for a in manifest.artifacts.values()]
     return all(p.is_file() and checkpoint.file_sha256(p) == sha for p, sha in files)
 
 
@@ -86,7 +87,7 @@ def int8_fallback(report: dict) -> dict[str, str] | None:
 
 def export(ckpt_path: Path, out: Path, cfg: ExportConfig, force: bool = False,
            data_dir: str | None = None, classifier_path: Path = classifier.DEFAULT_PATH,
-           name: str = ARTIFACT_DIR, allow_fallback: bool = False) -> dict:
+           name: str = ARTIFACT_DIR, allow_fallback: bool = False) -> Manifest:
     """Run the whole export into ``out/name``; returns the manifest. Raises ExportError, CheckpointError or
     DataError."""
     model, state = checkpoint.load_model(ckpt_path)
@@ -101,7 +102,7 @@ def export(ckpt_path: Path, out: Path, cfg: ExportConfig, force: bool = False,
     final = out / name
     if not force and is_current(final, key):
         print(f"{final / MANIFEST} is current for {ckpt_path}; nothing to rebuild")
-        return json.loads((final / MANIFEST).read_text())
+        return Manifest.read(final)
     clf, _ = classifier.load(classifier_path)
     fmnist = data.load(data_dir)
     x_test = fmnist.test.tensor()
@@ -129,25 +130,22 @@ def export(ckpt_path: Path, out: Path, cfg: ExportConfig, force: bool = False,
             raise ExportError(f"{fmnist.source}: cannot compute the latent statistics: {e}") from None
         paths["stats/latent"] = artifact_dir / STATS
         stats.write(paths["stats/latent"], arrays)
-        manifest = {
-            "format": MANIFEST_FORMAT,
-            "build_key": key,
-            "source_checkpoint": {"file": ckpt_path.name, "sha256": ckpt_sha, "epoch": state.get("epoch"),
-                                  "data_sha256": state.get("data_sha256")},
-            "model_config": state["model_config"],
-            "shapes": {"latent_dim": model.latent_dim, "image_shape": list(IMAGE_SHAPE)},
-            "export_config": cfg.to_dict(),
-            "versions": versions(cfg),
-            "artifacts": {name: {"file": p.name, "sha256": checkpoint.file_sha256(p), "bytes": p.stat().st_size}
-                          for name, p in paths.items()},
-            "parity": report,
-        }
-        if fallback:
-            manifest[FALLBACK] = {"backends": fallback, "reason": "int8 decoders failed the parity gate: "
-                                    + ", ".join(sorted(fallback)) + " (export_report.md)"}
+        manifest = Manifest(
+            build_key=key,
+            source=Source(ckpt_path.name, ckpt_sha, state.get("epoch"), state.get("data_sha256")),
+            model_config=state["model_config"],
+            shapes=Shapes(model.latent_dim, IMAGE_SHAPE),
+            export_config=cfg.to_dict(),
+            versions=versions(cfg),
+            artifacts={name: Artifact(p.name, checkpoint.file_sha256(p), p.stat().st_size)
+                       for name, p in paths.items()},
+            parity=report,
+            fallback=Fallback(fallback, "int8 decoders failed the parity gate: " + ", ".join(sorted(fallback))
+                              + " (export_report.md)") if fallback else None,
+        )
         (artifact_dir / "export_report.json").write_text(json.dumps(report, indent=2) + "\n")
         (artifact_dir / "export_report.md").write_text(f"# Export parity report for `{ckpt_path.name}`\n\n{table}")
-        (artifact_dir / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
+        manifest.write(artifact_dir)
         if final.exists():
             os.replace(final, staging / "retired")
         os.replace(artifact_dir, final)
@@ -159,7 +157,7 @@ def export(ckpt_path: Path, out: Path, cfg: ExportConfig, force: bool = False,
     return manifest
 
 
-def main(argv: list[str] | None = None) -> None:
+def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m export", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("checkpoint", type=Path, nargs="?", default=None,
@@ -173,6 +171,10 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--psnr-min-db", type=float, default=defaults.psnr_min_db, help="parity bar (default %(default)s)")
     p.add_argument("--elbo-delta-max", type=float, default=defaults.elbo_delta_max,
                    help="parity bar, nats per image (default %(default)s)")
+    p.add_argument("--prior-samples", type=int, default=defaults.prior_samples,
+                   help="prior samples the parity gate decodes and classifies (default %(default)s)")
+    p.add_argument("--calibration-samples", type=int, default=defaults.calibration_samples,
+                   help="prior samples that calibrate the int8 decoder (default %(default)s)")
     p.add_argument("--data-dir", default=None, help="folder with the four IDX .gz files")
     p.add_argument("--classifier", type=Path, default=classifier.DEFAULT_PATH)
     args = p.parse_args(argv)
@@ -181,15 +183,21 @@ def main(argv: list[str] | None = None) -> None:
     if Path(args.name).name != args.name or args.name in ("", ".", ".."):
         p.error(f"--name {args.name!r}: a folder name inside --out, without '/'")
     jobs = {args.checkpoint: args.name} if args.checkpoint else RELEASES
-    cfg = replace(defaults, psnr_min_db=args.psnr_min_db, elbo_delta_max=args.elbo_delta_max)
+    if args.prior_samples < 1 or args.calibration_samples < 1:
+        p.error("--prior-samples and --calibration-samples must be >= 1")
+    cfg = replace(defaults, psnr_min_db=args.psnr_min_db, elbo_delta_max=args.elbo_delta_max,
+                  prior_samples=args.prior_samples, calibration_samples=args.calibration_samples)
     try:
         for ckpt, name in jobs.items():
             export(ckpt, args.out, cfg, args.force, args.data_dir, args.classifier, name, args.allow_fp32_fallback)
-    except (ExportError, checkpoint.CheckpointError, data.DataError) as e:
-        raise SystemExit(f"error: {e}") from None
+    except FmvaeError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
     except PermissionError as e:
-        raise SystemExit(f"error: {e.filename}: not writable ({e.strerror})") from None
+        print(f"error: {e.filename}: not writable ({e.strerror})", file=sys.stderr)
+        return 1
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())

@@ -16,4 +16,4 @@ def plan(request: dict, worker: Worker) -> Plan:
     return Plan(z, lambda logits: Answer(images_of(logits), 4, fields={"latents": z}))
 
 
-handle = Service("analogy", plan)
+handle = Service(plan)

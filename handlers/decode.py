@@ -15,4 +15,4 @@ def plan(request: dict, worker: Worker) -> Plan:
     return Plan(z, lambda logits: Answer(images_of(logits), square_cols(len(z)), fields={"latents": z}))
 
 
-handle = Service("decode", plan)
+handle = Service(plan)

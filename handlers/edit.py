@@ -23,4 +23,4 @@ def plan(request: dict, worker: Worker) -> Plan:
                                          fields={"latents": z, "strengths": strengths}))
 
 
-handle = Service("edit", plan)
+handle = Service(plan)

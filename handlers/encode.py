@@ -17,4 +17,4 @@ def plan(request: dict, worker: Worker) -> Plan:
                 lambda _: Answer(None, array=np.stack([mu, logvar], axis=1), fields={"mu": mu, "logvar": logvar}))
 
 
-handle = Service("encode", plan)
+handle = Service(plan)

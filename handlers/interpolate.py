@@ -39,4 +39,4 @@ def plan(request: dict, worker: Worker) -> Plan:
     return Plan(path, finish)
 
 
-handle = Service("interpolate", plan)
+handle = Service(plan)

@@ -44,4 +44,4 @@ def plan(request: dict, worker: Worker) -> Plan:
     return Plan(np.concatenate([mu, z.reshape(-1, dim)]), finish)
 
 
-handle = Service("reconstruct", plan)
+handle = Service(plan)

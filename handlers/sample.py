@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import secrets
 
-from handlers.schema import RequestError
+from handlers.errors import RequestError
 from handlers.service import Answer, Plan, Service, Worker, images_of, square_cols
 from runtime.latent import seeded_latents
 
@@ -31,4 +31,4 @@ def plan(request: dict, worker: Worker) -> Plan:
                                          headers={"X-Seed": seed}))
 
 
-handle = Service("sample", plan)
+handle = Service(plan)

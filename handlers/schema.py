@@ -1,5 +1,6 @@
 """Request parsing against the OpenAPI document (``openapi.yaml``): strict JSON in, validated dict out, or a
-``RequestError`` that names the field, the reason and the problem.
+``RequestError`` that names the field, the reason and the problem. The operations are the document's paths
+(``/predictions/<operation>``), each with its request schema.
 
 A worker builds one ``RequestSchema`` for its model's latent size, read from the export manifest: the
 document's ``Latent`` length is the released model's, and every worker puts its own model's in its place.
@@ -20,10 +21,13 @@ import fastjsonschema
 import yaml
 from jsonschema import Draft202012Validator
 
+from handlers.errors import RequestError
+
 SPEC: dict = yaml.safe_load(Path(__file__).with_name("openapi.yaml").read_text())
-REQUESTS = {name: f"{name.capitalize()}Request" for name in
-            ("sample", "interpolate", "encode", "decode", "reconstruct", "traverse", "edit", "analogy", "walk")}
-MAX_BODY_BYTES = 512 * 1024  # 256 base64 PNGs of 28x28 need < 320 KiB, 256 latents of 64 numbers < 350 KiB
+PATH_PREFIX = "/predictions/"
+# operation -> its request schema's name in components/schemas, from the document's paths
+REQUESTS = {path.removeprefix(PATH_PREFIX): item["post"]["requestBody"]["content"]["application/json"]["schema"]
+            ["$ref"].rsplit("/", 1)[1] for path, item in SPEC["paths"].items()}
 _JSON_TYPES = {bool: "a boolean", int: "an integer", float: "a number", str: "a string", list: "an array",
                dict: "an object", type(None): "null"}
 _SCHEMA_TYPES = {"integer": "an integer", "number": "a number", "string": "a string", "array": "an array",
@@ -43,26 +47,16 @@ def inline_refs(node: Any, schemas: dict) -> Any:
     return [inline_refs(v, schemas) for v in node] if isinstance(node, list) else node
 
 
-def request_schemas(latent_dim: int, class_names: tuple[str, ...] | None = None) -> dict[str, dict]:
-    """Each endpoint's request schema, references inlined, for the served model: latent vectors of
+def request_schemas(latent_dim: int, class_names: tuple[str, ...] | None = None,
+                    operations: tuple[str, ...] = tuple(REQUESTS)) -> dict[str, dict]:
+    """The request schemas of ``operations``, references inlined, for the served model: latent vectors of
     ``latent_dim`` numbers, dimensions below it, and (when given) its class names."""
     schemas = SPEC["components"]["schemas"]
     schemas = schemas | {"Latent": schemas["Latent"] | {"minItems": latent_dim, "maxItems": latent_dim},
                          "Dimension": schemas["Dimension"] | {"maximum": latent_dim - 1}}
     if class_names is not None:
         schemas["Class"] = schemas["Class"] | {"enum": [*class_names, *range(len(class_names))]}
-    return {endpoint: inline_refs(schemas[name], schemas) for endpoint, name in REQUESTS.items()}
-
-
-class RequestError(Exception):
-    """A rejected request: HTTP ``status``, the offending ``field``, a machine-readable ``reason``, a message."""
-
-    def __init__(self, field: str, reason: str, message: str, status: int = 400) -> None:
-        super().__init__(message)
-        self.field, self.reason, self.message, self.status = field, reason, message, status
-
-    def body(self) -> dict:
-        return {"code": self.status, "field": self.field, "reason": self.reason, "message": self.message}
+    return {operation: inline_refs(schemas[REQUESTS[operation]], schemas) for operation in operations}
 
 
 def field_name(path: Any) -> str:
@@ -73,16 +67,17 @@ def field_name(path: Any) -> str:
     return name or "body"
 
 
-def load_json(raw: Any) -> Any:
-    """The request body as JSON: bytes/str are parsed strictly; TorchServe may already have parsed it."""
+def load_json(raw: Any, max_bytes: int | None = None) -> Any:
+    """The request body as JSON: bytes/str are parsed strictly, refused over ``max_bytes``; TorchServe may already
+    have parsed it."""
     if isinstance(raw, dict | list):
         return raw
     if raw is None:
         raise RequestError("body", "malformed_json", "the request has no body; send a JSON object")
     if isinstance(raw, bytes | bytearray):
-        if len(raw) > MAX_BODY_BYTES:
+        if max_bytes is not None and len(raw) > max_bytes:
             raise RequestError("body", "body_too_large",
-                               f"body is {len(raw)} bytes; the limit is {MAX_BODY_BYTES}", status=413)
+                               f"body is {len(raw)} bytes; the limit is {max_bytes}", status=413)
         try:
             raw = bytes(raw).decode("utf-8")
         except UnicodeDecodeError as e:
@@ -169,10 +164,12 @@ def _error(err: Any) -> RequestError:
 
 class RequestSchema:
     """The request schemas of one served model (its latent size and class names) and the parser that applies
-    them."""
+    them to bodies of at most ``max_body_bytes`` (None: no limit of its own)."""
 
-    def __init__(self, latent_dim: int, class_names: tuple[str, ...] | None = None) -> None:
-        self.schemas = request_schemas(latent_dim, class_names)
+    def __init__(self, latent_dim: int, class_names: tuple[str, ...] | None = None,
+                 operations: tuple[str, ...] = tuple(REQUESTS), max_body_bytes: int | None = None) -> None:
+        self.max_body_bytes = max_body_bytes
+        self.schemas = request_schemas(latent_dim, class_names, operations)
         self.validators = {endpoint: Draft202012Validator(schema) for endpoint, schema in self.schemas.items()}
         self.fast_checks = {endpoint: fastjsonschema.compile(schema, use_default=False)
                             for endpoint, schema in self.schemas.items()}
@@ -180,8 +177,8 @@ class RequestSchema:
                          for endpoint, schema in self.schemas.items()}
 
     def parse(self, raw: Any, endpoint: str) -> dict:
-        """Validate one request body for ``endpoint`` (a key of REQUESTS); returns it with defaults filled."""
-        request = load_json(raw)
+        """Validate one request body for ``endpoint`` (an operation); returns it with defaults filled."""
+        request = load_json(raw, self.max_body_bytes)
         bad = first_non_finite(request)
         if bad is not None:
             raise RequestError(field_name(bad), "not_finite", f"{field_name(bad)} must be a finite number")

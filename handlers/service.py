@@ -1,15 +1,17 @@
-"""What every TorchServe handler shares: the worker's model (shapes from the export manifest, backend and device
-from the model config, latent statistics), points in latent space from requests, one decoder call per batch of
-requests, per-request errors, response encoding and metrics.
+"""What every TorchServe handler shares: the worker's model (shapes and identity from the export manifest, backend
+and device from the model config, latent statistics), points in latent space from requests, one decoder call per
+batch of requests, per-request errors, response encoding and metrics.
 
-A handler file is one operation: ``plan(request, worker) -> Plan`` turns a validated request into the latents it
-needs decoded and a ``finish`` that makes the answer from their logits; ``Service`` does the rest.
+A handler file is one operation, named by the file (``handlers/sample.py`` serves ``sample``): ``plan(request,
+worker) -> Plan`` turns a validated request into the latents it needs decoded and a ``finish`` that makes the
+answer from their logits; ``handle = Service(plan)`` does the rest. Every answer, error or not, carries the
+``X-Model-Build`` header: the identity of the export that made it.
 
-The model config (``handler:`` in the archive's model-config YAML, written from ``handlers/settings.py``) names,
+The model config (``handler:`` in the archive's model-config YAML, written from ``serving/settings.py``) names,
 per device kind ("cpu", "cuda"), the backends to run in order of preference: ``decoder`` (every model) and
 ``encoder`` (models that take images), plus ``stats`` (models that use classes or directions), ``threads``
-("auto" or a number; env FMVAE_WORKER_THREADS overrides it) and ``store_workers`` (the workers of all models in
-the store, among which "auto" divides the CPUs).
+("auto" or a number; env FMVAE_WORKER_THREADS overrides it), ``store_workers`` (the workers of all models in
+the store, among which "auto" divides the CPUs) and ``max_body_bytes`` (the largest request body it parses).
 """
 
 from __future__ import annotations
@@ -29,57 +31,19 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import onnxruntime as ort
-import torch
 from PIL import Image
 
 from handlers import metrics
-from handlers.schema import RequestError, RequestSchema
+from handlers.device import choose_backend, worker_threads
+from handlers.errors import SHUTTING_DOWN, RequestError, internal
+from handlers.schema import RequestSchema
 from runtime import artifacts, backends
 from runtime.images import gif_bytes, npy_bytes, png_bytes, tile, to_uint8
 from runtime.latent import seeded_latents
+from runtime.manifest import Manifest
 
 CONTENT_TYPES = {"png": "image/png", "gif": "image/gif", "npy": "application/x-npy", "json": "application/json"}
-
-
-class ConfigError(Exception):
-    """The model config cannot serve this worker (names no backend for its device); raised at worker start."""
-
-
-SHUTTING_DOWN = RequestError("body", "shutting_down", "the server is shutting down: retry, on another instance if "
-                                                     "there is one", 503)
-
-
-def worker_threads(setting: str | int, store_workers: int = 1, cpus: int | None = None) -> int:
-    """Intra-op threads per worker: "auto" divides the CPUs this process may use among the ``store_workers``
-    workers of all models in the store, so that they do not oversubscribe the machine (at least 1)."""
-    setting = os.environ.get("FMVAE_WORKER_THREADS", setting)
-    if str(setting) != "auto":
-        return max(1, int(setting))
-    cpus = cpus or len(os.sched_getaffinity(0))
-    return max(1, cpus // store_workers)
-
-
-def runnable(backend: str, device: str) -> bool:
-    """Whether this process can run ``backend`` on ``device`` (ONNX on CUDA needs onnxruntime's CUDA provider)."""
-    return device == "cpu" or not backend.startswith("onnx") or \
-        "CUDAExecutionProvider" in ort.get_available_providers()
-
-
-def choose_backend(config: dict, part: str, model: str, gpu_id: int | None) -> tuple[str, str]:
-    """(backend, device) for ``part`` ("decoder" or "encoder"): the first backend the config names for this
-    worker's device kind that it can run. CUDA when TorchServe gave the worker a GPU and torch sees CUDA."""
-    device = f"cuda:{gpu_id}" if gpu_id is not None and torch.cuda.is_available() else "cpu"
-    kind = device.split(":")[0]
-    choices = config.get(part) or {}
-    if not choices.get(kind):
-        raise ConfigError(f"model {model}: its model config names no {part} for {kind} workers "
-                          f"(handler.{part}.{kind} in model-config.yaml; handlers/settings.py writes it)")
-    for backend in choices[kind]:
-        if runnable(backend, device):
-            return backend, device
-    raise ConfigError(f"model {model}: none of the {part} backends {choices[kind]} can run on {device} here "
-                      f"(onnxruntime providers: {ort.get_available_providers()})")
+MODEL_HEADER = "X-Model-Build"  # on every answer: the identity of the export that made it (Manifest.identity)
 
 
 def decode_png(text: str, name: str, size: tuple[int, int]) -> np.ndarray:
@@ -111,21 +75,23 @@ def images_of(logits: np.ndarray) -> np.ndarray:
 
 
 class Worker:
-    """The loaded model of one TorchServe worker: shapes, request schema, decoder (and encoder, latent
-    statistics), metrics."""
+    """The loaded model of one TorchServe worker serving ``operation``: shapes, request schema, decoder (and
+    encoder, latent statistics), metrics."""
 
-    def __init__(self, context: Any) -> None:
+    def __init__(self, context: Any, operation: str) -> None:
         # TorchServe's worker logs a line per batch through the root logger; the access log, when turned on, is
-        # the frontend's (handlers/log4j2.xml).
+        # the frontend's (serving/log4j2.xml).
         logging.getLogger().addFilter(lambda record: not record.getMessage().startswith("Backend received"))
         self.drain_file = os.environ.get("FMVAE_DRAIN_FILE")  # exists while the launcher drains the server
         config = (context.model_yaml_config or {}).get("handler", {})
         model_dir = Path(context.system_properties["model_dir"])
         gpu_id = context.system_properties.get("gpu_id")
         self.model = context.model_name
-        self.shapes = artifacts.shapes(model_dir)
+        manifest = Manifest.read(model_dir)
+        self.shapes, self.identity = manifest.shapes, manifest.identity
         self.stats = artifacts.read_stats(model_dir / artifacts.STATS) if config.get("stats") else None
-        self.schema = RequestSchema(self.shapes.latent_dim, self.stats.class_names if self.stats else None)
+        self.schema = RequestSchema(self.shapes.latent_dim, self.stats.class_names if self.stats else None,
+                                    (operation,), config.get("max_body_bytes"))
         self.threads = worker_threads(config.get("threads", "auto"), config.get("store_workers", 1))
         self.backend, self.device = choose_backend(config, "decoder", self.model, gpu_id)
         self.artifact = artifacts.DECODERS[self.backend]
@@ -222,18 +188,22 @@ def as_json(value: Any) -> Any:
 
 
 class Service:
-    """A TorchServe entry point ``handle(data, context)`` for one operation, ``plan(request, worker) -> Plan``."""
+    """A TorchServe entry point ``handle(data, context)`` for one operation, ``plan(request, worker) -> Plan``; the
+    operation is the name of the module that defines ``plan`` (its handler file)."""
 
-    def __init__(self, endpoint: str, plan: Callable[[dict, Worker], Plan]) -> None:
-        self.endpoint, self.plan = endpoint, plan
+    def __init__(self, plan: Callable[[dict, Worker], Plan]) -> None:
+        self.operation = plan.__module__.rsplit(".", 1)[-1]
+        self.plan = plan
         self.worker: Worker | None = None
 
     def __call__(self, data: list | None, context: Any) -> list | None:
         if self.worker is None:
-            self.worker = Worker(context)
+            self.worker = Worker(context, self.operation)
         if data is None:  # TorchServe's initialization call
             return None
         start = time.perf_counter()
+        for i in range(len(data)):
+            context.set_response_header(i, MODEL_HEADER, self.worker.identity)
         replies: list[Any] = [None] * len(data)
         jobs: list[tuple[int, dict, Plan]] = []
         rows = enumerate(data)
@@ -244,12 +214,12 @@ class Service:
             rows = enumerate([])
         for i, row in rows:
             try:
-                request = self.worker.schema.parse(row.get("body", row.get("data")), self.endpoint)
+                request = self.worker.schema.parse(row.get("body", row.get("data")), self.operation)
                 jobs.append((i, request, self.plan(request, self.worker)))
             except RequestError as e:
                 replies[i] = self.error(context, i, e)
             except Exception as e:  # a bug must cost one request, never the worker
-                replies[i] = self.error(context, i, RequestError("body", "internal", f"internal error: {e}", 500))
+                replies[i] = self.error(context, i, internal(f"internal error: {e}"))
         if jobs:
             counts = [len(plan.latents) for _, _, plan in jobs]
             try:
@@ -257,7 +227,7 @@ class Service:
                     else np.zeros((0, *self.worker.shapes.image_shape), np.float32)
                 parts = [logits[end - n:end] for n, end in zip(counts, itertools.accumulate(counts), strict=True)]
             except Exception as e:
-                parts = [RequestError("body", "internal", f"decoding failed: {e}", 500)] * len(jobs)
+                parts = [internal(f"decoding failed: {e}")] * len(jobs)
             for (i, request, plan), part in zip(jobs, parts, strict=True):
                 try:
                     replies[i] = self.error(context, i, part) if isinstance(part, RequestError) \
@@ -265,7 +235,7 @@ class Service:
                 except RequestError as e:
                     replies[i] = self.error(context, i, e)
                 except Exception as e:  # one answer that cannot be made or encoded fails alone
-                    replies[i] = self.error(context, i, RequestError("body", "internal", f"internal error: {e}", 500))
+                    replies[i] = self.error(context, i, internal(f"internal error: {e}"))
         elapsed = time.perf_counter() - start
         self.worker.recorder.record((self.worker.batch_requests.observe, len(data)),
                                     *[(self.worker.request_seconds.observe, elapsed)] * len(data),
@@ -275,6 +245,7 @@ class Service:
         return replies
 
     def error(self, context: Any, idx: int, e: RequestError) -> str:
+        """Answer request ``idx`` with the error ``e`` (JSON, the project's one error shape)."""
         self.worker.recorder.record((self.worker.count_error, e.reason))
         context.set_response_status(e.status, HTTPStatus(e.status).phrase, idx)
         context.set_response_content_type(idx, "application/json")

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from handlers.schema import RequestError
+from handlers.errors import RequestError
 from handlers.service import Answer, Plan, Service, Worker, images_of
 
 DEFAULT_DIRECTIONS = 8
@@ -46,4 +46,4 @@ def plan(request: dict, worker: Worker) -> Plan:
     return Plan(z, finish)
 
 
-handle = Service("traverse", plan)
+handle = Service(plan)

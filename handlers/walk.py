@@ -22,4 +22,4 @@ def plan(request: dict, worker: Worker) -> Plan:
                                             fields={"latents": path, "seed": seed}, headers={"X-Seed": seed}))
 
 
-handle = Service("walk", plan)
+handle = Service(plan)

@@ -24,10 +24,10 @@ from datetime import UTC, datetime
 from pathlib import Path
 from urllib.parse import urlparse
 
-from handlers.server import TorchServe
-from handlers.settings import ServerConfig
 from loadtest.mix import mix
 from monitoring.prometheus import Prometheus
+from serving.server import TorchServe
+from serving.settings import ServerConfig
 
 LOCUSTFILE = Path(__file__).resolve().parent / "locustfile.py"
 DEFAULT_HOST = f"http://{ServerConfig.host}:{ServerConfig.inference_port}"

@@ -23,8 +23,8 @@ from pathlib import Path
 import numpy as np
 from prometheus_client.parser import text_string_to_metric_families
 
-from handlers.server import TorchServe
-from handlers.settings import ServerConfig
+from serving.server import TorchServe
+from serving.settings import ServerConfig
 
 BODIES = [("sample", {"n": n, "format": fmt}) for n in (1, 4, 16, 64) for fmt in ("png", "json", "npy")]
 BODIES += [("interpolate", {"seeds": [1, 2], "steps": 10, "format": fmt}) for fmt in ("png", "json", "npy")]

@@ -20,12 +20,10 @@ from pathlib import Path
 
 import yaml
 
+from monitoring.errors import PrometheusError
+
 MONITORING = Path(__file__).resolve().parent
 CONFIG = MONITORING / "prometheus.yml"
-
-
-class PrometheusError(Exception):
-    """Prometheus is missing, did not start, or rejected a query."""
 
 
 def free_port() -> int:

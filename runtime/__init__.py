@@ -1,7 +1,7 @@
-"""Everything a TorchServe worker imports besides ``handlers/``: the exported model's artifact names and
-manifest (``artifacts``), the runtimes that run them (``backends``), latent math (``latent``) and image encoding
-(``images``).
+"""Everything a TorchServe worker imports besides ``handlers/``, and what the host side shares with it: the export
+manifest (``manifest``), artifact names and latent statistics (``artifacts``), the runtimes that run the artifacts
+(``backends``), latent math (``latent``), image encoding (``images``) and the one error shape (``errors``).
 
-Import rule (tests/test_layout.py): this package imports nothing else of the project; ``handlers/`` imports
-only itself and this package; training, export and the benchmarks may import it.
+Import rule (tests/test_layout.py): this package imports nothing else of the project; ``handlers/`` imports only
+itself and this package; everything else may import it.
 """

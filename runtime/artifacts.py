@@ -1,14 +1,12 @@
-"""The exported model on disk: artifact file names, the manifest that says what model they hold, and the
-latent statistics that the class- and direction-based operations use.
+"""The exported model on disk: artifact file names and the latent statistics that the class- and direction-based
+operations use.
 
-``make export`` writes the artifacts, ``latent_stats.npz`` and ``manifest.json`` into ``model_store/export/``.
-Readers (workers, the archive builder, benchmarks, tests) take the model's shapes from the manifest, never from
-a constant.
+``make export`` writes the artifacts, ``latent_stats.npz`` and ``manifest.json`` (``runtime/manifest.py``) into
+``model_store/export/``; readers take the model's shapes from the manifest, never from a constant.
 """
 
 from __future__ import annotations
 
-import json
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,15 +14,14 @@ from typing import IO
 
 import numpy as np
 
+from runtime.errors import ManifestError
+
 ARTIFACT_DIR = "export"  # inside the model store folder (model_store/)
 DEFAULT_DIR = Path("model_store") / ARTIFACT_DIR
-MANIFEST = "manifest.json"
-MANIFEST_FORMAT = "fmvae-export-v2"
 
 # Artifact file names by backend (runtime-precision).
 DECODERS = {
     "torchscript-fp32": "decoder_fp32.pt",
-    "torchscript-int8": "decoder_int8.pt",
     "onnx-fp32": "decoder_fp32.onnx",
     "onnx-int8": "decoder_int8.onnx",
 }
@@ -33,47 +30,6 @@ ENCODERS = {  # images -> (posterior mean, log-variance)
     "onnx-fp32": "encoder_fp32.onnx",
 }
 STATS = "latent_stats.npz"
-FALLBACK = "fallback"  # manifest key: {"backends": {dropped int8 backend: fp32 twin}, "reason": ...} (export)
-
-
-class ManifestError(Exception):
-    """The manifest is missing, unreadable or not of this format; the message names the file."""
-
-
-@dataclass(frozen=True)
-class Shapes:
-    """The served model's shapes: latent vectors (latent_dim,), images (channels, height, width)."""
-
-    latent_dim: int
-    image_shape: tuple[int, int, int]
-
-
-def read_manifest(artifact_dir: Path) -> dict:
-    """``artifact_dir/manifest.json`` as a dict; ManifestError names the file and what is wrong."""
-    path = Path(artifact_dir) / MANIFEST
-    try:
-        manifest = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise ManifestError(f"{path}: not found; run `make export`") from None
-    except (OSError, ValueError) as e:
-        raise ManifestError(f"{path}: not a readable manifest ({e})") from None
-    if not isinstance(manifest, dict) or manifest.get("format") != MANIFEST_FORMAT:
-        found = manifest.get("format") if isinstance(manifest, dict) else type(manifest).__name__
-        raise ManifestError(f"{path}: format {found!r}, expected {MANIFEST_FORMAT!r}; re-run `make export`")
-    return manifest
-
-
-def serving_backends(manifest: dict, backends: tuple[str, ...]) -> tuple[str, ...]:
-    """``backends`` with each that the export dropped (its int8 decoder failed the parity gate and the export was
-    allowed to fall back) replaced by its fp32 twin."""
-    swap = manifest.get(FALLBACK, {}).get("backends", {})
-    return tuple(dict.fromkeys(swap.get(b, b) for b in backends))
-
-
-def shapes(artifact_dir: Path) -> Shapes:
-    """The shapes recorded in ``artifact_dir``'s manifest."""
-    recorded = read_manifest(artifact_dir)["shapes"]
-    return Shapes(int(recorded["latent_dim"]), tuple(int(s) for s in recorded["image_shape"]))
 
 
 @dataclass(frozen=True)

@@ -1,14 +1,21 @@
 """Shared fixtures: small generated Fashion-MNIST-format datasets written as real IDX .gz files, a small
 classifier, small models of other latent sizes exported as `make export` does, a model store built from the
-committed artifacts and the current handler code, and one TorchServe serving it (with its HTTP helpers)."""
+committed artifacts and the current handler code, one TorchServe serving it, and ``api``: the same routes either
+in this process (``serving/inprocess.py``) or through that TorchServe, with one ``post`` helper for both.
+
+Tiers: a test that needs TorchServe (Java), Prometheus, a browser or a container is marked ``integration`` (by
+its module, by a fixture it uses, or by ``api``'s torchserve variant); ``make test-fast`` runs the others. A test
+without the mark that starts TorchServe or Prometheus fails, so the fast tier cannot silently need them."""
 
 from __future__ import annotations
 
 import base64
+import contextlib
 import gzip
 import io
 import json
 import os
+import runpy
 import struct
 import subprocess
 import sys
@@ -22,14 +29,34 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from handlers import archive
-from handlers.server import TorchServe
-from handlers.settings import MODELS, ServerConfig
-from runtime import artifacts
+from monitoring.prometheus import Prometheus
 from runtime.artifacts import ARTIFACT_DIR
+from runtime.manifest import Manifest
+from serving import archive
+from serving.inprocess import InProcessWorker
+from serving.server import TorchServe
+from serving.settings import MODELS, ServerConfig
 from training import classifier, data, train
 
 ARTIFACTS = Path(__file__).resolve().parent.parent / "model_store" / ARTIFACT_DIR
+# Fixtures that start real components: a test that uses one is an integration test.
+INTEGRATION_FIXTURES = {"server", "secured", "launcher", "stack", "explorer", "browser"}
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if INTEGRATION_FIXTURES & set(item.fixturenames):
+            item.add_marker(pytest.mark.integration)
+
+
+@pytest.fixture(autouse=True)
+def fast_tier_guard(request, monkeypatch):
+    """Outside the integration tier, starting TorchServe or Prometheus fails the test."""
+    if request.node.get_closest_marker("integration") is None:
+        def refuse(*args, **kwargs):
+            raise AssertionError(f"{request.node.nodeid} starts a real server: mark it integration")
+        monkeypatch.setattr(TorchServe, "start", refuse)
+        monkeypatch.setattr(Prometheus, "start", refuse)
 
 
 def idx_bytes(array: np.ndarray) -> bytes:
@@ -67,10 +94,37 @@ def small_classifier(tmp_path_factory, dataset_dir) -> Path:
     return path
 
 
-def export_cli(ckpt: Path, out: Path, data_dir: Path, clf: Path) -> subprocess.CompletedProcess:
-    """``python -m export`` as `make export` runs it, with the default ExportConfig; fails the test on error."""
-    result = subprocess.run([sys.executable, "-m", "export", str(ckpt), "--out", str(out), "--data-dir",
-                             str(data_dir), "--classifier", str(clf)], capture_output=True, text=True, timeout=600)
+def run_module(module: str, *args: str) -> subprocess.CompletedProcess:
+    """``python -m module args`` run in this process, through the module's ``__main__`` code as the interpreter
+    runs it: exit code, stdout and stderr as the command gives them, without an interpreter's start-up (a few
+    seconds with torch). One real subprocess per command line in the tests keeps the process boundary honest."""
+    out, err, code = io.StringIO(), io.StringIO(), 0
+    argv, sys.argv = sys.argv, [module, *args]
+    try:
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            runpy.run_module(module, run_name="__main__", alter_sys=True)
+    except SystemExit as e:
+        if isinstance(e.code, str):  # what the interpreter does with SystemExit("error: ...")
+            err.write(e.code + "\n")
+        code = 1 if isinstance(e.code, str) else e.code or 0
+    finally:
+        sys.argv = argv
+    return subprocess.CompletedProcess([module, *args], code, out.getvalue(), err.getvalue())
+
+
+# Export settings of the tests' small models: fewer prior samples for the parity gate and calibration than
+# `make export` takes (the gate's label check classifies every prior sample, most of a default export's time).
+SMALL_EXPORT = ("--prior-samples", "1000", "--calibration-samples", "256")
+
+
+def export_cli(ckpt: Path, out: Path, data_dir: Path, clf: Path, *extra: str, process: bool = False
+               ) -> subprocess.CompletedProcess:
+    """``python -m export`` as `make export` runs it (with SMALL_EXPORT), in this process or (``process``) in a
+    new one; fails the test on error. Only exports in new processes are byte for byte alike: TorchScript numbers
+    the classes it traces within a process."""
+    args = [str(ckpt), "--out", str(out), "--data-dir", str(data_dir), "--classifier", str(clf), *SMALL_EXPORT, *extra]
+    result = subprocess.run([sys.executable, "-m", "export", *args], capture_output=True, text=True, timeout=600) \
+        if process else run_module("export", *args)
     assert result.returncode == 0, result.stderr[-3000:]
     return result
 
@@ -95,21 +149,18 @@ def fallback_2d(artifacts_2d, dataset_dir, small_classifier) -> Path:
     """The same 2-d checkpoint exported with a parity bar its int8 decoders cannot meet (100 dB) and
     --allow-fp32-fallback: an export that serves fp32 decoders on CPU; returns the artifact folder."""
     root = artifacts_2d.parent.parent
-    result = subprocess.run([sys.executable, "-m", "export", str(root / "run" / "final.pt"), "--out", str(root),
-                             "--name", "export-fallback", "--psnr-min-db", "100", "--allow-fp32-fallback",
-                             "--data-dir", str(dataset_dir), "--classifier", str(small_classifier)],
-                            capture_output=True, text=True, timeout=600)
-    assert result.returncode == 0, result.stderr[-3000:]
+    result = export_cli(root / "run" / "final.pt", root, dataset_dir, small_classifier, "--name", "export-fallback",
+                        "--psnr-min-db", "100", "--allow-fp32-fallback")
     assert "WARNING" in result.stdout and "fall" in result.stdout
     return root / "export-fallback"
 
 
-LATENT = artifacts.shapes(ARTIFACTS).latent_dim
+LATENT = Manifest.read(ARTIFACTS).shapes.latent_dim
 # Beside the served models (from current_store), test-only configurations of the same handlers:
 TEST_MODELS = {
     # Long batch delay so that concurrent requests surely share a batch.
     "batched": replace(MODELS["sample"], workers=1, max_batch_delay_ms=500),
-    "sample_ts": replace(MODELS["sample"], workers=1, decoder={"cpu": ("torchscript-int8",)}),
+    "sample_ts": replace(MODELS["sample"], workers=1, decoder={"cpu": ("torchscript-fp32",)}),
 }
 
 
@@ -141,8 +192,30 @@ def fast_check_passes(schema, operation: str, body: dict) -> bool:
     return True
 
 
+class InProcessApi:
+    """The served models and TEST_MODELS as workers in this process, over the committed export folders."""
+
+    def __init__(self) -> None:
+        self.workers: dict[str, InProcessWorker] = {}
+
+    def post(self, model: str, body: bytes) -> tuple[int, dict, bytes]:
+        if model not in self.workers:
+            self.workers[model] = InProcessWorker(model, ARTIFACTS.parent, (MODELS | TEST_MODELS)[model])
+        reply = self.workers[model]([body])[0]
+        return reply.status, reply.headers, reply.body
+
+
+@pytest.fixture(scope="session", params=["inprocess", pytest.param("torchserve", marks=pytest.mark.integration)])
+def api(request):
+    """The routes' workers, in this process or behind the session's TorchServe; ``post(api, ...)`` takes either."""
+    return InProcessApi() if request.param == "inprocess" else request.getfixturevalue("server")
+
+
 def post(server, model: str, body: bytes | dict, content_type: str = "application/json") -> tuple[int, dict, bytes]:
+    """POST ``body`` to ``model`` on a TorchServe or an InProcessApi: (status, lower-case headers, body)."""
     data = json.dumps(body).encode() if isinstance(body, dict) else body
+    if isinstance(server, InProcessApi):
+        return server.post(model, data)
     request = urllib.request.Request(f"{server.url}/predictions/{model}", data=data, method="POST",
                                      headers={"Content-Type": content_type})
     try:

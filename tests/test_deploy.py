@@ -14,10 +14,10 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from handlers.__main__ import parser
-from handlers.archive import CODE_DIRS
-from handlers.settings import MODELS
 from runtime.artifacts import ARTIFACT_DIR
+from serving.__main__ import parser
+from serving.archive import CODE_DIRS
+from serving.settings import MODELS
 
 ROOT = Path(__file__).resolve().parent.parent
 DEPLOY = ROOT / "deploy"
@@ -50,8 +50,9 @@ def test_dockerfile_copies_folders_that_exist():
     exports = {ROOT / "model_store" / spec.export for spec in MODELS.values()}
     assert {ROOT / folder for folder in CODE_DIRS} | exports <= copied
     assert ROOT / "model_store" / ARTIFACT_DIR in exports
-    build_step = next(args for name, args in DOCKERFILE if name == "RUN" and "handlers.archive" in args)
+    build_step = next(args for name, args in DOCKERFILE if name == "RUN" and "serving.archive" in args)
     assert "--store model_store" in build_step  # archives are built in the image, not copied in
+    assert ROOT / "serving" in copied  # the launcher
 
 
 def test_the_build_context_holds_what_the_dockerfile_copies():
@@ -64,7 +65,7 @@ def test_the_build_context_holds_what_the_dockerfile_copies():
     assert {f"!{src}" for src in sources} <= set(ignore), sources
 
 
-@pytest.mark.parametrize("module", ["handlers", "handlers.health"])
+@pytest.mark.parametrize("module", ["serving", "serving.health"])
 def test_the_entrypoint_and_healthcheck_modules_start(module):
     """What ENTRYPOINT and HEALTHCHECK run imports and parses its command line (--help exits 0)."""
     result = subprocess.run([sys.executable, "-m", module, "--help"], cwd=ROOT, capture_output=True, text=True,
@@ -86,15 +87,15 @@ def test_compose_file_follows_the_compose_specification(tmp_path):
 def test_entrypoint_is_make_serve_with_container_flags():
     makefile = (ROOT / "Makefile").read_text()
     serve = re.search(r"^serve:.*\n\t(.+)$", makefile, re.M).group(1)
-    assert serve.split()[1:3] == ["-m", "handlers"]
-    assert exec_form("ENTRYPOINT") == ["python", "-m", "handlers"]
+    assert serve.split()[1:3] == ["-m", "serving"]
+    assert exec_form("ENTRYPOINT") == ["python", "-m", "serving"]
     args = parser().parse_args(exec_form("CMD"))
     assert args.token_auth and args.host == "0.0.0.0"  # public inference port, with auth
     assert args.no_explorer  # the page is a local tool (explorer/ is not in the image)
     health = exec_form("HEALTHCHECK")
     assert health[health.index("--work-dir") + 1] == str(args.work_dir)  # it finds TorchServe's key file
     exposed = {int(p) for name, ports in DOCKERFILE if name == "EXPOSE" for p in ports.split()}
-    assert 8080 in exposed and args.management_port not in exposed
+    assert exposed == {args.inference_port, args.torchserve_metrics_port, args.metrics_port}  # not management
 
 
 def test_serving_requirements_follow_pyproject():

@@ -3,21 +3,26 @@ and its proxy: same origin only, JSON only, the served models only, the inferenc
 
 from __future__ import annotations
 
+import io
 import json
 import shutil
 import threading
 import urllib.error
 import urllib.request
 
+import numpy as np
 import pytest
+from PIL import Image
 from playwright.sync_api import sync_playwright
 
-from explorer.server import Explorer, NoSpace
-from handlers.server import TorchServe
-from handlers.settings import MODELS, ServerConfig
+from explorer.errors import NoSpace
+from explorer.server import Explorer
+from serving.server import TorchServe
+from serving.settings import MODELS, ServerConfig
 
 CHROMIUM = shutil.which("chromium")
-pytestmark = pytest.mark.skipif(CHROMIUM is None, reason="chromium missing: run `make setup`")
+pytestmark = [pytest.mark.integration,  # a real TorchServe and a browser
+              pytest.mark.skipif(CHROMIUM is None, reason="chromium missing: run `make setup`")]
 
 # Records the most decode requests in flight at once (the page must never have more than one).
 IN_FLIGHT = """() => { const f = window.fetch; window.inFlight = 0; window.maxInFlight = 0;
@@ -59,7 +64,7 @@ def wait_change(page, selector: str, before: str) -> str:
     return src(page, selector)
 
 
-def test_the_page_drives_every_control_through_the_api(explorer, browser, tmp_path):
+def test_the_page_drives_every_control_through_the_api(explorer, browser):
     page = browser.new_page(viewport={"width": 1400, "height": 1000})
     errors: list[str] = []
     page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
@@ -117,7 +122,20 @@ def test_the_page_drives_every_control_through_the_api(explorer, browser, tmp_pa
     page.click("#encode")
     page.wait_for_function("() => document.getElementById('encoding').textContent.startsWith('plane')")
     wait_change(page, "#reconstruction", "")
-    page.screenshot(path=str(tmp_path / "explorer.png"))
+    # What a person sees: in a screenshot of the page, the plane shows the coloured scatter and each image panel
+    # a decoded garment (not a blank or broken image).
+    shot = np.asarray(Image.open(io.BytesIO(page.screenshot())).convert("RGB")).astype(int)
+    assert shot.shape == (1000, 1400, 3)
+
+    def region(selector: str) -> np.ndarray:
+        b = page.locator(selector).bounding_box()
+        return shot[int(b["y"]):int(b["y"] + b["height"]), int(b["x"]):int(b["x"] + b["width"])]
+
+    pad = region("#pad")
+    assert (np.ptp(pad, axis=2) > 30).mean() > 0.01  # coloured class points
+    for selector in ("#decoded", "#edited", "#reconstruction"):
+        pixels = region(selector)
+        assert pixels.std() > 20 and np.ptp(pixels, axis=2).max() < 8, selector  # a grey image with content
     # The 2-d model: its own plane, decoded by its own route.
     page.select_option("#space", "2-d")
     page.wait_for_function("() => document.getElementById('status').textContent.startsWith('decode2d')")
@@ -144,7 +162,7 @@ def test_the_proxy_takes_json_from_its_own_origin_for_the_served_models_only(exp
     code, body = request(url, BODY, JSON | {"Origin": explorer.url})
     assert code == 200 and len(body["images"]) == 1
     assert request(url, BODY, JSON | {"Origin": "http://evil.example"}) == (403, {
-        "error": "origin", "field": "origin",
+        "code": 403, "reason": "foreign_origin", "field": "Origin",
         "message": f"requests from http://evil.example are not accepted; open {explorer.url}"})
     assert request(url, BODY, {"Content-Type": "text/plain"})[0] == 415  # a "simple" cross-site form post
     code, body = request(f"{explorer.url}/api/predictions/batched", BODY, JSON)  # served, but not the page's

@@ -21,11 +21,14 @@ from export import parity
 from export.build import build
 from export.config import RELEASES, ExportConfig
 from export.lowres import LowResDecoder
-from handlers import archive
-from handlers.settings import MODELS
 from runtime import artifacts, backends
-from runtime.artifacts import ARTIFACT_DIR, MANIFEST
-from tests.conftest import export_cli, train_and_export
+from runtime.artifacts import ARTIFACT_DIR
+from runtime.errors import ManifestError
+from runtime.manifest import FILE as MANIFEST
+from runtime.manifest import Manifest, Shapes
+from serving import archive
+from serving.settings import MODELS
+from tests.conftest import SMALL_EXPORT, export_cli, run_module
 from training import checkpoint, classifier, data, train
 from training.model import VAE, VAEConfig
 
@@ -42,14 +45,15 @@ def small(tmp_path_factory, dataset_dir, small_classifier) -> dict:
 
 
 def small_export(small: dict, out: Path) -> subprocess.CompletedProcess:
-    return export_cli(small["ckpt"], out, small["data"], small["clf"])
+    """The small checkpoint exported into ``out`` by ``python -m export`` in a new process."""
+    return export_cli(small["ckpt"], out, small["data"], small["clf"], process=True)
 
 
 @pytest.fixture(scope="module")
-def exported(small) -> tuple[Path, dict]:
+def exported(small) -> tuple[Path, Manifest]:
     out = small["root"] / "store"
     assert "| onnx-int8 |" in small_export(small, out).stdout  # the parity table is printed
-    return out, json.loads((out / ARTIFACT_DIR / MANIFEST).read_text())
+    return out, Manifest.read(out / ARTIFACT_DIR)
 
 
 @pytest.mark.parametrize(("channels", "batch_norm"), [((32, 64, 128), False), ((8, 16, 32), False),
@@ -86,9 +90,8 @@ def test_artifacts_run_in_their_runtimes_and_match_eager(small, exported):
     fp32_ts = torch.jit.load(str(art / "decoder_fp32.pt"))(torch.from_numpy(z)).detach().numpy()
     for logits in (fp32_onnx, fp32_ts):
         assert np.abs(parity.sigmoid(logits) - ref).max() < 1e-5
-    for name in ("decoder_int8.onnx", "decoder_int8.pt"):
-        out_int8 = parity.sigmoid(backends.load(art / name)(z))
-        assert out_int8.shape == ref.shape and 25 < parity.psnr(out_int8, ref) < np.inf  # quantized: close, not equal
+    out_int8 = parity.sigmoid(backends.load(art / "decoder_int8.onnx")(z))
+    assert out_int8.shape == ref.shape and 25 < parity.psnr(out_int8, ref) < np.inf  # quantized: close, not equal
     ops = [n.op_type for n in onnx.load(str(art / "decoder_int8.onnx")).graph.node]
     # The first two convs run in int8; the Linear and the small last conv stay fp32 (see build.fp32_nodes).
     assert ops.count("QLinearConv") == 2 and ops.count("Conv") == 1 and ops.count("Gemm") == 1
@@ -100,15 +103,18 @@ def test_artifacts_run_in_their_runtimes_and_match_eager(small, exported):
 
 def test_manifest_lists_every_file_with_its_hash(small, exported):
     out, manifest = exported
-    assert manifest["parity"]["passed"]
-    assert manifest["source_checkpoint"]["sha256"] == checkpoint.file_sha256(small["ckpt"])
-    assert set(manifest["versions"]) >= {"torch", "onnx", "onnxruntime", "opset"}
-    assert artifacts.shapes(out / ARTIFACT_DIR) == artifacts.Shapes(64, (1, 28, 28))
-    assert {e["file"] for e in manifest["artifacts"].values()} == {
+    assert manifest.parity["passed"] and manifest.fallback is None
+    assert manifest.source.sha256 == checkpoint.file_sha256(small["ckpt"])
+    assert set(manifest.versions) >= {"torch", "onnx", "onnxruntime", "opset"}
+    assert manifest.shapes == Shapes(64, (1, 28, 28))
+    assert manifest.identity == manifest.build_key[:12]
+    assert {e.file for e in manifest.artifacts.values()} == {
         *artifacts.DECODERS.values(), *artifacts.ENCODERS.values(), artifacts.STATS}
-    for entry in manifest["artifacts"].values():
-        assert checkpoint.file_sha256(out / ARTIFACT_DIR / entry["file"]) == entry["sha256"]
-    assert json.loads((out / ARTIFACT_DIR / MANIFEST).read_text()) == manifest
+    for entry in manifest.artifacts.values():
+        assert checkpoint.file_sha256(out / ARTIFACT_DIR / entry.file) == entry.sha256
+    document = json.loads((out / ARTIFACT_DIR / MANIFEST).read_text())
+    assert (document["format"], document["version"]) == ("fmvae-export", 3)
+    assert Manifest.from_dict(document, "test") == manifest and manifest.to_dict() == document
     assert "| onnx-int8 |" in (out / ARTIFACT_DIR / "export_report.md").read_text()
     assert [p.name for p in out.iterdir()] == [ARTIFACT_DIR]  # no staging, no archives: those are serving's
 
@@ -121,7 +127,7 @@ def test_rerun_is_current_and_rebuild_is_reproducible(small, exported):
     # A rebuild elsewhere gives the same bytes, so the same manifest. (Traced TorchScript embeds the call
     # stack's file paths as debug info: reproducible for one checkout and entry point, as `make export` runs.)
     small_export(small, small["root"] / "store2")
-    assert json.loads((small["root"] / "store2" / ARTIFACT_DIR / MANIFEST).read_text()) == manifest
+    assert Manifest.read(small["root"] / "store2" / ARTIFACT_DIR) == manifest
 
 
 def test_gate_fails_on_corrupted_artifact(small, tmp_path):
@@ -141,7 +147,7 @@ def test_gate_fails_on_corrupted_artifact(small, tmp_path):
 
 
 def run_export(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "export", *args], capture_output=True, text=True, timeout=600)
+    return run_module("export", *args)
 
 
 def test_bad_inputs_fail_clearly_and_write_nothing(small, tmp_path):
@@ -159,6 +165,9 @@ def test_bad_inputs_fail_clearly_and_write_nothing(small, tmp_path):
     for ckpt, message in cases:
         r = run_export(str(ckpt), "--out", str(store))
         assert r.returncode == 1 and f"{ckpt}: {message}" in r.stderr, r.stderr
+    real = subprocess.run([sys.executable, "-m", "export", str(cases[0][0]), "--out", str(store)],
+                          capture_output=True, text=True, timeout=120)  # the same through a real process
+    assert (real.returncode, real.stderr.strip()) == (1, f"error: {cases[0][0]}: {cases[0][1]}")
     blocker = tmp_path / "a-file"
     blocker.write_text("")
     r = run_export(str(small["ckpt"]), "--out", str(blocker / "store"))
@@ -168,9 +177,9 @@ def test_bad_inputs_fail_clearly_and_write_nothing(small, tmp_path):
 
 def check_latent_size(artifact_dir: Path, latent_dim: int) -> None:
     """The export of a ``latent_dim`` model: shapes in the manifest, every artifact runs at that size, gate passed."""
-    assert artifacts.shapes(artifact_dir) == artifacts.Shapes(latent_dim, (1, 28, 28))
-    manifest = artifacts.read_manifest(artifact_dir)
-    assert manifest["parity"]["passed"] and manifest["model_config"]["latent_dim"] == latent_dim
+    manifest = Manifest.read(artifact_dir)
+    assert manifest.shapes == Shapes(latent_dim, (1, 28, 28))
+    assert manifest.parity["passed"] and manifest.model_config["latent_dim"] == latent_dim
     z = np.random.default_rng(0).standard_normal((3, latent_dim)).astype(np.float32)
     for file in artifacts.DECODERS.values():
         assert backends.load(artifact_dir / file)(z).shape == (3, 1, 28, 28)
@@ -186,24 +195,24 @@ def check_latent_size(artifact_dir: Path, latent_dim: int) -> None:
     assert session.get_inputs()[0].shape == ["batch", latent_dim]
 
 
-def test_export_takes_any_latent_size(artifacts_2d, tmp_path, dataset_dir, small_classifier):
-    """`make export` on 1-epoch 2-d and 16-d checkpoints (the 2-d one is served in test_serving)."""
+def test_export_takes_any_latent_size(artifacts_2d, exported):
+    """`make export` on 1-epoch 2-d and 64-d checkpoints (the 2-d one is served in test_serving)."""
     check_latent_size(artifacts_2d, 2)
-    check_latent_size(train_and_export(tmp_path, dataset_dir, small_classifier, 16), 16)
+    check_latent_size(exported[0] / ARTIFACT_DIR, 64)
 
 
 def test_int8_failing_the_gate_is_refused_unless_the_fp32_fallback_is_chosen(artifacts_2d, fallback_2d, tmp_path,
                                                                             dataset_dir, small_classifier):
     ckpt = artifacts_2d.parent.parent / "run" / "final.pt"
     refused = run_export(str(ckpt), "--out", str(tmp_path), "--name", "strict", "--psnr-min-db", "100",
-                         "--data-dir", str(dataset_dir), "--classifier", str(small_classifier))
+                         "--data-dir", str(dataset_dir), "--classifier", str(small_classifier), *SMALL_EXPORT)
     assert refused.returncode == 1 and "parity gate failed" in refused.stderr
     assert "--allow-fp32-fallback" in refused.stderr and not (tmp_path / "strict").exists()
-    manifest = artifacts.read_manifest(fallback_2d)
-    assert manifest["fallback"]["backends"] == {"onnx-int8": "onnx-fp32", "torchscript-int8": "torchscript-fp32"}
-    assert manifest["export_config"]["psnr_min_db"] == 100 and not list(fallback_2d.glob("*int8*"))
-    assert not any("int8" in name for name in manifest["artifacts"])
-    assert artifacts.serving_backends(manifest, ("onnx-int8",)) == ("onnx-fp32",)
+    manifest = Manifest.read(fallback_2d)
+    assert manifest.fallback.backends == {"onnx-int8": "onnx-fp32"}
+    assert manifest.export_config["psnr_min_db"] == 100 and not list(fallback_2d.glob("*int8*"))
+    assert not any("int8" in name for name in manifest.artifacts)
+    assert manifest.serving_backends(("onnx-int8",)) == ("onnx-fp32",)
     out = tmp_path / "mar"
     out.mkdir()
     mar = archive.build("decode_fallback", MODELS["decode"], fallback_2d, out)
@@ -229,14 +238,39 @@ def test_export_without_a_checkpoint_exports_every_release_and_names_are_folders
 
 
 def test_manifest_errors_name_the_file(tmp_path):
-    with pytest.raises(artifacts.ManifestError, match=f"{tmp_path / MANIFEST}: not found; run `make export`"):
-        artifacts.shapes(tmp_path)
-    (tmp_path / MANIFEST).write_text("{truncated")
-    with pytest.raises(artifacts.ManifestError, match="not a readable manifest"):
-        artifacts.shapes(tmp_path)
-    (tmp_path / MANIFEST).write_text('{"format": "fmvae-export-v1"}')
-    with pytest.raises(artifacts.ManifestError, match="format 'fmvae-export-v1', expected 'fmvae-export-v2'"):
-        artifacts.shapes(tmp_path)
+    path = tmp_path / MANIFEST
+    with pytest.raises(ManifestError, match=f"{path}: not found; run `make export`"):
+        Manifest.read(tmp_path)
+    path.write_text("{truncated")
+    with pytest.raises(ManifestError, match=f"{path}: not a readable manifest"):
+        Manifest.read(tmp_path)
+    path.write_text('{"format": "fmvae-export-v1"}')
+    with pytest.raises(ManifestError, match="format 'fmvae-export-v1', expected 'fmvae-export'"):
+        Manifest.read(tmp_path)
+    path.write_text('{"format": "fmvae-export-v2", "shapes": {}}')  # the layout before the version field
+    with pytest.raises(ManifestError, match="manifest version 2, this code reads version 3; re-run `make export`"):
+        Manifest.read(tmp_path)
+    document = json.loads((Path("model_store") / ARTIFACT_DIR / MANIFEST).read_text())
+    del document["shapes"]
+    path.write_text(json.dumps(document))
+    with pytest.raises(ManifestError, match=f"{path}: damaged manifest, 'shapes' is missing"):
+        Manifest.read(tmp_path)
+    document = json.loads((Path("model_store") / ARTIFACT_DIR / MANIFEST).read_text())
+    document["artifacts"]["decoder/onnx-fp32"] = {"file": "x.onnx"}
+    path.write_text(json.dumps(document))
+    with pytest.raises(ManifestError, match=f"{path}: damaged manifest"):
+        Manifest.read(tmp_path)
+
+
+def test_a_manifest_write_is_atomic_and_round_trips(tmp_path, monkeypatch):
+    manifest = Manifest.read(Path("model_store") / ARTIFACT_DIR)
+    assert Manifest.read(manifest.write(tmp_path).parent) == manifest
+    before = (tmp_path / MANIFEST).read_bytes()
+    monkeypatch.setattr("json.dumps", lambda *a, **k: (_ for _ in ()).throw(OSError("disk full")))
+    with pytest.raises(OSError, match="disk full"):
+        manifest.write(tmp_path)
+    assert (tmp_path / MANIFEST).read_bytes() == before  # the old manifest is untouched
+    assert [p.name for p in tmp_path.iterdir()] == [MANIFEST]  # and no temp file is left
 
 
 def test_latent_statistics_describe_the_posterior_means(small, exported):
@@ -263,8 +297,8 @@ def test_latent_statistics_describe_the_posterior_means(small, exported):
 
 
 def test_statistics_errors_name_the_file(tmp_path):
-    with pytest.raises(artifacts.ManifestError, match=f"{tmp_path / 'missing.npz'}: not found"):
+    with pytest.raises(ManifestError, match=f"{tmp_path / 'missing.npz'}: not found"):
         artifacts.read_stats(tmp_path / "missing.npz")
     (tmp_path / "broken.npz").write_bytes(b"PK\x03\x04 truncated")
-    with pytest.raises(artifacts.ManifestError, match="not readable latent statistics"):
+    with pytest.raises(ManifestError, match="not readable latent statistics"):
         artifacts.read_stats(tmp_path / "broken.npz")

@@ -26,10 +26,14 @@ import psutil
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from handlers import archive
-from handlers.server import ServerError, TorchServe, http_json
-from handlers.settings import MODELS, ServerConfig
+from serving import archive
+from serving.client import http_json
+from serving.errors import ServerError
+from serving.server import TorchServe
+from serving.settings import MODELS, ServerConfig
 from tests.conftest import ARTIFACTS
+
+pytestmark = pytest.mark.integration  # a real TorchServe (Java) or Prometheus
 
 ROOT = Path(__file__).resolve().parent.parent
 NPY = {"n": 4, "seed": 1, "format": "npy"}
@@ -80,7 +84,7 @@ class Launcher:
                  for a in (f"--{f.name.replace('_', '-')}", str(getattr(self.config, f.name)))]
         self.temp_before = set(Path("/tmp").glob("fmvae-serve-*"))
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "handlers", "--model-store", str(store), "--log-dir", str(tmp_path / "logs"),
+            [sys.executable, "-m", "serving", "--model-store", str(store), "--log-dir", str(tmp_path / "logs"),
              "--models", *FAULT_MODELS, *ports, *extra], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
             text=True)
         self.lines: list[str] = []
@@ -211,7 +215,7 @@ def test_a_model_whose_workers_die_while_loading_fails_the_start_with_their_reas
     with pytest.raises(ServerError) as failed:
         server.start()
     assert time.monotonic() - start < 60
-    assert str(failed.value).startswith("model broken: its workers die while loading: handlers.service.ConfigError: "
+    assert str(failed.value).startswith("model broken: its workers die while loading: handlers.errors.ConfigError: "
                                         "model broken: its model config names no decoder for cpu workers")
     assert not server.tmp.exists() and not group_alive(server.process.pid)
 
@@ -246,7 +250,7 @@ def server(current_store, tmp_path_factory):
 
 
 def health(server: TorchServe) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "handlers.health", "--url", server.url, "--management-url",
+    return subprocess.run([sys.executable, "-m", "serving.health", "--url", server.url, "--management-url",
                            server.management_url, "--work-dir", str(server.work_dir), "--models", *FAULT_MODELS],
                           capture_output=True, text=True, timeout=30)
 

@@ -1,5 +1,5 @@
-"""The latent-space operations on the session's TorchServe: every OpenAPI example, each operation's arithmetic
-against the artifacts and statistics in this process, and bad input for every field."""
+"""The latent-space operations, in this process and on the session's TorchServe (``api``): every OpenAPI example,
+each operation's arithmetic against the artifacts and statistics, and bad input for every field."""
 
 from __future__ import annotations
 
@@ -13,9 +13,10 @@ from jsonschema import Draft202012Validator
 from PIL import Image
 
 from handlers.schema import SPEC, RequestSchema, inline_refs
-from handlers.server import http_json
 from runtime import artifacts, backends
 from runtime.latent import interpolate, seeded_latents
+from serving.client import http_json
+from serving.routes import OPENAPI
 from tests.conftest import ARTIFACTS, LATENT, b64png, fast_check_passes, npy, png, post
 from training.data import CLASS_NAMES
 
@@ -41,25 +42,25 @@ def images_of(logits: np.ndarray) -> np.ndarray:
     return (1 / (1 + np.exp(-logits)))[:, 0]
 
 
-def real_images(server, n: int = 3) -> tuple[np.ndarray, list[str]]:
+def real_images(api, n: int = 3) -> tuple[np.ndarray, list[str]]:
     """Decoded samples as uint8 pixels and base64 PNGs: images the encoder has seen the like of."""
-    pixels = (npy(post(server, "sample", {"n": n, "seed": 21, "format": "npy"})[2]) * 255).round().astype(np.uint8)
+    pixels = (npy(post(api, "sample", {"n": n, "seed": 21, "format": "npy"})[2]) * 255).round().astype(np.uint8)
     return pixels, [b64png(p) for p in pixels]
 
 
-def json_reply(server, operation: str, body: dict) -> dict:
-    code, headers, payload = post(server, operation, body | {"format": "json"})
+def json_reply(api, operation: str, body: dict) -> dict:
+    code, headers, payload = post(api, operation, body | {"format": "json"})
     assert code == 200, payload[:300]
     return json.loads(payload)
 
 
 @pytest.mark.parametrize("operation", OPERATIONS)
-def test_every_openapi_example_answers_in_every_format(server, operation):
+def test_every_openapi_example_answers_in_every_format(api, operation):
     example = request_schema(operation)["example"]
     reply = "EncodeResponse" if operation == "encode" else "ImagesResponse"
     validator = Draft202012Validator(inline_refs(SPEC["components"]["schemas"][reply], SPEC["components"]["schemas"]))
     for fmt in formats(operation):
-        code, headers, payload = post(server, operation, example | {"format": fmt})
+        code, headers, payload = post(api, operation, example | {"format": fmt})
         assert code == 200, (fmt, payload[:300])
         assert headers["content-type"] == CONTENT_TYPES[fmt]
         if fmt == "json":
@@ -72,25 +73,25 @@ def test_every_openapi_example_answers_in_every_format(server, operation):
             assert npy(payload).dtype == np.float32
 
 
-def test_encode_gives_the_encoders_mean_and_log_variance(server):
-    pixels, texts = real_images(server)
-    reply = json_reply(server, "encode", {"images": texts})
+def test_encode_gives_the_encoders_mean_and_log_variance(api):
+    pixels, texts = real_images(api)
+    reply = json_reply(api, "encode", {"images": texts})
     mu, logvar = ENCODER(pixels[:, None].astype(np.float32) / 255)
     assert np.allclose(reply["mu"], mu, atol=1e-5) and np.allclose(reply["logvar"], logvar, atol=1e-5)
-    array = npy(post(server, "encode", {"images": texts, "format": "npy"})[2])
+    array = npy(post(api, "encode", {"images": texts, "format": "npy"})[2])
     assert array.shape == (3, 2, LATENT) and np.allclose(array[:, 0], mu, atol=1e-5)
 
 
-def test_decode_is_samples_decoder(server):
-    sampled = json_reply(server, "sample", {"n": 5, "seed": 8})
-    images = npy(post(server, "decode", {"latents": sampled["latents"], "format": "npy"})[2])
+def test_decode_is_samples_decoder(api):
+    sampled = json_reply(api, "sample", {"n": 5, "seed": 8})
+    images = npy(post(api, "decode", {"latents": sampled["latents"], "format": "npy"})[2])
     assert images.shape == (5, 28, 28)
-    assert np.allclose(images, npy(post(server, "sample", {"n": 5, "seed": 8, "format": "npy"})[2]), atol=1e-5)
+    assert np.allclose(images, npy(post(api, "sample", {"n": 5, "seed": 8, "format": "npy"})[2]), atol=1e-5)
 
 
-def test_reconstruct_reports_the_recon_term_and_kl(server):
-    pixels, texts = real_images(server, 10)
-    reply = json_reply(server, "reconstruct", {"images": texts, "samples": 4, "seed": 3})
+def test_reconstruct_reports_the_recon_term_and_kl(api):
+    pixels, texts = real_images(api, 10)
+    reply = json_reply(api, "reconstruct", {"images": texts, "samples": 4, "seed": 3})
     x = pixels.astype(np.float32) / 255
     mu, logvar = ENCODER(x[:, None])
     eps = seeded_latents(3, 10 * 4, LATENT).reshape(10, 4, LATENT)
@@ -101,86 +102,87 @@ def test_reconstruct_reports_the_recon_term_and_kl(server):
     kl = -0.5 * (1 + logvar - mu ** 2 - np.exp(logvar)).sum(1)
     assert np.allclose(reply["recon_error"], bce, rtol=1e-4) and np.allclose(reply["kl"], kl, rtol=1e-4)
     assert 50 < np.mean(bce) < 784 * np.log(2)  # nats: better than a coin per pixel
-    recon = npy(post(server, "reconstruct", {"images": texts, "format": "npy"})[2])
+    recon = npy(post(api, "reconstruct", {"images": texts, "format": "npy"})[2])
     assert np.allclose(recon, images_of(DECODER(mu)), atol=1e-5)  # the decoded posterior mean
-    grid = png(post(server, "reconstruct", {"images": texts})[2])
+    grid = png(post(api, "reconstruct", {"images": texts})[2])
     assert grid.shape == (2 + 4 * 30, 2 + 8 * 30)  # 8 inputs, their reconstructions, 2 inputs, theirs
     assert np.array_equal(grid[2:30, 2:30], pixels[0])
     assert (grid[2 + 60:30 + 60, 2 + 60:30 + 60] == 255).all()  # the short row is padded with white
 
 
-def test_traverse_walks_the_named_directions(server):
+def test_traverse_walks_the_named_directions(api):
     start = seeded_latents(4, 1, LATENT)[0]
-    reply = json_reply(server, "traverse", {"start": {"seed": 4}, "range": [-2, 2], "steps": 5})
+    reply = json_reply(api, "traverse", {"start": {"seed": 4}, "range": [-2, 2], "steps": 5})
     z = np.array(reply["latents"]).reshape(-1, 5, LATENT)
     default = [int(d) for d in STATS.active_order[:8]]
     assert reply["directions"] == [{"dimension": d} for d in default] and z.shape == (8, 5, LATENT)
     t = np.linspace(-2, 2, 5)
     assert np.allclose(z[0], start + t[:, None] * np.eye(LATENT)[default[0]], atol=1e-5)
     body = {"start": {"seed": 4}, "directions": [{"principal": 1}, {"class": "Bag"}], "steps": 3}
-    z = np.array(json_reply(server, "traverse", body)["latents"]).reshape(2, 3, LATENT)
+    z = np.array(json_reply(api, "traverse", body)["latents"]).reshape(2, 3, LATENT)
     assert np.allclose(z[0, -1] - z[0, 0], 6 * STATS.principal_directions[1], atol=1e-4)
     bag = STATS.class_means[8] - STATS.class_means.mean(0)
     assert np.allclose(z[1, -1] - z[1, 0], 6 * bag / np.linalg.norm(bag), atol=1e-4)
-    assert npy(post(server, "traverse", body | {"format": "npy"})[2]).shape == (2, 3, 28, 28)
+    assert npy(post(api, "traverse", body | {"format": "npy"})[2]).shape == (2, 3, 28, 28)
 
 
-def test_edit_moves_between_class_means_and_strength_zero_is_the_reconstruction(server):
-    pixels, texts = real_images(server, 1)
+def test_edit_moves_between_class_means_and_strength_zero_is_the_reconstruction(api):
+    pixels, texts = real_images(api, 1)
     body = {"start": {"image": texts[0]}, "from": "Sneaker", "to": 9, "strength": [0, 1, 2]}
-    reply = json_reply(server, "edit", body)
+    reply = json_reply(api, "edit", body)
     z = np.array(reply["latents"])
     mu, _ = ENCODER(pixels[:, None].astype(np.float32) / 255)
     vector = STATS.class_means[9] - STATS.class_means[7]
     assert np.allclose(z, mu[0] + np.array([0, 1, 2])[:, None] * vector, atol=1e-5)
-    images = npy(post(server, "edit", body | {"format": "npy"})[2])
+    images = npy(post(api, "edit", body | {"format": "npy"})[2])
     assert np.allclose(images[0], images_of(DECODER(mu))[0], atol=1e-5)
-    single = json_reply(server, "edit", body | {"strength": 1.5})
+    single = json_reply(api, "edit", body | {"strength": 1.5})
     assert single["strengths"] == [1.5] and len(single["images"]) == 1
 
 
-def test_analogy_adds_the_difference(server):
+def test_analogy_adds_the_difference(api):
     body = {"a": {"class": "Sneaker"}, "b": {"class": "Ankle boot"}, "c": {"seed": 5}}
-    z = np.array(json_reply(server, "analogy", body)["latents"])
+    z = np.array(json_reply(api, "analogy", body)["latents"])
     assert np.allclose(z[:3], [STATS.class_means[7], STATS.class_means[9], seeded_latents(5, 1, LATENT)[0]], atol=1e-5)
     assert np.allclose(z[3], z[2] + z[1] - z[0], atol=1e-5)
-    assert png(post(server, "analogy", body)[2]).shape == (32, 2 + 4 * 30)
+    assert png(post(api, "analogy", body)[2]).shape == (32, 2 + 4 * 30)
 
 
-def test_walk_is_seeded_and_can_stay_on_the_shell(server):
+def test_walk_is_seeded_and_can_stay_on_the_shell(api):
     body = {"start": {"seed": 7}, "seed": 2, "steps": 6, "step_size": 0.5}
-    reply = json_reply(server, "walk", body)
+    reply = json_reply(api, "walk", body)
     z = np.array(reply["latents"])
     assert reply["seed"] == 2 and z.shape == (6, LATENT)
     assert np.allclose(np.diff(z, axis=0), 0.5 * seeded_latents(2, 5, LATENT), atol=1e-5)
-    shell = np.array(json_reply(server, "walk", body | {"project": True})["latents"])
+    shell = np.array(json_reply(api, "walk", body | {"project": True})["latents"])
     assert np.allclose(np.linalg.norm(shell, axis=1), np.sqrt(LATENT), rtol=1e-5)
-    code, headers, _ = post(server, "walk", {"start": {"class": 0}, "format": "npy"})
-    assert code == 200 and int(headers["x-seed"]) >= 0  # drawn and returned
+    code, headers, drawn = post(api, "walk", {"start": {"class": 0}, "format": "npy"})
+    again = post(api, "walk", {"start": {"class": 0}, "seed": int(headers["x-seed"]), "format": "npy"})[2]
+    assert code == 200 and np.array_equal(npy(drawn), npy(again))  # the returned seed is the one drawn
 
 
-def test_sample_by_class_and_around_a_point(server):
-    reply = json_reply(server, "sample", {"n": 4, "seed": 6, "class": "Trouser", "temperature": 0.5})
+def test_sample_by_class_and_around_a_point(api):
+    reply = json_reply(api, "sample", {"n": 4, "seed": 6, "class": "Trouser", "temperature": 0.5})
     eps = seeded_latents(6, 4, LATENT, 0.5)
     assert np.allclose(reply["latents"], STATS.class_means[1] + eps @ STATS.class_scales[1], atol=1e-4)
-    around = json_reply(server, "sample", {"n": 3, "seed": 6, "around": {"seed": 11}, "sigma": 0.2})
+    around = json_reply(api, "sample", {"n": 3, "seed": 6, "around": {"seed": 11}, "sigma": 0.2})
     assert np.allclose(around["latents"], seeded_latents(11, 1, LATENT)[0] + 0.2 * seeded_latents(6, 3, LATENT),
                        atol=1e-5)
-    default_sigma = json_reply(server, "sample", {"n": 1, "seed": 6, "around": {"seed": 11}})
+    default_sigma = json_reply(api, "sample", {"n": 1, "seed": 6, "around": {"seed": 11}})
     assert np.allclose(default_sigma["latents"][0],
                        seeded_latents(11, 1, LATENT)[0] + 0.5 * seeded_latents(6, 1, LATENT)[0], atol=1e-5)
 
 
-def test_interpolate_between_classes_with_constant_norm_and_as_a_gif(server):
+def test_interpolate_between_classes_with_constant_norm_and_as_a_gif(api):
     body = {"classes": ["Sneaker", "Bag"], "steps": 6, "method": "constant_norm"}
-    reply = json_reply(server, "interpolate", body)
+    reply = json_reply(api, "interpolate", body)
     z = np.array(reply["latents"])
     expected = interpolate(STATS.class_means[7], STATS.class_means[8], 6, "constant_norm")
     assert np.allclose(z, expected, atol=1e-4)
     assert np.allclose(reply["norms"], np.linalg.norm(expected, axis=1), rtol=1e-4)
-    images = npy(post(server, "interpolate", body | {"format": "npy"})[2])
+    images = npy(post(api, "interpolate", body | {"format": "npy"})[2])
     assert np.isclose(reply["smoothness"], np.mean(np.diff(images, axis=0) ** 2), rtol=1e-3)
-    gif = Image.open(io.BytesIO(post(server, "interpolate", body | {"format": "gif"})[2]))
+    gif = Image.open(io.BytesIO(post(api, "interpolate", body | {"format": "gif"})[2]))
     assert gif.format == "GIF" and gif.n_frames == 6 and gif.size == (112, 112)
 
 
@@ -249,15 +251,15 @@ BAD_INPUTS = [
 
 @pytest.mark.parametrize(("operation", "body", "field", "reason"), BAD_INPUTS,
                          ids=[f"{o}-{r}-{f}" for o, _, f, r in BAD_INPUTS])
-def test_bad_input_gets_a_400_naming_the_field(server, operation, body, field, reason):
-    code, headers, payload = post(server, operation, body)
+def test_bad_input_gets_a_400_naming_the_field(api, operation, body, field, reason):
+    code, headers, payload = post(api, operation, body)
     error = json.loads(payload)
     assert (code, headers["content-type"]) == (400, "application/json"), payload[:300]
     assert (error["field"], error["reason"]) == (field, reason), error
 
 
-def test_a_wrong_class_lists_the_valid_ones(server):
-    error = json.loads(post(server, "edit", {"start": {"seed": 1}, "from": "Sneakers", "to": 1})[2])
+def test_a_wrong_class_lists_the_valid_ones(api):
+    error = json.loads(post(api, "edit", {"start": {"seed": 1}, "from": "Sneakers", "to": 1})[2])
     assert error["field"] == "from" and all(f"{name}, " in error["message"] for name in CLASS_NAMES)
 
 
@@ -284,6 +286,6 @@ def test_fast_check_agrees_with_the_reference_validator_on_every_operation():
 
 
 def test_examples_are_documented_for_every_operation():
-    spec = yaml.safe_load((ARTIFACTS.parent.parent / "handlers" / "openapi.yaml").read_text())
+    spec = yaml.safe_load(OPENAPI.read_text())
     assert {p.removeprefix("/predictions/") for p in spec["paths"]} == set(OPERATIONS)
     assert all("example" in request_schema(op) for op in OPERATIONS)

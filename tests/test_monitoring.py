@@ -15,9 +15,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from handlers.server import TorchServe
-from handlers.settings import MODELS, ServerConfig
 from monitoring.prometheus import MONITORING, Prometheus
+from serving.server import TorchServe
+from serving.settings import MODELS, ServerConfig
+
+pytestmark = pytest.mark.integration  # a real TorchServe (Java) or Prometheus
 
 DASHBOARD = MONITORING / "grafana" / "dashboards" / "fmvae.json"
 ROOT = MONITORING.parent

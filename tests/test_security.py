@@ -11,8 +11,10 @@ import urllib.request
 
 import pytest
 
-from handlers.server import TorchServe
-from handlers.settings import ServerConfig
+from serving.server import TorchServe
+from serving.settings import ServerConfig
+
+pytestmark = pytest.mark.integration  # a real TorchServe (Java) or Prometheus
 
 
 @pytest.fixture(scope="module")
@@ -79,7 +81,7 @@ def test_oversized_bodies_are_refused(secured):
 
 
 def test_health_check_uses_the_keys(secured):
-    health = [sys.executable, "-m", "handlers.health", "--url", secured.url, "--management-url",
+    health = [sys.executable, "-m", "serving.health", "--url", secured.url, "--management-url",
               secured.management_url, "--models", "sample"]
     refused = subprocess.run(health, capture_output=True, text=True)  # no keys: /ping refuses
     assert refused.returncode == 1 and "unhealthy: /ping" in refused.stdout

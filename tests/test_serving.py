@@ -1,5 +1,6 @@
-"""The handlers in a real TorchServe on free loopback ports, archives built from the committed export artifacts
-(and, for the 2-d model, from a small export of the session)."""
+"""The handlers, in this process (``api``'s inprocess variant) and in a real TorchServe on free loopback ports,
+archives built from the committed export artifacts (and, for the 2-d model, from a small export of the session).
+Tests that take ``api`` run in both; tests of the server itself take ``server``."""
 
 from __future__ import annotations
 
@@ -18,14 +19,21 @@ import pytest
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
-from handlers import archive, metrics
-from handlers.__main__ import fallback_warnings
+from handlers import metrics
+from handlers.device import choose_backend, worker_threads
+from handlers.errors import ConfigError
 from handlers.schema import SPEC, RequestSchema
-from handlers.server import ServerError, TorchServe, http_json
-from handlers.service import ConfigError, Worker, choose_backend, worker_threads
-from handlers.settings import MODELS, STORE_WORKERS, ServerConfig
+from handlers.service import Worker
 from runtime import artifacts, backends
 from runtime.latent import seeded_latents
+from runtime.manifest import FILE as MANIFEST
+from runtime.manifest import Manifest
+from serving import archive
+from serving.__main__ import fallback_warnings
+from serving.client import http_json
+from serving.errors import ServerError
+from serving.server import TorchServe
+from serving.settings import MODELS, ROOT, STORE_WORKERS, ServerConfig
 from tests.conftest import ARTIFACTS, LATENT, b64png, fast_check_passes, npy, png, post
 
 
@@ -63,13 +71,13 @@ def value(samples: list, name: str, **labels: str) -> float:
     return sum(v for n, lab, v in samples if n == name and labels.items() <= lab.items())
 
 
-def test_sample_formats(server):
-    code, headers, body = post(server, "sample", {"n": 5, "seed": 3, "format": "npy"})
+def test_sample_formats(api):
+    code, headers, body = post(api, "sample", {"n": 5, "seed": 3, "format": "npy"})
     assert code == 200 and headers["content-type"] == "application/x-npy" and headers["x-seed"] == "3"
     images = npy(body)
     assert images.shape == (5, 28, 28) and images.dtype == np.float32 and 0 <= images.min() < images.max() <= 1
 
-    code, headers, body = post(server, "sample", {"n": 5, "seed": 3, "format": "json"})
+    code, headers, body = post(api, "sample", {"n": 5, "seed": 3, "format": "json"})
     reply = json.loads(body)
     assert code == 200 and headers["content-type"] == "application/json" and reply["seed"] == 3
     assert reply["backend"] == "onnx-int8" and reply["device"] == "cpu"
@@ -78,46 +86,47 @@ def test_sample_formats(server):
     assert decoded.shape == (5, 28, 28)
     assert np.abs(decoded.astype(int) - (images * 255).round()).max() <= 1
 
-    code, headers, body = post(server, "sample", {"n": 5, "seed": 3})  # default format: one png grid
+    code, headers, body = post(api, "sample", {"n": 5, "seed": 3})  # default format: one png grid
     grid = png(body)
     assert code == 200 and headers["content-type"] == "image/png"
     assert grid.shape == (2 + 2 * 30, 2 + 3 * 30)  # 5 images: 3 columns, 2 rows, 2-pixel gaps
     assert np.array_equal(grid[2:30, 2:30], decoded[0])
 
 
-def test_sample_is_a_function_of_the_seed(server):
-    a = npy(post(server, "sample", {"n": 8, "seed": 11, "format": "npy"})[2])
-    b = npy(post(server, "sample", {"n": 8, "seed": 11, "format": "npy"})[2])
-    prefix = npy(post(server, "sample", {"n": 3, "seed": 11, "format": "npy"})[2])
-    other = npy(post(server, "sample", {"n": 8, "seed": 12, "format": "npy"})[2])
+def test_sample_is_a_function_of_the_seed(api):
+    a = npy(post(api, "sample", {"n": 8, "seed": 11, "format": "npy"})[2])
+    b = npy(post(api, "sample", {"n": 8, "seed": 11, "format": "npy"})[2])
+    prefix = npy(post(api, "sample", {"n": 3, "seed": 11, "format": "npy"})[2])
+    other = npy(post(api, "sample", {"n": 8, "seed": 12, "format": "npy"})[2])
     assert np.array_equal(a, b)
     assert np.allclose(prefix, a[:3], atol=1e-6)
     assert np.abs(a - other).mean() > 0.05
-    code, headers, _ = post(server, "sample", {"n": 1, "format": "npy"})  # no seed: one is drawn and returned
+    code, headers, body = post(api, "sample", {"n": 2, "format": "npy"})  # no seed: one is drawn and returned
     drawn = int(headers["x-seed"])
-    assert code == 200 and 0 <= drawn < 2**63
-    assert int(post(server, "sample", {"n": 1, "format": "npy"})[1]["x-seed"]) != drawn
+    assert code == 200 and drawn < 2**63
+    assert np.array_equal(npy(body), npy(post(api, "sample", {"n": 2, "seed": drawn, "format": "npy"})[2]))
+    assert int(post(api, "sample", {"n": 1, "format": "npy"})[1]["x-seed"]) != drawn
 
 
-def test_integer_valued_numbers_count_as_integers(server):
+def test_integer_valued_numbers_count_as_integers(api):
     """JSON Schema's integer type accepts 2.0; the handlers must then treat it as 2, not fail."""
-    code, headers, body = post(server, "sample", {"n": 3.0, "seed": 11.0, "format": "npy"})
+    code, headers, body = post(api, "sample", {"n": 3.0, "seed": 11.0, "format": "npy"})
     assert code == 200 and headers["x-seed"] == "11"
-    assert np.array_equal(npy(body), npy(post(server, "sample", {"n": 3, "seed": 11, "format": "npy"})[2]))
-    code, _, body = post(server, "interpolate", {"seeds": [1.0, 2], "steps": 4.0, "format": "npy"})
+    assert np.array_equal(npy(body), npy(post(api, "sample", {"n": 3, "seed": 11, "format": "npy"})[2]))
+    code, _, body = post(api, "interpolate", {"seeds": [1.0, 2], "steps": 4.0, "format": "npy"})
     assert code == 200 and npy(body).shape == (4, 28, 28)
 
 
-def test_temperature_scales_the_latents(server):
-    cold = json.loads(post(server, "sample", {"n": 4, "seed": 5, "temperature": 0.5, "format": "json"})[2])
+def test_temperature_scales_the_latents(api):
+    cold = json.loads(post(api, "sample", {"n": 4, "seed": 5, "temperature": 0.5, "format": "json"})[2])
     assert np.allclose(cold["latents"], 0.5 * seeded_latents(5, 4, LATENT), atol=1e-6)
 
 
-def test_interpolate_from_seeds_lerp_and_slerp(server):
+def test_interpolate_from_seeds_lerp_and_slerp(api):
     ends = seeded_latents(1, 1, LATENT)[0], seeded_latents(2, 1, LATENT)[0]
     norms = {}
     for method in ("lerp", "slerp"):
-        code, _, body = post(server, "interpolate", {"seeds": [1, 2], "steps": 9, "method": method, "format": "json"})
+        code, _, body = post(api, "interpolate", {"seeds": [1, 2], "steps": 9, "method": method, "format": "json"})
         reply = json.loads(body)
         z = np.array(reply["latents"])
         assert code == 200 and z.shape == (9, LATENT) and len(reply["images"]) == 9
@@ -129,21 +138,21 @@ def test_interpolate_from_seeds_lerp_and_slerp(server):
     assert norms["lerp"][4] < 0.85 * expected[4]
 
 
-def test_interpolate_formats_and_latent_input(server):
+def test_interpolate_formats_and_latent_input(api):
     z = np.random.default_rng(0).standard_normal((2, LATENT)).round(3)
     body = {"latents": z.tolist(), "steps": 20, "method": "lerp"}
-    code, headers, grid = post(server, "interpolate", body)
+    code, headers, grid = post(api, "interpolate", body)
     assert code == 200 and headers["content-type"] == "image/png"
     assert png(grid).shape == (2 + 2 * 30, 2 + 16 * 30)  # rows of 16
-    images = npy(post(server, "interpolate", body | {"format": "npy"})[2])
-    reply = json.loads(post(server, "interpolate", body | {"format": "json"})[2])
+    images = npy(post(api, "interpolate", body | {"format": "npy"})[2])
+    reply = json.loads(post(api, "interpolate", body | {"format": "json"})[2])
     assert images.shape == (20, 28, 28)
     assert np.allclose(reply["latents"][0], z[0], atol=1e-6) and np.allclose(reply["latents"][-1], z[1], atol=1e-6)
 
 
-def test_interpolate_from_images_uses_posterior_means(server):
-    pixels = (npy(post(server, "sample", {"n": 2, "seed": 7, "format": "npy"})[2]) * 255).round().astype(np.uint8)
-    code, _, body = post(server, "interpolate", {"images": [b64png(p) for p in pixels], "steps": 5,
+def test_interpolate_from_images_uses_posterior_means(api):
+    pixels = (npy(post(api, "sample", {"n": 2, "seed": 7, "format": "npy"})[2]) * 255).round().astype(np.uint8)
+    code, _, body = post(api, "interpolate", {"images": [b64png(p) for p in pixels], "steps": 5,
                                                  "format": "json"})
     assert code == 200
     encoder = backends.load(ARTIFACTS / artifacts.ENCODERS["onnx-fp32"])
@@ -198,8 +207,8 @@ BAD_INPUTS = [
 
 @pytest.mark.parametrize(("model", "body", "status", "field", "reason"), BAD_INPUTS,
                          ids=[f"{m}-{r}-{f}-{i}" for i, (m, _, _, f, r) in enumerate(BAD_INPUTS)])
-def test_bad_input_gets_a_json_4xx_naming_the_field(server, model, body, status, field, reason):
-    code, headers, payload = post(server, model, body)
+def test_bad_input_gets_a_json_4xx_naming_the_field(api, model, body, status, field, reason):
+    code, headers, payload = post(api, model, body)
     error = json.loads(payload)
     assert (code, headers["content-type"]) == (status, "application/json")
     assert (error["code"], error["field"], error["reason"]) == (status, field, reason)
@@ -236,12 +245,12 @@ def test_bad_request_in_a_batch_fails_alone(server):
         assert np.allclose(npy(body), alone, atol=1e-5)  # static int8: results do not depend on batch-mates
 
 
-def test_backend_is_chosen_by_the_model_config(server):
-    reply = json.loads(post(server, "sample_ts", {"n": 4, "seed": 9, "format": "json"})[2])
-    assert (reply["backend"], reply["device"]) == ("torchscript-int8", "cpu")
-    ts = npy(post(server, "sample_ts", {"n": 4, "seed": 9, "format": "npy"})[2])
-    onnx = npy(post(server, "sample", {"n": 4, "seed": 9, "format": "npy"})[2])
-    assert 10 * np.log10(1 / np.mean((ts - onnx) ** 2)) > 35  # two int8 decoders of one model agree
+def test_backend_is_chosen_by_the_model_config(api):
+    reply = json.loads(post(api, "sample_ts", {"n": 4, "seed": 9, "format": "json"})[2])
+    assert (reply["backend"], reply["device"]) == ("torchscript-fp32", "cpu")
+    ts = npy(post(api, "sample_ts", {"n": 4, "seed": 9, "format": "npy"})[2])
+    onnx = npy(post(api, "sample", {"n": 4, "seed": 9, "format": "npy"})[2])
+    assert 10 * np.log10(1 / np.mean((ts - onnx) ** 2)) > 35  # fp32 and int8 decoders of one model agree
 
 
 def test_metrics_are_exported_and_increase(server):
@@ -276,7 +285,7 @@ def test_worker_threads(monkeypatch):
 
 
 def test_backend_choice_per_device(monkeypatch):
-    config = archive.model_config(MODELS["interpolate"], artifacts.read_manifest(ARTIFACTS))["handler"]
+    config = archive.model_config(MODELS["interpolate"], Manifest.read(ARTIFACTS))["handler"]
     assert choose_backend(config, "decoder", "m", gpu_id=None) == ("onnx-int8", "cpu")
     assert choose_backend(config, "encoder", "m", gpu_id=None) == ("onnx-fp32", "cpu")
     # A GPU worker (simulated: CUDA visible to torch) takes the first CUDA backend it can run.
@@ -298,10 +307,10 @@ def test_a_worker_whose_config_names_no_decoder_fails_at_start():
 
     with pytest.raises(ConfigError, match=r"model broken: its model config names no decoder for cpu workers "
                                           r"\(handler.decoder.cpu in model-config.yaml"):
-        Worker(context({"threads": 1}))
+        Worker(context({"threads": 1}), "sample")
     with pytest.raises(ConfigError, match="names no decoder for cpu workers"):
-        Worker(context({"decoder": {"cuda": ["onnx-fp32"]}, "threads": 1}))
-    worker = Worker(context({"decoder": {"cpu": ["onnx-fp32"]}, "threads": 1}))  # the same path, configured
+        Worker(context({"decoder": {"cuda": ["onnx-fp32"]}, "threads": 1}), "sample")
+    worker = Worker(context({"decoder": {"cpu": ["onnx-fp32"]}, "threads": 1}), "sample")  # the same path, configured
     assert (worker.backend, worker.shapes.latent_dim, worker.encoder) == ("onnx-fp32", LATENT, None)
 
 
@@ -351,22 +360,23 @@ def test_a_2d_model_is_served_with_its_own_shapes(server):
 
 
 def test_archives_pack_the_worker_folders_and_only_the_artifacts_they_name(current_store):
-    code = {f"{folder}/{p.relative_to(archive.ROOT / folder)}" for folder in archive.CODE_DIRS
-            for p in (archive.ROOT / folder).rglob("*") if p.is_file() and "__pycache__" not in p.parts}
+    code = {f"{folder}/{p.relative_to(ROOT / folder)}" for folder in archive.CODE_DIRS
+            for p in (ROOT / folder).rglob("*") if p.is_file() and "__pycache__" not in p.parts}
+    host = {f"serving/{p.name}" for p in (ROOT / "serving").iterdir()}
     for name, spec in MODELS.items():
         packed = set(archive.contents(current_store / f"{name}.mar"))
-        assert code <= packed
-        files = packed - code - {"MAR-INF/MANIFEST.json", "model-config.yaml", spec.handler.name, artifacts.MANIFEST}
+        assert code <= packed and not packed & host and not any(m.startswith("serving/") for m in packed)
+        files = packed - code - {"MAR-INF/MANIFEST.json", "model-config.yaml", spec.handler.name, MANIFEST}
         assert files == set(archive.artifact_files(spec, archive.packed_manifest(current_store / f"{name}.mar")))
     decoders = ["decoder_fp32.onnx", "decoder_fp32.pt", "decoder_int8.onnx"]
-    manifest = artifacts.read_manifest(ARTIFACTS)
+    manifest = Manifest.read(ARTIFACTS)
     assert archive.artifact_files(MODELS["decode"], manifest) == decoders  # latents in, images out: nothing else
     assert archive.artifact_files(MODELS["encode"], manifest) == [*decoders, "encoder_fp32.onnx", "encoder_fp32.pt"]
     assert archive.artifact_files(MODELS["sample"], manifest) == [*decoders, "encoder_fp32.onnx", "encoder_fp32.pt",
                                                                   artifacts.STATS]  # around an image, by class
     with zipfile.ZipFile(current_store / "interpolate.mar") as z:
         config = yaml.safe_load(z.read("model-config.yaml"))
-        assert z.read(artifacts.MANIFEST) == (ARTIFACTS / artifacts.MANIFEST).read_bytes()
+        assert z.read(MANIFEST) == (ARTIFACTS / MANIFEST).read_bytes()
     assert config["handler"]["decoder"]["cpu"] == ["onnx-int8"] and config["maxWorkers"] == 1
 
 
@@ -405,6 +415,7 @@ def test_recorder_writes_in_order_on_flush_and_survives_a_failing_write():
     assert metrics.WORKER_CPU.labels("recorder-test")._value.get() > 0  # usage refreshed by the same thread
 
 
+@pytest.mark.integration  # the start checks for Java first
 def test_start_without_archives_fails_clearly_and_cleans_up(tmp_path):
     ts = TorchServe(ServerConfig(model_store=tmp_path).with_free_ports())
     with pytest.raises(ServerError, match=f"no archive for {', '.join(MODELS)}; run `make archives`"):

@@ -16,8 +16,10 @@ import pytest
 import torch
 from PIL import Image
 
+from tests.conftest import run_module
 from training import checkpoint, classifier, data, evaluate, release, train
 from training.config import TrainConfig
+from training.errors import TrainingError
 from training.model import VAEConfig
 
 SMALL = ["--channels", "8", "16", "32", "--latent-dim", "8", "--batch-size", "64"]
@@ -25,10 +27,6 @@ SMALL = ["--channels", "8", "16", "32", "--latent-dim", "8", "--batch-size", "64
 
 def run_train(out: Path, data_dir: Path, *extra: str) -> None:
     train.main(["--out", str(out), "--data-dir", str(data_dir), "--device", "cpu", *SMALL, *extra])
-
-
-def cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", *args], capture_output=True, text=True, timeout=300)
 
 
 @pytest.fixture(scope="module")
@@ -76,9 +74,9 @@ def test_lr_decay_set_on_resume_matches_fresh_run(tmp_path, dataset_dir, trained
         assert torch.equal(tensor, late["model"][name]), name
     assert not torch.equal(fresh["model"]["decoder.fc.weight"], checkpoint.load(trained / "final.pt")["model"][
         "decoder.fc.weight"])  # and the decay did change epoch 2
-    with pytest.raises(SystemExit, match="would change epochs 1..2"):
+    with pytest.raises(TrainingError, match="would change epochs 1..2"):
         train.main(["--resume", str(trained / "final.pt"), "--epochs", "3", "--lr-decay-start", "1"])
-    with pytest.raises(SystemExit, match="would change epochs 1..2"):  # the cosine depends on the total epochs
+    with pytest.raises(TrainingError, match="would change epochs 1..2"):  # the cosine depends on the total epochs
         train.main(["--resume", str(tmp_path / "fresh" / "final.pt"), "--epochs", "3"])
 
 
@@ -163,28 +161,31 @@ def test_diagnosis_categories():
 
 
 def test_cli_errors_name_the_problem(tmp_path, dataset_dir, trained):
-    r = cli("training.train", "--data-dir", str(tmp_path / "nowhere"), "--epochs", "1")
+    r = run_module("training.train", "--data-dir", str(tmp_path / "nowhere"), "--epochs", "1")
     assert r.returncode == 1 and str(tmp_path / "nowhere") in r.stderr
-    r = cli("training.train", "--epochs", "0")
+    real = subprocess.run([sys.executable, "-m", "training.train", "--data-dir", str(tmp_path / "nowhere")],
+                          capture_output=True, text=True, timeout=120)  # the same through a real process
+    assert real.returncode == 1 and real.stderr.startswith(f"error: {tmp_path / 'nowhere'}")
+    r = run_module("training.train", "--epochs", "0")
     assert r.returncode == 2 and "--epochs" in r.stderr and "must be >= 1" in r.stderr
     not_ckpt = tmp_path / "notes.txt"
     not_ckpt.write_text("hello")
-    r = cli("training.train", "--resume", str(not_ckpt))
+    r = run_module("training.train", "--resume", str(not_ckpt))
     assert r.returncode == 1 and f"{not_ckpt}: not a readable PyTorch checkpoint" in r.stderr
-    r = cli("training.train", "--resume", str(trained / "final.pt"), "--lr", "0.1", "--epochs", "5")
+    r = run_module("training.train", "--resume", str(trained / "final.pt"), "--lr", "0.1", "--epochs", "5")
     assert r.returncode == 1 and "--lr cannot change on --resume" in r.stderr
-    r = cli("training.train", "--resume", str(trained / "final.pt"))
+    r = run_module("training.train", "--resume", str(trained / "final.pt"))
     assert r.returncode == 1 and "already at epoch 2" in r.stderr
-    r = cli("training.evaluate", str(tmp_path / "missing.pt"))
+    r = run_module("training.evaluate", str(tmp_path / "missing.pt"))
     assert r.returncode == 1 and f"{tmp_path / 'missing.pt'}: checkpoint file not found" in r.stderr
     truncated = tmp_path / "truncated.pt"
     truncated.write_bytes((trained / "final.pt").read_bytes()[:4000])
-    r = cli("training.evaluate", str(truncated))
+    r = run_module("training.evaluate", str(truncated))
     assert r.returncode == 1 and f"{truncated}: not a readable PyTorch checkpoint" in r.stderr
-    r = cli("training.evaluate", str(trained / "final.pt"), "--k", "0")
+    r = run_module("training.evaluate", str(trained / "final.pt"), "--k", "0")
     assert r.returncode == 2 and "--k must be >= 1" in r.stderr
     torch.save({"format": "something-else"}, tmp_path / "other.pt")
-    r = cli("training.evaluate", str(tmp_path / "other.pt"))
+    r = run_module("training.evaluate", str(tmp_path / "other.pt"))
     assert r.returncode == 1 and "not an fmvae checkpoint" in r.stderr
 
 
@@ -192,7 +193,8 @@ def test_release_publishes_small_checkpoint_with_card(tmp_path, trained, dataset
     clf_path = tmp_path / "clf.pt"
     classifier.main(["--out", str(clf_path), "--data-dir", str(dataset_dir), "--epochs", "1"])
     out = tmp_path / "release"
-    release.main([str(trained / "final.pt"), "--out", str(out), "--k", "4", "--data-dir", str(dataset_dir),
+    release.main([str(trained / "final.pt"), "--out", str(out), "--k", "4", "--fd-samples", "300",
+                  "--data-dir", str(dataset_dir),
                   "--classifier", str(clf_path)])
     state = checkpoint.load(out / "vae.pt")
     assert "optimizer" not in state and state["epoch"] == 2
@@ -222,7 +224,7 @@ def test_batch_norm_model_trains_resumes_and_names_its_recipe(tmp_path, dataset_
     assert len(norms) == 5 and all(not m.training and m.num_batches_tracked > 0 for m in norms)
     command = release.train_command(state["train_config"], Path("runs/x"))
     assert "--batch-norm" in command and "--kl-warmup-epochs 2" in command and "--channels 8 16 32" in command
-    with pytest.raises(SystemExit, match="--batch-norm cannot change on --resume"):
+    with pytest.raises(TrainingError, match="--batch-norm cannot change on --resume"):
         train.main(["--resume", str(tmp_path / "final.pt"), "--epochs", "2", "--batch-norm"])
 
 
@@ -236,9 +238,9 @@ def test_init_from_trains_on_from_weights_with_a_fresh_optimizer_and_records_it(
     parent = tmp_path / "released.pt"  # like a released vae.pt: no optimizer or RNG state
     checkpoint.save(parent, {k: v for k, v in checkpoint.load(trained / "final.pt").items()
                              if k in release.KEEP})
-    with pytest.raises(SystemExit, match="pass --epochs > that"):
+    with pytest.raises(TrainingError, match="pass --epochs > that"):
         train.main(["--init-from", str(parent), "--epochs", "2", "--data-dir", str(dataset_dir)])
-    with pytest.raises(SystemExit, match="--channels cannot be set with --init-from"):
+    with pytest.raises(TrainingError, match="--channels cannot be set with --init-from"):
         train.main(["--init-from", str(parent), "--epochs", "3", "--channels", "8", "16", "32"])
     out = tmp_path / "long"
     train.main(["--out", str(out), "--init-from", str(parent), "--epochs", "3", "--lr", "3e-4",

@@ -10,13 +10,10 @@ from typing import Any
 
 import torch
 
+from training.errors import CheckpointError
 from training.model import VAE, VAEConfig
 
 FORMAT = "fmvae-checkpoint-v1"
-
-
-class CheckpointError(Exception):
-    """A checkpoint is missing, unreadable, or not a checkpoint of this project."""
 
 
 def atomic_write(path: Path, write: Any) -> None:

@@ -16,6 +16,7 @@ from torch import Tensor, nn
 from tqdm import tqdm
 
 from training import checkpoint, data
+from training.errors import TrainingError
 
 FORMAT = "fmvae-classifier-v1"
 DEFAULT_PATH = Path("model_store/classifier.pt")
@@ -87,10 +88,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--epochs", type=int, default=5)
     p.add_argument("--subset", type=int, default=None, help="train on the first N images only")
     args = p.parse_args(argv)
-    try:
-        fmnist = data.load(args.data_dir)
-    except data.DataError as e:
-        raise SystemExit(f"error: {e}") from None
+    fmnist = data.load(args.data_dir)
     model, accuracy = train(fmnist, args.epochs, args.subset)
     checkpoint.save(args.out, {"model": model.state_dict(), "test_accuracy": accuracy,
                                "data_sha256": fmnist.sha256}, fmt=FORMAT)
@@ -98,4 +96,7 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except TrainingError as e:
+        raise SystemExit(f"error: {e}") from None

@@ -19,6 +19,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from training.errors import DataError
+
 DATA_DIR_ENV = "FMVAE_DATA_DIR"
 MIRROR_ENV = "FMVAE_MIRROR"
 DEBIAN_DIR = Path("/usr/share/datasets/fashion-mnist")
@@ -51,10 +53,6 @@ FILES = (
     IdxFile("t10k-labels-idx1-ubyte.gz", "test", "labels",
             "0402a96d92fd2663957122ceb108a494c5af83dab82d92729df917d7dec38c34"),
 )
-
-
-class DataError(Exception):
-    """A data file is missing, truncated or not what it should be; the message names the file."""
 
 
 def read_gz(path: Path) -> bytes:

@@ -22,6 +22,7 @@ from tqdm import tqdm
 
 from runtime.latent import interpolate
 from training import checkpoint, classifier, data
+from training.errors import TrainingError
 from training.figures import interleave_rows, save_figure, save_grid
 from training.model import VAE
 
@@ -335,10 +336,7 @@ def main(argv: list[str] | None = None) -> None:
     args = p.parse_args(argv)
     if args.k < 1 or args.fd_samples < 2:
         p.error("--k must be >= 1 and --fd-samples >= 2")
-    try:
-        report = evaluate(args.checkpoint, args.k, args.data_dir, args.classifier, args.fd_samples)
-    except (checkpoint.CheckpointError, data.DataError) as e:
-        raise SystemExit(f"error: {e}") from None
+    report = evaluate(args.checkpoint, args.k, args.data_dir, args.classifier, args.fd_samples)
     e = report["test"]
     print(f"test -ELBO {e['neg_elbo']:.2f} (recon {e['recon']:.2f} + KL {e['kl']:.2f}), "
           f"-IWAE(k={e['iwae_k']}) {e['neg_iwae']:.2f}, BCE floor {report['bce_floor']:.2f} nats/image")
@@ -349,4 +347,7 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except TrainingError as e:
+        raise SystemExit(f"error: {e}") from None

@@ -1,4 +1,5 @@
-"""The convolutional VAE: one definition imported by training, evaluation, export and the handlers.
+"""The convolutional VAE: one definition imported by training, evaluation and export (the serving workers run the
+exported artifacts, never this module).
 
 Decoder layers are chosen for quantization. PyTorch dynamic quantization covers ``nn.Linear`` only;
 ONNX Runtime quantizes ``Conv`` and ``MatMul``/``Gemm`` but not ``ConvTranspose``. So the decoder is a

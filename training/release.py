@@ -11,8 +11,9 @@ import argparse
 import shutil
 from pathlib import Path
 
-from training import checkpoint, classifier, data, evaluate
+from training import checkpoint, classifier, evaluate
 from training.config import TrainConfig
+from training.errors import TrainingError
 from training.model import VAEConfig
 
 DEFAULT_OUT = Path("model_store/release")
@@ -96,23 +97,26 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--k", type=int, default=1000, help="importance samples for the IWAE bound")
     p.add_argument("--data-dir", default=None, help="folder with the four IDX .gz files")
     p.add_argument("--classifier", type=Path, default=classifier.DEFAULT_PATH)
+    p.add_argument("--fd-samples", type=int, default=10000, help="prior samples for the Frechet distance")
     args = p.parse_args(argv)
-    try:
-        state = checkpoint.load(args.checkpoint)
-        staging = args.out.with_name(f".{args.out.name}.staging")
-        shutil.rmtree(staging, ignore_errors=True)
-        checkpoint.save(staging / "vae.pt", {k: state[k] for k in KEEP if k in state})
-        for name in ("history.csv", "curves.png"):
-            if (args.checkpoint.parent / name).is_file():
-                shutil.copy2(args.checkpoint.parent / name, staging / name)
-        report = evaluate.evaluate(staging / "vae.pt", args.k, args.data_dir, args.classifier)
-        (staging / "MODEL_CARD.md").write_text(model_card(report, state, args.checkpoint))
-    except (checkpoint.CheckpointError, data.DataError) as e:
-        raise SystemExit(f"error: {e}") from None
+    if args.k < 1 or args.fd_samples < 2:
+        p.error("--k must be >= 1 and --fd-samples >= 2")
+    state = checkpoint.load(args.checkpoint)
+    staging = args.out.with_name(f".{args.out.name}.staging")
+    shutil.rmtree(staging, ignore_errors=True)
+    checkpoint.save(staging / "vae.pt", {k: state[k] for k in KEEP if k in state})
+    for name in ("history.csv", "curves.png"):
+        if (args.checkpoint.parent / name).is_file():
+            shutil.copy2(args.checkpoint.parent / name, staging / name)
+    report = evaluate.evaluate(staging / "vae.pt", args.k, args.data_dir, args.classifier, args.fd_samples)
+    (staging / "MODEL_CARD.md").write_text(model_card(report, state, args.checkpoint))
     shutil.rmtree(args.out, ignore_errors=True)
     staging.rename(args.out)
     print(f"published {args.out / 'vae.pt'}; see {args.out / 'MODEL_CARD.md'}")
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except TrainingError as e:
+        raise SystemExit(f"error: {e}") from None

@@ -24,6 +24,7 @@ from tqdm import tqdm
 from runtime.latent import interpolate
 from training import checkpoint, data
 from training.config import TrainConfig
+from training.errors import TrainingError
 from training.figures import interleave_rows, plot_curves, save_grid
 from training.model import VAE, VAEConfig
 
@@ -39,7 +40,7 @@ def pick_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name.startswith("cuda") and not torch.cuda.is_available():
-        raise SystemExit(f"error: --device {name}: CUDA is not available on this machine")
+        raise TrainingError(f"--device {name}: CUDA is not available on this machine", field="--device")
     return torch.device(name)
 
 
@@ -128,8 +129,8 @@ def run(cfg: TrainConfig, out: Path, device: torch.device, data_dir: str | None 
     if parent is not None:
         if parent["data_sha256"] != fmnist.sha256:
             flag = "--resume" if resume is not None else "--init-from"
-            raise SystemExit(f"error: {flag}: the checkpoint was trained on different data files "
-                             f"than those in {fmnist.source}")
+            raise TrainingError(f"{flag}: the checkpoint was trained on different data files "
+                                f"than those in {fmnist.source}")
         model.load_state_dict(parent["model"])
         history = list(parent["history"])
         start = parent["epoch"] + 1
@@ -222,18 +223,18 @@ def main(argv: list[str] | None = None) -> None:
     device = pick_device(args.device)
     resume = init = None
     if args.resume is not None and args.init_from is not None:
-        raise SystemExit("error: --resume and --init-from exclude each other")
+        raise TrainingError("--resume and --init-from exclude each other")
     if args.init_from is not None:
         try:
             init = checkpoint.load(args.init_from, required=("model_config", "model", "epoch", "history",
                                                               "data_sha256", "train_config"))
         except checkpoint.CheckpointError as e:
-            raise SystemExit(f"error: --init-from: {e}") from None
+            raise TrainingError(f"--init-from: {e}") from None
         if fixed := given(args, ARCH_FLAGS):
-            raise SystemExit(f"error: {flag_names(fixed)} cannot be set with --init-from (the checkpoint fixes them)")
+            raise TrainingError(f"{flag_names(fixed)} cannot be set with --init-from (the checkpoint fixes them)")
         if args.epochs is None or args.epochs <= init["epoch"]:
-            raise SystemExit(f"error: --init-from: {args.init_from} is at epoch {init['epoch']}; "
-                             "pass --epochs > that (the total count)")
+            raise TrainingError(f"--init-from: {args.init_from} is at epoch {init['epoch']}; "
+                                "pass --epochs > that (the total count)")
         init["init_from"] = {"path": str(args.init_from), "sha256": checkpoint.file_sha256(args.init_from),
                              "epoch": init["epoch"], "train_config": init["train_config"]}
         cfg = TrainConfig(model=VAEConfig.from_dict(init["model_config"]),
@@ -243,9 +244,9 @@ def main(argv: list[str] | None = None) -> None:
         try:
             resume = checkpoint.load(args.resume)
         except checkpoint.CheckpointError as e:
-            raise SystemExit(f"error: --resume: {e}") from None
+            raise TrainingError(f"--resume: {e}") from None
         if fixed := given(args, (*HYPER_FLAGS, *ARCH_FLAGS)):
-            raise SystemExit(f"error: {flag_names(fixed)} cannot change on --resume (the checkpoint fixes them)")
+            raise TrainingError(f"{flag_names(fixed)} cannot change on --resume (the checkpoint fixes them)")
         trained = TrainConfig.from_dict(resume["train_config"])
         cfg = TrainConfig.from_dict(resume["train_config"])
         cfg.epochs = args.epochs or cfg.epochs
@@ -253,10 +254,10 @@ def main(argv: list[str] | None = None) -> None:
             cfg.lr_decay_start = args.lr_decay_start
         done = resume["epoch"]
         if any(cfg.lr_at(e) != trained.lr_at(e) for e in range(1, done + 1)):
-            raise SystemExit(f"error: this --lr-decay-start / --epochs would change epochs 1..{done} that the "
-                             "checkpoint already trained (their learning rate)")
+            raise TrainingError(f"this --lr-decay-start / --epochs would change epochs 1..{done} that the "
+                                "checkpoint already trained (their learning rate)")
         if cfg.epochs <= resume["epoch"]:
-            raise SystemExit(f"error: {args.resume} is already at epoch {resume['epoch']}; pass --epochs > that")
+            raise TrainingError(f"{args.resume} is already at epoch {resume['epoch']}; pass --epochs > that")
         out = args.out or args.resume.parent
     else:
         model_cfg = VAEConfig(latent_dim=args.latent_dim or VAEConfig.latent_dim,
@@ -264,12 +265,12 @@ def main(argv: list[str] | None = None) -> None:
                               batch_norm=bool(args.batch_norm))
         cfg = TrainConfig(model=model_cfg, **given(args, (*HYPER_FLAGS, "epochs", "lr_decay_start")))
         out = args.out or Path("runs/train")
-    try:
-        final = run(cfg, out, device, args.data_dir, resume, init)
-    except data.DataError as e:
-        raise SystemExit(f"error: {e}") from None
+    final = run(cfg, out, device, args.data_dir, resume, init)
     print(f"wrote {final}")
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except TrainingError as e:
+        raise SystemExit(f"error: {e}") from None

@@ -29,7 +29,7 @@ const state = {
 
 class ApiError extends Error {
   constructor(status, body) {
-    super(`HTTP ${status}: ${body.message || body.error || JSON.stringify(body)}`);
+    super(`HTTP ${status}: ${body.message || JSON.stringify(body)}`);
     this.status = status;
   }
 }

@@ -1,4 +1,4 @@
-"""``python -m handlers`` (``make serve``): serve the model store with TorchServe until Ctrl-C or SIGTERM, with
+"""``python -m serving`` (``make serve``): serve the model store with TorchServe until Ctrl-C or SIGTERM, with
 the explorer page (``python -m explorer``, on loopback) beside it unless ``--no-explorer``.
 
 The first Ctrl-C or SIGTERM drains: new requests get 503 shutting_down, everything accepted is answered, then
@@ -17,23 +17,24 @@ import sys
 from dataclasses import fields
 from pathlib import Path
 
-from handlers.archive import packed_manifest
-from handlers.server import ROOT, ServerError, TorchServe
-from handlers.settings import ServerConfig
-from runtime.artifacts import FALLBACK
+from runtime.errors import ManifestError
+from serving.archive import packed_manifest
+from serving.errors import ServerError
+from serving.server import TorchServe
+from serving.settings import ROOT, ServerConfig
 
 EXPLORER_START_S = 30.0
 
 
 def parser() -> argparse.ArgumentParser:
-    """The command line of ``python -m handlers`` (also what the Dockerfile's CMD passes)."""
+    """The command line of ``python -m serving`` (also what the Dockerfile's CMD passes)."""
     defaults = ServerConfig()
-    cli = argparse.ArgumentParser(prog="python -m handlers", description=__doc__,
+    cli = argparse.ArgumentParser(prog="python -m serving", description=__doc__,
                                   formatter_class=argparse.RawDescriptionHelpFormatter)
     cli.add_argument("--model-store", type=Path, default=defaults.model_store,
                      help="folder with the .mar archives (default: what `make archives` builds)")
     cli.add_argument("--models", nargs="+", default=list(defaults.models), metavar="MODEL",
-                     help="the models (routes) to serve (default: all of handlers/settings.py)")
+                     help="the models (routes) to serve (default: all of serving/routes.py)")
     cli.add_argument("--host", default=defaults.host, help="inference API address (default: loopback only)")
     cli.add_argument("--metrics-host", default=defaults.metrics_host, help="metrics addresses (default: loopback)")
     cli.add_argument("--token-auth", action="store_true", help="require TorchServe's bearer keys")
@@ -80,10 +81,10 @@ def fallback_warnings(config: ServerConfig) -> list[str]:
     """A line per served model whose export fell back to fp32 decoders on CPU (int8 failed the parity gate)."""
     lines = []
     for model in config.models:
-        fallback = packed_manifest(config.model_store / f"{model}.mar").get(FALLBACK)
+        fallback = packed_manifest(config.model_store / f"{model}.mar").fallback
         if fallback:
-            swaps = ", ".join(f"{a} -> {b}" for a, b in fallback["backends"].items())
-            lines.append(f"  WARNING: {model} serves fp32 decoders ({swaps}): {fallback['reason']}\n")
+            swaps = ", ".join(f"{a} -> {b}" for a, b in fallback.backends.items())
+            lines.append(f"  WARNING: {model} serves fp32 decoders ({swaps}): {fallback.reason}\n")
     return lines
 
 
@@ -137,7 +138,7 @@ def main(argv: list[str] | None = None) -> int:
             explorer, url = start_explorer(server, config)
             explorer_line = f"  explorer: {url}\n"
         warnings = fallback_warnings(config)
-    except (ServerError, OSError, KeyError, ValueError) as e:
+    except (ServerError, ManifestError, OSError, ValueError) as e:
         say(f"error: {e}")
         server.stop(drain=False)
         return 1

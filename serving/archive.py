@@ -1,17 +1,16 @@
 """TorchServe model archives (.mar), built from the exported artifacts and the worker code:
-``python -m handlers.archive [--store model_store] [--out build/model_store]`` (``make archives``).
+``python -m serving.archive [--store model_store] [--out build/model_store]`` (``make archives``).
 
-An archive holds its handler, the folders ``handlers/`` and ``runtime/`` (everything a worker imports), the
-artifacts its settings name from its export folder (``model_store/<export>/``), the export manifest (the
-model's shapes) and a model-config YAML written from ``handlers/settings.py``. Where the export fell back from a
-failed int8 decoder, the archive serves its fp32 twin (``runtime.artifacts.serving_backends``). Archives are
-build outputs, made in about a second; they are not committed.
+An archive holds its handler, the folders ``handlers/`` and ``runtime/`` (everything a worker imports, and
+nothing of the host side), the artifacts its settings name from its export folder (``model_store/<export>/``),
+the export manifest (the model's shapes and identity) and a model-config YAML written from
+``serving/settings.py``. Where the export fell back from a failed int8 decoder, the archive serves its fp32 twin
+(``Manifest.serving_backends``). Archives are build outputs, made in about a second; they are not committed.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shutil
 import subprocess
@@ -23,34 +22,33 @@ from pathlib import Path
 
 import yaml
 
-from handlers.settings import ARCHIVE_DIR, MODELS, STORE_WORKERS, ModelSpec
 from runtime import artifacts
+from runtime.errors import ManifestError
+from runtime.manifest import FILE as MANIFEST
+from runtime.manifest import Manifest
+from serving.errors import ArchiveError
+from serving.settings import ARCHIVE_DIR, MODELS, ROOT, STORE_WORKERS, ModelSpec
 
-ROOT = Path(__file__).resolve().parent.parent
 CODE_DIRS = ("handlers", "runtime")  # the packages a worker imports (tests/test_layout.py checks the rule)
 
 
-class ArchiveError(Exception):
-    """An archive could not be built; the message says why (torch-model-archiver's output, a missing file)."""
-
-
-def decoders(spec: ModelSpec, manifest: dict) -> dict[str, tuple[str, ...]]:
+def decoders(spec: ModelSpec, manifest: Manifest) -> dict[str, tuple[str, ...]]:
     """The decoder backends per device that the archive serves: the spec's, after the export's fallback."""
-    return {device: artifacts.serving_backends(manifest, b) for device, b in spec.decoder.items()}
+    return {device: manifest.serving_backends(b) for device, b in spec.decoder.items()}
 
 
-def artifact_files(spec: ModelSpec, manifest: dict) -> list[str]:
+def artifact_files(spec: ModelSpec, manifest: Manifest) -> list[str]:
     """The artifact files ``spec`` names, for any device, and the latent statistics if it uses them."""
     named = [artifacts.DECODERS[b] for backends in decoders(spec, manifest).values() for b in backends]
     named += [artifacts.ENCODERS[b] for backends in spec.encoder.values() for b in backends]
     return sorted(set(named)) + ([artifacts.STATS] if spec.stats else [])
 
 
-def model_config(spec: ModelSpec, manifest: dict) -> dict:
+def model_config(spec: ModelSpec, manifest: Manifest) -> dict:
     """The archive's model-config YAML: TorchServe's worker and batching settings, and the ``handler:`` section
-    the worker reads (backend per device, threads)."""
+    the worker reads (backend per device, threads, statistics, body limit)."""
     handler = {"decoder": {device: list(b) for device, b in decoders(spec, manifest).items()}, "threads": spec.threads,
-               "store_workers": STORE_WORKERS, "stats": spec.stats}
+               "store_workers": STORE_WORKERS, "stats": spec.stats, "max_body_bytes": spec.max_body_bytes}
     if spec.encoder:
         handler["encoder"] = {device: list(b) for device, b in spec.encoder.items()}
     return {"minWorkers": spec.workers, "maxWorkers": spec.workers, "batchSize": spec.batch_size,
@@ -61,8 +59,8 @@ def model_config(spec: ModelSpec, manifest: dict) -> dict:
 
 def build(name: str, spec: ModelSpec, artifact_dir: Path, out: Path) -> Path:
     """Write ``out/<name>.mar``; its version is the first 12 hex digits of the source checkpoint's SHA-256."""
-    manifest = artifacts.read_manifest(artifact_dir)
-    files = [artifact_dir / artifacts.MANIFEST] + [artifact_dir / f for f in artifact_files(spec, manifest)]
+    manifest = Manifest.read(artifact_dir)
+    files = [artifact_dir / MANIFEST] + [artifact_dir / f for f in artifact_files(spec, manifest)]
     missing = [str(f) for f in files if not f.is_file()]
     if missing:
         raise ArchiveError(f"{name}: missing {', '.join(missing)}; run `make export`")
@@ -73,7 +71,7 @@ def build(name: str, spec: ModelSpec, artifact_dir: Path, out: Path) -> Path:
         config = Path(tmp) / "model-config.yaml"
         config.write_text(yaml.safe_dump(model_config(spec, manifest), sort_keys=False))
         cmd = [sys.executable, "-m", "model_archiver.model_packaging", "--model-name", name,
-               "--version", manifest["source_checkpoint"]["sha256"][:12], "--handler", str(spec.handler),
+               "--version", manifest.source.sha256[:12], "--handler", str(spec.handler),
                "--extra-files", ",".join([str(code), *map(str, files)]), "--config-file", str(config),
                "--export-path", str(out), "--force"]
         result = subprocess.run(cmd, capture_output=True, text=True)
@@ -105,13 +103,17 @@ def packed(mar: Path, name: str) -> bytes:
         return z.read(name)
 
 
-def packed_manifest(mar: Path) -> dict:
+def packed_manifest(mar: Path) -> Manifest:
     """The export manifest packed in an archive."""
-    return json.loads(packed(mar, artifacts.MANIFEST))
+    try:
+        text = packed(mar, MANIFEST)
+    except (OSError, KeyError, zipfile.BadZipFile) as e:
+        raise ManifestError(f"{mar}: no readable {MANIFEST} inside ({e})") from None
+    return Manifest.loads(text, f"{mar}:{MANIFEST}")
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m handlers.archive", description=__doc__,
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m serving.archive", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--store", type=Path, default=artifacts.DEFAULT_DIR.parent,
                         help="the model store with the export folders (default %(default)s)")
@@ -120,11 +122,13 @@ def main(argv: list[str] | None = None) -> None:
     start = time.perf_counter()
     try:
         built = build_store(args.store, args.out)
-    except (ArchiveError, artifacts.ManifestError) as e:
-        raise SystemExit(f"error: {e}") from None
+    except (ArchiveError, ManifestError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
     sizes = ", ".join(f"{p.name} ({p.stat().st_size / 1e6:.1f} MB)" for p in built.values())
     print(f"built {sizes} in {args.out} from {args.store} in {time.perf_counter() - start:.1f} s")
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())

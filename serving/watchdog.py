@@ -1,6 +1,6 @@
-"""Stops a TorchServe process group once its launcher is gone: ``python -m handlers.watchdog GROUP``.
+"""Stops a TorchServe process group once its launcher is gone: ``python -m serving.watchdog GROUP``.
 
-``handlers/server.py`` starts it, in a session of its own, with the read end of a pipe as stdin and keeps the
+``serving/process.py`` starts it, in a session of its own, with the read end of a pipe as stdin and keeps the
 write end. However the launcher ends (a return, a crash, kill -9), the kernel closes that end; the read here
 returns and the group gets SIGTERM, then SIGKILL if it is still there after a few seconds. After a normal stop
 the group is already gone and this process just exits.

@@ -1,8 +1,9 @@
-"""Every serving setting in one place: the models served and how (handler, TorchServe workers, batching,
-the backend each device runs, threads), and the server's addresses, ports and limits.
+"""Every serving setting in one place: how each route of ``serving/routes.py`` is served (handler, TorchServe
+workers, batching, the backend each device runs, threads, body limit), and the server's addresses, ports, limits
+and files.
 
-``handlers/archive.py`` writes each model's settings into its archive's model-config YAML, where the worker
-reads them back (``handlers/service.py``); ``handlers/server.py`` runs TorchServe with ``ServerConfig``. The
+``serving/archive.py`` writes each model's settings into its archive's model-config YAML, where the worker
+reads them back (``handlers/service.py``); ``serving/server.py`` runs TorchServe with ``ServerConfig``. The
 model's shapes are not settings: workers read them from the export manifest packed beside the artifacts.
 """
 
@@ -13,8 +14,11 @@ from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 
 from runtime.artifacts import ARTIFACT_DIR
+from serving.routes import ROUTES, Route
 
-HANDLERS = Path(__file__).resolve().parent
+ROOT = Path(__file__).resolve().parent.parent
+HANDLERS = ROOT / "handlers"  # the worker package: one handler file per operation
+SERVING = Path(__file__).resolve().parent
 
 # Backend per device kind, in order of preference: a worker runs the first one it can (an ONNX backend on
 # CUDA needs onnxruntime's CUDAExecutionProvider). CPU: static int8 ONNX, the fastest CPU decoder at every
@@ -42,6 +46,9 @@ class ModelSpec:
     queue_batches_per_worker: int = 4
     response_timeout_s: int = 30
     threads: str | int = "auto"  # intra-op threads per worker; "auto": the CPUs divided among the store's workers
+    # The largest body a handler parses; larger ones get 413 body_too_large. 256 base64 PNGs of 28x28 need
+    # < 320 KiB, 256 latents of 64 numbers < 350 KiB.
+    max_body_bytes: int = 512 * 1024
 
     @property
     def job_queue_size(self) -> int:
@@ -49,37 +56,24 @@ class ModelSpec:
         return self.queue_batches_per_worker * self.batch_size * self.workers
 
 
-def route(name: str, workers: int = 1, images: bool = True, stats: bool = True, export: str = ARTIFACT_DIR
-          ) -> ModelSpec:
-    """The spec of the route ``name`` (handler handlers/<name>.py) for the model exported to ``export``: with an
-    encoder when it takes images, with the latent statistics when it takes classes or directions."""
-    return ModelSpec(HANDLERS / f"{name}.py", export=export, workers=workers, encoder=ENCODER if images else {},
-                     stats=stats)
+def model_spec(route: Route, workers: int = 1) -> ModelSpec:
+    """How ``route`` is served: its operation's handler file, with an encoder when the operation takes images and
+    the latent statistics when it uses classes or directions."""
+    return ModelSpec(HANDLERS / f"{route.operation}.py", export=route.export, workers=workers,
+                     encoder=ENCODER if route.needs.images else {}, stats=route.needs.stats)
 
 
-# One model (one worker process, sample two) per route: TorchServe routes /predictions/<model>, and a worker
-# serves one model. What that costs in memory and idle CPU, and why it stays: docs/serving.md, workers.
-# sample has two workers: TorchServe's frontend handles a worker's replies before it sends that worker its next
-# batch, and with one worker the decoder idled 27% of the time at n=64 (docs/serving-performance.md).
-MODELS = {
-    "sample": route("sample", workers=2),
-    "interpolate": route("interpolate"),
-    "encode": route("encode", stats=False),
-    "decode": route("decode", images=False, stats=False),
-    "reconstruct": route("reconstruct", stats=False),
-    "traverse": route("traverse"),
-    "edit": route("edit"),
-    "analogy": route("analogy"),
-    "walk": route("walk"),
-    # The 2-d model (model_store/export-2d): what the explorer page calls, under the same handlers.
-    "sample2d": route("sample", export="export-2d"),
-    "decode2d": route("decode", images=False, stats=False, export="export-2d"),
-    "encode2d": route("encode", stats=False, export="export-2d"),
-    "interpolate2d": route("interpolate", export="export-2d"),
-    "edit2d": route("edit", export="export-2d"),
-}
+# One model (one worker process) per route: TorchServe routes /predictions/<model>, and a worker serves one model.
+# What that costs in memory and idle CPU, and why it stays: docs/serving.md, workers. sample has two workers:
+# TorchServe's frontend handles a worker's replies before it sends that worker its next batch, and with one worker
+# the decoder idled 27% of the time at n=64 (docs/serving-performance.md).
+WORKERS = {"sample": 2}
+MODELS = {name: model_spec(route, WORKERS.get(name, 1)) for name, route in ROUTES.items()}
 STORE_WORKERS = sum(spec.workers for spec in MODELS.values())  # among which threads "auto" divides the CPUs
 ARCHIVE_DIR = Path("build/model_store")  # where `make archives` writes the .mar files that `make serve` serves
+# In TorchServe's working directory: its key file (token auth on), and the launcher's mark while it drains.
+KEY_FILE = "key_file.json"
+DRAIN_FILE = "draining"
 
 
 @dataclass(frozen=True)
@@ -94,15 +88,15 @@ class ServerConfig:
     metrics_port: int = 8083  # the handlers' metrics: latency histograms, images, errors (handlers/metrics.py)
     grpc_inference_port: int = 7070
     grpc_management_port: int = 7071
-    explorer_port: int = 8084  # the explorer page (explorer/), started by `python -m handlers` beside TorchServe
+    explorer_port: int = 8084  # the explorer page (explorer/), started by `python -m serving` beside TorchServe
     model_store: Path = ARCHIVE_DIR
     models: tuple[str, ...] = tuple(MODELS)
-    max_request_size: int = 1024 * 1024  # bytes; the handlers reject bodies over 64 KiB with a JSON error
+    max_request_size: int = 1024 * 1024  # bytes: TorchServe's own limit (an empty 413), above max_body_bytes
     log_dir: Path | None = None  # default: logs/ inside the private temp dir
-    token_auth: bool = False  # TorchServe's token authorization; keys in work_dir/key_file.json
+    token_auth: bool = False  # TorchServe's token authorization; keys in work_dir/KEY_FILE
     token_expiration_min: int = 60  # lifetime of the inference/management keys (TorchServe's default)
     work_dir: Path | None = None  # TorchServe's working directory (key file); default: the private temp dir
-    # Logs: every file rolls over at log_max_bytes and keeps log_backups old copies (handlers/log4j2.xml);
+    # Logs: every file rolls over at log_max_bytes and keeps log_backups old copies (serving/log4j2.xml);
     # one line per request only with access_log on.
     log_max_bytes: int = 10 * 1024 * 1024
     log_backups: int = 2
@@ -140,7 +134,7 @@ class ServerConfig:
             "install_py_dep_per_model=false",
             "metrics_mode=prometheus",
             "decode_input_request=false",  # the handlers parse JSON bodies themselves, strictly
-            f"vmargs=-Dlog4j.configurationFile=file://{HANDLERS / 'log4j2.xml'} -Dfmvae.log.size={self.log_max_bytes}"
+            f"vmargs=-Dlog4j.configurationFile=file://{SERVING / 'log4j2.xml'} -Dfmvae.log.size={self.log_max_bytes}"
             f" -Dfmvae.log.backups={self.log_backups} -Dfmvae.log.access={'info' if self.access_log else 'off'}",
             "",
         ])

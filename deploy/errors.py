@@ -1,0 +1,11 @@
+"""The deploy stage's errors, in the project's one error shape (``runtime/errors.py``)."""
+
+from __future__ import annotations
+
+from runtime.errors import FmvaeError
+
+
+class ImageError(FmvaeError):
+    """An image step failed; the message says which and why."""
+
+    reason = "image_failed"

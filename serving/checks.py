@@ -1,0 +1,57 @@
+"""What the launcher checks before TorchServe starts, so that a bad archive or a busy port fails at once, named."""
+
+from __future__ import annotations
+
+import json
+import socket
+import zipfile
+from pathlib import Path
+
+from serving.errors import ServerError
+from serving.settings import ServerConfig
+
+PORT_ROLES = {"inference_port": "inference", "management_port": "management",
+              "torchserve_metrics_port": "TorchServe metrics", "metrics_port": "handler metrics",
+              "grpc_inference_port": "gRPC inference", "grpc_management_port": "gRPC management",
+              "explorer_port": "explorer page"}
+
+
+def check_archive(path: Path) -> None:
+    """Raise ServerError unless ``path`` is a readable model archive: a zip whose every member passes its CRC,
+    with TorchServe's MAR-INF/MANIFEST.json and the handler file it names."""
+    def damaged(reason: str) -> ServerError:
+        return ServerError(f"{path}: not a usable model archive ({reason}); rebuild it with `make archives`")
+
+    try:
+        with zipfile.ZipFile(path) as archive:
+            bad = archive.testzip()
+            if bad is not None:
+                raise damaged(f"member {bad} is corrupt")
+            manifest = json.loads(archive.read("MAR-INF/MANIFEST.json"))
+            handler = manifest["model"]["handler"]
+            if handler not in archive.namelist():
+                raise damaged(f"its handler {handler} is missing")
+    except zipfile.BadZipFile as e:
+        raise damaged(f"not a zip file: {e}") from None
+    except (KeyError, ValueError, OSError, EOFError, zipfile.LargeZipFile) as e:
+        raise damaged(f"{type(e).__name__}: {e}") from None
+
+
+def listen_host(config: ServerConfig, field: str) -> str:
+    """The address the server listens on for the port ``field``: management and explorer stay on loopback."""
+    if "management" in field or field == "explorer_port":
+        return "127.0.0.1"
+    return config.metrics_host if "metrics" in field else config.host
+
+
+def check_ports(config: ServerConfig) -> None:
+    """Raise ServerError naming the first of the server's ports that something already listens on."""
+    for field, role in PORT_ROLES.items():
+        port, host = getattr(config, field), listen_host(config, field)
+        with socket.socket() as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the servers do: TIME_WAIT is free
+            try:
+                probe.bind((host, port))
+            except OSError as e:
+                raise ServerError(f"port {port} ({role}, on {host}) is in use ({e.strerror}): another server "
+                                  f"is running there, or pick free ports (--{field.replace('_', '-')} ...)") from None

@@ -1,0 +1,46 @@
+"""A draining stop: the handlers answer every request they take up from then on with 503 ``shutting_down`` (they
+see the drain file, ``handlers/service.py``), and the launcher waits until nothing is queued or being answered."""
+
+from __future__ import annotations
+
+import threading
+import time
+import urllib.error
+from collections.abc import Callable
+from pathlib import Path
+
+from prometheus_client import CollectorRegistry
+
+from serving.client import http_json
+
+QUIET_SECONDS = 0.3  # a drain ends once nothing was queued or answered for this long
+
+
+def in_flight(management_url: str, models: tuple[str, ...], key: str | None, registry: CollectorRegistry
+              ) -> tuple[int, float]:
+    """(requests waiting in TorchServe's queues, requests the handlers have answered so far)."""
+    pending = 0
+    for model in models:
+        for described in http_json(f"{management_url}/models/{model}", token=key):
+            pending += described.get("jobQueueStatus", {}).get("pendingRequests", 0)
+    answered = sum(s.value for metric in registry.collect() if metric.name == "fmvae_requests"
+                   for s in metric.samples if s.name == "fmvae_requests_total")
+    return pending, answered
+
+
+def drain(drain_file: Path, state: Callable[[], tuple[int, float]], timeout: float, hurry: threading.Event) -> None:
+    """Create ``drain_file`` (the handlers refuse new work) and wait until ``state()`` (``in_flight``) shows
+    nothing queued and no change for QUIET_SECONDS, at most ``timeout`` seconds or until ``hurry`` is set."""
+    drain_file.touch()
+    deadline = time.monotonic() + timeout
+    last, quiet_since = None, time.monotonic()
+    while time.monotonic() < deadline and not hurry.is_set():
+        try:
+            now = state()
+        except (urllib.error.URLError, OSError, ValueError):
+            return  # the management API is gone: nothing left to wait for
+        if now != last or now[0] > 0:
+            last, quiet_since = now, time.monotonic()
+        elif time.monotonic() - quiet_since >= QUIET_SECONDS:
+            return
+        time.sleep(0.05)

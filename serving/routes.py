@@ -1,0 +1,91 @@
+"""The served routes, declared once: ``/predictions/<route>`` is served by the handler of its operation
+(``handlers/<operation>.py``) over the model exported to its export folder (``model_store/<export>/``).
+
+Everything else derives from this table: the archives and their model configs (``serving/settings.py``,
+``serving/archive.py``), the load-test mix (``loadtest/mix.py``), the explorer's latent spaces
+(``explorer/server.py``), the benchmarks, the image check and the monitoring test. The OpenAPI document
+(``handlers/openapi.yaml``) documents each operation once, with an example; tests/test_routes.py checks that
+its paths are exactly these operations.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import cache
+from pathlib import Path
+
+import yaml
+
+from runtime.artifacts import ARTIFACT_DIR
+
+OPENAPI = Path(__file__).resolve().parent.parent / "handlers" / "openapi.yaml"
+PATH_PREFIX = "/predictions/"
+
+
+@dataclass(frozen=True)
+class Operation:
+    """What a handler needs loaded: the encoder (some request form takes images) and the latent statistics
+    (classes or directions)."""
+
+    images: bool
+    stats: bool
+
+
+OPERATIONS = {
+    "sample": Operation(images=True, stats=True),  # by class, or around a point (which may be an image)
+    "interpolate": Operation(images=True, stats=True),
+    "encode": Operation(images=True, stats=False),
+    "decode": Operation(images=False, stats=False),
+    "reconstruct": Operation(images=True, stats=False),
+    "traverse": Operation(images=True, stats=True),
+    "edit": Operation(images=True, stats=True),
+    "analogy": Operation(images=True, stats=True),
+    "walk": Operation(images=True, stats=True),
+}
+# What the explorer page calls (explorer/static/app.js): a latent space is explorable when it serves all of these.
+EXPLORER_OPERATIONS = ("sample", "decode", "encode", "interpolate", "edit")
+
+
+@dataclass(frozen=True)
+class Route:
+    """One served route: its operation, the export folder of its model, and its share of the load-test mix."""
+
+    operation: str
+    export: str = ARTIFACT_DIR
+    load_weight: int = 1
+
+    @property
+    def needs(self) -> Operation:
+        return OPERATIONS[self.operation]
+
+
+EXPORT_2D = "export-2d"
+ROUTES = {
+    # The 64-d model (model_store/export): every operation. sample is the common call: three times the load.
+    "sample": Route("sample", load_weight=3),
+    "interpolate": Route("interpolate"),
+    "encode": Route("encode"),
+    "decode": Route("decode"),
+    "reconstruct": Route("reconstruct"),
+    "traverse": Route("traverse"),
+    "edit": Route("edit"),
+    "analogy": Route("analogy"),
+    "walk": Route("walk"),
+    # The 2-d model (model_store/export-2d): what the explorer page calls.
+    "sample2d": Route("sample", EXPORT_2D),
+    "decode2d": Route("decode", EXPORT_2D),
+    "encode2d": Route("encode", EXPORT_2D),
+    "interpolate2d": Route("interpolate", EXPORT_2D),
+    "edit2d": Route("edit", EXPORT_2D),
+}
+
+
+@cache
+def openapi() -> dict:
+    """The OpenAPI document (``handlers/openapi.yaml``)."""
+    return yaml.safe_load(OPENAPI.read_text())
+
+
+def example(operation: str) -> dict:
+    """The operation's request example in the OpenAPI document."""
+    return openapi()["paths"][PATH_PREFIX + operation]["post"]["requestBody"]["content"]["application/json"]["example"]

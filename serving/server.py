@@ -1,0 +1,209 @@
+"""Start and stop a TorchServe serving the model store, plus the exporter of the handlers' Prometheus metrics.
+
+Used by ``python -m serving`` (``make serve``), the tests and the benchmarks; its settings are a ``ServerConfig``
+(``serving/settings.py``). Each instance gets its own ports (HTTP and gRPC) and a private temp dir (TorchServe
+keeps its pid file and worker sockets there), so several can run on one machine. The management API always
+listens on loopback and the model (registration) API stays off.
+
+Life cycle (docs/operations.md, faults):
+
+- start: the archives and ports are checked (``serving/checks.py``: a damaged archive or a busy port fails at
+  once, named), and start returns once every model has a READY worker in this launcher's own process group; a
+  model that TorchServe cannot load or whose workers die while starting fails the start within seconds, with
+  TorchServe's reason (``serving/logs.py``).
+- TorchServe never outlives its launcher: its process group has a watchdog (``serving/process.py``).
+- stop drains (``serving/drain.py``), then stops the JVM, which stops its workers.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.error
+from pathlib import Path
+
+from prometheus_client import CollectorRegistry, multiprocess, start_http_server
+
+from serving import drain
+from serving.checks import check_archive, check_ports
+from serving.client import http_json
+from serving.errors import ServerError
+from serving.logs import RotatingFile, ServerLogs, copy_output
+from serving.process import ProcessGroup
+from serving.settings import DRAIN_FILE, KEY_FILE, ServerConfig
+
+
+def reach(host: str) -> str:
+    """The address a local client uses for a listen address (a wildcard means loopback)."""
+    return "127.0.0.1" if host in ("0.0.0.0", "::", "") else host
+
+
+class TorchServe:
+    """One TorchServe process group and its metrics exporter; a context manager that always cleans up.
+    ``interrupted`` aborts a start in progress; ``hurry`` cuts a drain short."""
+
+    def __init__(self, config: ServerConfig | None = None) -> None:
+        self.config = config or ServerConfig()
+        self.group: ProcessGroup | None = None
+        self.exporter = None
+        self.registry: CollectorRegistry | None = None
+        self._output: threading.Thread | None = None
+        self.tmp = Path(tempfile.mkdtemp(prefix="fmvae-serve-"))
+        self.logs = ServerLogs(self.log_dir)
+        self.interrupted = threading.Event()
+        self.hurry = threading.Event()
+
+    @property
+    def process(self) -> subprocess.Popen | None:
+        """The torchserve wrapper process (session leader: its pid is the group id), once started."""
+        return self.group.process if self.group else None
+
+    @property
+    def url(self) -> str:
+        return f"http://{reach(self.config.host)}:{self.config.inference_port}"
+
+    @property
+    def management_url(self) -> str:
+        return f"http://127.0.0.1:{self.config.management_port}"
+
+    @property
+    def metrics_url(self) -> str:
+        return f"http://{reach(self.config.metrics_host)}:{self.config.metrics_port}/metrics"
+
+    @property
+    def torchserve_metrics_url(self) -> str:
+        return f"http://{reach(self.config.metrics_host)}:{self.config.torchserve_metrics_port}/metrics"
+
+    @property
+    def work_dir(self) -> Path:
+        return self.config.work_dir or self.tmp
+
+    @property
+    def key_file(self) -> Path:
+        """TorchServe's key file (token auth on): {"management": {"key": ...}, "inference": {...}, "API": {...}}."""
+        return self.work_dir / KEY_FILE
+
+    @property
+    def drain_file(self) -> Path:
+        """Present while the server drains: the handlers refuse new work, the health check says unhealthy."""
+        return self.work_dir / DRAIN_FILE
+
+    def key(self, kind: str) -> str | None:
+        """The current "inference" or "management" key, or None with token auth off."""
+        if not self.config.token_auth:
+            return None
+        return json.loads(self.key_file.read_text())[kind]["key"]
+
+    @property
+    def log_dir(self) -> Path:
+        """Absolute: TorchServe runs in the work dir and resolves relative paths from there."""
+        return (self.config.log_dir or self.tmp / "logs").resolve()
+
+    def start(self, timeout: float = 180) -> TorchServe:
+        """Start TorchServe and the exporter; return once every model has a ready worker of this server."""
+        try:  # a failure at any step must not leave the exporter, the JVM, the watchdog or the temp dir behind
+            if shutil.which("java") is None:
+                raise ServerError("java not found: TorchServe needs a Java 17 runtime "
+                                  "(Debian: apt-get install openjdk-17-jre-headless)")
+            store = self.config.model_store.resolve()
+            missing = [m for m in self.config.models if not (store / f"{m}.mar").is_file()]
+            if missing:
+                raise ServerError(f"{store}: no archive for {', '.join(missing)}; run `make archives`")
+            for model in self.config.models:
+                check_archive(store / f"{model}.mar")
+            check_ports(self.config)
+            multiproc = self.tmp / "prometheus"
+            multiproc.mkdir()
+            self.log_dir.mkdir(parents=True, exist_ok=True)
+            self.work_dir.mkdir(parents=True, exist_ok=True)
+            self.logs.mark()
+            self.drain_file.unlink(missing_ok=True)  # left by a launcher that was killed while draining
+            properties = self.tmp / "config.properties"
+            properties.write_text(self.config.properties(store))
+            env = os.environ | {
+                "TMPDIR": str(self.tmp), "TEMP": str(self.tmp),  # pid file (Python) and java.io.tmpdir (sockets)
+                "LOG_LOCATION": str(self.log_dir), "METRICS_LOCATION": str(self.log_dir),
+                "PROMETHEUS_MULTIPROC_DIR": str(multiproc), "FMVAE_DRAIN_FILE": str(self.drain_file),
+            }
+            self.registry = CollectorRegistry()
+            multiprocess.MultiProcessCollector(self.registry, path=str(multiproc))
+            self.exporter, _ = start_http_server(self.config.metrics_port, self.config.metrics_host,
+                                                 registry=self.registry)
+            torchserve = Path(sys.executable).parent / "torchserve"
+            self.group = ProcessGroup([str(torchserve), "--start", "--foreground", "--ncs", "--ts-config",
+                                       str(properties), "--model-store", str(store)], env, self.work_dir)
+            output = RotatingFile(self.log_dir / "torchserve.out", self.config.log_max_bytes, self.config.log_backups)
+            self._output = copy_output(self.process.stdout, output)
+            self.wait_ready(timeout)
+        except BaseException:
+            self.stop(drain=False)
+            raise
+        return self
+
+    def wait_ready(self, timeout: float) -> None:
+        """Poll until each model has a READY worker that belongs to this server; fail fast on load failures."""
+        deadline = time.monotonic() + timeout
+        pending = set(self.config.models)
+        while pending:
+            if self.interrupted.is_set():
+                raise ServerError("interrupted while starting")
+            if not self.group.running():
+                raise ServerError(f"TorchServe exited with code {self.process.returncode}\n{self.log_tail()}")
+            failure = self.logs.load_failure(pending, self.config.model_store)
+            if failure:
+                raise ServerError(failure)
+            if time.monotonic() > deadline:
+                raise ServerError(f"models {sorted(pending)} not ready after {timeout:.0f} s\n{self.log_tail()}")
+            for model in sorted(pending):
+                try:
+                    described = http_json(f"{self.management_url}/models/{model}", token=self.key("management"))
+                except (urllib.error.URLError, OSError, ValueError, KeyError):
+                    continue
+                ready = [w["pid"] for d in described for w in d.get("workers", []) if w.get("status") == "READY"]
+                if ready and not all(self.group.owns(pid) for pid in ready):
+                    raise ServerError(f"the management API on port {self.config.management_port} answers for "
+                                      f"workers this launcher did not start (pids {ready}): another server?")
+                if ready:
+                    pending.discard(model)
+            time.sleep(0.2)
+
+    def log_tail(self, lines: int = 40) -> str:
+        """The last lines of TorchServe's logs, for error messages."""
+        return self.logs.tail(lines)
+
+    def in_flight(self) -> tuple[int, float]:
+        """(requests waiting in TorchServe's queues, requests the handlers have answered so far)."""
+        return drain.in_flight(self.management_url, self.config.models, self.key("management"), self.registry)
+
+    def drain(self) -> None:
+        """Refuse new work and wait for what was accepted (at most ``drain_timeout``, or until ``hurry``)."""
+        drain.drain(self.drain_file, self.in_flight, self.config.drain_timeout, self.hurry)
+
+    def stop(self, drain: bool = True) -> None:
+        """Drain (when asked and running), stop the JVM and every process of the group, the exporter and the
+        watchdog, and remove the temp dir. Safe to call more than once."""
+        try:
+            if self.group is not None:
+                if drain and self.group.running():
+                    self.drain()
+                self.group.stop()
+        finally:
+            if self._output is not None:
+                self._output.join(timeout=5)
+            if self.exporter is not None:
+                self.exporter.shutdown()
+                self.exporter.server_close()
+                self.exporter = None
+            shutil.rmtree(self.tmp, ignore_errors=True)
+
+    def __enter__(self) -> TorchServe:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
