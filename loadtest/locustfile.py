@@ -39,11 +39,20 @@ CLASSES = list(range(10))  # Fashion-MNIST's classes by index (names work too)
 EXPLORER_STYLE = "export-2d"  # the model whose routes are called as the explorer page calls them
 
 
+def route_task(name: str) -> Callable[[HttpUser], None]:
+    """The Locust task that calls route ``name``."""
+    def task(user: ServiceUser) -> None:
+        user.call(name, ROUTES[name])
+
+    task.__name__ = name
+    return task
+
+
 class ServiceUser(HttpUser):
     """One client using every route in the mix, thinking between requests like a person would."""
 
     wait_time = between(WAIT[0], WAIT[-1])
-    tasks: dict = {}  # one task per route of the mix, set below
+    tasks = {route_task(name): weight for name, weight in MIX.items() if name in ROUTES}  # Locust weighs them
 
     def on_start(self) -> None:
         """Fetch two real images for the image inputs, and each model's latent size from a json sample of it."""
@@ -162,14 +171,3 @@ BODIES: dict[str, Callable[[ServiceUser, int, bool], dict | None]] = {
     "walk": walk_body,
 }
 
-
-def route_task(name: str) -> Callable[[ServiceUser], None]:
-    """The Locust task that calls route ``name``."""
-    def task(user: ServiceUser) -> None:
-        user.call(name, ROUTES[name])
-
-    task.__name__ = name
-    return task
-
-
-ServiceUser.tasks = {route_task(name): weight for name, weight in MIX.items() if name in ROUTES}

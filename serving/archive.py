@@ -18,6 +18,7 @@ import sys
 import tempfile
 import time
 import zipfile
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import yaml
@@ -74,18 +75,23 @@ def build(name: str, spec: ModelSpec, artifact_dir: Path, out: Path) -> Path:
                "--version", manifest.source.sha256[:12], "--handler", str(spec.handler),
                "--extra-files", ",".join([str(code), *map(str, files)]), "--config-file", str(config),
                "--export-path", str(out), "--force"]
-        result = subprocess.run(cmd, capture_output=True, text=True)
+        # The archiver stages its copies in $TMPDIR/<model name>: a folder of this build's own, so that builds of
+        # the same name (another store, a test) do not meet there.
+        result = subprocess.run(cmd, capture_output=True, text=True, env=os.environ | {"TMPDIR": tmp})
     if result.returncode != 0:
         raise ArchiveError(f"torch-model-archiver failed for {name}: {result.stderr.strip() or result.stdout}")
     return out / f"{name}.mar"
 
 
 def build_store(store: Path, out: Path, models: dict[str, ModelSpec] = MODELS) -> dict[str, Path]:
-    """Build every model's archive into ``out`` from its export folder in ``store``: all in a staging folder
-    first, then each moved into place."""
+    """Build every model's archive into ``out`` from its export folder in ``store``, as many at once as there are
+    CPUs: all in a staging folder first, then each moved into place."""
     out.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=out, prefix=".staging-") as staging:
-        built = {name: build(name, spec, store / spec.export, Path(staging)) for name, spec in models.items()}
+    with tempfile.TemporaryDirectory(dir=out, prefix=".staging-") as staging, \
+            ThreadPoolExecutor(os.cpu_count() or 1) as pool:  # each build is mostly an archiver process starting
+        jobs = {name: pool.submit(build, name, spec, store / spec.export, Path(staging))
+                for name, spec in models.items()}
+        built = {name: job.result() for name, job in jobs.items()}
         for path in built.values():
             os.replace(path, out / path.name)
     return {name: out / path.name for name, path in built.items()}

@@ -114,7 +114,7 @@ def run_module(module: str, *args: str) -> subprocess.CompletedProcess:
 
 # Export settings of the tests' small models: fewer prior samples for the parity gate and calibration than
 # `make export` takes (the gate's label check classifies every prior sample, most of a default export's time).
-SMALL_EXPORT = ("--prior-samples", "1000", "--calibration-samples", "256")
+SMALL_EXPORT = ("--prior-samples", "300", "--calibration-samples", "128")
 
 
 def export_cli(ckpt: Path, out: Path, data_dir: Path, clf: Path, *extra: str, process: bool = False

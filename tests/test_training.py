@@ -17,7 +17,7 @@ import torch
 from PIL import Image
 
 from tests.conftest import run_module
-from training import checkpoint, classifier, data, evaluate, release, train
+from training import checkpoint, data, evaluate, release, train
 from training.config import TrainConfig
 from training.errors import TrainingError
 from training.model import VAEConfig
@@ -94,10 +94,8 @@ def test_kl_warmup_schedule():
     assert TrainConfig().beta_at(1) == 1.0
 
 
-def test_evaluate_writes_report(tmp_path, trained, dataset_dir):
-    clf_path = tmp_path / "clf.pt"
-    classifier.main(["--out", str(clf_path), "--data-dir", str(dataset_dir), "--epochs", "1"])
-    evaluate.main([str(trained / "final.pt"), "--k", "32", "--fd-samples", "300", "--classifier", str(clf_path),
+def test_evaluate_writes_report(trained, dataset_dir, small_classifier):
+    evaluate.main([str(trained / "final.pt"), "--k", "32", "--fd-samples", "300", "--classifier", str(small_classifier),
                    "--data-dir", str(dataset_dir)])
     report = json.loads((trained / "report.json").read_text())
     t = report["test"]
@@ -189,13 +187,11 @@ def test_cli_errors_name_the_problem(tmp_path, dataset_dir, trained):
     assert r.returncode == 1 and "not an fmvae checkpoint" in r.stderr
 
 
-def test_release_publishes_small_checkpoint_with_card(tmp_path, trained, dataset_dir):
-    clf_path = tmp_path / "clf.pt"
-    classifier.main(["--out", str(clf_path), "--data-dir", str(dataset_dir), "--epochs", "1"])
+def test_release_publishes_small_checkpoint_with_card(tmp_path, trained, dataset_dir, small_classifier):
     out = tmp_path / "release"
     release.main([str(trained / "final.pt"), "--out", str(out), "--k", "4", "--fd-samples", "300",
                   "--data-dir", str(dataset_dir),
-                  "--classifier", str(clf_path)])
+                  "--classifier", str(small_classifier)])
     state = checkpoint.load(out / "vae.pt")
     assert "optimizer" not in state and state["epoch"] == 2
     assert (out / "vae.pt").stat().st_size < (trained / "final.pt").stat().st_size
@@ -203,7 +199,7 @@ def test_release_publishes_small_checkpoint_with_card(tmp_path, trained, dataset
     report = json.loads((out / "report.json").read_text())
     assert f"{report['test']['neg_elbo']:.2f}" in card and report["checkpoint_sha256"] in card
     assert (out / "curves.png").is_file() and (out / "history.csv").read_text() == (trained / "history.csv").read_text()
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["clf.pt", "release"]  # no staging folder left
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["release"]  # no staging folder left
 
 
 def test_atomic_write_gives_files_the_usual_mode(tmp_path):
