@@ -66,7 +66,7 @@ release: setup  ## train runs/release if needed (60 epochs into RELEASE_BASE, th
 export: setup  ## released models -> quantized decoders, parity gate, model_store/export{,-2d}/ (CHECKPOINT=, EXPORT_NAME=)
 	$(PY) -m export $(if $(filter command line,$(origin CHECKPOINT)),$(CHECKPOINT) --name $(EXPORT_NAME)) $(EXPORT_ARGS)
 
-archives: setup  ## TorchServe archives from model_store/export*/ and the handler code, into build/model_store/
+archives: setup  ## TorchServe archives from model_store/export*/ and the worker code, into build/model_store/
 	$(PY) -m serving.archive --out $(ARCHIVES)
 
 experiments: setup  ## the beta, latent-size, KL warm-up and lever sweeps into docs/experiments/ (SWEEP=beta, EXPERIMENT_ARGS)
