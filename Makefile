@@ -22,12 +22,13 @@ SERVE_BENCH_ARGS ?=
 EXPLORER_BENCH_ARGS ?=
 LOADTEST_ARGS ?=
 SOAK_ARGS ?=
+GPU_BENCH_ARGS ?=
 IMAGE_KIND ?= gpu
 # buildah, podman and debootstrap from Debian for the image targets (no Docker engine needed)
 IMAGE_TOOLS = command -v buildah >/dev/null && command -v podman >/dev/null && command -v debootstrap >/dev/null \
 	|| { $(SUDO) apt-get update -q && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -q --no-install-recommends buildah podman debootstrap; }
 
-.PHONY: help setup train evaluate classifier release experiments export archives bench serve serve-bench explorer-bench loadtest soak image image-cpu image-test test test-fast lint clean
+.PHONY: help setup train evaluate classifier release experiments export archives bench serve serve-bench explorer-bench loadtest soak gpu-bench gpu-bundle image image-cpu image-test test test-fast lint clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-11s %s\n", $$1, $$2}'
@@ -89,6 +90,15 @@ loadtest: archives  ## Locust, 50 users for 60 s, p50 gates (80 ms); starts a se
 
 soak: archives  ## 10 minutes of mixed load on a fresh server: errors, p50 drift, memory, log folder bound (SOAK_ARGS)
 	$(PY) -m loadtest.soak $(SOAK_ARGS)
+
+gpu-bench: setup  ## the one-shot GPU benchmark into runs/gpu (docs/gpu.md; on a CPU too: GPU_BENCH_ARGS=--smoke)
+	$(PY) -m bench.gpu --out runs/gpu $(GPU_BENCH_ARGS)
+
+gpu-bundle: setup  ## wheels and a Java runtime the GPU machine lacks, into build/gpu-bundle; sizes, commands, CPU dry run
+	@command -v jlink >/dev/null || ls /usr/lib/jvm/*17*/bin/jlink >/dev/null 2>&1 \
+		|| { $(SUDO) apt-get update -q && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -q --no-install-recommends openjdk-17-jdk-headless; }
+	$(PY) -m deploy.gpu_bundle build
+	$(PY) -m deploy.gpu_bundle check
 
 image: setup  ## the GPU serving image with buildah: localhost/fmvae:gpu (deploy/image.py; Docker: see README)
 	@$(IMAGE_TOOLS)

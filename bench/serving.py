@@ -141,11 +141,13 @@ def in_process_decoder(artifact_dir: Path, threads: int) -> tuple[Callable[[np.n
 
 
 @contextlib.contextmanager
-def bench_server(artifact_dir: Path, references: tuple[str, ...]) -> Iterator[tuple[TorchServe, Callable]]:
-    """A TorchServe with the served models and the named reference handlers, and ``serve(model, body,
-    concurrency) -> (seconds -> Tally)``. Its archives are built here from ``artifact_dir`` and the current code."""
+def bench_server(artifact_dir: Path, references: tuple[str, ...], served: dict[str, ModelSpec] | None = None
+                 ) -> Iterator[tuple[TorchServe, Callable]]:
+    """A TorchServe with the ``served`` models (default: every route) and the named reference handlers, and
+    ``serve(model, body, concurrency) -> (seconds -> Tally)``. Its archives are built here from ``artifact_dir``
+    and the current code."""
     with tempfile.TemporaryDirectory() as tmp:
-        models = MODELS | {name: REFERENCE_MODELS[name] for name in references}
+        models = (MODELS if served is None else served) | {name: REFERENCE_MODELS[name] for name in references}
         archive.build_store(artifact_dir.parent, Path(tmp), models)
         config = ServerConfig(model_store=Path(tmp), models=tuple(models)).with_free_ports()
         with TorchServe(config) as server:

@@ -9,3 +9,9 @@ class ImageError(FmvaeError):
     """An image step failed; the message says which and why."""
 
     reason = "image_failed"
+
+
+class BundleError(FmvaeError):
+    """The GPU bundle could not be built or did not run; the message says which step and why."""
+
+    reason = "bundle_failed"

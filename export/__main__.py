@@ -7,9 +7,10 @@ config, library versions and export code (``--force`` rebuilds). Serving code is
 TorchServe archives are built from these artifacts and the handlers by ``make archives``. Without a checkpoint,
 every released model is exported (``export/config.py``, RELEASES: the 64-d and the 2-d model).
 
-When only int8 decoders fail the gate, ``--allow-fp32-fallback`` publishes the export without them: the
-manifest's ``fallback`` maps each dropped backend to its fp32 twin, the archives serve that one on CPU, and the
-server's ready banner says so. Without the flag such an export fails and says that the flag exists.
+When only reduced-precision decoders (int8, fp16, bf16) fail the gate, ``--allow-fp32-fallback`` publishes the
+export without them: the manifest's ``fallback`` maps each dropped backend to its fp32 twin, the archives serve
+that one instead, and the server's ready banner says so. Without the flag such an export fails and says that the
+flag exists.
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ import torch
 from export import build, parity, stats
 from export.config import DEFAULT_OUT, RELEASES, ExportConfig
 from export.errors import ExportError
-from runtime.artifacts import ARTIFACT_DIR, STATS
+from runtime.artifacts import ARTIFACT_DIR, STATS, full_precision_twin
 from runtime.errors import FmvaeError, ManifestError
 from runtime.manifest import FILE as MANIFEST
 from runtime.manifest import Artifact, Fallback, Manifest, Shapes, Source
@@ -47,7 +48,7 @@ CODE = [*sorted(ROOT.glob("export/*.py")), ROOT / "training/model.py", ROOT / "r
 
 def build_key(ckpt_sha: str, cfg: ExportConfig, allow_fallback: bool = False) -> str:
     """Hash of everything the artifacts depend on: checkpoint, config, library versions, export code, and whether
-    failed int8 decoders may be dropped."""
+    failed reduced-precision decoders may be dropped."""
     h = hashlib.sha256(ckpt_sha.encode())
     h.update(b"allow-fp32-fallback" if allow_fallback else b"")
     h.update(json.dumps(cfg.to_dict(), sort_keys=True).encode())
@@ -74,13 +75,13 @@ def is_current(folder: Path, key: str) -> bool:
     return all(p.is_file() and checkpoint.file_sha256(p) == sha for p, sha in files)
 
 
-def int8_fallback(report: dict) -> dict[str, str] | None:
-    """{failed int8 backend: its fp32 twin} when only int8 decoders failed the gate (and each has a passing
-    twin); None when something else failed too, so no fallback can rescue the export."""
+def precision_fallback(report: dict) -> dict[str, str] | None:
+    """{failed reduced-precision backend (int8, fp16, bf16): its fp32 twin} when only such decoders failed the gate
+    (and each has a passing twin); None when something else failed too, so no fallback can rescue the export."""
     failed = [name for part in ("decoders", "encoders") for name, r in report[part].items() if not r["passed"]]
-    twins = {name: name.replace("-int8", "-fp32") for name in failed}
-    if not failed or any(not name.endswith("-int8") or not report["decoders"].get(twin, {}).get("passed")
-                         for name, twin in twins.items()):
+    twins = {name: full_precision_twin(name) for name in failed}
+    if not failed or any(name == twin or name in report["encoders"]
+                         or not report["decoders"].get(twin, {}).get("passed") for name, twin in twins.items()):
         return None
     return twins
 
@@ -115,10 +116,10 @@ def export(ckpt_path: Path, out: Path, cfg: ExportConfig, force: bool = False,
         print("checking parity against fp32 eager", file=sys.stderr)
         report = parity.check(model, paths, x_test, clf, cfg)
         table = parity.markdown(report)
-        fallback = None if report["passed"] else int8_fallback(report)
+        fallback = None if report["passed"] else precision_fallback(report)
         if not report["passed"] and not (allow_fallback and fallback):
-            hint = ("\nOnly int8 decoders failed: --allow-fp32-fallback publishes the export without them and "
-                    "serves their fp32 twins on CPU (slower; said in the manifest and the server's banner)."
+            hint = ("\nOnly reduced-precision decoders failed: --allow-fp32-fallback publishes the export without them "
+                    "and serves their fp32 twins (slower; said in the manifest and the server's banner)."
                     if fallback else "")
             raise ExportError(f"parity gate failed for {ckpt_path}; nothing was written to {final}\n\n{table}{hint}")
         for backend in fallback or {}:
@@ -140,7 +141,7 @@ def export(ckpt_path: Path, out: Path, cfg: ExportConfig, force: bool = False,
             artifacts={name: Artifact(p.name, checkpoint.file_sha256(p), p.stat().st_size)
                        for name, p in paths.items()},
             parity=report,
-            fallback=Fallback(fallback, "int8 decoders failed the parity gate: " + ", ".join(sorted(fallback))
+            fallback=Fallback(fallback, "decoders failed the parity gate: " + ", ".join(sorted(fallback))
                               + " (export_report.md)") if fallback else None,
         )
         (artifact_dir / "export_report.json").write_text(json.dumps(report, indent=2) + "\n")
@@ -151,7 +152,7 @@ def export(ckpt_path: Path, out: Path, cfg: ExportConfig, force: bool = False,
         os.replace(artifact_dir, final)
     print(table)
     if fallback:
-        print(f"WARNING: {final} serves fp32 decoders on CPU instead of {', '.join(sorted(fallback))}, which "
+        print(f"WARNING: {final} serves fp32 decoders instead of {', '.join(sorted(fallback))}, which "
               "failed the parity gate (manifest: fallback)")
     print(f"{final}: latent size {model.latent_dim}; `make serve` builds the archives from it")
     return manifest
@@ -166,7 +167,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", type=Path, default=DEFAULT_OUT, help=f"model store (default {DEFAULT_OUT})")
     p.add_argument("--force", action="store_true", help="rebuild even when the manifest is current")
     p.add_argument("--allow-fp32-fallback", action="store_true",
-                   help="publish without int8 decoders that fail the gate; CPU serves their fp32 twins")
+                   help="publish without reduced-precision decoders that fail the gate; serve their fp32 twins")
     defaults = ExportConfig()
     p.add_argument("--psnr-min-db", type=float, default=defaults.psnr_min_db, help="parity bar (default %(default)s)")
     p.add_argument("--elbo-delta-max", type=float, default=defaults.elbo_delta_max,

@@ -1,5 +1,8 @@
-"""Write the serving artifacts of one VAE into a folder: decoders (TorchScript fp32, ONNX fp32 and int8) and
-encoders (posterior mean and log-variance, fp32).
+"""Write the serving artifacts of one VAE into a folder: decoders (TorchScript fp32, fp16 and bf16 for GPUs, ONNX
+fp32 and int8 for CPUs) and encoders (posterior mean and log-variance, fp32).
+
+There is no ONNX fp16 decoder: ONNX Runtime's CPU provider has no fp16 convolution (the gate runs on CPU) and
+the GPU hosts this project measures on have no CUDA provider, so it could neither be checked nor served there.
 
 There is no TorchScript int8 decoder: PyTorch's dynamic quantization covers only the Linear layer (0.95-1.08x the
 fp32 TorchScript decoder's speed), and fbgemm's int8 Linear kernel saturates on CPUs without VNNI (23 dB PSNR
@@ -8,6 +11,7 @@ on the 2-d model on an AVX2-only CPU), so its output depended on the machine tha
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -22,6 +26,19 @@ from export.config import ExportConfig
 from export.lowres import LowResDecoder
 from runtime.artifacts import DECODERS, ENCODERS
 from training.model import IMAGE_SHAPE, VAE
+
+
+class CastDecoder(nn.Module):
+    """``decoder`` with its weights and arithmetic in ``dtype``: float32 latents in, float32 logits out, so that every
+    decoder artifact has the same interface."""
+
+    def __init__(self, decoder: nn.Module, dtype: torch.dtype) -> None:
+        super().__init__()
+        self.decoder = copy.deepcopy(decoder).to(dtype)
+        self.dtype = dtype
+
+    def forward(self, z: Tensor) -> Tensor:
+        return self.decoder(z.to(self.dtype)).float()
 
 
 def prior_latents(n: int, latent_dim: int, seed: int) -> np.ndarray:
@@ -101,6 +118,8 @@ def build(model: VAE, out: Path, cfg: ExportConfig) -> dict[str, Path]:
     paths = {f"decoder/{k}": out / v for k, v in DECODERS.items()}
     paths |= {f"encoder/{k}": out / v for k, v in ENCODERS.items()}
     torchscript(decoder, z, paths["decoder/torchscript-fp32"])
+    torchscript(CastDecoder(decoder, torch.float16), z, paths["decoder/torchscript-fp16"])
+    torchscript(CastDecoder(decoder, torch.bfloat16), z, paths["decoder/torchscript-bf16"])
     onnx_fp32(decoder, z, paths["decoder/onnx-fp32"], "z", ["logits"], cfg.opset)
     onnx_int8(paths["decoder/onnx-fp32"], paths["decoder/onnx-int8"], model.latent_dim, cfg)
     torchscript(model.encoder, x, paths["encoder/torchscript-fp32"])  # images -> (mu, logvar)

@@ -1,43 +1,92 @@
-"""Where a worker runs: the device TorchServe gives it, the backend it picks for that device from its model
-config, and its thread count."""
+"""Where a worker runs: the device TorchServe gives it (a ``Placement``), the backend it picks for that device from
+its model config (skipping, with a log line, backends whose artifact or runtime provider is missing), its thread
+count, and whether it captures CUDA graphs."""
 
 from __future__ import annotations
 
+import logging
 import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
 
 import onnxruntime as ort
 import torch
 
 from handlers.errors import ConfigError
+from runtime.artifacts import DECODERS, ENCODERS
+from runtime.backends import GraphCapture, cuda_capture
+
+LOG = logging.getLogger("fmvae.worker")
+ARTIFACTS = {"decoder": DECODERS, "encoder": ENCODERS}
 
 
-def worker_threads(setting: str | int, store_workers: int = 1, cpus: int | None = None) -> int:
+@dataclass(frozen=True)
+class Placement:
+    """A worker's device: ``name`` as answers and metrics report it ("cpu", "cuda:0"), the torch device its tensors
+    live on, and how it captures CUDA graphs (None: it does not)."""
+
+    name: str
+    torch_device: torch.device
+    graph_capture: GraphCapture | None = None
+
+    @property
+    def kind(self) -> str:
+        """"cpu" or "cuda": the key of the model config's backend lists."""
+        return self.name.split(":")[0]
+
+
+CPU = Placement("cpu", torch.device("cpu"))
+
+
+def placement(gpu_id: int | None) -> Placement:
+    """CUDA device ``gpu_id`` when TorchServe gave the worker a GPU and torch sees CUDA, else the CPU."""
+    if gpu_id is not None and torch.cuda.is_available():
+        return Placement(f"cuda:{gpu_id}", torch.device(f"cuda:{gpu_id}"), cuda_capture)
+    if gpu_id is not None:
+        LOG.warning("given GPU %s, but torch sees no CUDA device here: running on the CPU", gpu_id)
+    return CPU
+
+
+def worker_threads(setting: str | int, store_workers: int = 1, cpus: int | None = None, kind: str = "cpu") -> int:
     """Intra-op threads per worker: "auto" divides the CPUs this process may use among the ``store_workers``
-    workers of all models in the store, so that they do not oversubscribe the machine (at least 1)."""
+    workers of all models in the store, so that they do not oversubscribe the machine (at least 1); a CUDA worker
+    gets 1 (its CPU threads only feed the GPU). Env FMVAE_WORKER_THREADS overrides the setting."""
     setting = os.environ.get("FMVAE_WORKER_THREADS", setting)
     if str(setting) != "auto":
         return max(1, int(setting))
+    if kind == "cuda":
+        return 1
     cpus = cpus or len(os.sched_getaffinity(0))
     return max(1, cpus // store_workers)
 
 
-def runnable(backend: str, device: str) -> bool:
-    """Whether this process can run ``backend`` on ``device`` (ONNX on CUDA needs onnxruntime's CUDA provider)."""
-    return device == "cpu" or not backend.startswith("onnx") or \
-        "CUDAExecutionProvider" in ort.get_available_providers()
+def runnable(backend: str, device: str) -> str | None:
+    """Why this process cannot run ``backend`` on ``device``, or None when it can (ONNX on CUDA needs onnxruntime's
+    CUDA provider)."""
+    if device.startswith("cpu") or not backend.startswith("onnx"):
+        return None
+    if "CUDAExecutionProvider" in ort.get_available_providers():
+        return None
+    return f"onnxruntime has no CUDAExecutionProvider (providers: {', '.join(ort.get_available_providers())})"
 
 
-def choose_backend(config: dict, part: str, model: str, gpu_id: int | None) -> tuple[str, str]:
-    """(backend, device) for ``part`` ("decoder" or "encoder"): the first backend the config names for this
-    worker's device kind that it can run. CUDA when TorchServe gave the worker a GPU and torch sees CUDA."""
-    device = f"cuda:{gpu_id}" if gpu_id is not None and torch.cuda.is_available() else "cpu"
-    kind = device.split(":")[0]
-    choices = config.get(part) or {}
-    if not choices.get(kind):
-        raise ConfigError(f"model {model}: its model config names no {part} for {kind} workers "
-                          f"(handler.{part}.{kind} in model-config.yaml; serving/settings.py writes it)")
-    for backend in choices[kind]:
-        if runnable(backend, device):
-            return backend, device
-    raise ConfigError(f"model {model}: none of the {part} backends {choices[kind]} can run on {device} here "
-                      f"(onnxruntime providers: {ort.get_available_providers()})")
+def choose_backend(config: dict, part: str, model: str, where: Placement, model_dir: Path,
+                   log: Callable[..., None] = LOG.warning) -> str:
+    """The first backend the model config names for ``part`` ("decoder" or "encoder") on this device kind whose
+    artifact is in ``model_dir`` and that this process can run; each one skipped is logged with the reason."""
+    choices = (config.get(part) or {}).get(where.kind)
+    if not choices:
+        raise ConfigError(f"model {model}: its model config names no {part} for {where.kind} workers "
+                          f"(handler.{part}.{where.kind} in model-config.yaml; serving/settings.py writes it)")
+    reasons = []
+    for backend in choices:
+        artifact = ARTIFACTS[part].get(backend)
+        reason = (f"unknown backend {backend}" if artifact is None
+                  else f"{artifact} is not in the archive" if not (model_dir / artifact).is_file()
+                  else runnable(backend, where.name))
+        if reason is None:
+            return backend
+        log("model %s: %s %s skipped on %s: %s", model, part, backend, where.name, reason)
+        reasons.append(f"{backend}: {reason}")
+    raise ConfigError(f"model {model}: none of the {part} backends can run on {where.name} here ({'; '.join(reasons)})")

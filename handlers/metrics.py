@@ -22,11 +22,13 @@ Series of a worker that died stay until the server restarts (prometheus-client k
 
 from __future__ import annotations
 
+import atexit
 import logging
 import os
 import queue
 import threading
 import time
+import weakref
 from collections.abc import Callable
 from typing import Any
 
@@ -74,14 +76,23 @@ class Recorder:
     rather than blocking on the queue: a blocked reader is woken by every flush, and then competes with the
     worker for the GIL while the reply is still being sent. Samples reach the exporter within
     ``drain_interval`` of the reply (tests that read them right after a request poll until they are there).
+    The thread stops when the process exits normally (a thread still polling while the interpreter finalizes can
+    abort the process).
     """
 
     def __init__(self, model: str, usage_interval: float = 1.0, drain_interval: float = 0.05) -> None:
         self.model, self.usage_interval, self.drain_interval = model, usage_interval, drain_interval
         self.queue: queue.SimpleQueue = queue.SimpleQueue()
         self.pending: list[tuple[Callable[[Any], None], Any]] = []
+        self.stopped = threading.Event()
         self.thread = threading.Thread(target=self._run, name="fmvae-metrics", daemon=True)
         self.thread.start()
+        RECORDERS.add(self)
+
+    def stop(self) -> None:
+        """Write what was flushed, then end the thread."""
+        self.stopped.set()
+        self.thread.join(timeout=5)
 
     def record(self, *writes: tuple[Callable[[Any], None], Any]) -> None:
         """Hold writes until the next ``flush``; they run in the order recorded."""
@@ -95,7 +106,7 @@ class Recorder:
 
     def _run(self) -> None:
         next_usage = time.monotonic()
-        while True:
+        while not self.stopped.is_set():
             writes: list[tuple[Callable[[Any], None], Any]] = []
             while not self.queue.empty():
                 writes.extend(self.queue.get())
@@ -107,4 +118,14 @@ class Recorder:
                     write(value)
                 except Exception:  # a failed write loses one sample, never the thread
                     logging.getLogger(__name__).exception("metric write failed")
-            time.sleep(self.drain_interval)
+            self.stopped.wait(self.drain_interval)
+
+
+RECORDERS: weakref.WeakSet[Recorder] = weakref.WeakSet()
+
+
+@atexit.register
+def stop_recorders() -> None:
+    """Stop every recorder's thread before the interpreter finalizes."""
+    for recorder in list(RECORDERS):
+        recorder.stop()

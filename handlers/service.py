@@ -11,7 +11,8 @@ The model config (``handler:`` in the archive's model-config YAML, written from 
 per device kind ("cpu", "cuda"), the backends to run in order of preference: ``decoder`` (every model) and
 ``encoder`` (models that take images), plus ``stats`` (models that use classes or directions), ``threads``
 ("auto" or a number; env FMVAE_WORKER_THREADS overrides it), ``store_workers`` (the workers of all models in
-the store, among which "auto" divides the CPUs) and ``max_body_bytes`` (the largest request body it parses).
+the store, among which "auto" divides the CPUs), ``max_body_bytes`` (the largest request body it parses) and
+``cuda_graph_batches`` (the batch sizes a CUDA worker captures as graphs; ``handlers/device.py``).
 """
 
 from __future__ import annotations
@@ -33,8 +34,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from handlers import metrics
-from handlers.device import choose_backend, worker_threads
+from handlers import device, metrics
 from handlers.errors import SHUTTING_DOWN, RequestError, internal
 from handlers.schema import RequestSchema
 from runtime import artifacts, backends
@@ -85,21 +85,26 @@ class Worker:
         self.drain_file = os.environ.get("FMVAE_DRAIN_FILE")  # exists while the launcher drains the server
         config = (context.model_yaml_config or {}).get("handler", {})
         model_dir = Path(context.system_properties["model_dir"])
-        gpu_id = context.system_properties.get("gpu_id")
-        self.model = context.model_name
+        where = device.placement(context.system_properties.get("gpu_id"))
+        self.model, self.device = context.model_name, where.name
         manifest = Manifest.read(model_dir)
         self.shapes, self.identity = manifest.shapes, manifest.identity
         self.stats = artifacts.read_stats(model_dir / artifacts.STATS) if config.get("stats") else None
         self.schema = RequestSchema(self.shapes.latent_dim, self.stats.class_names if self.stats else None,
                                     (operation,), config.get("max_body_bytes"))
-        self.threads = worker_threads(config.get("threads", "auto"), config.get("store_workers", 1))
-        self.backend, self.device = choose_backend(config, "decoder", self.model, gpu_id)
+        self.threads = device.worker_threads(config.get("threads", "auto"), config.get("store_workers", 1),
+                                             kind=where.kind)
+        self.backend = device.choose_backend(config, "decoder", self.model, where, model_dir)
         self.artifact = artifacts.DECODERS[self.backend]
-        self.decoder = backends.load(model_dir / self.artifact, self.device, self.threads)
+        self.decoder = backends.load(model_dir / self.artifact, where.torch_device, self.threads)
+        batches = config.get("cuda_graph_batches") or []
+        if batches and where.graph_capture and isinstance(self.decoder, backends.TorchScriptModule):
+            self.decoder = backends.GraphedDecoder(self.decoder, self.shapes.latent_dim, batches, where.graph_capture)
         self.encoder = None
         if config.get("encoder"):
-            backend, device = choose_backend(config, "encoder", self.model, gpu_id)
-            self.encoder = backends.load(model_dir / artifacts.ENCODERS[backend], device, self.threads)
+            backend = device.choose_backend(config, "encoder", self.model, where, model_dir)
+            self.encoder = backends.load(model_dir / artifacts.ENCODERS[backend], where.torch_device, self.threads)
+        self.warm_up()
         labels = {"model": self.model, "backend": self.backend, "device": self.device}
         metrics.BACKEND_INFO.labels(**labels, artifact=self.artifact, threads=str(self.threads)).set(1)
         # Labelled children resolved once: a labels() lookup per request costs more than the observation.
@@ -109,6 +114,13 @@ class Worker:
         self.batch_requests = metrics.BATCH_REQUESTS.labels(self.model)
         self.request_images = metrics.REQUEST_IMAGES.labels(self.model)
         self.recorder = metrics.Recorder(self.model)
+
+    def warm_up(self) -> None:
+        """One call of each network before the first request: lazy initialisation (CUDA kernels, ONNX Runtime's
+        allocations) happens here rather than in a client's answer."""
+        self.decoder(np.zeros((1, self.shapes.latent_dim), np.float32))
+        if self.encoder is not None:
+            self.encoder(np.zeros((1, *self.shapes.image_shape), np.float32))
 
     def draining(self) -> bool:
         """Whether the launcher is stopping the server (one stat per handler call)."""

@@ -19,9 +19,12 @@ from runtime.errors import ManifestError
 ARTIFACT_DIR = "export"  # inside the model store folder (model_store/)
 DEFAULT_DIR = Path("model_store") / ARTIFACT_DIR
 
-# Artifact file names by backend (runtime-precision).
+# Artifact file names by backend (runtime-precision). The fp16 and bf16 decoders are for GPUs: float32 latents
+# in, float32 logits out, weights and arithmetic in half precision.
 DECODERS = {
     "torchscript-fp32": "decoder_fp32.pt",
+    "torchscript-fp16": "decoder_fp16.pt",
+    "torchscript-bf16": "decoder_bf16.pt",
     "onnx-fp32": "decoder_fp32.onnx",
     "onnx-int8": "decoder_int8.onnx",
 }
@@ -30,6 +33,12 @@ ENCODERS = {  # images -> (posterior mean, log-variance)
     "onnx-fp32": "encoder_fp32.onnx",
 }
 STATS = "latent_stats.npz"
+
+
+def full_precision_twin(backend: str) -> str:
+    """The fp32 backend of the same runtime: what serves when a reduced-precision decoder is dropped."""
+    runtime, _ = backend.rsplit("-", 1)
+    return f"{runtime}-fp32"
 
 
 @dataclass(frozen=True)

@@ -2,21 +2,29 @@
 
 Used by the TorchServe workers, the parity gate and the benchmarks. Inputs and outputs are float32 numpy
 arrays: z (N, latent_dim), images (N, 1, 28, 28) in [0, 1], logits (N, 1, 28, 28) (the shapes in the manifest).
+On a CUDA device a TorchScript decoder can also replay CUDA graphs captured for fixed batch sizes
+(``GraphedDecoder``).
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
 import torch
+from torch import Tensor
+
+# (the module's forward, its static input) -> (replay, its static output): fills the output from the input again
+GraphCapture = Callable[[Callable[[Tensor], Tensor], Tensor], tuple[Callable[[], None], Tensor]]
+WARMUP_CALLS = 3  # TorchScript's profiling executor settles its graph within the first calls; capture after them
 
 
 class TorchScriptModule:
     """A TorchScript file run with torch.jit on CPU or a CUDA device."""
 
-    def __init__(self, path: str | Path, device: str = "cpu", threads: int | None = None) -> None:
+    def __init__(self, path: str | Path, device: str | torch.device = "cpu", threads: int | None = None) -> None:
         if threads:
             torch.set_num_threads(threads)
         self.device = torch.device(device)
@@ -30,18 +38,60 @@ class TorchScriptModule:
         return out.float().cpu().numpy()
 
 
+def cuda_capture(forward: Callable[[Tensor], Tensor], static: Tensor) -> tuple[Callable[[], None], Tensor]:
+    """Capture ``forward(static)`` as a CUDA graph after warm-up calls on a side stream (PyTorch's recipe)."""
+    stream = torch.cuda.Stream(device=static.device)
+    stream.wait_stream(torch.cuda.current_stream(static.device))
+    with torch.no_grad(), torch.cuda.stream(stream):
+        for _ in range(WARMUP_CALLS):
+            forward(static)
+    torch.cuda.current_stream(static.device).wait_stream(stream)
+    graph = torch.cuda.CUDAGraph()
+    with torch.no_grad(), torch.cuda.graph(graph):
+        out = forward(static)
+    return graph.replay, out
+
+
+class GraphedDecoder:
+    """A TorchScript decoder whose calls for the batch sizes ``batches`` are captured graphs: a call of n latents
+    copies them into the static input of the smallest captured size that holds them, replays that graph and returns
+    the first n rows (the rest are whatever an earlier call left there, and are cut off). Larger calls run the
+    module. ``capture`` is ``cuda_capture`` on a GPU; ``replays`` counts the calls that replayed a graph."""
+
+    def __init__(self, decoder: TorchScriptModule, latent_dim: int, batches: list[int] | tuple[int, ...],
+                 capture: GraphCapture) -> None:
+        self.decoder = decoder
+        self.graphs: dict[int, tuple[Tensor, Callable[[], None], Tensor]] = {}
+        for n in sorted(set(batches)):
+            static = torch.zeros(n, latent_dim, device=decoder.device)
+            self.graphs[n] = (static, *capture(decoder.module, static))
+        self.replays = 0
+
+    def __call__(self, z: np.ndarray) -> np.ndarray:
+        n = len(z)
+        size = next((b for b in self.graphs if b >= n), None)
+        if size is None:
+            return self.decoder(z)
+        static, replay, out = self.graphs[size]
+        with torch.no_grad():
+            static[:n].copy_(torch.from_numpy(z))
+            replay()
+            self.replays += 1
+            return out[:n].float().cpu().numpy()
+
+
 class OnnxModule:
     """An ONNX file run with ONNX Runtime; CUDA provider first when ``device`` is a CUDA device."""
 
-    def __init__(self, path: str | Path, device: str = "cpu", threads: int | None = None) -> None:
+    def __init__(self, path: str | Path, device: str | torch.device = "cpu", threads: int | None = None) -> None:
         options = ort.SessionOptions()
         if threads:
             options.intra_op_num_threads = threads
             options.inter_op_num_threads = 1
         providers: list = ["CPUExecutionProvider"]
-        if device.startswith("cuda"):
-            index = int(device.split(":")[1]) if ":" in device else 0
-            providers.insert(0, ("CUDAExecutionProvider", {"device_id": index}))
+        device = torch.device(device)
+        if device.type == "cuda":
+            providers.insert(0, ("CUDAExecutionProvider", {"device_id": device.index or 0}))
         self.session = ort.InferenceSession(str(path), options, providers=providers)
         self.input_name = self.session.get_inputs()[0].name
 
@@ -50,7 +100,8 @@ class OnnxModule:
         return outputs[0] if len(outputs) == 1 else tuple(outputs)
 
 
-def load(path: str | Path, device: str = "cpu", threads: int | None = None) -> TorchScriptModule | OnnxModule:
+def load(path: str | Path, device: str | torch.device = "cpu", threads: int | None = None
+         ) -> TorchScriptModule | OnnxModule:
     """Open an artifact with the runtime its file extension names (.pt TorchScript, .onnx ONNX Runtime)."""
     path = Path(path)
     if path.suffix == ".onnx":

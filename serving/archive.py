@@ -49,10 +49,12 @@ def model_config(spec: ModelSpec, manifest: Manifest) -> dict:
     """The archive's model-config YAML: TorchServe's worker and batching settings, and the ``handler:`` section
     the worker reads (backend per device, threads, statistics, body limit)."""
     handler = {"decoder": {device: list(b) for device, b in decoders(spec, manifest).items()}, "threads": spec.threads,
-               "store_workers": STORE_WORKERS, "stats": spec.stats, "max_body_bytes": spec.max_body_bytes}
+               "store_workers": STORE_WORKERS, "stats": spec.stats, "max_body_bytes": spec.max_body_bytes,
+               "cuda_graph_batches": list(spec.cuda_graph_batches)}
     if spec.encoder:
         handler["encoder"] = {device: list(b) for device, b in spec.encoder.items()}
-    return {"minWorkers": spec.workers, "maxWorkers": spec.workers, "batchSize": spec.batch_size,
+    return {"minWorkers": spec.workers, "maxWorkers": spec.workers, "deviceType": "gpu" if spec.gpu else "cpu",
+            "batchSize": spec.batch_size,
             "maxBatchDelay": spec.max_batch_delay_ms, "jobQueueSize": spec.job_queue_size,
             "responseTimeout": spec.response_timeout_s,
             "handler": handler}

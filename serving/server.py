@@ -39,6 +39,14 @@ from serving.process import ProcessGroup
 from serving.settings import DRAIN_FILE, KEY_FILE, ServerConfig
 
 
+def java() -> str | None:
+    """The java TorchServe will run: $JAVA_HOME/bin/java when JAVA_HOME is set, else the one on PATH."""
+    home = os.environ.get("JAVA_HOME")
+    if home:
+        return str(Path(home) / "bin" / "java") if (Path(home) / "bin" / "java").is_file() else None
+    return shutil.which("java")
+
+
 def reach(host: str) -> str:
     """The address a local client uses for a listen address (a wildcard means loopback)."""
     return "127.0.0.1" if host in ("0.0.0.0", "::", "") else host
@@ -108,9 +116,9 @@ class TorchServe:
     def start(self, timeout: float = 180) -> TorchServe:
         """Start TorchServe and the exporter; return once every model has a ready worker of this server."""
         try:  # a failure at any step must not leave the exporter, the JVM, the watchdog or the temp dir behind
-            if shutil.which("java") is None:
+            if java() is None:
                 raise ServerError("java not found: TorchServe needs a Java 17 runtime "
-                                  "(Debian: apt-get install openjdk-17-jre-headless)")
+                                  "(Debian: apt-get install openjdk-17-jre-headless; or set JAVA_HOME)")
             store = self.config.model_store.resolve()
             missing = [m for m in self.config.models if not (store / f"{m}.mar").is_file()]
             if missing:
@@ -135,9 +143,10 @@ class TorchServe:
             multiprocess.MultiProcessCollector(self.registry, path=str(multiproc))
             self.exporter, _ = start_http_server(self.config.metrics_port, self.config.metrics_host,
                                                  registry=self.registry)
-            torchserve = Path(sys.executable).parent / "torchserve"
-            self.group = ProcessGroup([str(torchserve), "--start", "--foreground", "--ncs", "--ts-config",
-                                       str(properties), "--model-store", str(store)], env, self.work_dir)
+            # TorchServe's own entry point run by this interpreter (what its `torchserve` script runs), so that a
+            # TorchServe installed with `pip --target` starts too.
+            self.group = ProcessGroup([sys.executable, "-m", "ts.model_server", "--start", "--foreground", "--ncs",
+                                       "--ts-config", str(properties), "--model-store", str(store)], env, self.work_dir)
             output = RotatingFile(self.log_dir / "torchserve.out", self.config.log_max_bytes, self.config.log_backups)
             self._output = copy_output(self.process.stdout, output)
             self.wait_ready(timeout)

@@ -20,11 +20,15 @@ ROOT = Path(__file__).resolve().parent.parent
 HANDLERS = ROOT / "handlers"  # the worker package: one handler file per operation
 SERVING = Path(__file__).resolve().parent
 
-# Backend per device kind, in order of preference: a worker runs the first one it can (an ONNX backend on
-# CUDA needs onnxruntime's CUDAExecutionProvider). CPU: static int8 ONNX, the fastest CPU decoder at every
-# batch size (docs/export.md); CUDA: fp32, since the int8 kernels are CPU-only.
-DECODER = {"cpu": ("onnx-int8",), "cuda": ("onnx-fp32", "torchscript-fp32")}
+# Backend per device kind, in order of preference: a worker runs the first one whose artifact it has and that it
+# can run (an ONNX backend on CUDA needs onnxruntime's CUDAExecutionProvider), and logs why it skipped the others.
+# CPU: static int8 ONNX, the fastest CPU decoder at every batch size (docs/export.md). CUDA: the fp16 TorchScript
+# decoder (gated on CPU like the int8 one), then fp32; the int8 kernels are CPU-only (docs/gpu.md).
+DECODER = {"cpu": ("onnx-int8",), "cuda": ("torchscript-fp16", "onnx-fp32", "torchscript-fp32")}
 ENCODER = {"cpu": ("onnx-fp32",), "cuda": ("onnx-fp32", "torchscript-fp32")}
+# Batch sizes (latents per decoder call) a CUDA worker captures as CUDA graphs at start; a call of n latents replays
+# the smallest that holds n, larger ones run uncaptured (runtime/backends.py, GraphedDecoder).
+CUDA_GRAPH_BATCHES = (1, 2, 4, 8, 16, 32, 64)
 
 
 @dataclass(frozen=True)
@@ -46,6 +50,10 @@ class ModelSpec:
     queue_batches_per_worker: int = 4
     response_timeout_s: int = 30
     threads: str | int = "auto"  # intra-op threads per worker; "auto": the CPUs divided among the store's workers
+    # On a host with a GPU: GPU workers (TorchServe's deviceType gpu, one CUDA context each), else CPU workers. A
+    # host without one serves every model on CPU whatever this says.
+    gpu: bool = False
+    cuda_graph_batches: tuple[int, ...] = CUDA_GRAPH_BATCHES
     # The largest body a handler parses; larger ones get 413 body_too_large. 256 base64 PNGs of 28x28 need
     # < 320 KiB, 256 latents of 64 numbers < 350 KiB.
     max_body_bytes: int = 512 * 1024
@@ -56,11 +64,11 @@ class ModelSpec:
         return self.queue_batches_per_worker * self.batch_size * self.workers
 
 
-def model_spec(route: Route, workers: int = 1) -> ModelSpec:
+def model_spec(route: Route, workers: int = 1, gpu: bool = False) -> ModelSpec:
     """How ``route`` is served: its operation's handler file, with an encoder when the operation takes images and
     the latent statistics when it uses classes or directions."""
     return ModelSpec(HANDLERS / f"{route.operation}.py", export=route.export, workers=workers,
-                     encoder=ENCODER if route.needs.images else {}, stats=route.needs.stats)
+                     encoder=ENCODER if route.needs.images else {}, stats=route.needs.stats, gpu=gpu)
 
 
 # One model (one worker process) per route: TorchServe routes /predictions/<model>, and a worker serves one model.
@@ -68,7 +76,12 @@ def model_spec(route: Route, workers: int = 1) -> ModelSpec:
 # TorchServe's frontend handles a worker's replies before it sends that worker its next batch, and with one worker
 # the decoder idled 27% of the time at n=64 (docs/serving-performance.md).
 WORKERS = {"sample": 2}
-MODELS = {name: model_spec(route, WORKERS.get(name, 1)) for name, route in ROUTES.items()}
+# The GPU layout: the routes whose workers use the GPU on a host that has one (each worker a CUDA context of its
+# own); the others stay on CPU workers. The routes of the 64-d model decode the most images per request; the 2-d
+# routes answer one point at a time for the explorer, where a GPU saves little. What it costs and what the GPU run
+# measures to choose: docs/gpu.md.
+GPU_ROUTES = tuple(name for name, route in ROUTES.items() if route.export == ARTIFACT_DIR)
+MODELS = {name: model_spec(route, WORKERS.get(name, 1), name in GPU_ROUTES) for name, route in ROUTES.items()}
 STORE_WORKERS = sum(spec.workers for spec in MODELS.values())  # among which threads "auto" divides the CPUs
 ARCHIVE_DIR = Path("build/model_store")  # where `make archives` writes the .mar files that `make serve` serves
 # In TorchServe's working directory: its key file (token auth on), and the launcher's mark while it drains.

@@ -20,7 +20,7 @@ import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
 from handlers import metrics
-from handlers.device import choose_backend, worker_threads
+from handlers.device import worker_threads
 from handlers.errors import ConfigError
 from handlers.schema import SPEC, RequestSchema
 from handlers.service import Worker
@@ -276,28 +276,8 @@ def test_metrics_are_exported_and_increase(server):
     assert value(after, "fmvae_backend_info", **labels, artifact="decoder_int8.onnx", threads=threads) == 1
 
 
-def test_worker_threads(monkeypatch):
-    monkeypatch.delenv("FMVAE_WORKER_THREADS", raising=False)
-    assert worker_threads("auto", 3, cpus=16) == 5 and worker_threads("auto", 3, cpus=2) == 1
-    assert worker_threads(3) == 3
-    monkeypatch.setenv("FMVAE_WORKER_THREADS", "2")
-    assert worker_threads("auto", 3, cpus=16) == 2
 
 
-def test_backend_choice_per_device(monkeypatch):
-    config = archive.model_config(MODELS["interpolate"], Manifest.read(ARTIFACTS))["handler"]
-    assert choose_backend(config, "decoder", "m", gpu_id=None) == ("onnx-int8", "cpu")
-    assert choose_backend(config, "encoder", "m", gpu_id=None) == ("onnx-fp32", "cpu")
-    # A GPU worker (simulated: CUDA visible to torch) takes the first CUDA backend it can run.
-    monkeypatch.setattr("torch.cuda.is_available", lambda: True)
-    both = ["CUDAExecutionProvider", "CPUExecutionProvider"]
-    monkeypatch.setattr("onnxruntime.get_available_providers", lambda: both)
-    assert choose_backend(config, "decoder", "m", gpu_id=1) == ("onnx-fp32", "cuda:1")
-    monkeypatch.setattr("onnxruntime.get_available_providers", lambda: ["CPUExecutionProvider"])
-    assert choose_backend(config, "decoder", "m", gpu_id=0) == ("torchscript-fp32", "cuda:0")
-    assert choose_backend(config, "decoder", "m", gpu_id=None) == ("onnx-int8", "cpu")  # no GPU given: CPU
-    with pytest.raises(ConfigError, match=r"none of the decoder backends \['onnx-fp32'\] can run on cuda:0"):
-        choose_backend({"decoder": {"cuda": ["onnx-fp32"]}}, "decoder", "m", gpu_id=0)
 
 
 def test_a_worker_whose_config_names_no_decoder_fails_at_start():
@@ -368,7 +348,7 @@ def test_archives_pack_the_worker_folders_and_only_the_artifacts_they_name(curre
         assert code <= packed and not packed & host and not any(m.startswith("serving/") for m in packed)
         files = packed - code - {"MAR-INF/MANIFEST.json", "model-config.yaml", spec.handler.name, MANIFEST}
         assert files == set(archive.artifact_files(spec, archive.packed_manifest(current_store / f"{name}.mar")))
-    decoders = ["decoder_fp32.onnx", "decoder_fp32.pt", "decoder_int8.onnx"]
+    decoders = ["decoder_fp16.pt", "decoder_fp32.onnx", "decoder_fp32.pt", "decoder_int8.onnx"]  # CPU and GPU
     manifest = Manifest.read(ARTIFACTS)
     assert archive.artifact_files(MODELS["decode"], manifest) == decoders  # latents in, images out: nothing else
     assert archive.artifact_files(MODELS["encode"], manifest) == [*decoders, "encoder_fp32.onnx", "encoder_fp32.pt"]

@@ -7,8 +7,6 @@ import json
 import math
 import os
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -161,9 +159,6 @@ def test_diagnosis_categories():
 def test_cli_errors_name_the_problem(tmp_path, dataset_dir, trained):
     r = run_module("training.train", "--data-dir", str(tmp_path / "nowhere"), "--epochs", "1")
     assert r.returncode == 1 and str(tmp_path / "nowhere") in r.stderr
-    real = subprocess.run([sys.executable, "-m", "training.train", "--data-dir", str(tmp_path / "nowhere")],
-                          capture_output=True, text=True, timeout=120)  # the same through a real process
-    assert real.returncode == 1 and real.stderr.startswith(f"error: {tmp_path / 'nowhere'}")
     r = run_module("training.train", "--epochs", "0")
     assert r.returncode == 2 and "--epochs" in r.stderr and "must be >= 1" in r.stderr
     not_ckpt = tmp_path / "notes.txt"
