@@ -246,3 +246,27 @@ def test_init_from_trains_on_from_weights_with_a_fresh_optimizer_and_records_it(
     assert any(moved)
     command = release.train_command(state["train_config"], out, state["init_from"])
     assert f"--init-from {parent}" in command and "--epochs 3" in command and "--lr 0.0003" in command
+
+
+def test_a_new_encoder_learns_on_a_fixed_decoder_then_both_train(tmp_path, dataset_dir, trained):
+    """--init-decoder-from: the checkpoint's decoder, a wider new encoder; the decoder stays fixed through
+    --freeze-decoder-epochs, then trains; the lineage and the reproducing command name both."""
+    out = tmp_path / "wide-encoder"
+    train.main(["--out", str(out), "--init-decoder-from", str(trained / "final.pt"), "--encoder-channels", "16", "32",
+                "64", "--freeze-decoder-epochs", "1", "--epochs", "2", "--checkpoint-every", "1",
+                "--data-dir", str(dataset_dir), "--device", "cpu"])
+    parent, first, last = (checkpoint.load(p) for p in (trained / "final.pt", out / "epoch_001.pt", out / "final.pt"))
+    decoder = [k for k in parent["model"] if k.startswith("decoder.")]
+    assert all(torch.equal(parent["model"][k], first["model"][k]) for k in decoder)  # fixed through epoch 1
+    assert not all(torch.equal(first["model"][k], last["model"][k]) for k in decoder)  # trained in epoch 2
+    assert first["model"]["encoder.conv.0.weight"].shape[0] == 16 and last["epoch"] == 2
+    model = VAEConfig.from_dict(last["model_config"])
+    assert (model.encoder_channels, model.channels) == ((16, 32, 64), (8, 16, 32))
+    assert last["init_from"]["part"] == "decoder" and last["train_config"]["freeze_decoder_epochs"] == 1
+    command = release.train_command(last["train_config"], out, last["init_from"])
+    assert f"--init-decoder-from {trained / 'final.pt'} --encoder-channels 16 32 64" in command
+    assert "--freeze-decoder-epochs 1" in command
+    with pytest.raises(TrainingError, match="--channels cannot be set with --init-decoder-from"):
+        train.main(["--init-decoder-from", str(trained / "final.pt"), "--channels", "8", "8", "8"])
+    with pytest.raises(TrainingError, match="--init-from and --init-decoder-from exclude each other"):
+        train.main(["--init-from", str(trained / "final.pt"), "--init-decoder-from", str(trained / "final.pt")])

@@ -19,6 +19,7 @@ class TrainConfig:
     lr_decay_start: int | None = None  # after this epoch, cosine decay of lr to ~0 at the last epoch; None = constant
     beta: float = 1.0
     kl_warmup_epochs: int = 0  # beta rises linearly from 0 over this many epochs; 0 = off
+    freeze_decoder_epochs: int = 0  # the decoder's weights stay fixed up to this epoch (a new encoder learns first)
     seed: int = 0
     subset: int | None = None  # train on the first N training images (quick runs)
     checkpoint_every: int = 10  # also the interval for the reconstruction/sample/interpolation grids
@@ -45,4 +46,5 @@ class TrainConfig:
     @classmethod
     def from_dict(cls, d: dict) -> TrainConfig:
         """Inverse of ``to_dict``."""
-        return cls(**{"lr_decay_start": None, **d, "model": VAEConfig.from_dict(d["model"])})
+        defaults = {"lr_decay_start": None, "freeze_decoder_epochs": 0}  # older checkpoints lack them
+        return cls(**{**defaults, **d, "model": VAEConfig.from_dict(d["model"])})

@@ -28,18 +28,27 @@ class VAEConfig:
     """Architecture hyper-parameters; stored in every checkpoint so a model can be rebuilt from it."""
 
     latent_dim: int = 64
-    channels: tuple[int, int, int] = (32, 64, 128)
+    channels: tuple[int, int, int] = (32, 64, 128)  # the decoder's widths, and the encoder's unless set below
     batch_norm: bool = False  # BatchNorm2d after every hidden convolution (folded into the conv on export)
+    # The encoder's widths when they differ: capacity that serving's decoder does not pay for.
+    encoder_channels: tuple[int, int, int] | None = None
+
+    @property
+    def encoder_widths(self) -> tuple[int, int, int]:
+        return self.encoder_channels or self.channels
 
     def to_dict(self) -> dict:
         """Plain-JSON form (lists, not tuples), as saved in checkpoints and manifests."""
-        return {**asdict(self), "channels": list(self.channels)}
+        return {**asdict(self), "channels": list(self.channels),
+                "encoder_channels": list(self.encoder_channels) if self.encoder_channels else None}
 
     @classmethod
     def from_dict(cls, d: dict) -> VAEConfig:
-        """Inverse of ``to_dict`` (checkpoints from before ``batch_norm`` existed have none)."""
+        """Inverse of ``to_dict`` (older checkpoints have no ``batch_norm`` or ``encoder_channels``)."""
+        encoder = d.get("encoder_channels")
         return cls(latent_dim=int(d["latent_dim"]), channels=tuple(int(c) for c in d["channels"]),
-                   batch_norm=bool(d.get("batch_norm", False)))
+                   batch_norm=bool(d.get("batch_norm", False)),
+                   encoder_channels=tuple(int(c) for c in encoder) if encoder else None)
 
 
 def conv_block(cfg: VAEConfig, c_in: int, c_out: int, stride: int = 1) -> list[nn.Module]:
@@ -53,7 +62,7 @@ class Encoder(nn.Module):
 
     def __init__(self, cfg: VAEConfig) -> None:
         super().__init__()
-        c1, c2, c3 = cfg.channels
+        c1, c2, c3 = cfg.encoder_widths
         self.conv = nn.Sequential(
             *conv_block(cfg, 1, c1, stride=2), *conv_block(cfg, c1, c2, stride=2), *conv_block(cfg, c2, c3, stride=2),
             nn.Flatten(),

@@ -24,15 +24,21 @@ def train_command(cfg: dict, out: Path, init_from: dict | None = None) -> str:
     """The command line that reproduces a run with this training config (and starting checkpoint)."""
     defaults = TrainConfig().to_dict()
     flags = [f"--{k.replace('_', '-')} {v}" for k, v in cfg.items() if k != "model" and v != defaults[k]]
+    model = VAEConfig.from_dict(cfg["model"])
+    if init_from is not None and init_from.get("part") == "decoder":
+        encoder = ["--encoder-channels " + " ".join(map(str, model.encoder_channels))] if model.encoder_channels else []
+        return " ".join(["python -m training.train --out", str(out), "--init-decoder-from", init_from["path"],
+                         *encoder, *flags])
     if init_from is not None:
         return " ".join(["python -m training.train --out", str(out), "--init-from", init_from["path"], *flags])
-    model = VAEConfig.from_dict(cfg["model"])
     if model.latent_dim != VAEConfig.latent_dim:
         flags.append(f"--latent-dim {model.latent_dim}")
     if model.channels != VAEConfig.channels:
         flags.append("--channels " + " ".join(map(str, model.channels)))
     if model.batch_norm:
         flags.append("--batch-norm")
+    if model.encoder_channels:
+        flags.append("--encoder-channels " + " ".join(map(str, model.encoder_channels)))
     return " ".join(["python -m training.train --out", str(out), *flags])
 
 
@@ -40,11 +46,14 @@ def model_card(report: dict, state: dict, source: Path) -> str:
     """MODEL_CARD.md: what the model is, how it was made, and how well it does."""
     e, cfg, params = report["test"], state["train_config"], report["parameters"]
     norm = ", BatchNorm after every hidden conv (folded on export)" if cfg["model"].get("batch_norm") else ""
-    shape = f"{tuple(cfg['model']['channels'])}{norm} -> Gaussian q(z|x), latent {cfg['model']['latent_dim']}"
+    model = VAEConfig.from_dict(cfg["model"])
+    shape = f"{model.encoder_widths}{norm} -> Gaussian q(z|x), latent {model.latent_dim}"
     parent = state.get("init_from")
+    started = "Its decoder started from" if parent and parent.get("part") == "decoder" else "Started from"
+    fresh = "a new encoder and a fresh optimizer" if parent and parent.get("part") == "decoder" else "a fresh optimizer"
     lineage = "" if parent is None else (
-        f"\n  Started from `{parent['path']}` (SHA-256 `{parent['sha256'][:16]}...`, epoch {parent['epoch']}) with a "
-        f"fresh optimizer; that checkpoint was trained with "
+        f"\n  {started} `{parent['path']}` (SHA-256 `{parent['sha256'][:16]}...`, epoch {parent['epoch']}) with "
+        f"{fresh}; that checkpoint was trained with "
         f"`{train_command(parent['train_config'], Path('runs/release'))}`.")
     decay = f", cosine decay after epoch {cfg['lr_decay_start']}" if cfg.get("lr_decay_start") else " constant"
     hashes = "\n".join(f"| `{name}` | `{digest}` |" for name, digest in report["data_sha256"].items())

@@ -15,6 +15,7 @@ import csv
 import io
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -31,8 +32,10 @@ from training.model import VAE, VAEConfig
 HISTORY_FIELDS = ("epoch", "beta", "train_total", "train_recon", "train_kl",
                   "test_total", "test_recon", "test_kl", "seconds")
 # Hyper-parameter flags: (argparse dest, TrainConfig field). They may not change on --resume, except epochs.
-HYPER_FLAGS = ("batch_size", "lr", "beta", "kl_warmup_epochs", "seed", "subset", "checkpoint_every")
-ARCH_FLAGS = ("latent_dim", "channels", "batch_norm")  # fixed by a checkpoint's weights
+HYPER_FLAGS = ("batch_size", "lr", "beta", "kl_warmup_epochs", "seed", "subset", "checkpoint_every",
+               "freeze_decoder_epochs")
+ARCH_FLAGS = ("latent_dim", "channels", "batch_norm", "encoder_channels")  # fixed by a checkpoint's weights
+DECODER_FLAGS = ("latent_dim", "channels", "batch_norm")  # fixed by --init-decoder-from's decoder
 
 
 def pick_device(name: str) -> torch.device:
@@ -67,6 +70,7 @@ def train_epoch(model: VAE, opt: torch.optim.Optimizer, x: torch.Tensor, cfg: Tr
                 device: torch.device) -> tuple[float, float, float]:
     """One pass over ``x`` in the epoch's fixed order; returns mean (total, recon, kl) per image."""
     model.train()
+    model.decoder.requires_grad_(epoch > cfg.freeze_decoder_epochs)
     beta = cfg.beta_at(epoch)
     for group in opt.param_groups:
         group["lr"] = cfg.lr_at(epoch)
@@ -187,6 +191,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--resume", type=Path, default=None, help="continue exactly from this checkpoint")
     p.add_argument("--init-from", type=Path, default=None,
                    help="train on from this checkpoint's weights with a fresh optimizer and this run's schedule")
+    p.add_argument("--init-decoder-from", type=Path, default=None,
+                   help="a new run whose decoder starts from this checkpoint's (its latent size, widths and "
+                        "BatchNorm too) and whose encoder is new (--encoder-channels)")
     p.add_argument("--data-dir", default=None, help="folder with the four IDX .gz files")
     p.add_argument("--device", default="auto", help="auto (CUDA if available), cpu, cuda, cuda:N")
     p.add_argument("--epochs", type=positive_int, default=None, help=f"total epochs (default {d.epochs})")
@@ -205,6 +212,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help=f"conv widths (default {' '.join(map(str, d.model.channels))})")
     p.add_argument("--batch-norm", action="store_true", default=None,
                    help="BatchNorm after every hidden convolution (default off)")
+    p.add_argument("--encoder-channels", type=positive_int, nargs=3, default=None,
+                   help="the encoder's conv widths when they differ from --channels")
+    p.add_argument("--freeze-decoder-epochs", type=int, default=None,
+                   help="keep the decoder's weights fixed up to this epoch (default 0)")
     return p.parse_args(argv)
 
 
@@ -218,12 +229,36 @@ def flag_names(dests: dict) -> str:
     return ", ".join(f"--{k.replace('_', '-')}" for k in dests)
 
 
+def decoder_start(args: argparse.Namespace) -> dict:
+    """What ``run`` starts from with --init-decoder-from: the checkpoint's decoder weights, a new encoder of
+    --encoder-channels (default: the checkpoint's widths), epochs from 1, and the lineage."""
+    try:
+        parent = checkpoint.load(args.init_decoder_from, required=("model_config", "model", "epoch", "data_sha256",
+                                                                    "train_config"))
+    except checkpoint.CheckpointError as e:
+        raise TrainingError(f"--init-decoder-from: {e}") from None
+    if fixed := given(args, DECODER_FLAGS):
+        raise TrainingError(f"{flag_names(fixed)} cannot be set with --init-decoder-from (its decoder fixes them)")
+    model_cfg = replace(VAEConfig.from_dict(parent["model_config"]),
+                        encoder_channels=tuple(args.encoder_channels) if args.encoder_channels else None)
+    torch.manual_seed(args.seed or 0)
+    model = VAE(model_cfg)
+    model.decoder.load_state_dict({k.removeprefix("decoder."): v for k, v in parent["model"].items()
+                                   if k.startswith("decoder.")})
+    return {"model_config": model_cfg.to_dict(), "model": model.state_dict(), "epoch": 0, "history": [],
+            "data_sha256": parent["data_sha256"],
+            "init_from": {"path": str(args.init_decoder_from), "sha256": checkpoint.file_sha256(args.init_decoder_from),
+                          "epoch": parent["epoch"], "train_config": parent["train_config"], "part": "decoder"}}
+
+
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     device = pick_device(args.device)
     resume = init = None
-    if args.resume is not None and args.init_from is not None:
-        raise TrainingError("--resume and --init-from exclude each other")
+    starts = [flag for flag, value in (("--resume", args.resume), ("--init-from", args.init_from),
+                                        ("--init-decoder-from", args.init_decoder_from)) if value is not None]
+    if len(starts) > 1:
+        raise TrainingError(f"{' and '.join(starts)} exclude each other")
     if args.init_from is not None:
         try:
             init = checkpoint.load(args.init_from, required=("model_config", "model", "epoch", "history",
@@ -237,6 +272,11 @@ def main(argv: list[str] | None = None) -> None:
                                 "pass --epochs > that (the total count)")
         init["init_from"] = {"path": str(args.init_from), "sha256": checkpoint.file_sha256(args.init_from),
                              "epoch": init["epoch"], "train_config": init["train_config"]}
+        cfg = TrainConfig(model=VAEConfig.from_dict(init["model_config"]),
+                          **given(args, (*HYPER_FLAGS, "epochs", "lr_decay_start")))
+        out = args.out or Path("runs/train")
+    elif args.init_decoder_from is not None:
+        init = decoder_start(args)
         cfg = TrainConfig(model=VAEConfig.from_dict(init["model_config"]),
                           **given(args, (*HYPER_FLAGS, "epochs", "lr_decay_start")))
         out = args.out or Path("runs/train")
@@ -262,7 +302,8 @@ def main(argv: list[str] | None = None) -> None:
     else:
         model_cfg = VAEConfig(latent_dim=args.latent_dim or VAEConfig.latent_dim,
                               channels=tuple(args.channels) if args.channels else VAEConfig.channels,
-                              batch_norm=bool(args.batch_norm))
+                              batch_norm=bool(args.batch_norm),
+                              encoder_channels=tuple(args.encoder_channels) if args.encoder_channels else None)
         cfg = TrainConfig(model=model_cfg, **given(args, (*HYPER_FLAGS, "epochs", "lr_decay_start")))
         out = args.out or Path("runs/train")
     final = run(cfg, out, device, args.data_dir, resume, init)
