@@ -1,8 +1,9 @@
 # syntax=docker/dockerfile:1
 # The fmvae service: TorchServe 0.12 serving archives built from the committed model_store/export*/, GPU by default.
 #   GPU image: docker build -t fmvae .                      (torch 2.13.0 from PyPI: its Linux build is CUDA 13)
-#   CPU image: docker build -t fmvae:cpu --build-arg TORCH=torch==2.13.0+cpu \
-#                 --build-arg TORCH_INDEX=https://download.pytorch.org/whl/cpu --build-arg ONNXRUNTIME=onnxruntime==1.31.1 .
+#   CPU image: docker build -t fmvae:cpu --build-arg KIND=cpu .   (torch 2.13.0+cpu from PyTorch's CPU index)
+# Installs are hash-checked against deploy/requirements-serve.lock (and, for the CPU image, requirements-cpu.lock);
+# the GPU image's torch and onnxruntime-gpu come by exact pin (their CUDA wheels are not hashed here: make lock).
 #   Without Docker: make image / make image-cpu (buildah, deploy/image.py), which can also take the CPU wheel from
 #   deploy/wheels/ instead of an index.
 # The GPU image runs on CPU-only hosts too: the handlers fall back to the CPU backends.
@@ -10,20 +11,21 @@
 ARG PYTHON_IMAGE=python:3.11-slim-bookworm
 
 FROM ${PYTHON_IMAGE} AS build
-ARG TORCH_INDEX=https://pypi.org/simple
-ARG TORCH=torch==2.13.0
-ARG ONNXRUNTIME=onnxruntime-gpu==1.31.1
+ARG KIND=gpu
+ARG TORCH_INDEX=https://download.pytorch.org/whl/cpu
 ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
 SHELL ["/bin/bash", "-o", "pipefail", "-c"]
 RUN python -m venv /opt/venv
 ENV PATH=/opt/venv/bin:$PATH
-COPY deploy/requirements-serve.txt /tmp/requirements-serve.txt
+COPY deploy/requirements-serve.lock deploy/requirements-cpu.lock /tmp/lock/
 COPY deploy/wheels/ /tmp/wheels/
-# torch's version is pinned in the TORCH argument (2.13.0, or 2.13.0+cpu).
-# hadolint ignore=DL3013
-RUN pip install --index-url "${TORCH_INDEX}" --extra-index-url https://pypi.org/simple --find-links /tmp/wheels \
-        "${TORCH}" \
-    && pip install "${ONNXRUNTIME}" -r /tmp/requirements-serve.txt \
+RUN if [ "${KIND}" = cpu ]; then \
+        pip install --require-hashes --no-deps --find-links /tmp/wheels --extra-index-url "${TORCH_INDEX}" \
+            -r /tmp/lock/requirements-cpu.lock; \
+    else \
+        pip install torch==2.13.0 onnxruntime-gpu==1.31.1; \
+    fi \
+    && pip install --require-hashes --no-deps -r /tmp/lock/requirements-serve.lock \
     && find /opt/venv/lib -path '*/site-packages/nvidia/*/lib' -type d | sort > /opt/venv/nvidia-libs.conf
 # The TorchServe archives are build outputs: made here from the committed artifacts and the worker code.
 WORKDIR /src

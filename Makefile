@@ -28,14 +28,14 @@ IMAGE_KIND ?= gpu
 IMAGE_TOOLS = command -v buildah >/dev/null && command -v podman >/dev/null && command -v debootstrap >/dev/null \
 	|| { $(SUDO) apt-get update -q && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -q --no-install-recommends buildah podman debootstrap; }
 
-.PHONY: help setup train evaluate classifier release experiments export archives bench serve serve-bench explorer-bench loadtest soak gpu-bench gpu-bundle image image-cpu image-test test test-fast lint clean
+.PHONY: help setup lock train evaluate classifier release experiments export archives bench serve serve-bench explorer-bench loadtest soak gpu-bench gpu-bundle image image-cpu image-test test test-fast lint clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-11s %s\n", $$1, $$2}'
 
-setup: $(VENV)/.installed  ## venv, Python deps, Debian packages (dataset-fashion-mnist, Java 17, prometheus, chromium)
+setup: $(VENV)/.installed  ## venv from requirements.lock (hash-checked), Debian packages (dataset, Java 17, prometheus, chromium)
 
-$(VENV)/.installed: pyproject.toml
+$(VENV)/.installed: pyproject.toml requirements.lock
 	@pkgs=""; \
 	[ -f $(DATA_PKG_DIR)/train-images-idx3-ubyte.gz ] || pkgs="$$pkgs dataset-fashion-mnist"; \
 	command -v java >/dev/null || pkgs="$$pkgs openjdk-17-jre-headless"; \
@@ -46,9 +46,12 @@ $(VENV)/.installed: pyproject.toml
 		$(SUDO) apt-get update -q && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -q --no-install-recommends $$pkgs; \
 	fi
 	python3.11 -m venv $(VENV) 2>/dev/null || python3 -m venv $(VENV)
-	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e ".[dev]"
+	$(PY) -m pip install -q --require-hashes -r requirements.lock
+	$(PY) -m pip install -q --no-deps --no-build-isolation -e .
 	touch $@
+
+lock: $(VENV)/.installed  ## recompile requirements.lock and deploy/requirements-{serve,cpu}.lock (pip-compile, hashes)
+	$(PY) -m deploy.lock
 
 train: setup  ## train the VAE (60 epochs by default) into runs/train (RUN=dir); TRAIN_ARGS="--subset 5000 --epochs 2"
 	$(PY) -m training.train --out $(RUN) $(TRAIN_ARGS)

@@ -15,3 +15,9 @@ class BundleError(FmvaeError):
     """The GPU bundle could not be built or did not run; the message says which step and why."""
 
     reason = "bundle_failed"
+
+
+class LockError(FmvaeError):
+    """A lock file could not be compiled; the message has pip-compile's reason."""
+
+    reason = "lock_failed"

@@ -113,9 +113,8 @@ def build(kind: str) -> str:
             shutil.copy(wheel, WHEELS)
             print(f"torch: {wheel.name} (local wheel)")
         else:
-            args += ["--build-arg", f"TORCH_INDEX={CPU_INDEX}"]
             print(f"torch: {CPU_TORCH} from {CPU_INDEX}")
-        args += ["--build-arg", f"TORCH={CPU_TORCH}", "--build-arg", "ONNXRUNTIME=onnxruntime==1.31.1"]
+        args += ["--build-arg", "KIND=cpu"]
     volumes = ["-v", f"{CA_BUNDLE}:{CA_BUNDLE}:ro"] if CA_BUNDLE.is_file() else []
     previous = run("podman", "image", "inspect", "--format", "{{.Id}}", name).stdout.strip() \
         if image_exists(name) else None

@@ -13,6 +13,7 @@ from pathlib import Path
 from explorer.errors import NoSpace
 from explorer.server import Explorer
 from runtime.errors import ManifestError
+from serving.httpd import IDLE_TIMEOUT_S, REQUEST_TIMEOUT_S
 from serving.settings import ARCHIVE_DIR, KEY_FILE, MODELS, ServerConfig
 
 
@@ -31,9 +32,14 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--models", nargs="+", default=list(MODELS), help="the served models (default: all)")
     p.add_argument("--model-store", type=Path, default=ARCHIVE_DIR, help="the served archives (default %(default)s)")
     p.add_argument("--parent", type=int, help="exit when this process is gone (the launcher passes its pid)")
+    p.add_argument("--idle-timeout", type=float, default=IDLE_TIMEOUT_S,
+                   help="seconds a kept-alive connection may wait for its next request (default %(default)g)")
+    p.add_argument("--request-timeout", type=float, default=REQUEST_TIMEOUT_S,
+                   help="seconds a request's line, headers and body may take to arrive (default %(default)g)")
     args = p.parse_args(argv)
     try:
-        server = Explorer(args.api, tuple(args.models), args.model_store, args.port, args.key_file)
+        server = Explorer(args.api, tuple(args.models), args.model_store, args.port, args.key_file,
+                          args.idle_timeout, args.request_timeout)
     except NoSpace as e:
         print(f"explorer: off ({e})", file=sys.stderr, flush=True)
         return

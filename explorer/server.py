@@ -7,26 +7,34 @@ inference API.
   ``latent_stats.npz`` packed in the served archives, the latent size, class names, the test posterior means
   to scatter with their labels, the leading principal directions and the most active dimensions.
 - ``POST /api/predictions/<model>``: forwarded to TorchServe's inference API for the models of those spaces
-  only. With token auth on, the proxy adds the inference key from TorchServe's key file: the key never reaches
-  the browser. The proxy sends no CORS headers, takes ``application/json`` bodies only (another origin cannot
-  send one without a preflight, which is refused) and refuses a request whose ``Origin`` is not its own.
+  only. The proxy sends no CORS headers, takes ``application/json`` bodies only (another origin cannot send one
+  without a preflight, which is refused) and refuses a request whose ``Origin`` is not its own.
+- With token auth on, the page and the proxy obey it: ``/api/spaces`` and the proxy answer 401 until the client
+  opens a session with the inference key (``POST /api/session {"key": ...}``: an HttpOnly, SameSite=Strict
+  cookie, valid for 12 hours and across key renewals); the proxy then adds TorchServe's current key upstream.
 
-Its own errors are the project's one error shape (``runtime/errors.py``), as the API's are.
-
-It listens on loopback only, like the rest of ``make serve``.
+Its own errors are the project's one error shape (``runtime/errors.py``), as the API's are; a malformed request
+(a bad Content-Length) gets a 400 and a fault a 500, never a closed connection. It keeps the request and idle
+deadlines of ``serving/httpd.py`` and listens on loopback only, like the rest of ``make serve``.
 """
 
 from __future__ import annotations
 
+import hmac
 import http.client
+import http.cookies
 import io
 import json
 import mimetypes
+import secrets
+import sys
 import threading
+import time
+import traceback
 import urllib.parse
 import zipfile
+from collections.abc import Callable
 from dataclasses import dataclass
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import numpy as np
@@ -35,12 +43,16 @@ from explorer.errors import NoSpace
 from runtime import artifacts
 from runtime.errors import ManifestError, error_body
 from serving import archive
+from serving.httpd import IDLE_TIMEOUT_S, REQUEST_TIMEOUT_S, DeadlineHandler, DeadlineServer
+from serving.keys import read_keys, refused_for_key
 from serving.routes import EXPLORER_OPERATIONS, ROUTES
 from serving.settings import MODELS
 
 STATIC = Path(__file__).resolve().parent / "static"
 PRINCIPAL_DIRECTIONS = 8
 UPSTREAM_ERRORS = (OSError, http.client.HTTPException)  # a refused, reset or malformed answer from TorchServe
+SESSION_COOKIE = "fmvae_session"
+SESSION_SECONDS = 12 * 3600
 
 
 @dataclass(frozen=True)
@@ -85,13 +97,14 @@ def space_document(space: Space, model_store: Path) -> tuple[str, dict]:
         "active_order": stats.active_order.tolist()}
 
 
-class Explorer(ThreadingHTTPServer):
-    """The explorer on ``port`` (0: any free one), in front of the inference API at ``api``."""
-
-    daemon_threads = True
+class Explorer(DeadlineServer):
+    """The explorer on ``port`` (0: any free one), in front of the inference API at ``api``. With ``key_file``
+    (TorchServe's, token auth on) a client needs a session: it proves it has the inference key once
+    (``POST /api/session``) and gets an HttpOnly cookie that stays valid across key renewals."""
 
     def __init__(self, api: str, models: tuple[str, ...], model_store: Path, port: int = 0,
-                 key_file: Path | None = None) -> None:
+                 key_file: Path | None = None, idle_timeout: float = IDLE_TIMEOUT_S,
+                 request_timeout: float = REQUEST_TIMEOUT_S) -> None:
         documents = dict(space_document(s, model_store) for s in spaces(models))
         if not documents:
             raise NoSpace(f"none of the models {', '.join(models)} serve a whole latent space "
@@ -102,8 +115,9 @@ class Explorer(ThreadingHTTPServer):
         target = urllib.parse.urlsplit(api)
         self.api_host, self.api_port = target.hostname, target.port
         self.key_file = key_file
+        self.sessions: dict[str, float] = {}  # session token -> when it expires (time.monotonic)
         self.local = threading.local()  # one kept-alive connection to TorchServe per thread
-        super().__init__(("127.0.0.1", port), ExplorerHandler)
+        super().__init__(("127.0.0.1", port), ExplorerHandler, idle_timeout, request_timeout)
 
     @property
     def url(self) -> str:
@@ -115,21 +129,44 @@ class Explorer(ThreadingHTTPServer):
         return self.url, f"http://localhost:{self.server_address[1]}"
 
     def inference_key(self) -> str | None:
-        """TorchServe's current inference key (it can be regenerated, so read each time), or None."""
-        if self.key_file is None:
+        """TorchServe's current inference key (renewed while it serves, so read each time), or None."""
+        return None if self.key_file is None else read_keys(self.key_file)["inference"]
+
+    def open_session(self, key: str) -> str | None:
+        """A new session token when ``key`` is the current inference key, else None."""
+        if not hmac.compare_digest(key.encode(), (self.inference_key() or "").encode()):
             return None
-        return json.loads(self.key_file.read_text())["inference"]["key"]
+        token = secrets.token_urlsafe(32)
+        self.sessions[token] = time.monotonic() + SESSION_SECONDS
+        return token
+
+    def authorized(self, cookie_header: str | None) -> bool:
+        """Whether a request may use the proxy: always with token auth off, else with a live session cookie."""
+        if self.key_file is None:
+            return True
+        cookies = http.cookies.SimpleCookie()
+        try:
+            cookies.load(cookie_header or "")
+        except http.cookies.CookieError:
+            return False
+        token = cookies[SESSION_COOKIE].value if SESSION_COOKIE in cookies else ""
+        return self.sessions.get(token, 0) > time.monotonic()
 
     def forward(self, model: str, body: bytes) -> tuple[int, str, bytes]:
-        """POST ``body`` to /predictions/<model>: (status, content type, body); one retry on a stale connection."""
+        """POST ``body`` to /predictions/<model>: (status, content type, body). One retry on a stale connection,
+        and one with the key read again when TorchServe refused it (it was just renewed)."""
+        try:
+            answer = self._forward(model, body)
+        except UPSTREAM_ERRORS:  # TorchServe closed the kept-alive connection: once more on a new one
+            answer = self._forward(model, body)
+        return self._forward(model, body) if refused_for_key(answer[0], answer[2]) else answer
+
+    def _forward(self, model: str, body: bytes) -> tuple[int, str, bytes]:
         headers = {"Content-Type": "application/json"}
         key = self.inference_key()
         if key:
             headers["Authorization"] = f"Bearer {key}"
-        try:
-            return self._post(model, body, headers)
-        except UPSTREAM_ERRORS:  # TorchServe closed the kept-alive connection: once more on a new one
-            return self._post(model, body, headers)
+        return self._post(model, body, headers)
 
     def _post(self, model: str, body: bytes, headers: dict[str, str]) -> tuple[int, str, bytes]:
         """One request on this thread's connection to TorchServe (made if missing, dropped after an error)."""
@@ -146,8 +183,9 @@ class Explorer(ThreadingHTTPServer):
             raise
 
 
-class ExplorerHandler(BaseHTTPRequestHandler):
-    """GET the page and the spaces, POST predictions through the proxy."""
+class ExplorerHandler(DeadlineHandler):
+    """GET the page and the spaces, POST a session and predictions through the proxy. Every error is answered
+    in the one error shape; a fault answers 500 rather than a closed connection."""
 
     protocol_version = "HTTP/1.1"  # keep-alive: one connection for the page's many small requests
     # Headers and body go out in two writes; with Nagle's algorithm on, the body then waits for the browser's
@@ -158,12 +196,19 @@ class ExplorerHandler(BaseHTTPRequestHandler):
     def log_message(self, format: str, *args: object) -> None:  # noqa: A002
         """Quiet: one line per pointer move would flood the terminal."""
 
-    def send(self, status: int, content_type: str, body: bytes) -> None:
+    def log_request(self, code: int | str = "-", size: int | str = "-") -> None:
+        """One line on stderr per error answered (the launcher keeps them in explorer.log), none for the rest."""
+        if str(code).isdigit() and int(code) >= 400:
+            print(f"{self.address_string()} {self.requestline!r} {code}", file=sys.stderr, flush=True)
+
+    def send(self, status: int, content_type: str, body: bytes, headers: dict[str, str] | None = None) -> None:
         self.send_response(status)
         self.send_header("Content-Type", content_type)
         self.send_header("Content-Length", str(len(body)))
         self.send_header("Cache-Control", "no-store")
         self.send_header("X-Content-Type-Options", "nosniff")
+        for name, value in (headers or {}).items():
+            self.send_header(name, value)
         self.end_headers()
         self.wfile.write(body)
 
@@ -172,9 +217,26 @@ class ExplorerHandler(BaseHTTPRequestHandler):
         self.send(status, "application/json", json.dumps(error_body(status, reason, message, field)).encode())
 
     def do_GET(self) -> None:  # noqa: N802
+        self.answer(self.get)
+
+    def do_POST(self) -> None:  # noqa: N802
+        self.answer(self.post)
+
+    def answer(self, method: Callable[[], None]) -> None:
+        try:
+            method()
+        except Exception as e:  # a fault costs this request a 500, never a closed connection
+            self.close_connection = True
+            self.error(500, "internal", f"internal error: {type(e).__name__}: {e}")
+            traceback.print_exc()
+
+    def get(self) -> None:
         path = urllib.parse.urlsplit(self.path).path
         if path == "/api/spaces":
-            self.send(200, "application/json", self.server.spaces_json)
+            if self.server.authorized(self.headers.get("Cookie")):
+                self.send(200, "application/json", self.server.spaces_json)
+            else:
+                self.error(401, "unauthorized", "open a session with the inference key: POST /api/session", "key")
             return
         name = "index.html" if path in ("/", "/index.html") else path.removeprefix("/static/")
         file = (STATIC / name).resolve()
@@ -184,27 +246,67 @@ class ExplorerHandler(BaseHTTPRequestHandler):
             return
         self.send(200, mimetypes.guess_type(file.name)[0] or "application/octet-stream", file.read_bytes())
 
-    def do_POST(self) -> None:  # noqa: N802
+    def body(self) -> bytes | None:
+        """The request's body, read whole; None (answered) when it is not one this server takes."""
+        length_header = self.headers.get("Content-Length") or "0"
+        try:
+            length = int(length_header)
+            if length < 0:
+                raise ValueError(length_header)
+        except ValueError:
+            self.close_connection = True
+            self.error(400, "bad_content_length", f"Content-Length {length_header!r} is not a byte count",
+                       "Content-Length")
+            return None
+        if length > self.server.max_body:
+            self.close_connection = True
+            self.error(413, "body_too_large", f"the body is over {self.server.max_body} bytes", "body")
+            return None
+        body = self.rfile.read(length) if length else b""
+        self.request_received()
+        return body
+
+    def post(self) -> None:
         path = urllib.parse.urlsplit(self.path).path
-        model = path.removeprefix("/api/predictions/")
-        length = int(self.headers.get("Content-Length") or 0)
-        body = self.rfile.read(length) if 0 < length <= self.server.max_body else b""
         origin = self.headers.get("Origin")
-        if not path.startswith("/api/predictions/") or model not in self.server.allowed:
-            self.error(404, "unknown_model", f"{model}: not a model of the explorer "
-                                             f"({', '.join(sorted(self.server.allowed))})", "model")
-        elif origin is not None and origin not in self.server.origins:
+        if origin is not None and origin not in self.server.origins:
             self.error(403, "foreign_origin", f"requests from {origin} are not accepted; open {self.server.url}",
                        "Origin")
         elif (self.headers.get("Content-Type") or "").split(";")[0].strip() != "application/json":
             self.error(415, "wrong_content_type", "the body must be application/json", "Content-Type")
-        elif length > self.server.max_body:
-            self.close_connection = True
-            self.error(413, "body_too_large", f"the body is over {self.server.max_body} bytes", "body")
-        else:
+        elif path == "/api/session":
+            self.session()
+        elif not path.startswith("/api/predictions/") or path.removeprefix("/api/predictions/") \
+                not in self.server.allowed:
+            self.error(404, "unknown_model", f"{path.removeprefix('/api/predictions/')}: not a model of the explorer "
+                                             f"({', '.join(sorted(self.server.allowed))})", "model")
+        elif not self.server.authorized(self.headers.get("Cookie")):
+            self.error(401, "unauthorized", "open a session with the inference key: POST /api/session", "key")
+        elif (body := self.body()) is not None:
             try:
-                status, content_type, answer = self.server.forward(model, body)
+                status, content_type, answer = self.server.forward(path.removeprefix("/api/predictions/"), body)
             except UPSTREAM_ERRORS as e:
                 self.error(502, "upstream_failed", f"the inference API did not answer ({e})")
                 return
             self.send(status, content_type, answer)
+
+    def session(self) -> None:
+        """``{"key": <inference key>}`` -> a session cookie (204), or 401."""
+        body = self.body()
+        if body is None:
+            return
+        try:
+            key = json.loads(body)["key"]
+            if not isinstance(key, str):
+                raise TypeError(key)
+        except (ValueError, KeyError, TypeError):
+            self.error(400, "malformed_json", 'send {"key": "<the inference key>"}', "key")
+            return
+        token = self.server.open_session(key) if self.server.key_file else None
+        if token is None:
+            reason = "no_auth" if self.server.key_file is None else "invalid_key"
+            self.error(401 if self.server.key_file else 400, reason, "not the server's current inference key"
+                       if self.server.key_file else "token authorization is off: no session is needed", "key")
+            return
+        cookie = f"{SESSION_COOKIE}={token}; HttpOnly; SameSite=Strict; Path=/; Max-Age={int(SESSION_SECONDS)}"
+        self.send(204, "application/json", b"", {"Set-Cookie": cookie})

@@ -3,9 +3,10 @@
 Starts a TorchServe with the archives of ``make archives`` and the default log settings (logs in
 ``OUT/logs``), then runs ``--clients`` keep-alive clients back to back for ``--minutes``, mixing sample (n 1, 4,
 16, 64) and interpolate (seeds, 10 steps) in png, json and npy. Per minute it records requests, errors, p50 and
-p99, the workers' resident memory (the handlers' gauge) and the size of the log folder. Exits 1 when a request
-failed, the log folder went over its bound (4 files x (backups + 1) x the size cap), or the last minute's p50
-is over twice the first's. Writes ``OUT/soak.json`` and ``OUT/soak.md``.
+p99, the workers' resident memory (the handlers' gauge), the JVM's resident memory (its heap is bounded by
+``ServerConfig.jvm_heap_mb``) and the size of the log folder. Exits 1 when a request failed, the log folder went
+over its bound (4 files x (backups + 1) x the size cap), or the last minute's p50 is over twice the first's.
+Writes ``OUT/soak.json`` and ``OUT/soak.md``.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
+import psutil
 from prometheus_client.parser import text_string_to_metric_families
 
 from serving.server import TorchServe
@@ -38,6 +40,12 @@ def worker_memory(metrics_url: str) -> float:
                if s.name == "fmvae_worker_resident_memory_bytes")
 
 
+def jvm_memory(server: TorchServe) -> float:
+    """Resident memory of TorchServe's JVM, bytes."""
+    children = psutil.Process(server.process.pid).children()
+    return sum(c.memory_info().rss for c in children if c.name() == "java")
+
+
 def folder_bytes(folder: Path) -> int:
     return sum(p.stat().st_size for p in folder.iterdir() if p.is_file())
 
@@ -46,7 +54,6 @@ def run(config: ServerConfig, minutes: float, clients: int) -> dict:
     """The soak; one row per minute."""
     minute_of: list[tuple[int, float, bool]] = []  # (minute, latency s, failed)
     lock, stop = threading.Lock(), threading.Event()
-    started = time.monotonic()
 
     def client(seed: int) -> None:
         rng = random.Random(seed)
@@ -67,7 +74,7 @@ def run(config: ServerConfig, minutes: float, clients: int) -> dict:
                 minute_of.append((int((start - started) // 60), time.monotonic() - start, failed))
 
     with TorchServe(config) as server:
-        log_dir = server.log_dir
+        log_dir, started = server.log_dir, time.monotonic()  # minutes count from ready
         threads = [threading.Thread(target=client, args=(i,)) for i in range(clients)]
         for t in threads:
             t.start()
@@ -75,7 +82,7 @@ def run(config: ServerConfig, minutes: float, clients: int) -> dict:
         for minute in range(int(np.ceil(minutes))):
             time.sleep(max(0.0, started + 60 * min(minute + 1, minutes) - time.monotonic()))
             rows.append({"minute": minute + 1, "worker_memory_mb": worker_memory(server.metrics_url) / 2**20,
-                         "log_folder_mb": folder_bytes(log_dir) / 2**20})
+                         "jvm_memory_mb": jvm_memory(server) / 2**20, "log_folder_mb": folder_bytes(log_dir) / 2**20})
         stop.set()
         for t in threads:
             t.join()
@@ -88,19 +95,25 @@ def run(config: ServerConfig, minutes: float, clients: int) -> dict:
     return {"clients": clients, "minutes": minutes, "log_bound_mb": bound, "rows": rows,
             "requests": len(minute_of), "errors": sum(failed for *_, failed in minute_of),
             "memory_growth": rows[-1]["worker_memory_mb"] / rows[0]["worker_memory_mb"] - 1,
+            "jvm_heap_bound_mb": config.jvm_heap_mb, "jvm_memory_max_mb": max(row["jvm_memory_mb"] for row in rows),
+            "jvm_memory_growth": rows[-1]["jvm_memory_mb"] / rows[0]["jvm_memory_mb"] - 1,
             "p50_last_over_first": rows[-1]["p50_ms"] / rows[0]["p50_ms"],
             "log_folder_max_mb": max(row["log_folder_mb"] for row in rows)}
 
 
 def markdown(report: dict) -> str:
+    heap = f"{report['jvm_heap_bound_mb']} MB" if report["jvm_heap_bound_mb"] else "none"
     lines = [f"{report['clients']} clients for {report['minutes']:g} min: {report['requests']:,} requests, "
              f"{report['errors']} errors; worker memory {report['memory_growth']:+.1%} from the first minute to "
-             f"the last; p50 last / first minute {report['p50_last_over_first']:.2f}; log folder at most "
+             f"the last; JVM memory at most {report['jvm_memory_max_mb']:.0f} MB ({report['jvm_memory_growth']:+.1%}, "
+             f"heap bound {heap}); p50 last / first minute "
+             f"{report['p50_last_over_first']:.2f}; log folder at most "
              f"{report['log_folder_max_mb']:.2f} MB (bound {report['log_bound_mb']:.0f} MB).", "",
-             "| minute | requests | errors | p50 (ms) | p99 (ms) | worker memory (MB) | log folder (MB) |",
-             "| --- | --- | --- | --- | --- | --- | --- |"]
+             "| minute | requests | errors | p50 (ms) | p99 (ms) | worker memory (MB) | JVM memory (MB) | "
+             "log folder (MB) |", "| --- | --- | --- | --- | --- | --- | --- | --- |"]
     lines += [f"| {r['minute']} | {r['requests']} | {r['errors']} | {r['p50_ms']:.2f} | {r['p99_ms']:.2f} | "
-              f"{r['worker_memory_mb']:.0f} | {r['log_folder_mb']:.3f} |" for r in report["rows"]]
+              f"{r['worker_memory_mb']:.0f} | {r['jvm_memory_mb']:.0f} | {r['log_folder_mb']:.3f} |"
+              for r in report["rows"]]
     return "\n".join(lines)
 
 
@@ -110,10 +123,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--minutes", type=float, default=10.0)
     parser.add_argument("--clients", type=int, default=8)
     parser.add_argument("--out", type=Path, default=Path("runs/soak"))
+    parser.add_argument("--jvm-heap-mb", type=int, default=ServerConfig.jvm_heap_mb,
+                        help="the JVM's heap bound (default %(default)d; 0: none, the JVM's default)")
     args = parser.parse_args(argv)
     out = args.out / datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
     out.mkdir(parents=True, exist_ok=True)
-    config = ServerConfig(log_dir=out / "logs").with_free_ports()
+    config = ServerConfig(log_dir=out / "logs", jvm_heap_mb=args.jvm_heap_mb).with_free_ports()
     report = run(config, args.minutes, args.clients)
     text = markdown(report)
     (out / "soak.json").write_text(json.dumps(report, indent=2) + "\n")

@@ -20,6 +20,7 @@ from pathlib import Path
 from runtime.errors import ManifestError
 from serving.archive import packed_manifest
 from serving.errors import ServerError
+from serving.logs import RotatingFile, copy_output
 from serving.server import TorchServe
 from serving.settings import ROOT, ServerConfig
 
@@ -38,7 +39,9 @@ def parser() -> argparse.ArgumentParser:
     cli.add_argument("--host", default=defaults.host, help="inference API address (default: loopback only)")
     cli.add_argument("--metrics-host", default=defaults.metrics_host, help="metrics addresses (default: loopback)")
     cli.add_argument("--token-auth", action="store_true", help="require TorchServe's bearer keys")
-    cli.add_argument("--token-expiration-min", type=int, default=defaults.token_expiration_min)
+    cli.add_argument("--token-expiration-min", type=float, default=defaults.token_expiration_min,
+                     help="lifetime of the keys in minutes; the launcher renews them at a third of it "
+                          "(default %(default)g)")
     cli.add_argument("--work-dir", type=Path, help="TorchServe's working directory, where key_file.json goes")
     for f in fields(ServerConfig):
         if f.name.endswith("_port"):
@@ -52,28 +55,42 @@ def parser() -> argparse.ArgumentParser:
     cli.add_argument("--drain-timeout", type=float, default=defaults.drain_timeout,
                      help="seconds a stop waits for accepted requests (default %(default)g)")
     cli.add_argument("--no-explorer", action="store_true", help="do not start the explorer page")
+    cli.add_argument("--grpc", action="store_true",
+                     help="gRPC inference on --host (default: loopback only; untested, see docs/operations.md)")
+    cli.add_argument("--jvm-heap-mb", type=int, default=defaults.jvm_heap_mb,
+                     help="the JVM's heap bound (default %(default)d)")
+    cli.add_argument("--idle-timeout", type=float, default=defaults.idle_timeout_s,
+                     help="seconds a kept-alive connection to the metrics or explorer port may idle "
+                          "(default %(default)g)")
+    cli.add_argument("--request-timeout", type=float, default=defaults.request_timeout_s,
+                     help="seconds a request to the metrics or explorer port may take to arrive (default %(default)g)")
     return cli
 
 
 def start_explorer(server: TorchServe, config: ServerConfig) -> tuple[subprocess.Popen | None, str]:
     """``python -m explorer`` for the served models on ``config.explorer_port``: (process, its URL), or (None,
     "off (why)") when the served models cover no whole latent space. It exits when this launcher does; with token
-    auth it reads the inference key itself (the page never sees it)."""
+    auth it reads the inference key itself (the page never sees it), and asks the browser for it once. Its
+    output, after the line saying where it listens, goes to ``explorer.log`` in the log folder (rolled over like
+    the others) for as long as it runs."""
     cmd = [sys.executable, "-m", "explorer", "--api", server.url, "--port", str(config.explorer_port),
            "--model-store", str(config.model_store.resolve()), "--parent", str(os.getpid()),
+           "--idle-timeout", str(config.idle_timeout_s), "--request-timeout", str(config.request_timeout_s),
            "--models", *config.models]
     if config.token_auth:
         cmd += ["--key-file", str(server.key_file)]
-    process = subprocess.Popen(cmd, cwd=ROOT, stderr=subprocess.PIPE, text=True)
+    process = subprocess.Popen(cmd, cwd=ROOT, stderr=subprocess.PIPE)
     ready, _, _ = select.select([process.stderr], [], [], EXPLORER_START_S)
-    line = process.stderr.readline().strip() if ready else ""
+    line = process.stderr.readline().decode(errors="replace").strip() if ready else ""
     if not line.startswith("explorer: "):
         process.kill()
-        rest = process.stderr.read() if ready else "no answer"
+        rest = process.stderr.read().decode(errors="replace") if ready else "no answer"
         raise ServerError(f"the explorer did not start: {line} {rest}".strip())
     if line.startswith("explorer: off"):  # the models cover no whole latent space: it has exited, reap it
         process.wait(10)
         return None, line.removeprefix("explorer: ")
+    copy_output(process.stderr, RotatingFile(server.log_dir / "explorer.log", config.log_max_bytes,
+                                             config.log_backups), "explorer-output")
     return process, line.removeprefix("explorer: ")
 
 
@@ -118,7 +135,8 @@ def main(argv: list[str] | None = None) -> int:
                           log_dir=args.log_dir, token_auth=args.token_auth, work_dir=args.work_dir,
                           token_expiration_min=args.token_expiration_min, log_max_bytes=int(args.log_max_mb * 2**20),
                           log_backups=args.log_backups, access_log=args.access_log,
-                          drain_timeout=args.drain_timeout, **ports)
+                          drain_timeout=args.drain_timeout, grpc=args.grpc, jvm_heap_mb=args.jvm_heap_mb,
+                          idle_timeout_s=args.idle_timeout, request_timeout_s=args.request_timeout, **ports)
     server = TorchServe(config)
     stopper = Stopper(server, config.drain_timeout)
     for signum in (signal.SIGINT, signal.SIGTERM):
@@ -142,7 +160,9 @@ def main(argv: list[str] | None = None) -> int:
         say(f"error: {e}")
         server.stop(drain=False)
         return 1
-    auth = (f"on: keys in {server.key_file}; send 'Authorization: Bearer <inference key>'"
+    auth = (f"on: keys in {server.key_file}, renewed every {server.renewer.interval / 60:.3g} min (read the "
+            "inference key for each request; on 400 InvalidKeyException read it again and retry once); send "
+            "'Authorization: Bearer <inference key>'"
             if config.token_auth else f"off (listening on {config.host}; the container turns it on)")
     say(f"ready: {', '.join(config.models)}\n"
         f"  curl -s -X POST {server.url}/predictions/sample -H 'Content-Type: application/json' "

@@ -16,15 +16,16 @@ from serving.client import http_json
 QUIET_SECONDS = 0.3  # a drain ends once nothing was queued or answered for this long
 
 
-def in_flight(management_url: str, models: tuple[str, ...], key: str | None, registry: CollectorRegistry
-              ) -> tuple[int, float]:
-    """(requests waiting in TorchServe's queues, requests the handlers have answered so far)."""
+def in_flight(management_url: str, models: tuple[str, ...], key: Callable[[], str | None],
+              registry: CollectorRegistry) -> tuple[int, float]:
+    """(requests waiting in TorchServe's queues, requests the handlers have answered so far, not counting the 503s
+    they answer while draining: clients that keep sending must not keep the drain going)."""
     pending = 0
     for model in models:
-        for described in http_json(f"{management_url}/models/{model}", token=key):
+        for described in http_json(f"{management_url}/models/{model}", key=key):
             pending += described.get("jobQueueStatus", {}).get("pendingRequests", 0)
     answered = sum(s.value for metric in registry.collect() if metric.name == "fmvae_requests"
-                   for s in metric.samples if s.name == "fmvae_requests_total")
+                   for s in metric.samples if s.name == "fmvae_requests_total" and s.labels.get("code") != "503")
     return pending, answered
 
 

@@ -10,31 +10,35 @@ directory (``--work-dir``, as given to ``python -m serving``), where the launche
 from __future__ import annotations
 
 import argparse
-import json
 import urllib.error
+from collections.abc import Callable
 from pathlib import Path
 
 from serving.client import http_json
+from serving.errors import ServerError
+from serving.keys import read_keys
 from serving.settings import DRAIN_FILE, KEY_FILE, MODELS, ServerConfig
 
 
 def problems(url: str, management_url: str, models: list[str], work_dir: Path | None) -> list[str]:
     """What keeps the server from being healthy; empty when it is healthy."""
-    keys = {}
-    if work_dir is not None and (work_dir / KEY_FILE).is_file():
-        keys = {kind: entry["key"] for kind, entry in json.loads((work_dir / KEY_FILE).read_text()).items()}
+    key_file = work_dir / KEY_FILE if work_dir is not None and (work_dir / KEY_FILE).is_file() else None
+
+    def key(kind: str) -> Callable[[], str | None]:
+        return lambda: read_keys(key_file)[kind] if key_file else None
+
     if work_dir is not None and (work_dir / DRAIN_FILE).exists():
         return ["draining for a stop"]
     try:
-        status = http_json(f"{url}/ping", token=keys.get("inference")).get("status")
-    except (urllib.error.URLError, OSError, ValueError) as e:
+        status = http_json(f"{url}/ping", key=key("inference")).get("status")
+    except (urllib.error.URLError, OSError, ValueError, ServerError) as e:
         return [f"/ping: {e}"]
     found = [] if status == "Healthy" else [f"/ping says {status!r}"]
     for model in models:
         try:
-            workers = [w for d in http_json(f"{management_url}/models/{model}", token=keys.get("management"))
+            workers = [w for d in http_json(f"{management_url}/models/{model}", key=key("management"))
                        for w in d.get("workers", [])]
-        except (urllib.error.URLError, OSError, ValueError) as e:
+        except (urllib.error.URLError, OSError, ValueError, ServerError) as e:
             found.append(f"{model}: {e}")
             continue
         ready = sum(w.get("status") == "READY" for w in workers)

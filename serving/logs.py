@@ -8,10 +8,14 @@ from __future__ import annotations
 
 import os
 import re
+import sys
+import tempfile
 import threading
 import time
 from pathlib import Path
 from typing import IO
+
+from serving.errors import ServerError
 
 LOG_GRACE_S = 5.0  # how long a worker death waits for the worker's exception to reach model_log.log
 # The workers' thread names in TorchServe's logs: W-<port>-<model>_<version>-stdout (or -stderr).
@@ -19,13 +23,24 @@ WORKER_VERSION = r"(?:[0-9a-f]{12}|[\d.]+)"
 
 
 class RotatingFile:
-    """An append-only log file that rolls over to ``.1`` .. ``.N`` at ``max_bytes``, keeping ``backups`` copies."""
+    """An append-only log file that rolls over to ``.1`` .. ``.N`` at ``max_bytes``, keeping ``backups`` copies.
+    A write that fails (OSError: the folder is full or unwritable) leaves the file closed; the next write opens it
+    again."""
 
     def __init__(self, path: Path, max_bytes: int, backups: int) -> None:
         self.path, self.max_bytes, self.backups = path, max_bytes, backups
         self.file = open(path, "ab")
 
     def write(self, data: bytes) -> None:
+        try:
+            self._write(data)
+        except OSError:
+            self.close()
+            raise
+
+    def _write(self, data: bytes) -> None:
+        if self.file.closed:
+            self.file = open(self.path, "ab")
         if self.file.tell() + len(data) > self.max_bytes and self.file.tell() > 0:
             self.file.close()
             for i in range(self.backups, 0, -1):
@@ -39,21 +54,58 @@ class RotatingFile:
         self.file.flush()
 
     def close(self) -> None:
-        self.file.close()
+        try:
+            self.file.close()
+        except OSError:  # the buffer could not be written out: what it held is lost, as the failed write said
+            pass
 
 
-def copy_output(stream: IO[bytes], output: RotatingFile) -> threading.Thread:
-    """A started thread that copies a process's output into ``output`` until the process closes it."""
+def copy_output(stream: IO[bytes], output: RotatingFile, name: str = "torchserve-output") -> threading.Thread:
+    """A started thread that copies a process's output into ``output`` until the process closes it. While the
+    file cannot be written (a full or unwritable log folder) the output is read and dropped, with one line on
+    stderr when that starts and one when it ends: the process never blocks on a full pipe."""
     def run() -> None:
+        dropping = False
         try:
             for line in iter(stream.readline, b""):
-                output.write(line)
+                try:
+                    output.write(line)
+                except OSError as e:
+                    if not dropping:
+                        print(f"{output.path}: cannot write ({e.strerror}): dropping this output until it can",
+                              file=sys.stderr, flush=True)
+                    dropping = True
+                    continue
+                if dropping:
+                    print(f"{output.path}: writing again", file=sys.stderr, flush=True)
+                    dropping = False
         finally:
             output.close()
 
-    thread = threading.Thread(target=run, name="torchserve-output", daemon=True)
+    thread = threading.Thread(target=run, name=name, daemon=True)
     thread.start()
     return thread
+
+
+def exception_line(lines: list[str]) -> str | None:
+    """The exception a worker's last traceback ends with ("module.Type: message"), from its log lines; None when
+    they hold no complete traceback."""
+    starts = [i for i, line in enumerate(lines) if line.startswith("Traceback (most recent call last):")]
+    if not starts:
+        return None
+    return next((line for line in lines[starts[-1] + 1:] if line and not line[0].isspace()), None)
+
+
+def check_writable(folder: Path) -> None:
+    """Raise ServerError naming ``folder`` unless it exists (or can be made) and a file can be written in it."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=folder, prefix=".write-check-") as probe:
+            probe.write(b"x")
+            probe.flush()
+    except OSError as e:
+        raise ServerError(f"{folder}: the log folder is not writable ({e.strerror or e}); pick another with "
+                          "--log-dir") from None
 
 
 class ServerLogs:
@@ -88,14 +140,14 @@ class ServerLogs:
             if failed:
                 return f"{model_store / model}.mar: TorchServe could not load it: {failed.group(1).strip()}"
             if f"Load model failed: {model}, error: Worker died." in ts_log:
-                worker = re.findall(rf"W-\d+-{re.escape(model)}_{WORKER_VERSION}-std(?:out|err) MODEL_LOG - "
-                                    r"(\w[\w.]*(?:Error|Exception)\b.*)", self.read("model_log.log"))
+                cause = exception_line(re.findall(rf"W-\d+-{re.escape(model)}_{WORKER_VERSION}-std(?:out|err) "
+                                                  r"MODEL_LOG - (.*)", self.read("model_log.log")))
                 # The worker's output reaches model_log.log a moment after ts_log.log says it died: wait for it
                 # (at most LOG_GRACE_S) rather than report a death without its reason.
                 first_seen = self._deaths.setdefault(model, time.monotonic())
-                if not worker and time.monotonic() - first_seen < LOG_GRACE_S:
+                if cause is None and time.monotonic() - first_seen < LOG_GRACE_S:
                     continue
-                reason = worker[-1] if worker else "no exception in model_log.log"
+                reason = cause or "no traceback in model_log.log"
                 return f"model {model}: its workers die while loading: {reason} (see {self.dir}/model_log.log)"
         return None
 

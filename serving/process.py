@@ -21,13 +21,15 @@ JVM_STOP_S = 30.0  # how long the JVM gets to stop its workers after SIGTERM
 class ProcessGroup:
     """One started command in a session of its own, with its watchdog. ``stop`` is safe to call more than once."""
 
-    def __init__(self, cmd: list[str], env: dict[str, str], cwd: Path) -> None:
+    def __init__(self, cmd: list[str], env: dict[str, str], cwd: Path, leftovers: list[Path] = ()) -> None:
+        """``leftovers``: what the watchdog removes after stopping the group (the launcher's temp dir, its drain
+        mark), when the launcher could not."""
         self.process = subprocess.Popen(cmd, env=env, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                         start_new_session=True)
         read, self._watchdog_pipe = os.pipe()  # the watchdog acts when the write end closes
         try:
-            self.watchdog = subprocess.Popen([sys.executable, "-m", "serving.watchdog", str(self.process.pid)],
-                                             stdin=read, cwd=ROOT, start_new_session=True)
+            self.watchdog = subprocess.Popen([sys.executable, "-m", "serving.watchdog", str(self.process.pid),
+                                              *map(str, leftovers)], stdin=read, cwd=ROOT, start_new_session=True)
         except BaseException:
             os.close(self._watchdog_pipe)
             self.kill()

@@ -17,7 +17,6 @@ Life cycle (docs/operations.md, faults):
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import subprocess
@@ -28,13 +27,15 @@ import time
 import urllib.error
 from pathlib import Path
 
-from prometheus_client import CollectorRegistry, multiprocess, start_http_server
+from prometheus_client import CollectorRegistry, multiprocess
 
 from serving import drain
 from serving.checks import check_archive, check_ports
 from serving.client import http_json
 from serving.errors import ServerError
-from serving.logs import RotatingFile, ServerLogs, copy_output
+from serving.httpd import MetricsServer
+from serving.keys import KeyRenewer, read_keys
+from serving.logs import RotatingFile, ServerLogs, check_writable, copy_output
 from serving.process import ProcessGroup
 from serving.settings import DRAIN_FILE, KEY_FILE, ServerConfig
 
@@ -59,6 +60,7 @@ class TorchServe:
     def __init__(self, config: ServerConfig | None = None) -> None:
         self.config = config or ServerConfig()
         self.group: ProcessGroup | None = None
+        self.renewer: KeyRenewer | None = None
         self.exporter = None
         self.registry: CollectorRegistry | None = None
         self._output: threading.Thread | None = None
@@ -106,7 +108,7 @@ class TorchServe:
         """The current "inference" or "management" key, or None with token auth off."""
         if not self.config.token_auth:
             return None
-        return json.loads(self.key_file.read_text())[kind]["key"]
+        return read_keys(self.key_file)[kind]
 
     @property
     def log_dir(self) -> Path:
@@ -126,9 +128,9 @@ class TorchServe:
             for model in self.config.models:
                 check_archive(store / f"{model}.mar")
             check_ports(self.config)
+            check_writable(self.log_dir)
             multiproc = self.tmp / "prometheus"
             multiproc.mkdir()
-            self.log_dir.mkdir(parents=True, exist_ok=True)
             self.work_dir.mkdir(parents=True, exist_ok=True)
             self.logs.mark()
             self.drain_file.unlink(missing_ok=True)  # left by a launcher that was killed while draining
@@ -141,14 +143,17 @@ class TorchServe:
             }
             self.registry = CollectorRegistry()
             multiprocess.MultiProcessCollector(self.registry, path=str(multiproc))
-            self.exporter, _ = start_http_server(self.config.metrics_port, self.config.metrics_host,
-                                                 registry=self.registry)
+            self.exporter = MetricsServer(self.config.metrics_host, self.config.metrics_port, self.registry,
+                                          self.config.idle_timeout_s, self.config.request_timeout_s)
             # TorchServe's own entry point run by this interpreter (what its `torchserve` script runs), so that a
             # TorchServe installed with `pip --target` starts too.
             self.group = ProcessGroup([sys.executable, "-m", "ts.model_server", "--start", "--foreground", "--ncs",
-                                       "--ts-config", str(properties), "--model-store", str(store)], env, self.work_dir)
+                                       "--ts-config", str(properties), "--model-store", str(store)], env, self.work_dir,
+                                      leftovers=[self.tmp, self.drain_file])
             output = RotatingFile(self.log_dir / "torchserve.out", self.config.log_max_bytes, self.config.log_backups)
             self._output = copy_output(self.process.stdout, output)
+            if self.config.token_auth:  # from the start: a slow start must not outlive the first keys
+                self.renewer = KeyRenewer(self.management_url, self.key_file, self.config.token_expiration_min * 60)
             self.wait_ready(timeout)
         except BaseException:
             self.stop(drain=False)
@@ -171,7 +176,8 @@ class TorchServe:
                 raise ServerError(f"models {sorted(pending)} not ready after {timeout:.0f} s\n{self.log_tail()}")
             for model in sorted(pending):
                 try:
-                    described = http_json(f"{self.management_url}/models/{model}", token=self.key("management"))
+                    described = http_json(f"{self.management_url}/models/{model}",
+                                          key=lambda: self.key("management"))
                 except (urllib.error.URLError, OSError, ValueError, KeyError):
                     continue
                 ready = [w["pid"] for d in described for w in d.get("workers", []) if w.get("status") == "READY"]
@@ -188,7 +194,8 @@ class TorchServe:
 
     def in_flight(self) -> tuple[int, float]:
         """(requests waiting in TorchServe's queues, requests the handlers have answered so far)."""
-        return drain.in_flight(self.management_url, self.config.models, self.key("management"), self.registry)
+        return drain.in_flight(self.management_url, self.config.models, lambda: self.key("management"),
+                               self.registry)
 
     def drain(self) -> None:
         """Refuse new work and wait for what was accepted (at most ``drain_timeout``, or until ``hurry``)."""
@@ -198,6 +205,8 @@ class TorchServe:
         """Drain (when asked and running), stop the JVM and every process of the group, the exporter and the
         watchdog, and remove the temp dir. Safe to call more than once."""
         try:
+            if self.renewer is not None:
+                self.renewer.stop()
             if self.group is not None:
                 if drain and self.group.running():
                     self.drain()
@@ -209,6 +218,7 @@ class TorchServe:
                 self.exporter.shutdown()
                 self.exporter.server_close()
                 self.exporter = None
+            self.drain_file.unlink(missing_ok=True)
             shutil.rmtree(self.tmp, ignore_errors=True)
 
     def __enter__(self) -> TorchServe:

@@ -93,12 +93,16 @@ DRAIN_FILE = "draining"
 class ServerConfig:
     """One TorchServe instance: addresses, ports, the archives it serves, limits and authentication."""
 
-    host: str = "127.0.0.1"  # inference API (and gRPC inference)
+    host: str = "127.0.0.1"  # inference API (and, with grpc on, gRPC inference)
     metrics_host: str = "127.0.0.1"  # TorchServe's and the handlers' metrics
     inference_port: int = 8080
     management_port: int = 8081
     torchserve_metrics_port: int = 8082  # TorchServe's own metrics (Prometheus format)
     metrics_port: int = 8083  # the handlers' metrics: latency histograms, images, errors (handlers/metrics.py)
+    # TorchServe 0.12 always starts its gRPC servers; they answer a rejected request with gRPC status OK and the
+    # error inside, and nothing here is tested against them, so gRPC inference listens on loopback unless this is
+    # on (docs/operations.md, gRPC).
+    grpc: bool = False
     grpc_inference_port: int = 7070
     grpc_management_port: int = 7071
     explorer_port: int = 8084  # the explorer page (explorer/), started by `python -m serving` beside TorchServe
@@ -107,7 +111,7 @@ class ServerConfig:
     max_request_size: int = 1024 * 1024  # bytes: TorchServe's own limit (an empty 413), above max_body_bytes
     log_dir: Path | None = None  # default: logs/ inside the private temp dir
     token_auth: bool = False  # TorchServe's token authorization; keys in work_dir/KEY_FILE
-    token_expiration_min: int = 60  # lifetime of the inference/management keys (TorchServe's default)
+    token_expiration_min: float = 60  # lifetime of the inference/management keys; renewed at a third of it
     work_dir: Path | None = None  # TorchServe's working directory (key file); default: the private temp dir
     # Logs: every file rolls over at log_max_bytes and keeps log_backups old copies (serving/log4j2.xml);
     # one line per request only with access_log on.
@@ -115,6 +119,13 @@ class ServerConfig:
     log_backups: int = 2
     access_log: bool = False
     drain_timeout: float = 20.0  # seconds a stop waits for accepted requests to be answered (docs/operations.md)
+    # The JVM's heap bound (-Xmx; 0: none, the JVM's default of a quarter of the machine's memory); measured use
+    # under load is in docs/operations.md (the JVM's memory).
+    jvm_heap_mb: int = 256
+    # Deadlines of the ports this project serves itself (the handlers' metrics, the explorer; serving/httpd.py):
+    # a request must arrive whole within request_timeout_s, a kept-alive connection idles at most idle_timeout_s.
+    idle_timeout_s: float = 30.0
+    request_timeout_s: float = 10.0
 
     def with_free_ports(self) -> ServerConfig:
         """A copy whose ports are free on the loopback interface now."""
@@ -133,7 +144,7 @@ class ServerConfig:
             f"inference_address=http://{self.host}:{self.inference_port}",
             f"management_address=http://127.0.0.1:{self.management_port}",
             f"metrics_address=http://{self.metrics_host}:{self.torchserve_metrics_port}",
-            f"grpc_inference_address={self.host}",
+            f"grpc_inference_address={self.host if self.grpc else '127.0.0.1'}",
             "grpc_management_address=127.0.0.1",
             f"grpc_inference_port={self.grpc_inference_port}",
             f"grpc_management_port={self.grpc_management_port}",
@@ -147,7 +158,8 @@ class ServerConfig:
             "install_py_dep_per_model=false",
             "metrics_mode=prometheus",
             "decode_input_request=false",  # the handlers parse JSON bodies themselves, strictly
-            f"vmargs=-Dlog4j.configurationFile=file://{SERVING / 'log4j2.xml'} -Dfmvae.log.size={self.log_max_bytes}"
+            f"vmargs={f'-Xmx{self.jvm_heap_mb}m ' if self.jvm_heap_mb else ''}-XX:+ExitOnOutOfMemoryError"
+            f" -Dlog4j.configurationFile=file://{SERVING / 'log4j2.xml'} -Dfmvae.log.size={self.log_max_bytes}"
             f" -Dfmvae.log.backups={self.log_backups} -Dfmvae.log.access={'info' if self.access_log else 'off'}",
             "",
         ])

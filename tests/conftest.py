@@ -36,6 +36,7 @@ from serving import archive
 from serving.inprocess import InProcessWorker
 from serving.server import TorchServe
 from serving.settings import MODELS, ServerConfig
+from tests.launching import Launcher
 from training import classifier, data, train
 
 ARTIFACTS = Path(__file__).resolve().parent.parent / "model_store" / ARTIFACT_DIR
@@ -247,3 +248,17 @@ def current_store(tmp_path_factory) -> Path:
     store = tmp_path_factory.mktemp("current-store")
     archive.build_store(ARTIFACTS.parent, store)
     return store
+
+
+@pytest.fixture
+def launcher(tmp_path, current_store):
+    """``launcher(*flags, store=..., config=...)`` starts a Launcher; whatever a test leaves running is killed."""
+    started: list[Launcher] = []
+
+    def start(*extra: str, store: Path = current_store, config: ServerConfig | None = None) -> Launcher:
+        started.append(Launcher(store, tmp_path, *extra, config=config))
+        return started[-1]
+
+    yield start
+    for launched in started:
+        launched.kill()

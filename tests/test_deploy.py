@@ -106,7 +106,12 @@ def test_serving_requirements_follow_pyproject():
         name = re.split(r"[=<>]", req)[0]
         if name in pins:
             assert req == pins[name]
-    assert ("ARG", f"TORCH={pins['torch']}") in DOCKERFILE  # the GPU image's torch is the project's pin
+    install = next(args for name, args in DOCKERFILE if name == "RUN" and "requirements-serve.lock" in args)
+    assert f"pip install {pins['torch']} onnxruntime-gpu==" in install  # the GPU image's torch is the project's pin
+    cpu_lock = (DEPLOY / "requirements-cpu.lock").read_text()
+    onnxruntime = re.search(r"^onnxruntime==(\S+)", cpu_lock, re.M).group(1)
+    assert f"onnxruntime-gpu=={onnxruntime}" in install  # the same ONNX Runtime in both images
+    assert "--require-hashes" in install
 
 
 def test_compose_stack_references_existing_files():

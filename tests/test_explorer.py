@@ -177,19 +177,41 @@ def test_the_proxy_takes_json_from_its_own_origin_for_the_served_models_only(exp
     assert len(spaces["64-d"]["scatter_means"]) == len(spaces["64-d"]["scatter_labels"]) >= 1000
 
 
-def test_with_token_auth_the_proxy_adds_the_key_and_the_page_never_sees_it(current_store, tmp_path):
+def test_with_token_auth_the_page_asks_for_the_key_and_the_proxy_refuses_without_it(current_store, tmp_path,
+                                                                                   browser):
     models = tuple(m for m in MODELS if MODELS[m].export == "export-2d")
     config = ServerConfig(model_store=current_store, models=models, token_auth=True,
                           work_dir=tmp_path).with_free_ports()
     with TorchServe(config) as ts:
         page_server = serve(Explorer(ts.url, models, current_store, key_file=ts.key_file))
         try:
+            # Without a session: no spaces, no predictions (any local process could otherwise use the key).
             code, body = request(f"{page_server.url}/api/predictions/decode2d", BODY, JSON)
-            assert code == 200 and len(body["images"]) == 1
+            assert (code, body["reason"], body["field"]) == (401, "unauthorized", "key")
+            with pytest.raises(urllib.error.HTTPError) as refused:
+                urllib.request.urlopen(f"{page_server.url}/api/spaces", timeout=10)
+            assert refused.value.code == 401
+            code, body = request(f"{page_server.url}/api/session", json.dumps({"key": "guess"}).encode(), JSON)
+            assert (code, body["reason"]) == (401, "invalid_key")
+            # In the browser: the page asks once; a wrong key is refused, the right one opens the page.
+            page = browser.new_page()
+            page.goto(page_server.url)
+            page.wait_for_selector("#login:not([hidden])", timeout=20000)
+            page.fill("#key", "guess")
+            page.click("#login button")
+            page.wait_for_function("() => document.getElementById('login-status').textContent.length > 0")
+            assert "not the server's current inference key" in page.text_content("#login-status")
             key = ts.key("inference")
-            page = urllib.request.urlopen(f"{page_server.url}/", timeout=10).read().decode()
-            spaces = urllib.request.urlopen(f"{page_server.url}/api/spaces", timeout=10).read().decode()
-            assert key not in page and key not in spaces
+            page.fill("#key", key)
+            page.click("#login button")
+            page.wait_for_selector("body[data-ready=true]", timeout=20000)
+            page.wait_for_function("() => document.getElementById('status').textContent.startsWith('decode2d')",
+                                   timeout=20000)
+            assert page.is_hidden("#login") and key not in page.content()
+            cookies = page.context.cookies()
+            assert [c["name"] for c in cookies] == ["fmvae_session"] and cookies[0]["httpOnly"]
+            assert key not in cookies[0]["value"]
+            page.close()
         finally:
             page_server.shutdown()
             page_server.server_close()

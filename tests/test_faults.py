@@ -4,7 +4,6 @@ the log directory under load. Every test bounds its time and leaves no process o
 
 from __future__ import annotations
 
-import http.client
 import io
 import json
 import os
@@ -13,16 +12,14 @@ import signal
 import socket
 import subprocess
 import sys
-import threading
 import time
 import urllib.error
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import fields, replace
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
-import psutil
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -32,29 +29,10 @@ from serving.errors import ServerError
 from serving.server import TorchServe
 from serving.settings import MODELS, ServerConfig
 from tests.conftest import ARTIFACTS
+from tests.launching import FAULT_MODELS, NPY, Clients, group_alive, wait_until
 
 pytestmark = pytest.mark.integration  # a real TorchServe (Java) or Prometheus
 
-ROOT = Path(__file__).resolve().parent.parent
-NPY = {"n": 4, "seed": 1, "format": "npy"}
-FAULT_MODELS = ("sample", "interpolate")  # what these tests serve: two models start faster than all of them
-
-
-def group_alive(group: int) -> bool:
-    try:
-        os.killpg(group, 0)
-        return True
-    except ProcessLookupError:
-        return False
-
-
-def wait_until(condition, seconds: float) -> bool:  # noqa: ANN001
-    deadline = time.monotonic() + seconds
-    while not condition():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.1)
-    return True
 
 
 def post(url: str, body: dict, timeout: float = 60) -> tuple[int, bytes]:
@@ -73,108 +51,6 @@ def copy_store(current_store: Path, tmp_path: Path) -> Path:
     for name in FAULT_MODELS:
         shutil.copy(current_store / f"{name}.mar", store)
     return store
-
-
-class Launcher:
-    """``python -m handlers`` as `make serve` runs it, in a subprocess, on ``config``'s ports (default: free ones)."""
-
-    def __init__(self, store: Path, tmp_path: Path, *extra: str, config: ServerConfig | None = None) -> None:
-        self.config = config or ServerConfig(model_store=store).with_free_ports()
-        ports = [a for f in fields(ServerConfig) if f.name.endswith("_port")
-                 for a in (f"--{f.name.replace('_', '-')}", str(getattr(self.config, f.name)))]
-        self.temp_before = set(Path("/tmp").glob("fmvae-serve-*"))
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "serving", "--model-store", str(store), "--log-dir", str(tmp_path / "logs"),
-             "--models", *FAULT_MODELS, *ports, *extra], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-            text=True)
-        self.lines: list[str] = []
-        self.group: int | None = None
-        self.reader = threading.Thread(target=self._read, daemon=True)
-        self.reader.start()
-        self.url = f"http://127.0.0.1:{self.config.inference_port}"
-
-    def _read(self) -> None:
-        for line in self.process.stdout:
-            self.lines.append(line)
-
-    def output(self) -> str:
-        return "".join(self.lines)
-
-    def wait_ready(self) -> int:
-        """The TorchServe process group, once the launcher says ready."""
-        assert wait_until(lambda: "ready:" in self.output() or self.process.poll() is not None, 90), self.output()
-        assert "ready:" in self.output(), self.output()
-        (wrapper,) = [c for c in psutil.Process(self.process.pid).children() if "ts.model_server" in c.cmdline()]
-        self.group = os.getpgid(wrapper.pid)
-        return self.group
-
-    def new_temp_dirs(self) -> set[Path]:
-        return set(Path("/tmp").glob("fmvae-serve-*")) - self.temp_before
-
-    def kill(self) -> None:
-        """Whatever is still running: the launcher, and its TorchServe group."""
-        if self.process.poll() is None:
-            self.process.kill()
-        self.process.wait()
-        if self.group is not None and group_alive(self.group):
-            os.killpg(self.group, signal.SIGKILL)
-
-
-@pytest.fixture
-def launcher(tmp_path, current_store):
-    """``launcher(*flags, store=..., config=...)`` starts a Launcher; whatever a test leaves running is killed."""
-    started: list[Launcher] = []
-
-    def start(*extra: str, store: Path = current_store, config: ServerConfig | None = None) -> Launcher:
-        started.append(Launcher(store, tmp_path, *extra, config=config))
-        return started[-1]
-
-    yield start
-    for launched in started:
-        launched.kill()
-
-
-class Clients:
-    """Keep-alive clients sending one body to sample back to back until ``stop()`` (or, each on its own, until a
-    status in ``stop_on`` or a refused connection); ``outcomes``: ("http", status, body), ("refused", 0, b"") or
-    ("error", 0, exception name) for every request."""
-
-    def __init__(self, url: str, body: dict, count: int, stop_on: tuple[int, ...] = ()) -> None:
-        host, port = url.removeprefix("http://").split(":")
-        self.address, self.payload, self.stop_on = (host, int(port)), json.dumps(body).encode(), stop_on
-        self.outcomes: list[tuple[str, int, bytes]] = []
-        self.lock, self.stopping = threading.Lock(), threading.Event()
-        self.threads = [threading.Thread(target=self._client) for _ in range(count)]
-        for t in self.threads:
-            t.start()
-
-    def _client(self) -> None:
-        conn = None
-        while not self.stopping.is_set():
-            try:
-                conn = conn or http.client.HTTPConnection(*self.address, timeout=60)
-                conn.request("POST", "/predictions/sample", self.payload, {"Content-Type": "application/json"})
-                response = conn.getresponse()
-                outcome = ("http", response.status, response.read())
-                if response.getheader("Connection", "").lower() == "close":
-                    conn.close()
-                    conn = None
-            except ConnectionRefusedError:
-                outcome = ("refused", 0, b"")
-            except (OSError, http.client.HTTPException) as e:
-                outcome, conn = ("error", 0, type(e).__name__.encode()), None
-            with self.lock:
-                self.outcomes.append(outcome)
-            if outcome[0] == "refused" or outcome[1] in self.stop_on:
-                break
-
-    def join(self, timeout: float = 60) -> None:
-        for t in self.threads:
-            t.join(timeout)
-
-    def stop(self) -> None:
-        self.stopping.set()
-        self.join()
 
 
 # 1. A damaged store fails the start within seconds, naming the archive and the reason.
@@ -396,24 +272,4 @@ def test_sigterm_under_load_answers_everything_accepted(launcher):
     assert refusals and {r["reason"] for r in refusals} == {"shutting_down"}
     assert all(np.load(io.BytesIO(body)).shape == (4, 28, 28) for _, status, body in outcomes if status == 200)
     assert stopped < 20 and "stopped" in launched.output()
-    assert not group_alive(group) and not launched.new_temp_dirs()
-
-
-def test_a_second_signal_stops_at_once_and_still_cleans_up(launcher):
-    """Clients that ignore the 503s keep a drain busy until its timeout; a second Ctrl-C cuts it short."""
-    launched = launcher("--drain-timeout", "60")
-    group = launched.wait_ready()
-    clients = Clients(launched.url, NPY, 4)
-    time.sleep(1)
-    launched.process.send_signal(signal.SIGINT)
-    time.sleep(1.5)
-    assert launched.process.poll() is None  # still draining: the clients keep coming
-    second = time.monotonic()
-    launched.process.send_signal(signal.SIGINT)
-    try:
-        assert launched.process.wait(timeout=40) == 0, launched.output()
-    finally:
-        clients.stop()
-    assert time.monotonic() - second < 40 and "stopping now" in launched.output()
-    assert "Traceback" not in launched.output() and "KeyboardInterrupt" not in launched.output()
     assert not group_alive(group) and not launched.new_temp_dirs()

@@ -411,9 +411,38 @@ for (const id of ["axis-x", "axis-y"]) {
 }
 $("space").addEventListener("change", () => chooseSpace($("space").value));
 
+// With token authorization on, the server answers 401 until this page has a session: ask for the key once.
+function askForKey() {
+  return new Promise((resolve) => {
+    $("login").hidden = false;
+    document.querySelector("main").hidden = true;
+    setStatus("the inference key is needed", true);
+    $("login").addEventListener("submit", async (event) => {
+      event.preventDefault();
+      const response = await fetch("api/session", {
+        method: "POST", headers: { "Content-Type": "application/json" },
+        body: JSON.stringify({ key: $("key").value }),
+      });
+      $("key").value = "";
+      if (!response.ok) {
+        const body = await response.json().catch(() => ({}));
+        $("login-status").textContent = body.message || `HTTP ${response.status}`;
+        return;
+      }
+      $("login").hidden = true;
+      document.querySelector("main").hidden = false;
+      resolve();
+    });
+  });
+}
+
 async function start() {
   clearDrawing();
-  const response = await fetch("api/spaces");
+  let response = await fetch("api/spaces");
+  if (response.status === 401) {
+    await askForKey();
+    response = await fetch("api/spaces");
+  }
   if (!response.ok) throw new Error(`api/spaces: HTTP ${response.status}`);
   state.spaces = await response.json();
   const names = Object.keys(state.spaces);

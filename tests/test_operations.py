@@ -1,0 +1,301 @@
+"""Operations, second pass: each case of docs/operations.md's fault table that a first day in production hits,
+against a real TorchServe: keys that expire, a damaged artifact in a sound archive, the explorer's auth and its
+output, the log folder, the drain bound under clients that keep sending, slow clients, the JVM's heap."""
+
+from __future__ import annotations
+
+import hashlib
+import http.client
+import json
+import os
+import random
+import shutil
+import signal
+import socket
+import threading
+import time
+import urllib.error
+import urllib.request
+import zipfile
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+from explorer.server import Explorer
+from loadtest import soak
+from runtime.manifest import FILE as MANIFEST
+from runtime.manifest import Artifact, Manifest
+from serving.client import http_json
+from serving.errors import ServerError
+from serving.health import problems
+from serving.keys import read_keys, refused_for_key
+from serving.routes import ROUTES
+from serving.server import TorchServe
+from serving.settings import ServerConfig
+from tests.conftest import ARTIFACTS
+from tests.launching import NPY, Clients, Launcher, group_alive, wait_until
+
+pytestmark = pytest.mark.integration  # a real TorchServe (Java)
+
+SPACE_2D = tuple(name for name, route in ROUTES.items() if route.export == "export-2d")  # what the explorer needs
+DECODE_2D = json.dumps({"latents": [[0.5, -0.5]], "format": "json"}).encode()
+
+
+def call(url: str, body: bytes, headers: dict) -> tuple[int, bytes]:
+    request = urllib.request.Request(url, data=body, method="POST", headers={"Content-Type": "application/json"}
+                                     | headers)
+    try:
+        with urllib.request.urlopen(request, timeout=60) as response:
+            return response.status, response.read()
+    except urllib.error.HTTPError as e:
+        return e.code, e.read()
+
+
+def serve_in_thread(server: Explorer) -> Explorer:
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server
+
+
+def session(page: Explorer, key: str) -> tuple[int, dict]:
+    """POST the key to the explorer's session route: (status, the Cookie header its answer sets)."""
+    conn = http.client.HTTPConnection("127.0.0.1", page.server_address[1], timeout=30)
+    conn.request("POST", "/api/session", json.dumps({"key": key}), {"Content-Type": "application/json"})
+    response = conn.getresponse()
+    response.read()
+    cookie = (response.getheader("Set-Cookie") or "").split(";")[0]
+    conn.close()
+    return response.status, {"Cookie": cookie}
+
+
+# 1. Keys: renewed before they expire; clients that read the key for each request never see a 4xx.
+
+def test_keys_are_renewed_before_they_expire_under_load(current_store, tmp_path):
+    config = ServerConfig(model_store=current_store, models=("sample", *SPACE_2D), token_auth=True,
+                          token_expiration_min=0.1, work_dir=tmp_path / "work").with_free_ports()  # keys live 6 s
+    with TorchServe(config) as ts:
+        first_key = ts.key("inference")
+        page = serve_in_thread(Explorer(ts.url, config.models, current_store, key_file=ts.key_file))
+        status, cookie = session(page, first_key)
+        statuses, health, proxied = [], [], []
+        stop = threading.Event()
+
+        def client() -> None:  # the documented protocol: read the key for each request, re-read and retry once
+            while not stop.is_set():
+                for _ in range(2):
+                    code, body = call(f"{ts.url}/predictions/sample", NPY_BODY,
+                                      {"Authorization": f"Bearer {read_keys(ts.key_file)['inference']}"})
+                    if not refused_for_key(code, body):
+                        break
+                statuses.append(code)
+
+        threads = [threading.Thread(target=client) for _ in range(3)]
+        for t in threads:
+            t.start()
+        deadline = time.monotonic() + 30  # five key lifetimes
+        while time.monotonic() < deadline:
+            health.append(problems(ts.url, ts.management_url, list(config.models), ts.work_dir))
+            proxied.append(call(f"{page.url}/api/predictions/decode2d", DECODE_2D, cookie)[0])
+            time.sleep(1)
+        stop.set()
+        for t in threads:
+            t.join()
+        page.shutdown()
+        assert status == 204 and ts.renewer.renewals >= 8  # renewed every 2 s of the 6 s lifetime
+        assert ts.key("inference") != first_key
+    assert len(statuses) > 30 and set(statuses) == {200}
+    assert all(found == [] for found in health), [found for found in health if found][:3]
+    assert set(proxied) == {200}  # the explorer's session outlives the keys it was opened with
+
+
+NPY_BODY = json.dumps(NPY).encode()
+
+
+# 2. A damaged artifact inside a sound archive: refused before TorchServe starts, named; a worker's load failure is
+# named with the exception its traceback ends with.
+
+def damaged_store(current_store: Path, tmp_path: Path, rehash: bool) -> tuple[Path, str]:
+    """A store whose decode archive holds random bytes for its int8 decoder (and, with ``rehash``, a manifest
+    that agrees with them)."""
+    folder = tmp_path / "export"
+    shutil.copytree(ARTIFACTS, folder)
+    garbage = random.Random(0).randbytes((folder / "decoder_int8.onnx").stat().st_size)
+    (folder / "decoder_int8.onnx").write_bytes(garbage)
+    if rehash:
+        manifest = Manifest.read(folder)
+        entry = manifest.artifacts["decoder/onnx-int8"]
+        digest = hashlib.sha256(garbage).hexdigest()
+        replace(manifest, artifacts=manifest.artifacts | {"decoder/onnx-int8": Artifact(entry.file, digest,
+                                                                                        entry.bytes)}).write(folder)
+    store = tmp_path / "store"
+    store.mkdir()
+    shutil.copy(current_store / "sample.mar", store)
+    with zipfile.ZipFile(current_store / "decode.mar") as source, zipfile.ZipFile(store / "decode.mar", "w") as out:
+        for item in source.infolist():
+            data = source.read(item)
+            if item.filename == "decoder_int8.onnx":
+                data = garbage
+            elif item.filename == MANIFEST and rehash:
+                data = (folder / MANIFEST).read_bytes()
+            out.writestr(item, data)
+    return store, "decode"
+
+
+def test_a_damaged_artifact_fails_the_start_at_once_naming_archive_and_member(current_store, tmp_path):
+    store, model = damaged_store(current_store, tmp_path, rehash=False)
+    server = TorchServe(ServerConfig(model_store=store, models=("sample", model)).with_free_ports())
+    start = time.monotonic()
+    with pytest.raises(ServerError, match=rf"{store / 'decode.mar'}: not a usable model archive \(member "
+                                          r"decoder_int8.onnx has SHA-256 .*, its manifest says"):
+        server.start()
+    assert time.monotonic() - start < 1 and server.process is None and not server.tmp.exists()
+
+
+def test_a_worker_load_failure_is_named_with_its_real_cause(current_store, tmp_path):
+    store, model = damaged_store(current_store, tmp_path, rehash=True)  # passes the hash check: the worker fails
+    server = TorchServe(ServerConfig(model_store=store, models=(model,), log_dir=tmp_path / "logs").with_free_ports())
+    with pytest.raises(ServerError) as failed:
+        server.start()
+    message = str(failed.value)
+    assert message.startswith(f"model {model}: its workers die while loading: ") and "InvalidProtobuf" in message
+    assert "no traceback" not in message and not server.tmp.exists()
+
+
+# 4. The explorer answers every malformed request, and the launcher reads its output for as long as it runs.
+
+def test_the_explorer_answers_bad_requests_and_its_output_never_fills_up(tmp_path, current_store):
+    launched = Launcher(current_store, tmp_path, models=SPACE_2D)
+    try:
+        launched.wait_ready()
+        port = launched.config.explorer_port
+        for i in range(100):  # each logged with its 1 KB path: 100 KB, more than a pipe holds
+            with socket.create_connection(("127.0.0.1", port), timeout=10) as conn:
+                conn.sendall(f"POST /api/session?pad={'x' * 1000}{i} HTTP/1.1\r\nHost: a\r\n"
+                             "Content-Type: application/json\r\nContent-Length: abc\r\n\r\n".encode())
+                answer = b"".join(iter(lambda: conn.recv(65536), b"")).decode()  # it closes the connection
+            assert answer.startswith("HTTP/1.1 400") and '"reason": "bad_content_length"' in answer, answer[:300]
+        status, body = call(f"http://127.0.0.1:{port}/api/predictions/decode2d", DECODE_2D, {})
+        assert status == 200 and len(json.loads(body)["images"]) == 1
+        assert (tmp_path / "logs" / "explorer.log").stat().st_size > 100_000
+    finally:
+        launched.kill()
+
+
+# 5. An unwritable log folder: one line naming it, in a second.
+
+@pytest.mark.parametrize("folder", ["/sys", "/sys/fmvae-logs"])  # not writable even for root
+def test_an_unwritable_log_folder_is_named_at_once(tmp_path, current_store, folder):
+    launched = Launcher(current_store, tmp_path, "--log-dir", folder)
+    start = time.monotonic()
+    assert launched.process.wait(timeout=30) == 1
+    assert time.monotonic() - start < 5  # the interpreter's start included
+    errors = [line for line in launched.lines if line.startswith("error:")]
+    assert len(errors) == 1 and errors[0].startswith(f"error: {folder}: the log folder is not writable")
+    assert "Traceback" not in launched.output() and not launched.new_temp_dirs()
+
+
+# 6. Drain: clients that ignore the 503s no longer hold it to its timeout; nothing is left behind.
+
+def test_a_drain_ends_once_accepted_work_is_done_whatever_clients_keep_sending(launcher, tmp_path):
+    launched = launcher("--drain-timeout", "20", "--work-dir", str(tmp_path / "work"))
+    group = launched.wait_ready()
+    clients = Clients(launched.url, NPY, 8)  # they keep sending after their 503s
+    time.sleep(2)
+    signalled = time.monotonic()
+    launched.process.send_signal(signal.SIGTERM)
+    try:
+        assert launched.process.wait(timeout=40) == 0, launched.output()
+    finally:
+        clients.stop()
+    assert time.monotonic() - signalled < 10  # was the 20 s timeout plus the JVM's stop
+    assert not group_alive(group) and not launched.new_temp_dirs()
+    assert not (tmp_path / "work" / "draining").exists()
+
+
+def test_a_second_signal_cuts_a_stuck_drain_short_and_still_cleans_up(launcher, tmp_path):
+    """A worker that stops answering (SIGSTOP) leaves requests queued: the drain waits for them until a second
+    Ctrl-C."""
+    launched = launcher("--drain-timeout", "60")
+    group = launched.wait_ready()
+    management = f"http://127.0.0.1:{launched.config.management_port}"
+    workers = [w["pid"] for w in http_json(f"{management}/models/sample")[0]["workers"]]
+    os.kill(workers[0], signal.SIGSTOP)
+    clients = Clients(launched.url, NPY, 6)
+    time.sleep(2)
+    launched.process.send_signal(signal.SIGINT)
+    time.sleep(2)
+    assert launched.process.poll() is None  # still draining: requests wait in the stopped worker's queue
+    second = time.monotonic()
+    launched.process.send_signal(signal.SIGINT)
+    try:
+        assert launched.process.wait(timeout=40) == 0, launched.output()
+    finally:
+        clients.stop()
+    assert time.monotonic() - second < 40 and "stopping now" in launched.output()
+    assert "Traceback" not in launched.output() and "KeyboardInterrupt" not in launched.output()
+    assert not group_alive(group) and not launched.new_temp_dirs()
+
+
+def test_a_killed_launcher_leaves_no_temp_dir_or_drain_mark(launcher, tmp_path):
+    launched = launcher("--work-dir", str(tmp_path / "work"))
+    group = launched.wait_ready()
+    (tmp_path / "work" / "draining").touch()  # as if it was killed while draining
+    os.kill(launched.process.pid, signal.SIGKILL)
+    assert wait_until(lambda: not group_alive(group), 20)
+    assert wait_until(lambda: not launched.new_temp_dirs() and not (tmp_path / "work" / "draining").exists(), 20)
+
+
+# 7. Slow clients: the ports this project serves cut a request that trickles in, and an idle connection.
+
+def trickle(port: int, stop: threading.Event, closed: list[float]) -> None:
+    """A slowloris client: a header byte every 0.5 s until the server closes the connection (its time noted)."""
+    start = time.monotonic()
+    with socket.create_connection(("127.0.0.1", port), timeout=30) as conn:
+        conn.sendall(b"GET /metrics HTTP/1.1\r\nHost: a\r\n")
+        try:
+            while not stop.is_set():
+                conn.sendall(b"X")
+                conn.settimeout(0.5)
+                try:
+                    if conn.recv(1024) == b"":
+                        break
+                except TimeoutError:
+                    continue
+        except OSError:  # reset: closed as well
+            pass
+    closed.append(time.monotonic() - start)
+
+
+def test_slow_and_idle_clients_are_cut_off(current_store):
+    config = ServerConfig(model_store=current_store, models=SPACE_2D, request_timeout_s=2,
+                          idle_timeout_s=3).with_free_ports()
+    with TorchServe(config) as ts:
+        page = serve_in_thread(Explorer(ts.url, SPACE_2D, current_store, idle_timeout=3, request_timeout=2))
+        stop, closed = threading.Event(), []
+        threads = [threading.Thread(target=trickle, args=(port, stop, closed))
+                   for port in (config.metrics_port, page.server_address[1]) for _ in range(10)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(timeout=15)
+        stop.set()
+        assert len(closed) == 20 and max(closed) < 4, closed  # 2 s deadline, however slowly the bytes come
+        idle = socket.create_connection(("127.0.0.1", config.metrics_port), timeout=10)
+        start = time.monotonic()
+        assert idle.recv(1) == b"" and 2.5 < time.monotonic() - start < 6  # idle: closed after 3 s
+        idle.close()
+        assert urllib.request.urlopen(ts.metrics_url, timeout=10).status == 200  # and it still serves
+        assert call(f"{page.url}/api/predictions/decode2d", DECODE_2D, {})[0] == 200
+        page.shutdown()
+
+
+# 8. The JVM: a bounded heap, and the soak reports its memory.
+
+def test_the_soak_reports_the_jvm_under_its_heap_bound(current_store):
+    config = ServerConfig(model_store=current_store, models=("sample", "interpolate")).with_free_ports()
+    assert f"-Xmx{config.jvm_heap_mb}m" in config.properties(current_store)
+    report = soak.run(config, 0.15, 2)  # one short "minute"
+    assert report["errors"] == 0 and report["requests"] > 20
+    assert 0 < report["jvm_memory_max_mb"] < 4 * config.jvm_heap_mb and report["jvm_heap_bound_mb"] == 256
+    assert "JVM memory at most" in soak.markdown(report)
+
