@@ -126,7 +126,7 @@ def export(ckpt_path: Path, out: Path, cfg: ExportConfig, force: bool = False,
             paths.pop(f"decoder/{backend}").unlink()
         print("latent statistics of the training and test sets", file=sys.stderr)
         try:
-            arrays = stats.latent_statistics(model, fmnist.train, fmnist.test)
+            arrays = stats.latent_statistics(model, clf, fmnist.train, fmnist.test)
         except ValueError as e:
             raise ExportError(f"{fmnist.source}: cannot compute the latent statistics: {e}") from None
         paths["stats/latent"] = artifact_dir / STATS

@@ -1,4 +1,4 @@
-"""TorchServe handler of ``sample``: latents from the prior, from a class's Gaussian, or around a point, decoded.
+"""TorchServe handler of ``sample``: latents from the prior, from a class's region, or around a point, decoded.
 
 Request and response: ``SampleRequest`` in handlers/openapi.yaml. Without a seed, one is drawn and returned.
 """
@@ -6,6 +6,8 @@ Request and response: ``SampleRequest`` in handlers/openapi.yaml. Without a seed
 from __future__ import annotations
 
 import secrets
+
+import numpy as np
 
 from handlers.errors import RequestError
 from handlers.service import Answer, Plan, Service, Worker, images_of, square_cols
@@ -15,14 +17,17 @@ DEFAULT_SIGMA = 0.5  # the spread around a point, with around (openapi.yaml says
 
 
 def plan(request: dict, worker: Worker) -> Plan:
-    """z = temperature * eps; with a class, mean + scale @ eps; around a point, point + sigma * eps."""
+    """z = temperature * eps; with a class, a random anchor of the class plus its posterior's std * temperature *
+    eps (the class's aggregate posterior); around a point, point + sigma * temperature * eps."""
     if "sigma" in request and "around" not in request:
         raise RequestError("sigma", "conflict", "sigma is the spread around a point: give it with around")
     seed = request["seed"] if "seed" in request else secrets.randbits(63)  # get() would draw one every time
     eps = seeded_latents(seed, request["n"], worker.shapes.latent_dim, request["temperature"])
     if "class" in request:
         label = worker.class_index(request["class"])
-        z = worker.stats.class_means[label] + eps @ worker.stats.class_scales[label]  # the scale is symmetric
+        means, stds = worker.stats.anchor_means[label], worker.stats.anchor_stds[label]
+        pick = np.random.default_rng([seed, label]).integers(len(means), size=len(eps))  # row i does not depend on n
+        z = means[pick] + stds[pick] * eps
     elif "around" in request:
         z = worker.point(request["around"], "around") + request.get("sigma", DEFAULT_SIGMA) * eps
     else:

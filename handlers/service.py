@@ -279,8 +279,19 @@ class Service:
             return npy_bytes(answer.images if answer.array is None else answer.array)
         images = {} if answer.images is None else {
             "images": [base64.b64encode(png_bytes(p)).decode() for p in to_uint8(answer.images)]}
-        return json.dumps(images | {k: as_json(v) for k, v in answer.fields.items()}
+        return json.dumps(images | {k: as_json(v) for k, v in answer.fields.items()} | self.classes(answer)
                           | {"backend": self.worker.backend, "device": self.worker.device})
+
+    def classes(self, answer: Answer) -> dict:
+        """``class_probabilities``: the class model's, for each returned latent (``latents``, or ``mu`` for
+        encode), when the model has latent statistics."""
+        stats = self.worker.stats
+        z = answer.fields.get("latents", answer.fields.get("mu"))
+        if stats is None or z is None:
+            return {}
+        probabilities = stats.class_probabilities(np.asarray(z, np.float64)).round(4)
+        names = stats.class_names
+        return {"class_probabilities": [dict(zip(names, row.tolist(), strict=True)) for row in probabilities]}
 
 
 def square_cols(n: int) -> int:

@@ -148,11 +148,11 @@ def traverse_body(user: ServiceUser, dim: int, page: bool) -> dict:
 
 def edit_body(user: ServiceUser, dim: int, page: bool) -> dict:
     source, target = random.sample(CLASSES, 2)
-    if page:
+    if page:  # the explorer: calibrated by default, its strength slider otherwise
         return {"start": {"latent": user.latent(dim, page)}, "from": source, "to": target,
-                "strength": round(random.uniform(-2, 2), 2)}
-    return {"start": user.point(dim), "from": source, "to": target, "strength": random.choice([1, [0, 0.5, 1, 1.5]]),
-            "format": random.choice(FORMATS)}
+                "strength": random.choice(["auto", round(random.uniform(-2, 2), 2)])}
+    return {"start": user.point(dim), "from": source, "to": target,
+            "strength": random.choice(["auto", 1, [0, 0.5, 1, 1.5]]), "format": random.choice(FORMATS)}
 
 
 def analogy_body(user: ServiceUser, dim: int, page: bool) -> dict:

@@ -8,7 +8,8 @@ operations use.
 from __future__ import annotations
 
 import zipfile
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import IO
 
@@ -43,19 +44,24 @@ def full_precision_twin(backend: str) -> str:
 
 @dataclass(frozen=True)
 class LatentStats:
-    """Statistics of the posterior means, computed at export (export/stats.py) and loaded by the workers.
+    """Statistics of the model's posteriors, computed at export (export/stats.py) and loaded by the workers.
 
-    Per class (training set, by label): ``class_means`` (C, D) and ``class_scales`` (C, D, D), the symmetric
-    square root of each class's covariance, so that ``mean + eps @ scale`` with eps ~ N(0, I) follows the class's
-    Gaussian. Test set: ``principal_directions`` (D, D), rows sorted by ``principal_std`` (D,) from the largest;
-    ``active_order`` (D,), the dimensions sorted by the variance of their posterior mean (the evaluation report's
-    "most active" first); ``scatter_means`` (M, D) and ``scatter_labels`` (M,), the first test images' posterior
-    means and labels (the explorer draws them).
+    Per class (training set, by label): ``class_means`` (C, D), the mean of its posterior means; ``anchor_means``
+    and ``anchor_stds`` (C, A, D), the posteriors of A training images of the class whose reconstruction the
+    project's classifier recognises (the class's aggregate posterior, to sample from and to edit toward);
+    ``class_weights`` (C, D) and ``class_bias`` (C,), a logistic regression of the class on latents (the class
+    model). Test set: ``principal_directions`` (D, D), rows sorted by ``principal_std`` (D,) from the largest;
+    ``active_order`` (D,), the dimensions sorted by the variance of their posterior mean (the evaluation
+    report's "most active" first); ``scatter_means`` (M, D) and ``scatter_labels`` (M,), the first test images'
+    posterior means and labels (the explorer draws them).
     """
 
     class_names: tuple[str, ...]
     class_means: np.ndarray
-    class_scales: np.ndarray
+    anchor_means: np.ndarray
+    anchor_stds: np.ndarray
+    class_weights: np.ndarray
+    class_bias: np.ndarray
     principal_directions: np.ndarray
     principal_std: np.ndarray
     active_order: np.ndarray
@@ -66,15 +72,34 @@ class LatentStats:
         """The attribute vector from class ``source`` to class ``target``: the difference of their means."""
         return self.class_means[target] - self.class_means[source]
 
+    def class_probabilities(self, z: np.ndarray) -> np.ndarray:
+        """The class model's probabilities (N, C) for latents (N, D)."""
+        logits = z @ self.class_weights.T.astype(np.float64) + self.class_bias
+        logits -= logits.max(axis=1, keepdims=True)
+        odds = np.exp(logits)
+        return odds / odds.sum(axis=1, keepdims=True)
+
+    def nearest_anchor(self, label: int, z: np.ndarray) -> np.ndarray:
+        """For each latent (N, D), the nearest anchor (N, D) of class ``label`` among those the class model also
+        puts in the class (probability at least 1/2; all of them if none is): an anchor on the border of its class
+        decodes to the class only just, and a decoder of lower precision may tip it over."""
+        anchors = self.anchor_means[label].astype(np.float64)
+        inside = self.class_probabilities(anchors)[:, label] >= 0.5
+        anchors = anchors[inside] if inside.any() else anchors
+        return anchors[((z[:, None, :] - anchors[None]) ** 2).sum(-1).argmin(1)]
+
+
+def stats_from_arrays(arrays: Mapping[str, np.ndarray]) -> LatentStats:
+    """LatentStats from its arrays by name (``latent_stats.npz``'s members, or export/stats.py's dict)."""
+    return LatentStats(tuple(str(n) for n in arrays["class_names"]), *(arrays[f.name] for f in fields(LatentStats)[1:]))
+
 
 def read_stats(path: Path | IO[bytes]) -> LatentStats:
     """``latent_stats.npz`` (a path or an open file) as LatentStats; ManifestError names the file when it is
     missing or damaged."""
     try:
         with np.load(path, allow_pickle=False) as arrays:
-            return LatentStats(tuple(str(n) for n in arrays["class_names"]), arrays["class_means"],
-                               arrays["class_scales"], arrays["principal_directions"], arrays["principal_std"],
-                               arrays["active_order"], arrays["scatter_means"], arrays["scatter_labels"])
+            return stats_from_arrays(arrays)
     except FileNotFoundError:
         raise ManifestError(f"{path}: not found; run `make export`") from None
     except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as e:

@@ -34,8 +34,8 @@ class Operation:
 OPERATIONS = {
     "sample": Operation(images=True, stats=True),  # by class, or around a point (which may be an image)
     "interpolate": Operation(images=True, stats=True),
-    "encode": Operation(images=True, stats=False),
-    "decode": Operation(images=False, stats=False),
+    "encode": Operation(images=True, stats=True),  # the class model's probabilities in json answers
+    "decode": Operation(images=False, stats=True),
     "reconstruct": Operation(images=True, stats=False),
     "traverse": Operation(images=True, stats=True),
     "edit": Operation(images=True, stats=True),

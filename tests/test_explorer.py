@@ -19,6 +19,7 @@ from explorer.errors import NoSpace
 from explorer.server import Explorer
 from serving.server import TorchServe
 from serving.settings import MODELS, ServerConfig
+from training.data import CLASS_NAMES
 
 CHROMIUM = shutil.which("chromium")
 pytestmark = [pytest.mark.integration,  # a real TorchServe and a browser
@@ -100,10 +101,16 @@ def test_the_page_drives_every_control_through_the_api(explorer, browser):
     decoded, dropped, moves = counts
     assert decoded >= 1 and decoded + dropped == moves, counts
     assert "onnx-int8 on cpu" in page.text_content("#status") and " ms" in page.text_content("#status")
-    # A slider moves the decoded point; the class edit answers and follows its strength.
+    # A slider moves the decoded point, whose class probabilities are listed; the class edit lands by default
+    # (auto) and follows its strength once auto is off.
     page.eval_on_selector("#sliders input", "el => { el.value = 2.5; el.dispatchEvent(new Event('input')); }")
     wait_change(page, "#decoded", dragged)
+    page.wait_for_function("() => document.querySelectorAll('#classes li').length === 3", timeout=15000)
+    assert any(name in page.text_content("#classes") for name in CLASS_NAMES)
     edited = wait_change(page, "#edited", "")
+    page.wait_for_function("() => / of the way to the nearest /.test(document.getElementById('edit-result')"
+                           ".textContent)", timeout=15000)
+    page.click("#edit-auto")
     page.eval_on_selector("#edit-strength", "el => { el.value = -1.5; el.dispatchEvent(new Event('input')); }")
     wait_change(page, "#edited", edited)
     # Two clicks on the plane: an interpolation strip of 8 images.

@@ -19,6 +19,7 @@ from onnx import numpy_helper
 
 import export.__main__ as export_main
 from export import parity
+from export import stats as export_stats
 from export.config import RELEASES, ExportConfig
 from export.lowres import LowResDecoder
 from runtime import artifacts, backends
@@ -189,7 +190,7 @@ def check_latent_size(artifact_dir: Path, latent_dim: int) -> None:
     for file in artifacts.ENCODERS.values():
         assert [a.shape for a in backends.load(artifact_dir / file)(x)] == [(3, latent_dim)] * 2  # mu, logvar
     stats = artifacts.read_stats(artifact_dir / artifacts.STATS)
-    assert stats.class_means.shape == (10, latent_dim) and stats.class_scales.shape == (10, latent_dim, latent_dim)
+    assert stats.class_means.shape == (10, latent_dim) and stats.anchor_means.shape[::2] == (10, latent_dim)
     assert stats.principal_directions.shape == (latent_dim, latent_dim)
     assert sorted(stats.active_order) == list(range(latent_dim))
     session = ort.InferenceSession(str(artifact_dir / artifacts.DECODERS["onnx-int8"]),
@@ -284,26 +285,47 @@ def test_a_manifest_write_is_atomic_and_round_trips(tmp_path, monkeypatch):
 
 
 def test_latent_statistics_describe_the_posterior_means(small, exported):
-    """Class means and scales, principal directions and the activity order, against a direct computation."""
+    """Class means, anchors (recognised training posteriors of their class), the class model, principal directions
+    and the activity order, against a direct computation."""
     out, _ = exported
     stats = artifacts.read_stats(out / ARTIFACT_DIR / artifacts.STATS)
     model, _ = checkpoint.load_model(small["ckpt"])
     fmnist = data.load(small["data"])
     with torch.no_grad():
-        mu_train = model.encode(fmnist.train.tensor())[0].double().numpy()
+        mu_train, logvar_train = (t.double().numpy() for t in model.encode(fmnist.train.tensor()))
         mu_test = model.encode(fmnist.test.tensor())[0].double().numpy()
     assert stats.class_names == data.CLASS_NAMES
+    assert stats.anchor_means.shape == stats.anchor_stds.shape == (10, export_stats.ANCHORS, model.latent_dim)
     for label in (0, 7):
-        members = mu_train[fmnist.train.labels == label]
-        assert np.allclose(stats.class_means[label], members.mean(0), atol=1e-5)
-        scale = stats.class_scales[label].astype(np.float64)
-        assert np.allclose(scale, scale.T, atol=1e-6)  # symmetric: eps @ scale has the class's covariance
-        assert np.allclose(scale @ scale, np.cov(members, rowvar=False), atol=1e-4)
+        members = fmnist.train.labels == label
+        assert np.allclose(stats.class_means[label], mu_train[members].mean(0), atol=1e-5)
+        # every anchor is the posterior of a training image of its class
+        distance = ((stats.anchor_means[label][:, None] - mu_train[members][None]) ** 2).sum(-1)
+        nearest = distance.argmin(1)
+        assert np.allclose(distance.min(1), 0, atol=1e-8)
+        assert np.allclose(stats.anchor_stds[label], np.exp(logvar_train[members][nearest] / 2), atol=1e-5)
+    assert stats.class_weights.shape == (10, model.latent_dim) and stats.class_bias.shape == (10,)
+    assert np.allclose(stats.class_probabilities(mu_test).sum(1), 1)
     directions = stats.principal_directions.astype(np.float64)
     assert np.allclose(directions @ directions.T, np.eye(64), atol=1e-4)  # orthonormal rows
     assert np.all(np.diff(stats.principal_std) <= 1e-6)  # largest variance first
     assert np.isclose(np.var(mu_test @ directions[0], ddof=1), stats.principal_std[0] ** 2, rtol=1e-3)
     assert np.array_equal(stats.active_order, np.argsort(-mu_test.var(0), kind="stable"))
+
+
+def test_the_class_model_learns_classes_that_latents_separate():
+    rng = np.random.default_rng(0)
+    centres = rng.normal(0, 3, (10, 8))
+    labels = rng.integers(0, 10, 2000)
+    z = centres[labels] + rng.normal(0, 1, (2000, 8))
+    weights, bias = export_stats.class_model(z, labels, 10)
+    stats = artifacts.LatentStats(data.CLASS_NAMES, *[np.zeros(1)] * 3, weights, bias, *[np.zeros(1)] * 5)
+    fresh = rng.integers(0, 10, 500)
+    probabilities = stats.class_probabilities(centres[fresh] + rng.normal(0, 1, (500, 8)))
+    assert (probabilities.argmax(1) == fresh).mean() > 0.9
+    shuffled = export_stats.class_model(z, rng.permutation(labels), 10)  # labels unrelated to z: no better than chance
+    stats = artifacts.LatentStats(data.CLASS_NAMES, *[np.zeros(1)] * 3, *shuffled, *[np.zeros(1)] * 5)
+    assert (stats.class_probabilities(centres[fresh]).argmax(1) == fresh).mean() < 0.3
 
 
 def test_statistics_errors_name_the_file(tmp_path):

@@ -21,6 +21,7 @@ from tests.conftest import ARTIFACTS, LATENT, b64png, fast_check_passes, npy, pn
 from training.data import CLASS_NAMES
 
 STATS = artifacts.read_stats(ARTIFACTS / artifacts.STATS)
+GOOD_IMAGE = b64png(np.full((28, 28), 40, np.uint8))
 DECODER = backends.load(ARTIFACTS / artifacts.DECODERS["onnx-int8"])
 ENCODER = backends.load(ARTIFACTS / artifacts.ENCODERS["onnx-fp32"])
 OPERATIONS = [path.removeprefix("/predictions/") for path in SPEC["paths"]]
@@ -140,6 +141,55 @@ def test_edit_moves_between_class_means_and_strength_zero_is_the_reconstruction(
     assert single["strengths"] == [1.5] and len(single["images"]) == 1
 
 
+def test_an_auto_edit_stops_where_the_class_model_reaches_the_target(api):
+    stopped_inside = 0
+    for seed in range(12):
+        start = seeded_latents(seed, 1, LATENT)[0]
+        reply = json_reply(api, "edit", {"start": {"seed": seed}, "to": "Bag", "target_probability": 0.9})
+        (fraction,), (reached,) = reply["strengths"], reply["reached"]
+        anchor = STATS.nearest_anchor(8, start[None])[0]
+        assert np.allclose(reply["latents"][0], start + fraction * (anchor - start), atol=1e-5)
+        path = start + np.linspace(0, 1, 101)[:, None] * (anchor - start)
+        bag = STATS.class_probabilities(path)[:, 8]
+        if reached:  # the first step that gets there
+            assert reply["class_probabilities"][0]["Bag"] >= 0.9 - 1e-4
+            assert np.isclose(fraction, np.linspace(0, 1, 101)[np.argmax(bag >= 0.9)])
+            stopped_inside += 0 < fraction < 1
+        else:  # best effort: the anchor
+            assert fraction == 1 and bag.max() < 0.9
+    assert stopped_inside  # the class model does stop some edits short of the anchor
+    images = npy(post(api, "edit", {"start": {"seed": 4}, "to": "Bag", "format": "npy"})[2])
+    assert images.shape == (1, 28, 28)  # "auto" and 0.99 are the defaults
+
+
+def test_an_unreachable_auto_edit_ends_at_the_anchor_and_says_so(api):
+    start = STATS.class_means[1].astype(np.float64)  # Trouser's mean, toward Shirt, at a probability few points have
+    reply = json_reply(api, "edit", {"start": {"class": "Trouser"}, "to": "Shirt", "target_probability": 0.999999})
+    probabilities = STATS.class_probabilities(STATS.nearest_anchor(6, start[None]))[0, 6]
+    if probabilities >= 0.999999:
+        pytest.skip("this export's class model is sure of that anchor")
+    assert reply["reached"] == [False] and reply["strengths"] == [1.0]
+    assert np.allclose(reply["latents"][0], STATS.nearest_anchor(6, start[None])[0], atol=1e-5)
+
+
+@pytest.mark.parametrize(("operation", "body", "count"), [
+    ("sample", {"n": 3, "seed": 1, "class": "Coat"}, 3), ("decode", {"latents": [[0.0] * LATENT] * 2}, 2),
+    ("encode", {"images": [GOOD_IMAGE]}, 1), ("edit", {"start": {"seed": 2}, "to": 3}, 1)])
+def test_answers_carry_the_class_models_probabilities_for_each_image(api, operation, body, count):
+    reply = json_reply(api, operation, body)
+    z = np.array(reply.get("latents", reply.get("mu")))
+    rows = reply["class_probabilities"]
+    assert len(rows) == count and all(list(row) == list(CLASS_NAMES) for row in rows)
+    assert np.allclose([list(row.values()) for row in rows], STATS.class_probabilities(z), atol=1e-4)
+
+
+def test_the_named_openapi_examples_answer(api):
+    for operation in OPERATIONS:
+        for name, example in request_schema(operation).get("examples", {}).items():
+            code, _, payload = post(api, operation, example["value"])
+            assert code == 200, (operation, name, payload[:300])
+
+
 def test_analogy_adds_the_difference(api):
     body = {"a": {"class": "Sneaker"}, "b": {"class": "Ankle boot"}, "c": {"seed": 5}}
     z = np.array(json_reply(api, "analogy", body)["latents"])
@@ -161,10 +211,16 @@ def test_walk_is_seeded_and_can_stay_on_the_shell(api):
     assert code == 200 and np.array_equal(npy(drawn), npy(again))  # the returned seed is the one drawn
 
 
-def test_sample_by_class_and_around_a_point(api):
+def test_sample_by_class_draws_anchors_posteriors_and_around_a_point(api):
     reply = json_reply(api, "sample", {"n": 4, "seed": 6, "class": "Trouser", "temperature": 0.5})
+    pick = np.random.default_rng([6, 1]).integers(len(STATS.anchor_means[1]), size=4)
     eps = seeded_latents(6, 4, LATENT, 0.5)
-    assert np.allclose(reply["latents"], STATS.class_means[1] + eps @ STATS.class_scales[1], atol=1e-4)
+    assert np.allclose(reply["latents"], STATS.anchor_means[1][pick] + STATS.anchor_stds[1][pick] * eps, atol=1e-5)
+    more = json_reply(api, "sample", {"n": 9, "seed": 6, "class": 1, "temperature": 0.5})
+    assert np.allclose(more["latents"][:4], reply["latents"], atol=1e-6)  # a seed's first images whatever n
+    hot = json_reply(api, "sample", {"n": 4, "seed": 6, "class": "Trouser", "temperature": 1.0})
+    anchors = STATS.anchor_means[1][pick]
+    assert np.allclose(np.array(hot["latents"]) - anchors, 2 * (np.array(reply["latents"]) - anchors), atol=1e-5)
     around = json_reply(api, "sample", {"n": 3, "seed": 6, "around": {"seed": 11}, "sigma": 0.2})
     assert np.allclose(around["latents"], seeded_latents(11, 1, LATENT)[0] + 0.2 * seeded_latents(6, 3, LATENT),
                        atol=1e-5)
@@ -234,7 +290,12 @@ BAD_INPUTS = [
     ("traverse", {"start": {"seed": 1}, "range": [1]}, "range", "wrong_length"),
     ("traverse", {"start": {"seed": 1}, "steps": 1}, "steps", "out_of_range"),
     ("traverse", {"start": {"seed": 1}, "steps": 33}, "steps", "out_of_range"),
-    ("edit", {"start": {"seed": 1}, "to": 2}, "from", "missing_field"),
+    ("edit", {"start": {"seed": 1}, "to": 2, "strength": 1}, "from", "missing_field"),
+    ("edit", {"start": {"seed": 1}, "to": 2, "target_probability": 1}, "target_probability", "out_of_range"),
+    ("edit", {"start": {"seed": 1}, "to": 2, "target_probability": 0}, "target_probability", "out_of_range"),
+    ("edit", {"start": {"seed": 1}, "from": 0, "to": 2, "strength": 1, "target_probability": 0.9},
+     "target_probability", "conflict"),
+    ("edit", {"start": {"seed": 1}, "to": 2, "strength": "max"}, "strength", "invalid_value"),
     ("edit", {"start": {"seed": 1}, "from": "Bag", "to": "hat"}, "to", "invalid_value"),
     ("edit", {"start": {"seed": 1}, "from": 0, "to": 1, "strength": 5}, "strength", "out_of_range"),
     ("edit", {"start": {"seed": 1}, "from": 0, "to": 1, "strength": [0, "x"]}, "strength[1]", "wrong_type"),

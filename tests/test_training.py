@@ -154,6 +154,10 @@ def test_diagnosis_categories():
         .startswith("weak encoding")
     assert evaluate.diagnose({**base, "active_units": 30, "kl_total": 25.0, "mutual_information": 9.0}) \
         .startswith("healthy")
+    two = {**base, "kl_per_dim": [3.0, 3.0], "kl_total": 6.0, "mutual_information": 5.9}  # the 2-d model's figures
+    assert evaluate.diagnose({**two, "active_units": 2}).startswith("healthy")
+    assert evaluate.diagnose({**two, "active_units": 1}).startswith("weak encoding")
+    assert [evaluate.needed_active_units(d) for d in (1, 2, 8, 64)] == [1, 2, 2, 16]
 
 
 def test_cli_errors_name_the_problem(tmp_path, dataset_dir, trained):

@@ -110,6 +110,12 @@ def latent_usage(mu: Tensor, logvar: Tensor, seed: int = 0, chunk: int = 500) ->
     }
 
 
+def needed_active_units(latent: int) -> int:
+    """The active units a healthy encoding of ``latent`` dimensions has: a quarter of them, and at least two (both
+    of a 2-d model; 16 of 64)."""
+    return min(latent, max(2, latent // 4))
+
+
 def diagnose(usage: dict) -> str:
     """A plain-language verdict on how the latent space is used."""
     active, latent = usage["active_units"], len(usage["kl_per_dim"])
@@ -117,7 +123,7 @@ def diagnose(usage: dict) -> str:
     if active == 0 or usage["kl_total"] < 1.0:
         return (f"posterior collapse: the encoder carries almost no information (KL {usage['kl_total']:.2f} nats, "
                 f"{active} active units); the decoder ignores z.")
-    if active < 16 or mi < 0.5 * bound:
+    if active < needed_active_units(latent) or mi < 0.5 * bound:
         return (f"weak encoding: {active}/{latent} active units and I(x;z) = {mi:.2f} of at most {bound:.2f} nats; "
                 "try KL warm-up or a lower beta.")
     return (f"healthy: {active}/{latent} active units ({usage['informative_units']} carry more than "

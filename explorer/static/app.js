@@ -177,8 +177,22 @@ const decodePoint = latest("decode", async (z) => {
   window.explorerStats.decodes.push(ms);
   $("decoded").src = png(data.images[0]);
   $("point").textContent = `|z| = ${Math.hypot(...z).toFixed(2)}`;
+  showClasses(data.class_probabilities[0]);
   requestEdit();
 });
+
+// The class model's three most probable classes at the decoded point, with bars.
+function showClasses(probabilities) {
+  const top = Object.entries(probabilities).sort((a, b) => b[1] - a[1]).slice(0, 3);
+  $("classes").replaceChildren(...top.map(([name, p]) => {
+    const item = document.createElement("li");
+    const bar = document.createElement("span");
+    bar.className = "bar";
+    bar.style.width = `${Math.round(p * 80)}px`;
+    item.append(`${name} ${(100 * p).toFixed(0)}%`, bar);
+    return item;
+  }));
+}
 
 function pointerAt(event) {
   const rect = pad.getBoundingClientRect();
@@ -235,12 +249,26 @@ const requestEdit = (() => {
   const send = latest("edit", async (body) => {
     const { data } = await api("edit", body);
     $("edited").src = png(data.images[0]);
+    const to = $("edit-to").value;
+    const p = (100 * data.class_probabilities[0][to]).toFixed(0);
+    $("edit-result").textContent = body.strength === "auto"
+      ? `${data.reached[0] ? "landed" : "best effort"}: ${data.strengths[0].toFixed(2)} of the way to the nearest ` +
+        `${to}; ${to} ${p}%`
+      : `${to} ${p}%`;
   });
-  return () => send({ start: { latent: currentLatent() }, from: $("edit-from").value, to: $("edit-to").value,
-    strength: Number($("edit-strength").value), format: "json" });
+  return () => {
+    const auto = $("edit-auto").checked;
+    send(auto ? { start: { latent: currentLatent() }, to: $("edit-to").value, strength: "auto", format: "json" }
+      : { start: { latent: currentLatent() }, from: $("edit-from").value, to: $("edit-to").value,
+        strength: Number($("edit-strength").value), format: "json" });
+  };
 })();
 
 for (const id of ["edit-from", "edit-to"]) $(id).addEventListener("change", requestEdit);
+$("edit-auto").addEventListener("change", () => {
+  for (const id of ["edit-from", "edit-strength"]) $(id).disabled = $("edit-auto").checked;
+  requestEdit();
+});
 $("edit-strength").addEventListener("input", () => {
   $("edit-strength-value").textContent = $("edit-strength").value;
   requestEdit();
