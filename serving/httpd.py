@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import socket
 import threading
+import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
@@ -16,14 +17,41 @@ REQUEST_TIMEOUT_S = 10.0
 
 
 class DeadlineServer(ThreadingHTTPServer):
-    """A threading HTTP server whose connections keep the deadlines above."""
+    """A threading HTTP server whose connections keep the deadlines above. One thread watches the requests in
+    progress and shuts the connection of any whose deadline has passed (a thread per request would cost each
+    request a thread start: milliseconds on a busy machine)."""
 
     daemon_threads = True
+    WATCH_INTERVAL_S = 0.25
 
     def __init__(self, address: tuple[str, int], handler: type[BaseHTTPRequestHandler],
                  idle_timeout: float = IDLE_TIMEOUT_S, request_timeout: float = REQUEST_TIMEOUT_S) -> None:
         self.idle_timeout, self.request_timeout = idle_timeout, request_timeout
+        self.arriving: dict[int, tuple[float, DeadlineHandler]] = {}  # requests still arriving, by handler id
+        self.arriving_lock, self.closed = threading.Lock(), threading.Event()
         super().__init__(address, handler)
+        threading.Thread(target=self._watch, name="request-deadlines", daemon=True).start()
+
+    def arriving_until(self, handler: DeadlineHandler, deadline: float | None) -> None:
+        """Watch ``handler``'s request until ``deadline`` (time.monotonic()), or stop watching it (None)."""
+        with self.arriving_lock:
+            if deadline is None:
+                self.arriving.pop(id(handler), None)
+            else:
+                self.arriving[id(handler)] = (deadline, handler)
+
+    def _watch(self) -> None:
+        while not self.closed.wait(self.WATCH_INTERVAL_S):
+            now = time.monotonic()
+            with self.arriving_lock:
+                late = [handler for deadline, handler in self.arriving.values() if deadline < now]
+            for handler in late:
+                self.arriving_until(handler, None)
+                handler.expire()
+
+    def server_close(self) -> None:
+        self.closed.set()
+        super().server_close()
 
 
 class DeadlineHandler(BaseHTTPRequestHandler):
@@ -41,13 +69,11 @@ class DeadlineHandler(BaseHTTPRequestHandler):
         except OSError:  # idle for too long (TimeoutError), or reset
             self.close_connection = True
             return
-        self.deadline = threading.Timer(self.server.request_timeout, self._expire)
-        self.deadline.daemon = True
-        self.deadline.start()
+        self.server.arriving_until(self, time.monotonic() + self.server.request_timeout)
         try:
             super().handle_one_request()
         finally:
-            self.deadline.cancel()
+            self.server.arriving_until(self, None)
 
     def parse_request(self) -> bool:
         ok = super().parse_request()
@@ -57,9 +83,10 @@ class DeadlineHandler(BaseHTTPRequestHandler):
 
     def request_received(self) -> None:
         """The whole request has arrived: the deadline no longer applies to this one."""
-        self.deadline.cancel()
+        self.server.arriving_until(self, None)
 
-    def _expire(self) -> None:
+    def expire(self) -> None:
+        """The deadline passed: shut the connection (the handler's read fails, and it closes)."""
         self.close_connection = True
         try:
             self.connection.shutdown(socket.SHUT_RDWR)
