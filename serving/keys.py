@@ -5,10 +5,10 @@ TorchServe 0.12 writes ``KEY_FILE`` into its working directory: ``{"management":
 (``/token?type=inference|management`` on the management port); a management or inference key expires
 ``token_expiration_min`` after it was made, and from then on every request with it gets 400 InvalidKeyException,
 /ping included. The launcher renews both at a third of their lifetime (``KeyRenewer``), so they never expire.
-TorchServe replaces a renewed key at once: a client reads the key from the key file for each request and, when a
-request is refused for its key, reads it again and retries once (``refused_for_key``; the launcher's own client,
-the health check and the explorer do). TorchServe rewrites the file in place, so a reader retries a file it finds
-incomplete.
+TorchServe replaces a renewed key at once, and rewrites the file a moment later: a client reads the key from the
+key file for each request and, when a request is refused for its key (``refused_for_key``), waits for the file
+to hold a new one (``next_key``) and retries once (the launcher's own client, the health check and the explorer
+retry once). TorchServe rewrites the file in place, so a reader retries a file it finds incomplete.
 """
 
 from __future__ import annotations
@@ -34,6 +34,18 @@ def read_keys(key_file: Path, attempts: int = 50) -> dict[str, str]:
         except (ValueError, KeyError, TypeError):
             time.sleep(0.01)
     raise ServerError(f"{key_file}: not a readable key file")
+
+
+def next_key(key_file: Path, kind: str, refused: str, timeout: float = 2.0) -> str:
+    """The ``kind`` key once the key file no longer holds ``refused``: TorchServe starts refusing a renewed key a
+    moment before it rewrites the file, so a client refused for its key waits for the new one (at most
+    ``timeout`` seconds; then whatever the file holds)."""
+    deadline = time.monotonic() + timeout
+    key = read_keys(key_file)[kind]
+    while key == refused and time.monotonic() < deadline:
+        time.sleep(0.02)
+        key = read_keys(key_file)[kind]
+    return key
 
 
 def refused_for_key(status: int, body: bytes) -> bool:

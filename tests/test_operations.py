@@ -29,7 +29,7 @@ from runtime.manifest import Artifact, Manifest
 from serving.client import http_json
 from serving.errors import ServerError
 from serving.health import problems
-from serving.keys import read_keys, refused_for_key
+from serving.keys import next_key, read_keys, refused_for_key
 from serving.routes import ROUTES
 from serving.server import TorchServe
 from serving.settings import ServerConfig
@@ -82,11 +82,12 @@ def test_keys_are_renewed_before_they_expire_under_load(current_store, tmp_path)
 
         def client() -> None:  # the documented protocol: read the key for each request, re-read and retry once
             while not stop.is_set():
+                key = read_keys(ts.key_file)["inference"]
                 for _ in range(2):
-                    code, body = call(f"{ts.url}/predictions/sample", NPY_BODY,
-                                      {"Authorization": f"Bearer {read_keys(ts.key_file)['inference']}"})
+                    code, body = call(f"{ts.url}/predictions/sample", NPY_BODY, {"Authorization": f"Bearer {key}"})
                     if not refused_for_key(code, body):
                         break
+                    key = next_key(ts.key_file, "inference", key)
                 statuses.append(code)
 
         threads = [threading.Thread(target=client) for _ in range(3)]
