@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable
@@ -24,9 +25,14 @@ def get_json(url: str, timeout: float, token: str | None) -> dict | list:
 def http_json(url: str, timeout: float = 5, key: Callable[[], str | None] | None = None) -> dict | list:
     """GET ``url`` as JSON, with the bearer key ``key()`` gives. A request refused for its key (TorchServe has
     just renewed it) is sent once more with the key read again; urllib's errors propagate."""
+    refused = key() if key else None
     try:
-        return get_json(url, timeout, key() if key else None)
+        return get_json(url, timeout, refused)
     except urllib.error.HTTPError as e:
         if key is None or not refused_for_key(e.code, str(e.reason).encode()):
             raise
-    return get_json(url, timeout, key())
+    deadline, fresh = time.monotonic() + 2, key()
+    while fresh == refused and time.monotonic() < deadline:  # TorchServe rewrites the key file a moment later
+        time.sleep(0.02)
+        fresh = key()
+    return get_json(url, timeout, fresh)
