@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import json
-import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable
 
-from serving.keys import refused_for_key
+from serving.keys import refused_for_key, renewed
 
 
 def get_json(url: str, timeout: float, token: str | None) -> dict | list:
@@ -31,8 +30,4 @@ def http_json(url: str, timeout: float = 5, key: Callable[[], str | None] | None
     except urllib.error.HTTPError as e:
         if key is None or not refused_for_key(e.code, str(e.reason).encode()):
             raise
-    deadline, fresh = time.monotonic() + 2, key()
-    while fresh == refused and time.monotonic() < deadline:  # TorchServe rewrites the key file a moment later
-        time.sleep(0.02)
-        fresh = key()
-    return get_json(url, timeout, fresh)
+    return get_json(url, timeout, renewed(key, refused))

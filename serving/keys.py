@@ -19,6 +19,7 @@ import threading
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
 
 from serving.errors import ServerError
@@ -36,16 +37,20 @@ def read_keys(key_file: Path, attempts: int = 50) -> dict[str, str]:
     raise ServerError(f"{key_file}: not a readable key file")
 
 
-def next_key(key_file: Path, kind: str, refused: str, timeout: float = 2.0) -> str:
-    """The ``kind`` key once the key file no longer holds ``refused``: TorchServe starts refusing a renewed key a
-    moment before it rewrites the file, so a client refused for its key waits for the new one (at most
-    ``timeout`` seconds; then whatever the file holds)."""
-    deadline = time.monotonic() + timeout
-    key = read_keys(key_file)[kind]
+def renewed(read: Callable[[], str | None], refused: str | None, timeout: float = 2.0) -> str | None:
+    """``read()`` once it no longer gives ``refused``: TorchServe starts refusing a renewed key a moment before it
+    rewrites the key file, so a client refused for its key waits for the new one (at most ``timeout`` seconds;
+    then whatever ``read`` gives)."""
+    deadline, key = time.monotonic() + timeout, read()
     while key == refused and time.monotonic() < deadline:
         time.sleep(0.02)
-        key = read_keys(key_file)[kind]
+        key = read()
     return key
+
+
+def next_key(key_file: Path, kind: str, refused: str) -> str:
+    """The ``kind`` key from ``key_file`` once it is no longer ``refused`` (``renewed``)."""
+    return renewed(lambda: read_keys(key_file)[kind], refused)
 
 
 def refused_for_key(status: int, body: bytes) -> bool:
