@@ -44,7 +44,7 @@ from runtime import artifacts
 from runtime.errors import ManifestError, error_body
 from serving import archive
 from serving.httpd import IDLE_TIMEOUT_S, REQUEST_TIMEOUT_S, DeadlineHandler, DeadlineServer
-from serving.keys import read_keys, refused_for_key
+from serving.keys import read_keys, refused_for_key, renewed
 from serving.routes import EXPLORER_OPERATIONS, ROUTES
 from serving.settings import MODELS
 
@@ -155,15 +155,17 @@ class Explorer(DeadlineServer):
     def forward(self, model: str, body: bytes) -> tuple[int, str, bytes]:
         """POST ``body`` to /predictions/<model>: (status, content type, body). One retry on a stale connection,
         and one with the key read again when TorchServe refused it (it was just renewed)."""
-        try:
-            answer = self._forward(model, body)
-        except UPSTREAM_ERRORS:  # TorchServe closed the kept-alive connection: once more on a new one
-            answer = self._forward(model, body)
-        return self._forward(model, body) if refused_for_key(answer[0], answer[2]) else answer
-
-    def _forward(self, model: str, body: bytes) -> tuple[int, str, bytes]:
-        headers = {"Content-Type": "application/json"}
         key = self.inference_key()
+        try:
+            answer = self._forward(model, body, key)
+        except UPSTREAM_ERRORS:  # TorchServe closed the kept-alive connection: once more on a new one
+            answer = self._forward(model, body, key)
+        if refused_for_key(answer[0], answer[2]):  # renewed: wait for the key file to hold the new key
+            answer = self._forward(model, body, renewed(self.inference_key, key))
+        return answer
+
+    def _forward(self, model: str, body: bytes, key: str | None) -> tuple[int, str, bytes]:
+        headers = {"Content-Type": "application/json"}
         if key:
             headers["Authorization"] = f"Bearer {key}"
         return self._post(model, body, headers)
