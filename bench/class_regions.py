@@ -27,6 +27,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from bench.latent_report import spread
 from export import stats
 from runtime.artifacts import LatentStats, stats_from_arrays
 from training import checkpoint, classifier, data
@@ -38,12 +39,6 @@ PROBABILITY = 0.99
 def decoded(model: torch.nn.Module, z: np.ndarray) -> np.ndarray:
     with torch.no_grad():
         return torch.sigmoid(model.decode(torch.from_numpy(z).float()))[:, 0].numpy()
-
-
-def spread(images: np.ndarray, count: int = 200) -> float:
-    flat = images[:count].reshape(min(count, len(images)), -1).astype(np.float64)
-    distances = np.sqrt(((flat[:, None] - flat[None]) ** 2).sum(-1))
-    return float(distances[np.triu_indices(len(flat), 1)].mean())
 
 
 def samplers(model, clf, fmnist, mu, sd, latent: LatentStats, per_class: int, rng) -> dict:  # noqa: ANN001
