@@ -250,6 +250,12 @@ def test_init_from_trains_on_from_weights_with_a_fresh_optimizer_and_records_it(
     assert any(moved)
     command = release.train_command(state["train_config"], out, state["init_from"])
     assert f"--init-from {parent}" in command and "--epochs 3" in command and "--lr 0.0003" in command
+    child = tmp_path / "child"  # a third generation: the model card names the whole chain
+    train.main(["--out", str(child), "--init-decoder-from", str(out / "final.pt"), "--epochs", "1",
+                "--data-dir", str(dataset_dir), "--device", "cpu", "--batch-size", "64"])
+    chain = release.ancestry(checkpoint.load(child / "final.pt")["init_from"])
+    assert len(chain) == 2 and f"its decoder from `{out / 'final.pt'}`" in chain[0]
+    assert f"--init-from {parent}" in chain[0] and checkpoint.file_sha256(parent)[:16] in chain[1]
 
 
 def test_a_new_encoder_learns_on_a_fixed_decoder_then_both_train(tmp_path, dataset_dir, trained):

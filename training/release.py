@@ -42,19 +42,28 @@ def train_command(cfg: dict, out: Path, init_from: dict | None = None) -> str:
     return " ".join(["python -m training.train --out", str(out), *flags])
 
 
+def ancestry(parent: dict | None) -> list[str]:
+    """The checkpoints a run started from, newest first, each with its SHA-256, epoch and reproducing command
+    (``init_from`` records its parent's own ``init_from``, so the chain goes back to a run from scratch)."""
+    lines, child = [], "It"
+    while parent is not None:
+        part = "its decoder" if parent.get("part") == "decoder" else "its weights"
+        fresh = "a new encoder and a fresh optimizer" if parent.get("part") == "decoder" else "a fresh optimizer"
+        command = train_command(parent["train_config"], Path("runs/parent"), parent.get("init_from"))
+        lines.append(f"{child} took {part} from `{parent['path']}` (SHA-256 `{parent['sha256'][:16]}...`, epoch "
+                     f"{parent['epoch']}) with {fresh}; that checkpoint was trained with `{command}`.")
+        parent, child = parent.get("init_from"), "That one"
+    return lines
+
+
 def model_card(report: dict, state: dict, source: Path) -> str:
     """MODEL_CARD.md: what the model is, how it was made, and how well it does."""
     e, cfg, params = report["test"], state["train_config"], report["parameters"]
     norm = ", BatchNorm after every hidden conv (folded on export)" if cfg["model"].get("batch_norm") else ""
     model = VAEConfig.from_dict(cfg["model"])
     shape = f"{model.encoder_widths}{norm} -> Gaussian q(z|x), latent {model.latent_dim}"
-    parent = state.get("init_from")
-    started = "Its decoder started from" if parent and parent.get("part") == "decoder" else "Started from"
-    fresh = "a new encoder and a fresh optimizer" if parent and parent.get("part") == "decoder" else "a fresh optimizer"
-    lineage = "" if parent is None else (
-        f"\n  {started} `{parent['path']}` (SHA-256 `{parent['sha256'][:16]}...`, epoch {parent['epoch']}) with "
-        f"{fresh}; that checkpoint was trained with "
-        f"`{train_command(parent['train_config'], Path('runs/release'))}`.")
+    command = train_command(cfg, source.parent, state.get("init_from"))
+    lineage = "".join(f"\n  {line}" for line in ancestry(state.get("init_from")))
     decay = f", cosine decay after epoch {cfg['lr_decay_start']}" if cfg.get("lr_decay_start") else " constant"
     hashes = "\n".join(f"| `{name}` | `{digest}` |" for name, digest in report["data_sha256"].items())
     return f"""# Model card: Fashion-MNIST convolutional VAE, latent {cfg["model"]["latent_dim"]}
@@ -64,7 +73,7 @@ def model_card(report: dict, state: dict, source: Path) -> str:
   decoder Linear -> 3x3 conv -> nearest upsample x2 -> 3x3 conv -> sub-pixel 3x3 conv + PixelShuffle ->
   Bernoulli logits over 28x28 pixels in [0, 1] (see `training/model.py`). {params['total']:,} parameters
   (encoder {params['encoder']:,}, decoder {params['decoder']:,}).
-- Training: `{train_command(cfg, source.parent, parent)}` ({cfg['epochs']} epochs, batch {cfg['batch_size']},
+- Training: `{command}` ({cfg['epochs']} epochs, batch {cfg['batch_size']},
   Adam lr {cfg['lr']}{decay}, beta {cfg['beta']}, KL warm-up {cfg['kl_warmup_epochs']} epochs,
   seed {cfg['seed']}).{lineage}
 - Intended use: generating and interpolating 28x28 grayscale clothing images for demos and serving tests.

@@ -248,7 +248,8 @@ def decoder_start(args: argparse.Namespace) -> dict:
     return {"model_config": model_cfg.to_dict(), "model": model.state_dict(), "epoch": 0, "history": [],
             "data_sha256": parent["data_sha256"],
             "init_from": {"path": str(args.init_decoder_from), "sha256": checkpoint.file_sha256(args.init_decoder_from),
-                          "epoch": parent["epoch"], "train_config": parent["train_config"], "part": "decoder"}}
+                          "epoch": parent["epoch"], "train_config": parent["train_config"], "part": "decoder",
+                          "init_from": parent.get("init_from")}}
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -271,7 +272,8 @@ def main(argv: list[str] | None = None) -> None:
             raise TrainingError(f"--init-from: {args.init_from} is at epoch {init['epoch']}; "
                                 "pass --epochs > that (the total count)")
         init["init_from"] = {"path": str(args.init_from), "sha256": checkpoint.file_sha256(args.init_from),
-                             "epoch": init["epoch"], "train_config": init["train_config"]}
+                             "epoch": init["epoch"], "train_config": init["train_config"],
+                             "init_from": init.get("init_from")}
         cfg = TrainConfig(model=VAEConfig.from_dict(init["model_config"]),
                           **given(args, (*HYPER_FLAGS, "epochs", "lr_decay_start")))
         out = args.out or Path("runs/train")
