@@ -15,8 +15,10 @@ import pytest
 import yaml
 
 from runtime.artifacts import ARTIFACT_DIR
+from runtime.manifest import Manifest
 from serving.__main__ import parser
 from serving.archive import CODE_DIRS
+from serving.routes import ROUTES
 from serving.settings import MODELS
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -165,3 +167,5 @@ def test_kserve_inference_service_shape():
     assert (isvc["apiVersion"], isvc["kind"]) == ("serving.kserve.io/v1beta1", "InferenceService")
     model = isvc["spec"]["predictor"]["model"]
     assert model["modelFormat"]["name"] == "pytorch" and model["storageUri"].startswith(("s3://", "gs://", "pvc://"))
+    release = Manifest.read(Path("model_store") / ROUTES["sample"].export)  # the archives' --version
+    assert model["storageUri"].rstrip("/").rsplit("/", 1)[1] == release.source.sha256[:12]

@@ -250,10 +250,12 @@ def parameter_count(model: VAE) -> dict[str, int]:
 def markdown(report: dict) -> str:
     """``report.md``: the headline numbers and figures for people."""
     e, u, f = report["test"], report["latent"], report["frechet"]
+    encoder = report.get("encoder_channels", report["channels"])
+    widths = f"channels {report['channels']}" + (f" (encoder {encoder})" if encoder != report["channels"] else "")
     lines = [
         f"# Evaluation of `{report['checkpoint']}`",
         "",
-        f"Epoch {report['epoch']}, latent {report['latent_dim']}, channels {report['channels']}, "
+        f"Epoch {report['epoch']}, latent {report['latent_dim']}, {widths}, "
         f"{report['parameters']['total']:,} parameters (encoder {report['parameters']['encoder']:,}, "
         f"decoder {report['parameters']['decoder']:,}).",
         "",
@@ -315,6 +317,7 @@ def evaluate(ckpt_path: Path, k: int = 1000, data_dir: str | None = None,
         "epoch": state.get("epoch"),
         "latent_dim": model.latent_dim,
         "channels": list(model.cfg.channels),
+        "encoder_channels": list(model.cfg.encoder_widths),
         "parameters": parameter_count(model),
         "data_sha256": fmnist.sha256,
         "test": elbo_and_iwae(model, x_test, k),
