@@ -180,7 +180,7 @@ def main(argv: list[str] | None = None) -> int:
             break
     else:
         server.stop()
-        say("stopped")
+        say(f"stopped ({server.drained})" if server.drained else "stopped")
     if explorer is not None:
         explorer.terminate()
         explorer.wait(10)

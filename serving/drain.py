@@ -29,19 +29,25 @@ def in_flight(management_url: str, models: tuple[str, ...], key: Callable[[], st
     return pending, answered
 
 
-def drain(drain_file: Path, state: Callable[[], tuple[int, float]], timeout: float, hurry: threading.Event) -> None:
+def drain(drain_file: Path, state: Callable[[], tuple[int, float]], timeout: float, hurry: threading.Event) -> str:
     """Create ``drain_file`` (the handlers refuse new work) and wait until ``state()`` (``in_flight``) shows
-    nothing queued and no change for QUIET_SECONDS, at most ``timeout`` seconds or until ``hurry`` is set."""
+    nothing queued and no change for QUIET_SECONDS, at most ``timeout`` seconds or until ``hurry`` is set.
+    Returns how it ended, in one line for the operator."""
     drain_file.touch()
-    deadline = time.monotonic() + timeout
-    last, quiet_since = None, time.monotonic()
+    started = time.monotonic()
+    deadline = started + timeout
+    last, quiet_since = None, started
     while time.monotonic() < deadline and not hurry.is_set():
         try:
             now = state()
         except (urllib.error.URLError, OSError, ValueError):
-            return  # the management API is gone: nothing left to wait for
+            return "drain ended: the management API no longer answers"
         if now != last or now[0] > 0:
             last, quiet_since = now, time.monotonic()
         elif time.monotonic() - quiet_since >= QUIET_SECONDS:
-            return
+            return f"drained in {time.monotonic() - started:.1f} s: nothing queued or answered for {QUIET_SECONDS:g} s"
         time.sleep(0.05)
+    if hurry.is_set():
+        return f"drain cut short after {time.monotonic() - started:.1f} s (asked to stop now)"
+    queued = "" if last is None else f" with {last[0]} request(s) still queued"
+    return f"drain timed out after {timeout:g} s{queued}"

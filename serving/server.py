@@ -68,6 +68,7 @@ class TorchServe:
         self.logs = ServerLogs(self.log_dir)
         self.interrupted = threading.Event()
         self.hurry = threading.Event()
+        self.drained: str | None = None  # how the last drain ended, for the operator
 
     @property
     def process(self) -> subprocess.Popen | None:
@@ -198,8 +199,9 @@ class TorchServe:
                                self.registry)
 
     def drain(self) -> None:
-        """Refuse new work and wait for what was accepted (at most ``drain_timeout``, or until ``hurry``)."""
-        drain.drain(self.drain_file, self.in_flight, self.config.drain_timeout, self.hurry)
+        """Refuse new work and wait for what was accepted (at most ``drain_timeout``, or until ``hurry``); how it
+        ended is kept in ``drained``."""
+        self.drained = drain.drain(self.drain_file, self.in_flight, self.config.drain_timeout, self.hurry)
 
     def stop(self, drain: bool = True) -> None:
         """Drain (when asked and running), stop the JVM and every process of the group, the exporter and the

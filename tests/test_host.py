@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from serving import client
+from serving import client, drain
 from serving.errors import ServerError
 from serving.logs import RotatingFile, check_writable, copy_output, exception_line
 from serving.settings import ServerConfig
@@ -88,3 +88,20 @@ def test_a_request_refused_for_its_key_is_sent_once_more_with_the_key_read_again
     with pytest.raises(urllib.error.HTTPError):  # any other refusal is the answer
         client.http_json("http://x/models", key=lambda: "key")
     assert sent == ["key"]
+
+
+def test_a_drain_says_how_it_ended(tmp_path):
+    """Quiet (nothing queued, no answer for QUIET_SECONDS), timed out with work queued, cut short, API gone."""
+    answered = iter(range(3))
+    calm = drain.drain(tmp_path / "d1", lambda: (0, next(answered, 2)), 5, threading.Event())
+    assert calm.startswith("drained in") and (tmp_path / "d1").exists()
+    busy = drain.drain(tmp_path / "d2", lambda: (3, 0), 0.3, threading.Event())
+    assert busy == "drain timed out after 0.3 s with 3 request(s) still queued"
+    hurry = threading.Event()
+    hurry.set()
+    assert drain.drain(tmp_path / "d3", lambda: (3, 0), 5, hurry).startswith("drain cut short after 0.0 s")
+
+    def gone() -> tuple[int, float]:
+        raise urllib.error.URLError("refused")
+    ended = drain.drain(tmp_path / "d4", gone, 5, threading.Event())
+    assert ended == "drain ended: the management API no longer answers"

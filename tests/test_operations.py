@@ -208,7 +208,8 @@ def test_a_drain_ends_once_accepted_work_is_done_whatever_clients_keep_sending(l
         assert launched.process.wait(timeout=40) == 0, launched.output()
     finally:
         clients.stop()
-    assert time.monotonic() - signalled < 10  # was the 20 s timeout plus the JVM's stop
+    assert "stopped (drained in" in launched.output(), launched.output()  # not "drain timed out after 20 s"
+    assert time.monotonic() - signalled < 20  # the drain ended before its timeout, the JVM's stop included
     assert not group_alive(group) and not launched.new_temp_dirs()
     assert not (tmp_path / "work" / "draining").exists()
 
