@@ -47,8 +47,9 @@ def ancestry(parent: dict | None) -> list[str]:
     (``init_from`` records its parent's own ``init_from``, so the chain goes back to a run from scratch)."""
     lines, child = [], "It"
     while parent is not None:
-        part = "its decoder" if parent.get("part") == "decoder" else "its weights"
-        fresh = "a new encoder and a fresh optimizer" if parent.get("part") == "decoder" else "a fresh optimizer"
+        decoder = parent.get("part") == "decoder"
+        part, fresh = ("its decoder", "a new encoder and a fresh optimizer") if decoder else \
+            ("its weights", "a fresh optimizer")
         command = train_command(parent["train_config"], Path("runs/parent"), parent.get("init_from"))
         lines.append(f"{child} took {part} from `{parent['path']}` (SHA-256 `{parent['sha256'][:16]}...`, epoch "
                      f"{parent['epoch']}) with {fresh}; that checkpoint was trained with `{command}`.")

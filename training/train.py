@@ -229,6 +229,15 @@ def flag_names(dests: dict) -> str:
     return ", ".join(f"--{k.replace('_', '-')}" for k in dests)
 
 
+def lineage(path: Path, parent: dict, part: str | None = None) -> dict:
+    """The ``init_from`` record of a run started from checkpoint ``path`` (loaded as ``parent``): which file, its
+    SHA-256, epoch and training config, and the parent's own ``init_from``, so the chain reaches a run from
+    scratch; ``part="decoder"`` when only its decoder was taken."""
+    record = {"path": str(path), "sha256": checkpoint.file_sha256(path), "epoch": parent["epoch"],
+              "train_config": parent["train_config"], "init_from": parent.get("init_from")}
+    return record if part is None else {**record, "part": part}
+
+
 def decoder_start(args: argparse.Namespace) -> dict:
     """What ``run`` starts from with --init-decoder-from: the checkpoint's decoder weights, a new encoder of
     --encoder-channels (default: the checkpoint's widths), epochs from 1, and the lineage."""
@@ -247,9 +256,7 @@ def decoder_start(args: argparse.Namespace) -> dict:
                                    if k.startswith("decoder.")})
     return {"model_config": model_cfg.to_dict(), "model": model.state_dict(), "epoch": 0, "history": [],
             "data_sha256": parent["data_sha256"],
-            "init_from": {"path": str(args.init_decoder_from), "sha256": checkpoint.file_sha256(args.init_decoder_from),
-                          "epoch": parent["epoch"], "train_config": parent["train_config"], "part": "decoder",
-                          "init_from": parent.get("init_from")}}
+            "init_from": lineage(args.init_decoder_from, parent, part="decoder")}
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -271,9 +278,7 @@ def main(argv: list[str] | None = None) -> None:
         if args.epochs is None or args.epochs <= init["epoch"]:
             raise TrainingError(f"--init-from: {args.init_from} is at epoch {init['epoch']}; "
                                 "pass --epochs > that (the total count)")
-        init["init_from"] = {"path": str(args.init_from), "sha256": checkpoint.file_sha256(args.init_from),
-                             "epoch": init["epoch"], "train_config": init["train_config"],
-                             "init_from": init.get("init_from")}
+        init["init_from"] = lineage(args.init_from, init)
         cfg = TrainConfig(model=VAEConfig.from_dict(init["model_config"]),
                           **given(args, (*HYPER_FLAGS, "epochs", "lr_decay_start")))
         out = args.out or Path("runs/train")
