@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from pathlib import Path
 from typing import Any
 
@@ -36,14 +37,21 @@ _SCHEMA_TYPES = {"integer": "an integer", "number": "a number", "string": "a str
 _PRIORITY = {"type": 0, "additionalProperties": 1, "oneOf": 3}
 
 
+def whole_string(pattern: str) -> str:
+    """A ``pattern`` with JSON Schema's meaning under Python's ``re``: its ``$`` anchors match only at the end of
+    the string (ECMA-262), where Python's also match before a final newline ("auto\\n" would pass ``^auto$``)."""
+    return re.sub(r"(?<!\\)\$", r"\\Z", pattern)
+
+
 def inline_refs(node: Any, schemas: dict) -> Any:
     """The schema with every ``#/components/schemas/`` reference replaced by its target in ``schemas``
-    (validation then skips ref lookups)."""
+    (validation then skips ref lookups), and every ``pattern`` anchored as JSON Schema means it."""
     if isinstance(node, dict):
         if "$ref" in node:  # keywords beside the reference (a default, a description) refine its target
             target = schemas[node["$ref"].removeprefix("#/components/schemas/")]
             return inline_refs(target | {k: v for k, v in node.items() if k != "$ref"}, schemas)
-        return {k: inline_refs(v, schemas) for k, v in node.items()}
+        return {k: whole_string(v) if k == "pattern" and isinstance(v, str) else inline_refs(v, schemas)
+                for k, v in node.items()}
     return [inline_refs(v, schemas) for v in node] if isinstance(node, list) else node
 
 
@@ -67,6 +75,24 @@ def field_name(path: Any) -> str:
     return name or "body"
 
 
+class Duplicated(dict):
+    """A JSON object that named ``key`` more than once (the parser keeps the last value; the request is refused)."""
+
+    def __init__(self, pairs: list[tuple[str, Any]], key: str) -> None:
+        super().__init__(pairs)
+        self.key = key
+
+
+def unique_keys(pairs: list[tuple[str, Any]]) -> dict:
+    """``object_pairs_hook`` of the parser: a dict, or a ``Duplicated`` one naming the first repeated key."""
+    seen: set[str] = set()
+    for key, _ in pairs:
+        if key in seen:
+            return Duplicated(pairs, key)
+        seen.add(key)
+    return dict(pairs)
+
+
 def load_json(raw: Any, max_bytes: int | None = None) -> Any:
     """The request body as JSON: bytes/str are parsed strictly, refused over ``max_bytes``; TorchServe may already
     have parsed it."""
@@ -85,7 +111,7 @@ def load_json(raw: Any, max_bytes: int | None = None) -> Any:
     if not isinstance(raw, str):
         raise RequestError("body", "malformed_json", "send the request as a JSON body")
     try:
-        return json.loads(raw)
+        return json.loads(raw, object_pairs_hook=unique_keys)
     except json.JSONDecodeError as e:
         raise RequestError("body", "malformed_json", f"body is not valid JSON: {e}") from None
     except RecursionError:
@@ -93,14 +119,18 @@ def load_json(raw: Any, max_bytes: int | None = None) -> Any:
                                                      "nests 3 levels at most)") from None
 
 
-def first_non_finite(value: Any) -> tuple | None:
-    """Path of the first NaN or infinite number (Python's JSON parser accepts NaN, Infinity and 1e999), depth
-    first in document order; iterative, so that a body nested as deep as the parser allows cannot overflow."""
+def first_unparsable(value: Any) -> RequestError | None:
+    """The first value JSON Schema cannot judge, depth first in document order: an object that repeats a key
+    (``duplicate_key``), or a NaN or infinite number (``not_finite``: Python's parser accepts NaN, Infinity and
+    1e999). Iterative, so that a body nested as deep as the parser allows cannot overflow."""
     stack = [((), value)]
     while stack:
         path, item = stack.pop()
         if isinstance(item, float) and not math.isfinite(item):
-            return path
+            return RequestError(field_name(path), "not_finite", f"{field_name(path)} must be a finite number")
+        if isinstance(item, Duplicated):
+            name = field_name((*path, item.key))
+            return RequestError(name, "duplicate_key", f"{name} is given more than once in its object")
         children = item.items() if isinstance(item, dict) else enumerate(item) if isinstance(item, list) else ()
         stack.extend(((*path, key), child) for key, child in reversed(list(children)))
     return None
@@ -139,6 +169,10 @@ def _error(err: Any) -> RequestError:
                                                  f"got {_JSON_TYPES.get(type(value), type(value).__name__)}")
     if kind in ("minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum"):
         return RequestError(field, "out_of_range", f"{field} must be in {_range(schema)}, got {value}")
+    if kind == "pattern":
+        documented = schema["pattern"].replace(r"\Z", "$")  # as openapi.yaml writes it
+        return RequestError(field, "invalid_value", f"{field} must match {documented!r} (the whole string), "
+                                                    f"got {value!r}")
     if kind == "enum":
         allowed = ", ".join(str(v) for v in schema["enum"])
         return RequestError(field, "invalid_value", f"{field} must be one of {allowed}, got {value!r}")
@@ -179,9 +213,9 @@ class RequestSchema:
     def parse(self, raw: Any, endpoint: str) -> dict:
         """Validate one request body for ``endpoint`` (an operation); returns it with defaults filled."""
         request = load_json(raw, self.max_body_bytes)
-        bad = first_non_finite(request)
+        bad = first_unparsable(request)
         if bad is not None:
-            raise RequestError(field_name(bad), "not_finite", f"{field_name(bad)} must be a finite number")
+            raise bad
         try:
             self.fast_checks[endpoint](request)
         except fastjsonschema.JsonSchemaValueException:

@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from PIL import Image
+from PIL import Image, UnidentifiedImageError
 
 from handlers import device, metrics
 from handlers.errors import SHUTTING_DOWN, RequestError, internal
@@ -65,13 +65,17 @@ def decode_png(text: str, name: str, size: tuple[int, int]) -> np.ndarray:
         return np.asarray(image, dtype=np.float32) / 255
     except RequestError:
         raise
+    except UnidentifiedImageError:
+        raise RequestError(name, "bad_image", f"{name} is not a readable image (no format Pillow knows: damaged or "
+                                              "truncated?)") from None
     except Exception as e:  # Pillow raises many types on damaged data
         raise RequestError(name, "bad_image", f"{name} is not a readable PNG image ({e})") from None
 
 
 def images_of(logits: np.ndarray) -> np.ndarray:
     """Mean images (N, H, W) in [0, 1] of decoder logits (N, 1, H, W)."""
-    return (1 / (1 + np.exp(-logits)))[:, 0]
+    with np.errstate(over="ignore"):  # exp(-logit) of a logit below -88 is inf in float32, and its image 0
+        return (1 / (1 + np.exp(-logits)))[:, 0]
 
 
 class Worker:
@@ -242,6 +246,8 @@ class Service:
                 parts = [internal(f"decoding failed: {e}")] * len(jobs)
             for (i, request, plan), part in zip(jobs, parts, strict=True):
                 try:
+                    if not isinstance(part, RequestError) and not np.isfinite(part).all():
+                        part = internal("the decoder gave non-finite values for this request")
                     replies[i] = self.error(context, i, part) if isinstance(part, RequestError) \
                         else self.reply(context, i, request["format"], plan.finish(part))
                 except RequestError as e:
@@ -279,8 +285,9 @@ class Service:
             return npy_bytes(answer.images if answer.array is None else answer.array)
         images = {} if answer.images is None else {
             "images": [base64.b64encode(png_bytes(p)).decode() for p in to_uint8(answer.images)]}
+        # Strict JSON: a NaN or an infinity raises (a 500 in the error shape) instead of a body no parser accepts.
         return json.dumps(images | {k: as_json(v) for k, v in answer.fields.items()} | self.classes(answer)
-                          | {"backend": self.worker.backend, "device": self.worker.device})
+                          | {"backend": self.worker.backend, "device": self.worker.device}, allow_nan=False)
 
     def classes(self, answer: Answer) -> dict:
         """``class_probabilities``: the class model's, for each returned latent (``latents``, or ``mu`` for

@@ -9,10 +9,15 @@ request field, a header, a flag, a file). Each package keeps its own errors in i
 
 from __future__ import annotations
 
+import re
+
+OBJECT_REPR = re.compile(r"\s*<[^<>]* at 0x[0-9a-fA-F]+>")  # "<_io.BytesIO object at 0x7f...>"
+
 
 def error_body(code: int, reason: str, message: str, field: str | None = None) -> dict:
-    """The JSON body of an error answer: ``{code, reason, message}``, plus ``field`` when one is given."""
-    body = {"code": code, "reason": reason, "message": message}
+    """The JSON body of an error answer: ``{code, reason, message}``, plus ``field`` when one is given. A message
+    carries no object reprs (a library's exception text may quote one): they tell a client nothing."""
+    body = {"code": code, "reason": reason, "message": OBJECT_REPR.sub("", message)}
     return body if field is None else body | {"field": field}
 
 

@@ -25,22 +25,25 @@ PATH_PREFIX = "/predictions/"
 @dataclass(frozen=True)
 class Operation:
     """What a handler needs loaded: the encoder (some request form takes images) and the latent statistics
-    (classes or directions)."""
+    (classes or directions); and ``default_images``, the images a request with only its required fields decodes
+    (or, for encode, encodes): the unit its queue is sized in (``serving/settings.py``; tests/test_routes.py
+    checks the count against the handler)."""
 
     images: bool
     stats: bool
+    default_images: int
 
 
 OPERATIONS = {
-    "sample": Operation(images=True, stats=True),  # by class, or around a point (which may be an image)
-    "interpolate": Operation(images=True, stats=True),
-    "encode": Operation(images=True, stats=True),  # the class model's probabilities in json answers
-    "decode": Operation(images=False, stats=True),
-    "reconstruct": Operation(images=True, stats=False),
-    "traverse": Operation(images=True, stats=True),
-    "edit": Operation(images=True, stats=True),
-    "analogy": Operation(images=True, stats=True),
-    "walk": Operation(images=True, stats=True),
+    "sample": Operation(images=True, stats=True, default_images=16),  # by class, or around a point (maybe an image)
+    "interpolate": Operation(images=True, stats=True, default_images=10),
+    "encode": Operation(images=True, stats=True, default_images=1),  # class probabilities in json answers
+    "decode": Operation(images=False, stats=True, default_images=1),
+    "reconstruct": Operation(images=True, stats=False, default_images=17),  # the mean and 16 posterior draws
+    "traverse": Operation(images=True, stats=True, default_images=72),  # 8 dimensions x 9 steps
+    "edit": Operation(images=True, stats=True, default_images=1),
+    "analogy": Operation(images=True, stats=True, default_images=4),
+    "walk": Operation(images=True, stats=True, default_images=16),
 }
 # What the explorer page calls (explorer/static/app.js): a latent space is explorable when it serves all of these.
 EXPLORER_OPERATIONS = ("sample", "decode", "encode", "interpolate", "edit")

@@ -12,7 +12,8 @@ Life cycle (docs/operations.md, faults):
   model that TorchServe cannot load or whose workers die while starting fails the start within seconds, with
   TorchServe's reason (``serving/logs.py``).
 - TorchServe never outlives its launcher: its process group has a watchdog (``serving/process.py``).
-- stop drains (``serving/drain.py``), then stops the JVM, which stops its workers.
+- stop drains (``serving/drain.py``: new connections refused, ``serving/listener.py``; accepted work answered),
+  then stops the JVM, which stops its workers.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ from pathlib import Path
 
 from prometheus_client import CollectorRegistry, multiprocess
 
-from serving import drain
+from serving import drain, listener
 from serving.checks import check_archive, check_ports
 from serving.client import http_json
 from serving.errors import ServerError
@@ -193,15 +194,16 @@ class TorchServe:
         """The last lines of TorchServe's logs, for error messages."""
         return self.logs.tail(lines)
 
-    def in_flight(self) -> tuple[int, float]:
-        """(requests waiting in TorchServe's queues, requests the handlers have answered so far)."""
+    def in_flight(self) -> drain.Load:
+        """What the server holds and has answered (``drain.Load``)."""
         return drain.in_flight(self.management_url, self.config.models, lambda: self.key("management"),
                                self.registry)
 
     def drain(self) -> None:
         """Refuse new work and wait for what was accepted (at most ``drain_timeout``, or until ``hurry``); how it
         ended is kept in ``drained``."""
-        self.drained = drain.drain(self.drain_file, self.in_flight, self.config.drain_timeout, self.hurry)
+        self.drained = drain.drain(self.drain_file, self.in_flight, self.config.drain_timeout, self.hurry,
+                                   lambda: listener.close_listener(self.process.pid, self.config.inference_port))
 
     def stop(self, drain: bool = True) -> None:
         """Drain (when asked and running), stop the JVM and every process of the group, the exporter and the

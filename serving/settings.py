@@ -45,9 +45,12 @@ class ModelSpec:
     # (0 makes TorchServe 0.12 wait ~100 ms for a lone request).
     batch_size: int = 8
     max_batch_delay_ms: int = 1
-    # Requests waiting for a worker, per worker; one more gets TorchServe's prompt 503 (docs/operations.md,
-    # overload). Four full batches: a request that gets in waits at most about four batch times.
-    queue_batches_per_worker: int = 4
+    # The images a request with only its required fields decodes (the route's operation, serving/routes.py).
+    request_images: int = 16
+    # The work TorchServe's queue may hold per worker, in images, counting REQUEST_COST_IMAGES more per request for
+    # its fixed cost; one more request gets TorchServe's prompt 503 (docs/operations.md, overload). 576 holds 32
+    # sample requests of 16 images; a request that gets in waits for about that much work (docs/serving.md).
+    queue_images_per_worker: int = 576
     response_timeout_s: int = 30
     threads: str | int = "auto"  # intra-op threads per worker; "auto": the CPUs divided among the store's workers
     # On a host with a GPU: GPU workers (TorchServe's deviceType gpu, one CUDA context each), else CPU workers. A
@@ -60,15 +63,24 @@ class ModelSpec:
 
     @property
     def job_queue_size(self) -> int:
-        """TorchServe's job queue for this model (jobQueueSize)."""
-        return self.queue_batches_per_worker * self.batch_size * self.workers
+        """TorchServe's job queue for this model (jobQueueSize): the requests of ``request_images`` whose work fits
+        ``queue_images_per_worker`` per worker, at least one per worker."""
+        per_worker = self.queue_images_per_worker // (self.request_images + REQUEST_COST_IMAGES)
+        return max(1, per_worker) * self.workers
+
+
+REQUEST_COST_IMAGES = 2  # a request's fixed cost (parsing, the frontend's round trip) in images' decoding and encoding
+FULL_BATCH_IMAGES = 64  # a request this large fills a decoder call alone: batching it only delays its batch-mates
 
 
 def model_spec(route: Route, workers: int = 1, gpu: bool = False) -> ModelSpec:
     """How ``route`` is served: its operation's handler file, with an encoder when the operation takes images and
-    the latent statistics when it uses classes or directions."""
+    the latent statistics when it uses classes or directions; its queue sized in its requests' images, and one
+    request per batch when one fills a decoder call."""
+    images = route.needs.default_images
     return ModelSpec(HANDLERS / f"{route.operation}.py", export=route.export, workers=workers,
-                     encoder=ENCODER if route.needs.images else {}, stats=route.needs.stats, gpu=gpu)
+                     encoder=ENCODER if route.needs.images else {}, stats=route.needs.stats, gpu=gpu,
+                     request_images=images, batch_size=1 if images >= FULL_BATCH_IMAGES else 8)
 
 
 # One model (one worker process) per route: TorchServe routes /predictions/<model>, and a worker serves one model.

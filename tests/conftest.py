@@ -242,6 +242,15 @@ def b64png(pixels: np.ndarray) -> str:
     return base64.b64encode(buffer.getvalue()).decode()
 
 
+# The smallest valid request of each operation: only its required fields.
+MINIMAL = {
+    "sample": {}, "interpolate": {"seeds": [0, 1]}, "encode": {"images": [b64png(np.zeros((28, 28), np.uint8))]},
+    "decode": {"latents": [[0.0] * LATENT]}, "reconstruct": {"images": [b64png(np.zeros((28, 28), np.uint8))]},
+    "traverse": {"start": {"seed": 0}}, "edit": {"start": {"seed": 0}, "to": "Bag"},
+    "analogy": {"a": {"seed": 0}, "b": {"seed": 1}, "c": {"seed": 2}}, "walk": {"start": {"seed": 0}},
+}
+
+
 @pytest.fixture(scope="session")
 def current_store(tmp_path_factory) -> Path:
     """A model store with archives built from the committed export artifacts and the current handler code."""

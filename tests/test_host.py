@@ -5,13 +5,17 @@ from __future__ import annotations
 
 import io
 import os
+import socket
+import subprocess
+import sys
 import threading
+import time
 import urllib.error
 from pathlib import Path
 
 import pytest
 
-from serving import client, drain
+from serving import client, drain, listener
 from serving.errors import ServerError
 from serving.logs import RotatingFile, check_writable, copy_output, exception_line
 from serving.settings import ServerConfig
@@ -90,18 +94,66 @@ def test_a_request_refused_for_its_key_is_sent_once_more_with_the_key_read_again
     assert sent == ["key"]
 
 
+def loads(*rows: tuple[int, float, float]):
+    """A ``state`` that returns these loads in turn, then the last one for ever."""
+    it = iter(rows)
+    last = [None]
+
+    def state() -> drain.Load:
+        last[0] = drain.Load(*next(it, rows[-1]))
+        return last[0]
+    return state
+
+
 def test_a_drain_says_how_it_ended(tmp_path):
     """Quiet (nothing queued, no answer for QUIET_SECONDS), timed out with work queued, cut short, API gone."""
-    answered = iter(range(3))
-    calm = drain.drain(tmp_path / "d1", lambda: (0, next(answered, 2)), 5, threading.Event())
-    assert calm.startswith("drained in") and (tmp_path / "d1").exists()
-    busy = drain.drain(tmp_path / "d2", lambda: (3, 0), 0.3, threading.Event())
-    assert busy == "drain timed out after 0.3 s with 3 request(s) still queued"
+    closed = lambda: None  # noqa: E731
+    calm = drain.drain(tmp_path / "d1", loads((2, 5, 5), (1, 6, 6), (0, 7, 7)), 5, threading.Event(), closed)
+    assert calm.startswith("drained in") and calm.endswith("(new connections refused)") and (tmp_path / "d1").exists()
+    busy = drain.drain(tmp_path / "d2", loads((3, 0, 0)), 0.3, threading.Event(), closed)
+    assert busy == "drain timed out after 0.3 s with 3 request(s) still queued (new connections refused)"
     hurry = threading.Event()
     hurry.set()
-    assert drain.drain(tmp_path / "d3", lambda: (3, 0), 5, hurry).startswith("drain cut short after 0.0 s")
+    assert drain.drain(tmp_path / "d3", loads((3, 0, 0)), 5, hurry, closed).startswith("drain cut short after 0.0 s")
 
-    def gone() -> tuple[int, float]:
+    def gone() -> drain.Load:
         raise urllib.error.URLError("refused")
-    ended = drain.drain(tmp_path / "d4", gone, 5, threading.Event())
+    ended = drain.drain(tmp_path / "d4", gone, 5, threading.Event(), closed)
     assert ended == "drain ended: the management API no longer answers"
+
+
+def test_with_the_listener_open_503s_to_constant_senders_do_not_hold_a_drain(tmp_path):
+    """Where the listener stays open, clients that keep sending keep the queue non-empty and the 503 count
+    rising; the drain ends once the requests queued at its start are answered and the 200s have stopped."""
+    rising = ((4, 100 + i, 50 + min(i, 3)) for i in range(10_000))  # queued 4, answered +1 per poll, 200s stop
+    state = loads(*rising)
+    start = time.monotonic()
+    ended = drain.drain(tmp_path / "d", state, 10, threading.Event(), lambda: "not permitted")
+    assert ended.startswith("drained in") and ended.endswith("(listener left open: not permitted)"), ended
+    assert time.monotonic() - start < 2
+    held = drain.drain(tmp_path / "e", loads((4, 100, 50)), 0.5, threading.Event(), lambda: "not permitted")
+    assert held.startswith("drain timed out")  # the 4 queued at the start were never answered
+
+
+def test_closing_a_child_process_listener_refuses_new_connections_and_keeps_open_ones(tmp_path):
+    """serving.listener on a real socket of a child process: the way the launcher closes TorchServe's door."""
+    echo = ("import socket,sys\n"
+            "s=socket.socket(); s.bind(('127.0.0.1',0)); s.listen(16); print(s.getsockname()[1], flush=True)\n"
+            "c,_=s.accept()\n"
+            "while (data := c.recv(100)): c.sendall(data)\n")
+    child = subprocess.Popen([sys.executable, "-c", echo], stdout=subprocess.PIPE, text=True)
+    try:
+        port = int(child.stdout.readline())
+        kept = socket.create_connection(("127.0.0.1", port), timeout=5)
+        kept.sendall(b"before")
+        assert kept.recv(100) == b"before"
+        assert listener.close_listener(child.pid, port) is None
+        with pytest.raises(ConnectionRefusedError):
+            socket.create_connection(("127.0.0.1", port), timeout=5)
+        kept.sendall(b"after")
+        assert kept.recv(100) == b"after"  # the open connection is still served
+        kept.close()
+        assert listener.close_listener(child.pid, port).startswith("no process of the server listens")
+    finally:
+        child.kill()
+        child.wait()

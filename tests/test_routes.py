@@ -16,9 +16,10 @@ from explorer.server import spaces
 from handlers.schema import REQUESTS, SPEC, RequestSchema
 from loadtest.mix import mix
 from runtime.artifacts import ARTIFACT_DIR
+from serving.inprocess import InProcessWorker
 from serving.routes import EXPLORER_OPERATIONS, OPERATIONS, PATH_PREFIX, ROUTES, example
-from serving.settings import HANDLERS, MODELS
-from tests.conftest import LATENT
+from serving.settings import HANDLERS, MODELS, REQUEST_COST_IMAGES
+from tests.conftest import ARTIFACTS, LATENT, MINIMAL
 
 
 def test_the_openapi_paths_are_the_operations():
@@ -44,6 +45,18 @@ def test_every_route_is_served_with_its_operations_needs():
         spec = MODELS[name]
         assert spec.handler == HANDLERS / f"{route.operation}.py" and spec.export == route.export
         assert bool(spec.encoder) == route.needs.images and spec.stats == route.needs.stats
+
+
+@pytest.mark.parametrize("operation", sorted(OPERATIONS))
+def test_the_default_images_of_an_operation_are_what_its_handler_decodes(operation):
+    """The unit the route's queue is sized in (serving/settings.py) is the request with only its required fields."""
+    worker = InProcessWorker(operation, ARTIFACTS.parent)
+    request = worker.worker.schema.parse(json.dumps(MINIMAL[operation]), operation)
+    work = len(worker.service.plan(request, worker.worker).latents) or len(request.get("images", ()))
+    assert work == OPERATIONS[operation].default_images
+    spec = MODELS[operation]
+    per_worker = spec.job_queue_size // spec.workers
+    assert per_worker * (spec.request_images + REQUEST_COST_IMAGES) <= spec.queue_images_per_worker or per_worker == 1
 
 
 def test_everything_else_derives_from_the_registry(monkeypatch):
