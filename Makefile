@@ -32,7 +32,7 @@ IMAGE_TOOLS = command -v buildah >/dev/null && command -v podman >/dev/null && c
 .PHONY: help setup lock train evaluate classifier release experiments export archives bench serve serve-bench explorer-bench loadtest soak gpu-bench gpu-bundle image image-cpu image-test test test-fast lint clean
 
 help:  ## list the targets
-	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-11s %s\n", $$1, $$2}'
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
 
 setup: $(VENV)/.installed  ## venv from requirements.lock (hash-checked), Debian packages (dataset, Java 17, prometheus, chromium)
 

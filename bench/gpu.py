@@ -43,7 +43,9 @@ import onnxruntime as ort
 import torch
 
 from bench.serving import ECHO_BODY, alternate, bench_server
+from export.build import CastDecoder
 from export.config import DEFAULT_CHECKPOINT
+from export.lowres import LowResDecoder
 from runtime import artifacts, backends
 from runtime.artifacts import ARTIFACT_DIR
 from runtime.manifest import Manifest
@@ -54,7 +56,7 @@ from serving.settings import CUDA_GRAPH_BATCHES, MODELS
 from training import checkpoint
 
 PARTS = ("decoders", "worker", "context", "server")
-TS_DECODERS = ("torchscript-fp32", "torchscript-fp16", "torchscript-bf16")
+TS_DECODERS = ("torchscript-fp32", "torchscript-fp16")  # the exported GPU decoders; bf16 is cast here
 
 
 @dataclass(frozen=True)
@@ -128,6 +130,8 @@ def decoder_candidates(artifact_dir: Path, ckpt: Path, dev: torch.device) -> tup
     """name -> module taking latents on ``dev``; and {name: why it is missing} for those that could not load (a
     TorchScript file of a newer torch than the one here, say)."""
     model, _ = checkpoint.load_model(ckpt)
+    # No bf16 artifact is exported (export/build.py): the same graph cast here, to tell whether one should be.
+    bf16 = CastDecoder(LowResDecoder(model.decoder).eval(), torch.bfloat16).to(dev).eval()
     candidates: dict[str, Callable] = {"eager-fp32": model.decoder.to(dev).eval()}
     missing = {}
     for name in TS_DECODERS:
@@ -135,6 +139,9 @@ def decoder_candidates(artifact_dir: Path, ckpt: Path, dev: torch.device) -> tup
             candidates[name] = backends.TorchScriptModule(artifact_dir / artifacts.DECODERS[name], dev).module
         except (RuntimeError, OSError) as e:  # reported, not fatal: the other candidates still run
             missing[name] = f"{type(e).__name__}: {e}"
+    with torch.no_grad():
+        candidates["torchscript-bf16"] = torch.jit.trace(bf16, torch.zeros(2, model.latent_dim, device=dev),
+                                                         check_trace=False)
     return candidates, missing
 
 

@@ -137,7 +137,9 @@ class Explorer(DeadlineServer):
         if not hmac.compare_digest(key.encode(), (self.inference_key() or "").encode()):
             return None
         token = secrets.token_urlsafe(32)
-        self.sessions[token] = time.monotonic() + SESSION_SECONDS
+        now = time.monotonic()
+        self.sessions = {t: expiry for t, expiry in self.sessions.items() if expiry > now}  # expired ones go
+        self.sessions[token] = now + SESSION_SECONDS
         return token
 
     def authorized(self, cookie_header: str | None) -> bool:

@@ -7,10 +7,11 @@ config, library versions and export code (``--force`` rebuilds). Serving code is
 TorchServe archives are built from these artifacts and the handlers by ``make archives``. Without a checkpoint,
 every released model is exported (``export/config.py``, RELEASES: the 64-d and the 2-d model).
 
-When only reduced-precision decoders (int8, fp16, bf16) fail the gate, ``--allow-fp32-fallback`` publishes the
-export without them: the manifest's ``fallback`` maps each dropped backend to its fp32 twin, the archives serve
-that one instead, and the server's ready banner says so. Without the flag such an export fails and says that the
-flag exists.
+When only reduced-precision decoders (int8, fp16) fail the gate, ``--allow-fp32-fallback`` publishes the export
+without them: the manifest's ``fallback`` maps each dropped backend to its fp32 twin, the archives serve that one
+instead, and the server's ready banner says so. Without the flag such an export fails and says that the flag
+exists. An optional decoder (``runtime.artifacts.OPTIONAL_DECODERS``: TorchScript int8, which no route serves by
+default) that fails is dropped into the fallback whatever the flag, and the export goes on.
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ import torch
 from export import build, parity, stats
 from export.config import DEFAULT_OUT, RELEASES, ExportConfig
 from export.errors import ExportError
-from runtime.artifacts import ARTIFACT_DIR, STATS, full_precision_twin
+from runtime.artifacts import ARTIFACT_DIR, OPTIONAL_DECODERS, STATS, full_precision_twin
 from runtime.errors import FmvaeError, ManifestError
 from runtime.manifest import FILE as MANIFEST
 from runtime.manifest import Artifact, Fallback, Manifest, Shapes, Source
@@ -75,10 +76,19 @@ def is_current(folder: Path, key: str) -> bool:
     return all(p.is_file() and checkpoint.file_sha256(p) == sha for p, sha in files)
 
 
+def optional_drops(report: dict) -> dict[str, str]:
+    """{optional decoder that failed the gate: its fp32 twin}: dropped whatever the flags (no route serves them by
+    default, runtime/artifacts.py)."""
+    return {name: full_precision_twin(name) for name, r in report["decoders"].items()
+            if name in OPTIONAL_DECODERS and not r["passed"]}
+
+
 def precision_fallback(report: dict) -> dict[str, str] | None:
-    """{failed reduced-precision backend (int8, fp16, bf16): its fp32 twin} when only such decoders failed the gate
-    (and each has a passing twin); None when something else failed too, so no fallback can rescue the export."""
-    failed = [name for part in ("decoders", "encoders") for name, r in report[part].items() if not r["passed"]]
+    """{failed reduced-precision backend (int8, fp16): its fp32 twin} when only such decoders failed the gate (and
+    each has a passing twin), optional ones aside; None when something else failed too, so no fallback can rescue
+    the export."""
+    failed = [name for part in ("decoders", "encoders") for name, r in report[part].items()
+              if not r["passed"] and name not in OPTIONAL_DECODERS]
     twins = {name: full_precision_twin(name) for name in failed}
     if not failed or any(name == twin or name in report["encoders"]
                          or not report["decoders"].get(twin, {}).get("passed") for name, twin in twins.items()):
@@ -116,12 +126,16 @@ def export(ckpt_path: Path, out: Path, cfg: ExportConfig, force: bool = False,
         print("checking parity against fp32 eager", file=sys.stderr)
         report = parity.check(model, paths, x_test, clf, cfg)
         table = parity.markdown(report)
-        fallback = None if report["passed"] else precision_fallback(report)
-        if not report["passed"] and not (allow_fallback and fallback):
+        dropped = optional_drops(report)
+        others_passed = all(r["passed"] for part in ("decoders", "encoders") for name, r in report[part].items()
+                            if name not in dropped)
+        fallback = None if others_passed else precision_fallback(report)
+        if not others_passed and not (allow_fallback and fallback):
             hint = ("\nOnly reduced-precision decoders failed: --allow-fp32-fallback publishes the export without them "
                     "and serves their fp32 twins (slower; said in the manifest and the server's banner)."
                     if fallback else "")
             raise ExportError(f"parity gate failed for {ckpt_path}; nothing was written to {final}\n\n{table}{hint}")
+        fallback = {**dropped, **(fallback or {})} or None
         for backend in fallback or {}:
             paths.pop(f"decoder/{backend}").unlink()
         print("latent statistics of the training and test sets", file=sys.stderr)
@@ -151,9 +165,12 @@ def export(ckpt_path: Path, out: Path, cfg: ExportConfig, force: bool = False,
             os.replace(final, staging / "retired")
         os.replace(artifact_dir, final)
     print(table)
-    if fallback:
-        print(f"WARNING: {final} serves fp32 decoders instead of {', '.join(sorted(fallback))}, which "
-              "failed the parity gate (manifest: fallback)")
+    if dropped:
+        print(f"{final}: dropped {', '.join(sorted(dropped))}, which failed the parity gate; no route serves it by "
+              "default (manifest: fallback)")
+    if served := sorted(set(fallback or {}) - set(dropped)):
+        print(f"WARNING: {final} serves fp32 decoders instead of {', '.join(served)}, which failed the parity gate "
+              "(manifest: fallback)")
     print(f"{final}: latent size {model.latent_dim}; `make serve` builds the archives from it")
     return manifest
 

@@ -1,7 +1,8 @@
 """Prometheus metrics of the handlers (prometheus-client), shared across TorchServe's worker processes.
 
 Each worker writes its samples into ``$PROMETHEUS_MULTIPROC_DIR`` (prometheus-client's multiprocess mode);
-``python -m handlers`` sets that directory and serves the sum over all workers on its metrics port
+the launcher (``python -m serving``, ``serving/server.py``) sets that directory and serves the sum over all
+workers on its metrics port
 (default 8083, path /metrics). Without the variable the metrics stay in the worker's memory, unexported.
 
 | metric | type | labels | what |

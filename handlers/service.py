@@ -72,6 +72,12 @@ def decode_png(text: str, name: str, size: tuple[int, int]) -> np.ndarray:
         raise RequestError(name, "bad_image", f"{name} is not a readable PNG image ({e})") from None
 
 
+def quiet_batches(record: logging.LogRecord) -> bool:
+    """Root-logger filter: TorchServe's worker logs a line per batch ("Backend received ..."); the access log, when
+    turned on, is the frontend's (serving/log4j2.xml)."""
+    return not record.getMessage().startswith("Backend received")
+
+
 def images_of(logits: np.ndarray) -> np.ndarray:
     """Mean images (N, H, W) in [0, 1] of decoder logits (N, 1, H, W)."""
     with np.errstate(over="ignore"):  # exp(-logit) of a logit below -88 is inf in float32, and its image 0
@@ -83,9 +89,7 @@ class Worker:
     encoder, latent statistics), metrics."""
 
     def __init__(self, context: Any, operation: str) -> None:
-        # TorchServe's worker logs a line per batch through the root logger; the access log, when turned on, is
-        # the frontend's (serving/log4j2.xml).
-        logging.getLogger().addFilter(lambda record: not record.getMessage().startswith("Backend received"))
+        logging.getLogger().addFilter(quiet_batches)  # once per process: adding the same filter again is a no-op
         self.drain_file = os.environ.get("FMVAE_DRAIN_FILE")  # exists while the launcher drains the server
         config = (context.model_yaml_config or {}).get("handler", {})
         model_dir = Path(context.system_properties["model_dir"])

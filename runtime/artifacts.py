@@ -20,15 +20,19 @@ from runtime.errors import ManifestError
 ARTIFACT_DIR = "export"  # inside the model store folder (model_store/)
 DEFAULT_DIR = Path("model_store") / ARTIFACT_DIR
 
-# Artifact file names by backend (runtime-precision). The fp16 and bf16 decoders are for GPUs: float32 latents
-# in, float32 logits out, weights and arithmetic in half precision.
+# Artifact file names by backend (runtime-precision). The fp16 decoder is for GPUs: float32 latents in, float32
+# logits out, weights and arithmetic in half precision. The TorchScript int8 decoder is PyTorch's dynamic
+# quantization of the Linear layer, for CPUs.
 DECODERS = {
     "torchscript-fp32": "decoder_fp32.pt",
     "torchscript-fp16": "decoder_fp16.pt",
-    "torchscript-bf16": "decoder_bf16.pt",
+    "torchscript-int8": "decoder_int8.pt",
     "onnx-fp32": "decoder_fp32.onnx",
     "onnx-int8": "decoder_int8.onnx",
 }
+# Decoders no route serves by default (serving/settings.py): one that fails the parity gate is dropped and recorded
+# in the manifest's fallback instead of stopping the export.
+OPTIONAL_DECODERS = ("torchscript-int8",)
 ENCODERS = {  # images -> (posterior mean, log-variance)
     "torchscript-fp32": "encoder_fp32.pt",
     "onnx-fp32": "encoder_fp32.onnx",

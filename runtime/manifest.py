@@ -50,7 +50,8 @@ class Artifact:
 
 @dataclass(frozen=True)
 class Fallback:
-    """int8 decoders that failed the parity gate and were dropped (``--allow-fp32-fallback``): {dropped: fp32 twin}."""
+    """Reduced-precision decoders that failed the parity gate and were dropped (``--allow-fp32-fallback``, or an
+    optional decoder): {dropped: fp32 twin}."""
 
     backends: dict[str, str]
     reason: str
@@ -77,7 +78,7 @@ class Manifest:
         return self.build_key[:12]
 
     def serving_backends(self, backends: tuple[str, ...]) -> tuple[str, ...]:
-        """``backends`` with each dropped int8 decoder replaced by its fp32 twin."""
+        """``backends`` with each dropped decoder replaced by its fp32 twin."""
         swap = self.fallback.backends if self.fallback else {}
         return tuple(dict.fromkeys(swap.get(b, b) for b in backends))
 

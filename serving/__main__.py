@@ -22,7 +22,7 @@ from serving.archive import packed_manifest
 from serving.errors import ServerError
 from serving.logs import RotatingFile, copy_output
 from serving.server import TorchServe
-from serving.settings import ROOT, ServerConfig
+from serving.settings import MODELS, ROOT, ServerConfig
 
 EXPLORER_START_S = 30.0
 
@@ -95,12 +95,15 @@ def start_explorer(server: TorchServe, config: ServerConfig) -> tuple[subprocess
 
 
 def fallback_warnings(config: ServerConfig) -> list[str]:
-    """A line per served model whose export fell back to fp32 decoders on CPU (int8 failed the parity gate)."""
+    """A line per served model that serves fp32 decoders in place of ones that failed the parity gate (a dropped
+    decoder that the model does not name in its settings, e.g. an optional one, changes nothing it serves)."""
     lines = []
     for model in config.models:
         fallback = packed_manifest(config.model_store / f"{model}.mar").fallback
-        if fallback:
-            swaps = ", ".join(f"{a} -> {b}" for a, b in fallback.backends.items())
+        named = {b for backends in MODELS[model].decoder.values() for b in backends} if model in MODELS else None
+        swapped = {a: b for a, b in (fallback.backends if fallback else {}).items() if named is None or a in named}
+        if swapped:
+            swaps = ", ".join(f"{a} -> {b}" for a, b in swapped.items())
             lines.append(f"  WARNING: {model} serves fp32 decoders ({swaps}): {fallback.reason}\n")
     return lines
 

@@ -102,7 +102,7 @@ def test_a_cpu_worker_with_a_missing_artifact_says_so(tmp_path):
         choose_backend({"decoder": {"cpu": ["onnx-int8"]}}, "decoder", "m", CPU, tmp_path, lambda *a: None)
 
 
-@pytest.mark.parametrize("backend", ["torchscript-fp16", "torchscript-bf16"])
+@pytest.mark.parametrize("backend", ["torchscript-fp16"])
 def test_half_precision_decoders_take_and_give_float32_and_match_fp32(backend):
     z = seeded_latents(3, 32, LATENT).astype(np.float32)
     half = backends.load(ARTIFACTS / artifacts.DECODERS[backend])

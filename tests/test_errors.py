@@ -94,3 +94,22 @@ def test_every_error_class_derives_from_the_one_base_and_lives_in_an_errors_modu
         loaded = __import__(package, fromlist=names)
         for name in names:
             assert issubclass(getattr(loaded, name), FmvaeError), f"{module}: {name}"
+
+
+def test_expired_explorer_sessions_are_dropped(current_store, tmp_path, monkeypatch):
+    """Sessions live SESSION_SECONDS; each new one drops the expired, so the table stays as small as the live ones."""
+    from explorer import server as explorer_server
+    key_file = tmp_path / "key_file.json"
+    key_file.write_text(json.dumps({"management": {"key": "m"}, "inference": {"key": "secret"}, "API": {"key": "a"}}))
+    page = Explorer("http://127.0.0.1:1", tuple(MODELS), current_store, key_file=key_file)
+    try:
+        clock = [1000.0]
+        monkeypatch.setattr(explorer_server.time, "monotonic", lambda: clock[0])
+        first = page.open_session("secret")
+        assert first and page.open_session("wrong") is None
+        clock[0] += explorer_server.SESSION_SECONDS + 1
+        second = page.open_session("secret")
+        assert list(page.sessions) == [second]
+        assert page.authorized(f"{explorer_server.SESSION_COOKIE}={second}")
+    finally:
+        page.server_close()

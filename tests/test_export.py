@@ -8,6 +8,7 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -16,9 +17,11 @@ import onnxruntime as ort
 import pytest
 import torch
 from onnx import numpy_helper
+from torch.ao.quantization import QConfig, per_channel_dynamic_qconfig
+from torch.ao.quantization.observer import PerChannelMinMaxObserver
 
 import export.__main__ as export_main
-from export import parity
+from export import build, parity
 from export import stats as export_stats
 from export.config import RELEASES, ExportConfig
 from export.lowres import LowResDecoder
@@ -216,7 +219,7 @@ def test_reduced_precision_failing_the_gate_is_refused_unless_the_fp32_fallback_
     report = json.loads((fallback_2d / "export_report.json").read_text())
     failed = {name for name, row in report["decoders"].items() if not row["passed"]}
     assert "onnx-int8" in failed and manifest.fallback.backends == {name: full_precision_twin(name) for name in failed}
-    assert failed <= {"onnx-int8", "torchscript-fp16", "torchscript-bf16"}  # the fp32 decoders are exact
+    assert failed <= {"onnx-int8", "torchscript-fp16", "torchscript-int8"}  # the fp32 decoders are exact
     assert manifest.export_config["psnr_min_db"] == 100
     assert not any(f"decoder/{name}" in manifest.artifacts or (fallback_2d / artifacts.DECODERS[name]).exists()
                    for name in failed)
@@ -235,6 +238,42 @@ def test_reduced_precision_failing_the_gate_is_refused_unless_the_fp32_fallback_
     assert export_main.precision_fallback(report) == {"onnx-int8": "onnx-fp32", "torchscript-fp16": "torchscript-fp32"}
     report["decoders"]["torchscript-fp32"]["passed"] = False
     assert export_main.precision_fallback(report) is None
+
+
+def test_the_gate_fails_a_saturating_int8_configuration():
+    """The TorchScript int8 decoder as the export builds it (per-channel weights, 7-bit activations) against one
+    whose weights have 4 bits: the gate tells them apart on the released decoder."""
+    model, _ = checkpoint.load_model(Path("model_store/release/vae.pt"))
+    decoder = LowResDecoder(model.eval().decoder).eval()
+    narrow = QConfig(activation=per_channel_dynamic_qconfig.activation,
+                     weight=PerChannelMinMaxObserver.with_args(dtype=torch.qint8, qscheme=torch.per_channel_symmetric,
+                                                               quant_min=-8, quant_max=7))
+    with tempfile.TemporaryDirectory() as tmp:
+        paths = {f"decoder/{name}": Path(tmp) / f"{name}.pt" for name in ("export", "saturating")}
+        build.torchscript(build.dynamic_int8(decoder), torch.zeros(2, 64), paths["decoder/export"])
+        build.torchscript(build.dynamic_int8(decoder, narrow), torch.zeros(2, 64), paths["decoder/saturating"])
+        x_test = data.load().test.tensor()[:1000]
+        report = parity.check(model, paths, x_test, classifier.load(classifier.DEFAULT_PATH)[0],
+                              ExportConfig(prior_samples=1000))
+    good, bad = report["decoders"]["export"], report["decoders"]["saturating"]
+    assert not bad["passed"] and max(bad["psnr_test_means_db"], bad["psnr_prior_db"]) < 40
+    assert min(good["psnr_test_means_db"], good["psnr_prior_db"]) > 40 > bad["psnr_prior_db"] + 5
+
+
+def test_an_optional_decoder_that_fails_is_dropped_and_serves_nowhere():
+    """The released exports: TorchScript int8 failed the gate's -ELBO bar (export_report.md) and was dropped into
+    the manifest's fallback, the export went on, and no route's archive or banner changes."""
+    for name in RELEASES.values():
+        manifest = Manifest.read(Path("model_store") / name)
+        row = manifest.parity["decoders"]["torchscript-int8"]
+        assert not row["passed"] and row["neg_elbo_delta"] > manifest.parity["bars"]["elbo_delta_max"]
+        assert manifest.fallback.backends == {"torchscript-int8": "torchscript-fp32"}
+        assert "decoder/torchscript-int8" not in manifest.artifacts
+        assert not (Path("model_store") / name / artifacts.DECODERS["torchscript-int8"]).exists()
+        assert all(manifest.serving_backends(spec.decoder["cpu"]) == spec.decoder["cpu"] for spec in MODELS.values())
+    report = {"decoders": {"torchscript-int8": {"passed": False}, "onnx-int8": {"passed": True}}, "encoders": {}}
+    assert export_main.optional_drops(report) == {"torchscript-int8": "torchscript-fp32"}
+    assert export_main.precision_fallback(report) is None  # nothing required failed
 
 
 def test_export_without_a_checkpoint_exports_every_release_and_names_are_folders(tmp_path):

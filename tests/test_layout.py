@@ -7,6 +7,7 @@ library."""
 from __future__ import annotations
 
 import ast
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -81,3 +82,10 @@ def test_the_system_exit_check_can_fail():
     assert system_exits_outside_a_command_line(library, False) == [2]
     assert system_exits_outside_a_command_line(guarded, False) == []
     assert system_exits_outside_a_command_line(library, True) == []
+
+
+def test_make_help_lines_up_every_target():
+    """Every description starts in the same column, the longest target name included."""
+    lines = subprocess.run(["make", "-s", "help"], capture_output=True, text=True, cwd=ROOT, check=True).stdout
+    starts = {len(line) - len(line.split(maxsplit=2)[2]) for line in lines.splitlines()}
+    assert len(starts) == 1, lines

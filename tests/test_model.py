@@ -18,13 +18,13 @@ def test_shapes_and_interface():
     mu, logvar = model.encode(x)
     assert mu.shape == logvar.shape == (5, 8)
     assert model.decode(mu).shape == (5, 1, 28, 28)
-    logits, mu2, _ = model(x)
-    assert logits.shape == (5, 1, 28, 28) and torch.equal(mu, mu2)
+    logits, mu2, _, z = model(x)
+    assert logits.shape == (5, 1, 28, 28) and torch.equal(mu, mu2) and z.shape == (5, 8)
     samples = model.sample(7, generator=torch.Generator().manual_seed(0))
     assert samples.shape == (7, 1, 28, 28) and 0 <= samples.min() and samples.max() <= 1
     again = model.sample(7, generator=torch.Generator().manual_seed(0))
     assert torch.equal(samples, again)
-    assert all(t.shape == (5,) for t in model.loss(x, logits, mu, logvar))
+    assert all(t.shape == (5,) for t in model.loss(x, logits, mu, logvar, z))
 
 
 def test_decoder_has_no_transposed_convolutions():
@@ -40,9 +40,10 @@ def test_kl_matches_closed_form():
     pairs = zip(mu[0].tolist(), sigma[0].tolist(), strict=True)
     expected = sum(0.5 * (s * s + m * m - 1 - math.log(s * s)) for m, s in pairs)
     x = torch.full((1, 1, 28, 28), 0.5)
-    _, _, kl = VAE.loss(x, torch.zeros_like(x), mu, logvar)
+    model = VAE(VAEConfig(latent_dim=3, channels=(4, 8, 16)))
+    _, _, kl = model.loss(x, torch.zeros_like(x), mu, logvar, mu)
     assert kl.item() == pytest.approx(expected, rel=1e-6)
-    _, _, kl_prior = VAE.loss(x, torch.zeros_like(x), torch.zeros(1, 3), torch.zeros(1, 3))
+    _, _, kl_prior = model.loss(x, torch.zeros_like(x), torch.zeros(1, 3), torch.zeros(1, 3), torch.zeros(1, 3))
     assert kl_prior.item() == 0.0
 
 
@@ -52,12 +53,13 @@ def test_recon_is_summed_bce_in_nats_and_beta_weights_kl():
     p = torch.sigmoid(logits.double())
     manual = -(x * p.log() + (1 - x) * (1 - p).log()).flatten(1).sum(1)
     mu, logvar = torch.ones(2, 4), torch.zeros(2, 4)  # KL = 0.5 * 4 = 2 nats per image
-    total, recon, kl = VAE.loss(x, logits, mu, logvar, beta=0.25)
+    model = VAE(VAEConfig(latent_dim=4, channels=(4, 8, 16)))
+    total, recon, kl = model.loss(x, logits, mu, logvar, mu, beta=0.25)
     assert torch.allclose(recon.double(), manual, rtol=1e-5)
     assert torch.allclose(kl, torch.full((2,), 2.0))
     assert torch.allclose(total, recon + 0.5)
     # Constant logits 0 give exactly 784 * log 2 nats whatever x is.
-    _, recon0, _ = VAE.loss(x, torch.zeros_like(x), mu, logvar)
+    _, recon0, _ = model.loss(x, torch.zeros_like(x), mu, logvar, mu)
     assert torch.allclose(recon0, torch.full((2,), 784 * math.log(2)), rtol=1e-5)
 
 

@@ -6,12 +6,13 @@ from __future__ import annotations
 
 import inspect
 import json
+import logging
 
 import numpy as np
 import pytest
 from ts.context import Context as TorchServeContext
 
-from handlers.service import MODEL_HEADER
+from handlers.service import MODEL_HEADER, quiet_batches
 from runtime.manifest import Manifest
 from serving.inprocess import Context, InProcessWorker
 from serving.routes import ROUTES, example
@@ -117,3 +118,11 @@ def test_the_stand_in_context_has_torchserves_signatures():
     assert isinstance(inspect.getattr_static(TorchServeContext, "system_properties"), property)
     context = TorchServeContext("m", "/d", None, 8, 0, "0.12", model_yaml_config={"handler": {}})
     assert set(Context("m", "/d", {}, 0, 8).system_properties) <= set(context.system_properties)
+
+
+def test_workers_share_one_root_logger_filter():
+    """Every worker quiets TorchServe's per-batch log line with the same filter: in-process tests that start many
+    workers do not pile filters up on the root logger."""
+    for route in ("decode", "encode", "decode2d"):
+        InProcessWorker(route, ARTIFACTS.parent)
+    assert logging.getLogger().filters.count(quiet_batches) == 1

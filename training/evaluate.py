@@ -24,9 +24,8 @@ from runtime.latent import interpolate
 from training import checkpoint, classifier, data
 from training.errors import TrainingError
 from training.figures import interleave_rows, save_figure, save_grid
-from training.model import VAE
+from training.model import LOG_2PI, VAE, StandardNormal, gaussian_log_density
 
-LOG_2PI = math.log(2 * math.pi)
 ACTIVE_THRESHOLD = 0.01
 INFORMATIVE_KL = 0.1  # nats; a dimension below this carries next to nothing even if its mean varies
 TSNE_POINTS = 2000  # test images in the t-SNE figure (t-SNE is quadratic-ish; 2,000 takes ~15 s on 2 cores)
@@ -44,28 +43,26 @@ def bce_floor(x: Tensor) -> float:
     return entropy.flatten(1).sum(1).double().mean().item()
 
 
-def gaussian_log_density(z: Tensor, mu: Tensor, logvar: Tensor) -> Tensor:
-    """log N(z; mu, diag(exp(logvar))) summed over the last dimension."""
-    return -0.5 * (LOG_2PI + logvar + (z - mu).pow(2) / logvar.exp()).sum(-1)
-
-
 @torch.no_grad()
 def elbo_and_iwae(model: VAE, x: Tensor, k: int, decode_batch: int = 1000, seed: int = 0) -> dict:
-    """Negative ELBO terms (recon averaged over k posterior samples, analytic KL) and the k-sample IWAE bound."""
+    """Negative ELBO terms (recon averaged over k posterior samples; the KL analytic for the standard normal prior,
+    else averaged over the same k samples) and the k-sample IWAE bound against the model's prior."""
+    analytic = isinstance(model.prior, StandardNormal)
     gen = torch.Generator().manual_seed(seed)
     images_per_step = max(1, decode_batch // k)
     recon_sum = kl_sum = iwae_sum = 0.0
     for i in progress(range(0, len(x), images_per_step), f"IWAE k={k}", "step"):
         xb = x[i:i + images_per_step]
         mu, logvar = model.encode(xb)
-        kl_sum += VAE.kl_per_dim(mu, logvar).double().sum().item()
         eps = torch.randn(len(xb), k, mu.shape[1], generator=gen)
         z = mu.unsqueeze(1) + eps * torch.exp(0.5 * logvar).unsqueeze(1)  # (b, k, D)
         logits = model.decode(z.flatten(0, 1)).view(len(xb), k, -1)
         target = xb.flatten(1).unsqueeze(1).expand_as(logits)
         log_px = -torch.nn.functional.binary_cross_entropy_with_logits(logits, target, reduction="none").sum(-1)
-        log_w = log_px + gaussian_log_density(z, torch.zeros_like(z), torch.zeros_like(z)) \
-            - gaussian_log_density(z, mu.unsqueeze(1), logvar.unsqueeze(1))
+        log_ratio = gaussian_log_density(z, mu.unsqueeze(1), logvar.unsqueeze(1)) - model.prior.log_prob(z)
+        log_w = log_px - log_ratio
+        kl = VAE.kl_per_dim(mu, logvar).sum(1) if analytic else log_ratio.mean(1)
+        kl_sum += kl.double().sum().item()
         recon_sum += (-log_px.double().mean(1)).sum().item()
         iwae_sum += (torch.logsumexp(log_w.double(), dim=1) - math.log(k)).sum().item()
     n = len(x)
@@ -73,18 +70,35 @@ def elbo_and_iwae(model: VAE, x: Tensor, k: int, decode_batch: int = 1000, seed:
             "neg_iwae": -iwae_sum / n, "iwae_k": k}
 
 
+def marginal_kl_per_dim(prior: torch.nn.Module, mu: Tensor, logvar: Tensor, z: Tensor) -> Tensor:
+    """Mean KL(q(z_d|x) || p(z_d)) per dimension d against the prior's marginal in d: analytic for N(0, I), else
+    one-sample Monte Carlo at ``z`` (a mixture's marginals are 1-d mixtures)."""
+    if isinstance(prior, StandardNormal):
+        return VAE.kl_per_dim(mu, logvar).mean(0)
+    log_q = -0.5 * (LOG_2PI + logvar + (z - mu).pow(2) * torch.exp(-logvar))
+    weights = torch.log_softmax(prior.logits, 0)  # (K,)
+    per_component = -0.5 * (LOG_2PI + prior.logvars
+                            + (z.unsqueeze(1) - prior.means).pow(2) * torch.exp(-prior.logvars))  # (N, K, D)
+    log_p = torch.logsumexp(per_component + weights[:, None], dim=1)
+    return (log_q - log_p).mean(0)
+
+
 @torch.no_grad()
-def latent_usage(mu: Tensor, logvar: Tensor, seed: int = 0, chunk: int = 500) -> dict:
+def latent_usage(mu: Tensor, logvar: Tensor, prior: torch.nn.Module | None = None, seed: int = 0, chunk: int = 500
+                 ) -> dict:
     """Active units, per-dimension KL, aggregate-posterior KL(q(z) || p(z)) and mutual information I(x; z).
 
     q(z) is the mixture of the N test posteriors; one z is drawn from each and log q(z) is estimated
-    over all N components, so I(x; z) = E KL(q(z|x) || p) - KL(q(z) || p) is bounded by log N.
+    over all N components, so I(x; z) = E KL(q(z|x) || p) - KL(q(z) || p) is bounded by log N. ``prior`` is the
+    model's (default N(0, I)); against a learned prior the KL terms are Monte Carlo estimates at the same z.
     """
     n = len(mu)
+    prior = prior or StandardNormal(mu.shape[1])
     variance = mu.var(0)
-    kl_per_dim = VAE.kl_per_dim(mu, logvar).mean(0)
     gen = torch.Generator().manual_seed(seed)
     z = mu + torch.randn(mu.shape, generator=gen) * torch.exp(0.5 * logvar)
+    kl_per_dim = sum(marginal_kl_per_dim(prior, mu[i:i + chunk], logvar[i:i + chunk], z[i:i + chunk])
+                     * len(mu[i:i + chunk]) for i in range(0, n, chunk)) / n
     inv_var = torch.exp(-logvar).double()
     # log q(z_m | x_n) expanded so that the N x N table comes from two matrix products.
     const = (-0.5 * (LOG_2PI * mu.shape[1] + logvar.sum(1) + (mu.pow(2) * torch.exp(-logvar)).sum(1))).double()
@@ -93,9 +107,12 @@ def latent_usage(mu: Tensor, logvar: Tensor, seed: int = 0, chunk: int = 500) ->
         zc = z[i:i + chunk].double()
         table = const - 0.5 * (zc.pow(2) @ inv_var.T) + zc @ (mu.double() * inv_var).T
         log_qz.append(torch.logsumexp(table, dim=1) - math.log(n))
-    log_pz = gaussian_log_density(z, torch.zeros_like(z), torch.zeros_like(z)).double()
+    log_pz = torch.cat([prior.log_prob(z[i:i + chunk]) for i in range(0, n, chunk)]).double()
     aggregate_kl = (torch.cat(log_qz) - log_pz).mean().item()
-    kl_total = kl_per_dim.sum().item()
+    if isinstance(prior, StandardNormal):
+        kl_total = kl_per_dim.sum().item()
+    else:
+        kl_total = (gaussian_log_density(z, mu, logvar).double() - log_pz).mean().item()
     return {
         "active_units": int((variance > ACTIVE_THRESHOLD).sum()),
         "active_threshold": ACTIVE_THRESHOLD,
@@ -242,9 +259,10 @@ def manifold(model: VAE, mu: np.ndarray, labels: np.ndarray, path: Path, steps: 
 
 
 def parameter_count(model: VAE) -> dict[str, int]:
-    """Trainable parameters of the encoder, the decoder and both."""
-    enc, dec = (sum(p.numel() for p in part.parameters()) for part in (model.encoder, model.decoder))
-    return {"encoder": enc, "decoder": dec, "total": enc + dec}
+    """Trainable parameters of the encoder, the decoder, the prior (a learned one) and all."""
+    parts = (model.encoder, model.decoder, model.prior)
+    enc, dec, prior = (sum(p.numel() for p in part.parameters()) for part in parts)
+    return {"encoder": enc, "decoder": dec, **({"prior": prior} if prior else {}), "total": enc + dec + prior}
 
 
 def markdown(report: dict) -> str:
@@ -309,7 +327,7 @@ def evaluate(ckpt_path: Path, k: int = 1000, data_dir: str | None = None,
     x_test = fmnist.test.tensor()
     out = ckpt_path.parent
     mu, logvar = model.encode(x_test)
-    usage = latent_usage(mu, logvar)
+    usage = latent_usage(mu, logvar, model.prior)
     fd = frechet(model, clf, fmnist, fd_samples)
     report = {
         "checkpoint": ckpt_path.name,
@@ -319,6 +337,7 @@ def evaluate(ckpt_path: Path, k: int = 1000, data_dir: str | None = None,
         "channels": list(model.cfg.channels),
         "encoder_channels": list(model.cfg.encoder_widths),
         "parameters": parameter_count(model),
+        "prior_components": model.cfg.prior_components,
         "data_sha256": fmnist.sha256,
         "test": elbo_and_iwae(model, x_test, k),
         "bce_floor": bce_floor(x_test),
