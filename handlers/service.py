@@ -27,6 +27,7 @@ import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import cache
 from http import HTTPStatus
 from pathlib import Path
 from typing import Any
@@ -84,34 +85,47 @@ def images_of(logits: np.ndarray) -> np.ndarray:
         return (1 / (1 + np.exp(-logits)))[:, 0]
 
 
-class Worker:
-    """The loaded model of one TorchServe worker serving ``operation``: shapes, request schema, decoder (and
-    encoder, latent statistics), metrics."""
+@cache
+def shared_stats(path: Path) -> artifacts.LatentStats:
+    """The latent statistics of one export, read once per process (every route of the export shares them)."""
+    return artifacts.read_stats(path)
 
-    def __init__(self, context: Any, operation: str) -> None:
+
+@cache
+def shared_network(path: Path, torch_device: Any, threads: int) -> backends.TorchScriptModule | backends.OnnxModule:
+    """An artifact loaded once per process for a device and thread count: routes of one export that run the same
+    backend share it (a host that serves every route in one process loads each export once)."""
+    return backends.load(path, torch_device, threads)
+
+
+class Worker:
+    """The loaded model of one route's worker serving ``operation``: shapes, request schema, decoder (and encoder,
+    latent statistics), metrics. ``config`` is the ``handler:`` section of the route's model config
+    (``serving/archive.py`` writes it from the settings); ``gpu_id`` the GPU the host gives it, if any."""
+
+    def __init__(self, route: str, operation: str, model_dir: Path, config: dict, gpu_id: int | None = None) -> None:
         logging.getLogger().addFilter(quiet_batches)  # once per process: adding the same filter again is a no-op
         self.drain_file = os.environ.get("FMVAE_DRAIN_FILE")  # exists while the launcher drains the server
-        config = (context.model_yaml_config or {}).get("handler", {})
-        model_dir = Path(context.system_properties["model_dir"])
-        where = device.placement(context.system_properties.get("gpu_id"))
-        self.model, self.device = context.model_name, where.name
+        model_dir = Path(model_dir).resolve()
+        where = device.placement(gpu_id)
+        self.model, self.device = route, where.name
         manifest = Manifest.read(model_dir)
         self.shapes, self.identity = manifest.shapes, manifest.identity
-        self.stats = artifacts.read_stats(model_dir / artifacts.STATS) if config.get("stats") else None
+        self.stats = shared_stats(model_dir / artifacts.STATS) if config.get("stats") else None
         self.schema = RequestSchema(self.shapes.latent_dim, self.stats.class_names if self.stats else None,
                                     (operation,), config.get("max_body_bytes"))
         self.threads = device.worker_threads(config.get("threads", "auto"), config.get("store_workers", 1),
                                              kind=where.kind)
         self.backend = device.choose_backend(config, "decoder", self.model, where, model_dir)
         self.artifact = artifacts.DECODERS[self.backend]
-        self.decoder = backends.load(model_dir / self.artifact, where.torch_device, self.threads)
+        self.decoder = shared_network(model_dir / self.artifact, where.torch_device, self.threads)
         batches = config.get("cuda_graph_batches") or []
         if batches and where.graph_capture and isinstance(self.decoder, backends.TorchScriptModule):
             self.decoder = backends.GraphedDecoder(self.decoder, self.shapes.latent_dim, batches, where.graph_capture)
         self.encoder = None
         if config.get("encoder"):
             backend = device.choose_backend(config, "encoder", self.model, where, model_dir)
-            self.encoder = backends.load(model_dir / artifacts.ENCODERS[backend], where.torch_device, self.threads)
+            self.encoder = shared_network(model_dir / artifacts.ENCODERS[backend], where.torch_device, self.threads)
         self.warm_up()
         labels = {"model": self.model, "backend": self.backend, "device": self.device}
         metrics.BACKEND_INFO.labels(**labels, artifact=self.artifact, threads=str(self.threads)).set(1)
@@ -207,39 +221,67 @@ def as_json(value: Any) -> Any:
     return value.item() if isinstance(value, np.generic) else value
 
 
+@dataclass
+class Reply:
+    """One request's answer, whatever the host: HTTP status, body, content type and headers."""
+
+    status: int
+    body: bytes
+    content_type: str
+    headers: dict[str, str]
+
+    def json(self) -> Any:
+        return json.loads(self.body)
+
+
 class Service:
-    """A TorchServe entry point ``handle(data, context)`` for one operation, ``plan(request, worker) -> Plan``; the
-    operation is the name of the module that defines ``plan`` (its handler file)."""
+    """One operation's handler, ``plan(request, worker) -> Plan`` (the operation is the name of the module that
+    defines ``plan``: its handler file). ``load`` builds its worker for a route; ``answer`` answers a batch of request
+    bodies, one ``Reply`` each: the host-neutral entry every host calls. ``__call__(data, context)`` is TorchServe's
+    entry, a thin adapter over both."""
 
     def __init__(self, plan: Callable[[dict, Worker], Plan]) -> None:
         self.operation = plan.__module__.rsplit(".", 1)[-1]
         self.plan = plan
         self.worker: Worker | None = None
 
+    def load(self, route: str, model_dir: Path, config: dict, gpu_id: int | None = None) -> Service:
+        """Load the worker of ``route`` (its export folder, the ``handler:`` section of its model config)."""
+        self.worker = Worker(route, self.operation, model_dir, config, gpu_id)
+        return self
+
     def __call__(self, data: list | None, context: Any) -> list | None:
         if self.worker is None:
-            self.worker = Worker(context, self.operation)
+            properties = context.system_properties
+            self.load(context.model_name, Path(properties["model_dir"]),
+                      (context.model_yaml_config or {}).get("handler", {}), properties.get("gpu_id"))
         if data is None:  # TorchServe's initialization call
             return None
+        replies = self.answer([row.get("body", row.get("data")) for row in data])
+        for i, reply in enumerate(replies):
+            if reply.status != 200:
+                context.set_response_status(reply.status, HTTPStatus(reply.status).phrase, i)
+            context.set_response_content_type(i, reply.content_type)
+            for name, value in reply.headers.items():
+                context.set_response_header(i, name, value)
+        return [reply.body for reply in replies]
+
+    def answer(self, bodies: list[Any]) -> list[Reply]:
+        """One reply per request body (bytes, text or already-parsed JSON), from one decoder call for the batch."""
         start = time.perf_counter()
-        for i in range(len(data)):
-            context.set_response_header(i, MODEL_HEADER, self.worker.identity)
-        replies: list[Any] = [None] * len(data)
+        replies: list[Reply | None] = [None] * len(bodies)
         jobs: list[tuple[int, dict, Plan]] = []
-        rows = enumerate(data)
         if self.worker.draining():  # refuse what is taken up from now on; the 503 also closes the connection
-            for i in range(len(data)):
-                replies[i] = self.error(context, i, SHUTTING_DOWN)
-                context.set_response_header(i, "Retry-After", "1")
-            rows = enumerate([])
-        for i, row in rows:
+            replies = [self.error(SHUTTING_DOWN, {"Retry-After": "1"}) for _ in bodies]
+            bodies = []
+        for i, body in enumerate(bodies):
             try:
-                request = self.worker.schema.parse(row.get("body", row.get("data")), self.operation)
+                request = self.worker.schema.parse(body, self.operation)
                 jobs.append((i, request, self.plan(request, self.worker)))
             except RequestError as e:
-                replies[i] = self.error(context, i, e)
+                replies[i] = self.error(e)
             except Exception as e:  # a bug must cost one request, never the worker
-                replies[i] = self.error(context, i, internal(f"internal error: {e}"))
+                replies[i] = self.error(internal(f"internal error: {e}"))
         if jobs:
             counts = [len(plan.latents) for _, _, plan in jobs]
             try:
@@ -252,46 +294,46 @@ class Service:
                 try:
                     if not isinstance(part, RequestError) and not np.isfinite(part).all():
                         part = internal("the decoder gave non-finite values for this request")
-                    replies[i] = self.error(context, i, part) if isinstance(part, RequestError) \
-                        else self.reply(context, i, request["format"], plan.finish(part))
+                    replies[i] = self.error(part) if isinstance(part, RequestError) \
+                        else self.reply(request["format"], plan.finish(part))
                 except RequestError as e:
-                    replies[i] = self.error(context, i, e)
+                    replies[i] = self.error(e)
                 except Exception as e:  # one answer that cannot be made or encoded fails alone
-                    replies[i] = self.error(context, i, internal(f"internal error: {e}"))
+                    replies[i] = self.error(internal(f"internal error: {e}"))
         elapsed = time.perf_counter() - start
-        self.worker.recorder.record((self.worker.batch_requests.observe, len(data)),
-                                    *[(self.worker.request_seconds.observe, elapsed)] * len(data),
-                                    *[(self.worker.count_response, context.get_response_status(i)[0] or 200)
-                                      for i in range(len(data))])
-        self.worker.recorder.flush()
+        worker = self.worker
+        worker.recorder.record((worker.batch_requests.observe, len(replies)),
+                               *[(worker.request_seconds.observe, elapsed)] * len(replies),
+                               *[(worker.count_response, reply.status) for reply in replies])
+        worker.recorder.flush()
         return replies
 
-    def error(self, context: Any, idx: int, e: RequestError) -> str:
-        """Answer request ``idx`` with the error ``e`` (JSON, the project's one error shape)."""
+    def error(self, e: RequestError, headers: dict[str, str] | None = None) -> Reply:
+        """The reply of a request refused or failed with ``e`` (JSON, the project's one error shape)."""
         self.worker.recorder.record((self.worker.count_error, e.reason))
-        context.set_response_status(e.status, HTTPStatus(e.status).phrase, idx)
-        context.set_response_content_type(idx, "application/json")
-        return json.dumps(e.body())
+        return Reply(e.status, json.dumps(e.body()).encode(), "application/json",
+                     {MODEL_HEADER: self.worker.identity, **(headers or {})})
 
-    def reply(self, context: Any, idx: int, fmt: str, answer: Answer) -> bytes | str:
+    def reply(self, fmt: str, answer: Answer) -> Reply:
         """Encode one answer in its request's format."""
         shown = 0 if answer.images is None else len(answer.images)
         self.worker.recorder.record((self.worker.images.inc, shown),
                                     (self.worker.request_images.observe, shown or len(answer.array)))
-        for name, value in answer.headers.items():
-            context.set_response_header(idx, name, str(value))
-        context.set_response_content_type(idx, CONTENT_TYPES[fmt])
+        headers = {MODEL_HEADER: self.worker.identity, **{name: str(v) for name, v in answer.headers.items()}}
         if fmt == "png":
-            return png_bytes(tile(to_uint8(answer.images if answer.grid is None else answer.grid), answer.cols))
-        if fmt == "gif":
-            return gif_bytes(to_uint8(answer.images))
-        if fmt == "npy":
-            return npy_bytes(answer.images if answer.array is None else answer.array)
-        images = {} if answer.images is None else {
-            "images": [base64.b64encode(png_bytes(p)).decode() for p in to_uint8(answer.images)]}
-        # Strict JSON: a NaN or an infinity raises (a 500 in the error shape) instead of a body no parser accepts.
-        return json.dumps(images | {k: as_json(v) for k, v in answer.fields.items()} | self.classes(answer)
-                          | {"backend": self.worker.backend, "device": self.worker.device}, allow_nan=False)
+            body = png_bytes(tile(to_uint8(answer.images if answer.grid is None else answer.grid), answer.cols))
+        elif fmt == "gif":
+            body = gif_bytes(to_uint8(answer.images))
+        elif fmt == "npy":
+            body = npy_bytes(answer.images if answer.array is None else answer.array)
+        else:
+            images = {} if answer.images is None else {
+                "images": [base64.b64encode(png_bytes(p)).decode() for p in to_uint8(answer.images)]}
+            # Strict JSON: a NaN or an infinity raises (a 500 in the error shape) instead of a body no parser takes.
+            body = json.dumps(images | {k: as_json(v) for k, v in answer.fields.items()} | self.classes(answer)
+                              | {"backend": self.worker.backend, "device": self.worker.device},
+                              allow_nan=False).encode()
+        return Reply(200, body, CONTENT_TYPES[fmt], headers)
 
     def classes(self, answer: Answer) -> dict:
         """``class_probabilities``: the class model's, for each returned latent (``latents``, or ``mu`` for

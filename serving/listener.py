@@ -29,8 +29,9 @@ ACCEPT_WAIT_S = 0.1  # for Netty to accept the connections already in the listen
 def listening_socket(port: int, processes: list[psutil.Process]) -> tuple[int, int] | None:
     """(pid, fd) of the socket listening on TCP ``port`` among ``processes``, or None."""
     for process in processes:
-        try:
-            for conn in process.net_connections(kind="tcp"):
+        try:  # psutil 6 renamed Process.connections to net_connections; KServe pins psutil < 6
+            connections = getattr(process, "net_connections", None) or process.connections
+            for conn in connections(kind="tcp"):
                 if conn.status == psutil.CONN_LISTEN and conn.laddr.port == port and conn.fd != -1:
                     return process.pid, conn.fd
         except psutil.Error:

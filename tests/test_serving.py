@@ -12,7 +12,6 @@ import urllib.error
 import urllib.request
 import zipfile
 from concurrent.futures import ThreadPoolExecutor
-from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -281,16 +280,12 @@ def test_metrics_are_exported_and_increase(server):
 
 
 def test_a_worker_whose_config_names_no_decoder_fails_at_start():
-    def context(handler: dict) -> SimpleNamespace:
-        return SimpleNamespace(model_name="broken", model_yaml_config={"handler": handler},
-                               system_properties={"model_dir": str(ARTIFACTS), "gpu_id": None})
-
     with pytest.raises(ConfigError, match=r"model broken: its model config names no decoder for cpu workers "
                                           r"\(handler.decoder.cpu in model-config.yaml"):
-        Worker(context({"threads": 1}), "sample")
+        Worker("broken", "sample", ARTIFACTS, {"threads": 1})
     with pytest.raises(ConfigError, match="names no decoder for cpu workers"):
-        Worker(context({"decoder": {"cuda": ["onnx-fp32"]}, "threads": 1}), "sample")
-    worker = Worker(context({"decoder": {"cpu": ["onnx-fp32"]}, "threads": 1}), "sample")  # the same path, configured
+        Worker("broken", "sample", ARTIFACTS, {"decoder": {"cuda": ["onnx-fp32"]}, "threads": 1})
+    worker = Worker("broken", "sample", ARTIFACTS, {"decoder": {"cpu": ["onnx-fp32"]}, "threads": 1})  # configured
     assert (worker.backend, worker.shapes.latent_dim, worker.encoder) == ("onnx-fp32", LATENT, None)
 
 

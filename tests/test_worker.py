@@ -1,6 +1,6 @@
-"""The worker in this process, through TorchServe's ``handle`` entry with a stand-in context
-(``serving/inprocess.py``): batching, isolation of bad requests, the model's identity on every answer, and the
-stand-in's faithfulness to TorchServe's own context class."""
+"""The worker in this process, through the host-neutral entry (``Service.answer``, ``serving/inprocess.py``):
+batching, isolation of bad requests, the model's identity on every answer; and TorchServe's adapter over it
+(``handle(data, context)``) through a stand-in context faithful to TorchServe's own context class."""
 
 from __future__ import annotations
 
@@ -12,9 +12,10 @@ import numpy as np
 import pytest
 from ts.context import Context as TorchServeContext
 
-from handlers.service import MODEL_HEADER, quiet_batches
+from handlers.service import MODEL_HEADER, Service, quiet_batches
 from runtime.manifest import Manifest
-from serving.inprocess import Context, InProcessWorker
+from serving.archive import model_config
+from serving.inprocess import InProcessWorker
 from serving.routes import ROUTES, example
 from serving.settings import MODELS
 from tests.conftest import ARTIFACTS, npy
@@ -109,15 +110,66 @@ def test_the_body_limit_comes_from_the_settings(sample):
     assert str(limit) in reply.json()["message"]
 
 
+class Context:
+    """What the handlers use of TorchServe's ``ts.context.Context``, with its method signatures (a test compares
+    them): the model's name, model-config YAML and system properties, and each request's response status and
+    headers in the current batch."""
+
+    def __init__(self, model_name: str, model_dir: str, model_yaml_config: dict, gpu_id: int | None = None,
+                 batch_size: int = 1) -> None:
+        self.model_name = model_name
+        self.model_yaml_config = model_yaml_config
+        self._system_properties = {"model_dir": str(model_dir), "gpu_id": gpu_id, "batch_size": batch_size}
+        self._status: dict[int, tuple[int, str]] = {}
+        self._headers: dict[int, dict[str, str]] = {}
+
+    @property
+    def system_properties(self) -> dict:
+        return self._system_properties
+
+    def set_response_status(self, code: int = 200, phrase: str = "", idx: int = 0) -> None:
+        self._status[idx] = (code, phrase)
+
+    def get_response_status(self, idx: int) -> tuple[int, str]:
+        return self._status.get(idx, (200, None))
+
+    def set_response_header(self, idx: int, key: str, value: str) -> None:
+        self._headers.setdefault(idx, {})[key] = value
+
+    def get_response_headers(self, idx: int) -> dict[str, str]:
+        return self._headers.get(idx, {})
+
+    def set_response_content_type(self, idx: int, value: str) -> None:
+        self.set_response_header(idx, "content-type", value)
+
+
 def test_the_stand_in_context_has_torchserves_signatures():
     for name, member in inspect.getmembers(Context, inspect.isfunction):
-        if name.startswith("_") or name == "new_batch":
+        if name.startswith("_"):
             continue
         real = getattr(TorchServeContext, name)
         assert inspect.signature(member).parameters.keys() == inspect.signature(real).parameters.keys(), name
     assert isinstance(inspect.getattr_static(TorchServeContext, "system_properties"), property)
     context = TorchServeContext("m", "/d", None, 8, 0, "0.12", model_yaml_config={"handler": {}})
     assert set(Context("m", "/d", {}, 0, 8).system_properties) <= set(context.system_properties)
+
+
+def test_torchserves_adapter_answers_what_the_host_neutral_entry_answers():
+    """``handle(data, context)``: TorchServe's initialization call loads the worker from the context; a batch sets
+    each request's status, content type and headers on the context and returns the bodies of ``answer``."""
+    import handlers.edit as edit
+    spec = MODELS["edit"]
+    model_dir = ARTIFACTS.parent / spec.export
+    context = Context("edit", model_dir, model_config(spec, Manifest.read(model_dir)))
+    handle = Service(edit.plan)
+    assert handle(None, context) is None and handle.worker.model == "edit"
+    bodies = [json.dumps(example("edit") | {"format": "npy"}).encode(), b'{"to": "Bag"}']
+    bodies_out = handle([{"body": b} for b in bodies], context)
+    direct = InProcessWorker("edit", ARTIFACTS.parent)(bodies)
+    assert [context.get_response_status(i)[0] for i in range(2)] == [r.status for r in direct] == [200, 400]
+    assert np.array_equal(npy(bodies_out[0]), npy(direct[0].body)) and bodies_out[1] == direct[1].body
+    for i, reply in enumerate(direct):
+        assert {k.lower(): v for k, v in context.get_response_headers(i).items()} == reply.headers
 
 
 def test_workers_share_one_root_logger_filter():
