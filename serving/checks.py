@@ -1,4 +1,5 @@
-"""What the launcher checks before TorchServe starts, so that a bad archive or a busy port fails at once, named."""
+"""What the launcher checks before a host starts, so that a bad archive or export, or a busy port, fails at once,
+named."""
 
 from __future__ import annotations
 
@@ -51,6 +52,24 @@ def check_archive(path: Path) -> None:
         raise damaged(f"{type(e).__name__}: {e}") from None
 
 
+def check_export(folder: Path) -> None:
+    """Raise ServerError unless ``folder`` is an export whose every artifact is there with the SHA-256 its manifest
+    gives it (what the KServe host serves from; TorchServe's archives are checked by ``check_archive``)."""
+    try:
+        manifest = Manifest.read(folder)
+    except ManifestError as e:
+        raise ServerError(str(e)) from None
+    for artifact in manifest.artifacts.values():
+        path = folder / artifact.file
+        try:
+            digest = hashlib.sha256(path.read_bytes()).hexdigest()
+        except OSError as e:
+            raise ServerError(f"{path}: cannot be read ({e.strerror}); re-run `make export`") from None
+        if digest != artifact.sha256:
+            raise ServerError(f"{path}: damaged (SHA-256 {digest[:16]}..., its manifest says "
+                              f"{artifact.sha256[:16]}...); re-run `make export` or restore it from git")
+
+
 def listen_host(config: ServerConfig, field: str) -> str:
     """The address the server listens on for the port ``field``: management and explorer stay on loopback."""
     if "management" in field or field == "explorer_port" or (field == "grpc_inference_port" and not config.grpc):
@@ -58,9 +77,10 @@ def listen_host(config: ServerConfig, field: str) -> str:
     return config.metrics_host if "metrics" in field else config.host
 
 
-def check_ports(config: ServerConfig) -> None:
-    """Raise ServerError naming the first of the server's ports that something already listens on."""
-    for field, role in PORT_ROLES.items():
+def check_ports(config: ServerConfig, fields: tuple[str, ...] = tuple(PORT_ROLES)) -> None:
+    """Raise ServerError naming the first of the server's ports (``fields``) that something already listens on."""
+    for field in fields:
+        role = PORT_ROLES[field]
         port, host = getattr(config, field), listen_host(config, field)
         with socket.socket() as probe:
             probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the servers do: TIME_WAIT is free

@@ -1,9 +1,10 @@
 """Health check for containers and probes: ``python -m serving.health`` exits 0 when the server can answer.
 
-Healthy means: TorchServe answers /ping "Healthy", every served model has at least one READY worker (TorchServe's
-own /ping stays "Healthy" for a model it failed to load, and only says "Partial Healthy" for one whose workers
-are all down), and the launcher is not draining it for a stop. With token auth on, TorchServe 0.12 wants keys
-on /ping and on the management API too; they are read from the key file TorchServe writes into its working
+Healthy means, on TorchServe (``--server torchserve``, the default): it answers /ping "Healthy", every served
+model has at least one READY worker (TorchServe's own /ping stays "Healthy" for a model it failed to load, and
+only says "Partial Healthy" for one whose workers are all down); on the KServe host (``--server kserve``): it
+answers KServe's liveness (/v2/health/live) and every route's readiness (/v2/models/<route>/ready). On both, the
+launcher is not draining it for a stop. With token auth on, keys are read from the key file in the host's working
 directory (``--work-dir``, as given to ``python -m serving``), where the launcher also marks a drain.
 """
 
@@ -20,7 +21,8 @@ from serving.keys import read_keys
 from serving.settings import DRAIN_FILE, KEY_FILE, MODELS, ServerConfig
 
 
-def problems(url: str, management_url: str, models: list[str], work_dir: Path | None) -> list[str]:
+def problems(url: str, management_url: str, models: list[str], work_dir: Path | None, server: str = "torchserve"
+             ) -> list[str]:
     """What keeps the server from being healthy; empty when it is healthy."""
     key_file = work_dir / KEY_FILE if work_dir is not None and (work_dir / KEY_FILE).is_file() else None
 
@@ -29,6 +31,8 @@ def problems(url: str, management_url: str, models: list[str], work_dir: Path | 
 
     if work_dir is not None and (work_dir / DRAIN_FILE).exists():
         return ["draining for a stop"]
+    if server == "kserve":
+        return kserve_problems(url, models, key("inference"))
     try:
         status = http_json(f"{url}/ping", key=key("inference")).get("status")
     except (urllib.error.URLError, OSError, ValueError, ServerError) as e:
@@ -47,6 +51,22 @@ def problems(url: str, management_url: str, models: list[str], work_dir: Path | 
     return found
 
 
+def kserve_problems(url: str, models: list[str], key: Callable[[], str | None]) -> list[str]:
+    """The KServe host's liveness and each route's readiness."""
+    try:
+        http_json(f"{url}/v2/health/live", key=key)
+    except (urllib.error.URLError, OSError, ValueError, ServerError) as e:
+        return [f"/v2/health/live: {e}"]
+    found = []
+    for model in models:
+        try:
+            if not http_json(f"{url}/v2/models/{model}/ready", key=key).get("ready"):
+                found.append(f"{model}: not ready")
+        except (urllib.error.URLError, OSError, ValueError, ServerError) as e:
+            found.append(f"{model}: {e}")
+    return found
+
+
 def main(argv: list[str] | None = None) -> int:
     defaults = ServerConfig()
     parser = argparse.ArgumentParser(prog="python -m serving.health", description=__doc__,
@@ -54,9 +74,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--url", default=f"http://127.0.0.1:{defaults.inference_port}", help="inference API")
     parser.add_argument("--management-url", default=f"http://127.0.0.1:{defaults.management_port}")
     parser.add_argument("--models", nargs="+", default=list(MODELS), help="the models that must be served")
-    parser.add_argument("--work-dir", type=Path, help="TorchServe's working directory (key file, drain mark)")
+    parser.add_argument("--work-dir", type=Path, help="the host's working directory (key file, drain mark)")
+    parser.add_argument("--server", choices=("torchserve", "kserve"), default=defaults.server, help="the host")
     args = parser.parse_args(argv)
-    found = problems(args.url.rstrip("/"), args.management_url.rstrip("/"), args.models, args.work_dir)
+    found = problems(args.url.rstrip("/"), args.management_url.rstrip("/"), args.models, args.work_dir, args.server)
     print("unhealthy: " + "; ".join(found) if found else f"healthy: {', '.join(args.models)} ready")
     return 1 if found else 0
 

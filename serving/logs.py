@@ -12,6 +12,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import IO
 
@@ -60,14 +61,18 @@ class RotatingFile:
             pass
 
 
-def copy_output(stream: IO[bytes], output: RotatingFile, name: str = "torchserve-output") -> threading.Thread:
-    """A started thread that copies a process's output into ``output`` until the process closes it. While the
-    file cannot be written (a full or unwritable log folder) the output is read and dropped, with one line on
-    stderr when that starts and one when it ends: the process never blocks on a full pipe."""
+def copy_output(stream: IO[bytes], output: RotatingFile, name: str = "torchserve-output",
+                on_line: Callable[[bytes], None] | None = None) -> threading.Thread:
+    """A started thread that copies a process's output into ``output`` until the process closes it (``on_line`` sees
+    each line first). While the file cannot be written (a full or unwritable log folder) the output is read and
+    dropped, with one line on stderr when that starts and one when it ends: the process never blocks on a full
+    pipe."""
     def run() -> None:
         dropping = False
         try:
             for line in iter(stream.readline, b""):
+                if on_line is not None:
+                    on_line(line)
                 try:
                     output.write(line)
                 except OSError as e:

@@ -21,11 +21,12 @@ JVM_STOP_S = 30.0  # how long the JVM gets to stop its workers after SIGTERM
 class ProcessGroup:
     """One started command in a session of its own, with its watchdog. ``stop`` is safe to call more than once."""
 
-    def __init__(self, cmd: list[str], env: dict[str, str], cwd: Path, leftovers: list[Path] = ()) -> None:
+    def __init__(self, cmd: list[str], env: dict[str, str], cwd: Path, leftovers: list[Path] = (),
+                 pass_fds: tuple[int, ...] = ()) -> None:
         """``leftovers``: what the watchdog removes after stopping the group (the launcher's temp dir, its drain
-        mark), when the launcher could not."""
+        mark), when the launcher could not; ``pass_fds``: file descriptors the command inherits."""
         self.process = subprocess.Popen(cmd, env=env, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                        start_new_session=True)
+                                        start_new_session=True, pass_fds=pass_fds)
         read, self._watchdog_pipe = os.pipe()  # the watchdog acts when the write end closes
         try:
             self.watchdog = subprocess.Popen([sys.executable, "-m", "serving.watchdog", str(self.process.pid),

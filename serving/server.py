@@ -146,7 +146,7 @@ class TorchServe:
             self.registry = CollectorRegistry()
             multiprocess.MultiProcessCollector(self.registry, path=str(multiproc))
             self.exporter = MetricsServer(self.config.metrics_host, self.config.metrics_port, self.registry,
-                                          self.config.idle_timeout_s, self.config.request_timeout_s)
+                                          self.config.idle_timeout, self.config.request_timeout)
             # TorchServe's own entry point run by this interpreter (what its `torchserve` script runs), so that a
             # TorchServe installed with `pip --target` starts too.
             self.group = ProcessGroup([sys.executable, "-m", "ts.model_server", "--start", "--foreground", "--ncs",
@@ -189,6 +189,12 @@ class TorchServe:
                 if ready:
                     pending.discard(model)
             time.sleep(0.2)
+
+    def died(self) -> str | None:
+        """Why TorchServe is gone, or None while it runs."""
+        if self.process is not None and self.process.poll() is not None:
+            return f"TorchServe exited with code {self.process.returncode}\n{self.log_tail()}"
+        return None
 
     def log_tail(self, lines: int = 40) -> str:
         """The last lines of TorchServe's logs, for error messages."""

@@ -10,8 +10,9 @@ model's shapes are not settings: workers read them from the export manifest pack
 from __future__ import annotations
 
 import socket
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
+from typing import Any
 
 from runtime.artifacts import ARTIFACT_DIR
 from serving.routes import ROUTES, Route
@@ -69,6 +70,18 @@ class ModelSpec:
         return max(1, per_worker) * self.workers
 
 
+def spec_document(spec: ModelSpec) -> dict:
+    """``spec`` as plain JSON (a host started in another process receives its routes' specs this way)."""
+    return {**asdict(spec), "handler": str(spec.handler)}
+
+
+def spec_from_document(d: dict) -> ModelSpec:
+    """Inverse of ``spec_document``."""
+    return ModelSpec(**{**d, "handler": Path(d["handler"]), "decoder": {k: tuple(v) for k, v in d["decoder"].items()},
+                        "encoder": {k: tuple(v) for k, v in d["encoder"].items()},
+                        "cuda_graph_batches": tuple(d["cuda_graph_batches"])})
+
+
 REQUEST_COST_IMAGES = 2  # a request's fixed cost (parsing, the frontend's round trip) in images' decoding and encoding
 FULL_BATCH_IMAGES = 64  # a request this large fills a decoder call alone: batching it only delays its batch-mates
 
@@ -101,43 +114,70 @@ KEY_FILE = "key_file.json"
 DRAIN_FILE = "draining"
 
 
+def setting(default: object, help: str, **cli: object) -> Any:  # noqa: A002
+    """A ServerConfig field: its default and its help, from which `python -m serving` makes its flag
+    (``cli``: argparse overrides, e.g. ``choices``, or ``launcher_default`` when the command's default differs)."""
+    return field(default=default, metadata={"help": help, **cli})
+
+
 @dataclass(frozen=True)
 class ServerConfig:
-    """One TorchServe instance: addresses, ports, the archives it serves, limits and authentication."""
+    """One server, on either host: addresses, ports, the archives or exports it serves, limits, authentication and
+    logs. Every field is a flag of ``python -m serving`` (``serving/__main__.py`` derives them)."""
 
-    host: str = "127.0.0.1"  # inference API (and, with grpc on, gRPC inference)
-    metrics_host: str = "127.0.0.1"  # TorchServe's and the handlers' metrics
-    inference_port: int = 8080
-    management_port: int = 8081
-    torchserve_metrics_port: int = 8082  # TorchServe's own metrics (Prometheus format)
-    metrics_port: int = 8083  # the handlers' metrics: latency histograms, images, errors (handlers/metrics.py)
+    server: str = setting("torchserve", "the host: TorchServe (the design card's) or KServe's ModelServer "
+                          "(maintained; every route in each of --processes processes)",
+                          choices=("torchserve", "kserve"))
+    host: str = setting("127.0.0.1", "inference API address")
+    metrics_host: str = setting("127.0.0.1", "metrics addresses")
+    inference_port: int = setting(8080, "inference API port")
+    management_port: int = setting(8081, "TorchServe's management API port (loopback only)")
+    torchserve_metrics_port: int = setting(8082, "TorchServe's own metrics port")
+    metrics_port: int = setting(8083, "the handlers' metrics port (latency histograms, images, errors)")
     # TorchServe 0.12 always starts its gRPC servers; they answer a rejected request with gRPC status OK and the
     # error inside, and nothing here is tested against them, so gRPC inference listens on loopback unless this is
     # on (docs/operations.md, gRPC).
-    grpc: bool = False
-    grpc_inference_port: int = 7070
-    grpc_management_port: int = 7071
-    explorer_port: int = 8084  # the explorer page (explorer/), started by `python -m serving` beside TorchServe
-    model_store: Path = ARCHIVE_DIR
-    models: tuple[str, ...] = tuple(MODELS)
-    max_request_size: int = 1024 * 1024  # bytes: TorchServe's own limit (an empty 413), above max_body_bytes
-    log_dir: Path | None = None  # default: logs/ inside the private temp dir
-    token_auth: bool = False  # TorchServe's token authorization; keys in work_dir/KEY_FILE
-    token_expiration_min: float = 60  # lifetime of the inference/management keys; renewed at a third of it
-    work_dir: Path | None = None  # TorchServe's working directory (key file); default: the private temp dir
-    # Logs: every file rolls over at log_max_bytes and keeps log_backups old copies (serving/log4j2.xml);
+    grpc: bool = setting(False, "TorchServe's gRPC inference on --host (default: loopback only; untested, see "
+                                "docs/operations.md)")
+    grpc_inference_port: int = setting(7070, "TorchServe's gRPC inference port")
+    grpc_management_port: int = setting(7071, "TorchServe's gRPC management port")
+    explorer: bool = setting(True, "the explorer page beside the API")
+    explorer_port: int = setting(8084, "the explorer page's port (loopback only)")
+    model_store: Path = setting(ARCHIVE_DIR, "TorchServe: the folder with the .mar archives (`make archives`)")
+    export_store: Path = setting(Path("model_store"), "KServe: the folder with the export folders (`make export`)")
+    models: tuple[str, ...] = setting(tuple(MODELS), "the routes to serve (default: all of serving/routes.py)",
+                                      metavar="MODEL")
+    processes: int = setting(0, "KServe: serving processes, each with every route (0: one per CPU)")
+    kserve_batch: int = setting(0, "KServe: requests per inference call (0: each route's batch size; 1: no "
+                                   "batching)")
+    # bytes: TorchServe's own limit (an empty 413), above max_body_bytes; the KServe host answers 413 body_too_large
+    max_request_size: int = setting(1024 * 1024, "the largest request body the host takes, in bytes")
+    log_dir: Path | None = setting(None, "the log folder (in a library use: logs/ in the private temp dir)",
+                                   launcher_default=Path("runs/serve/logs"))
+    token_auth: bool = setting(False, "require bearer keys (TorchServe's; the KServe host writes a key file in the "
+                                      "same format)")
+    token_expiration_min: float = setting(60.0, "TorchServe: lifetime of the keys in minutes; the launcher renews "
+                                                "them at a third of it")
+    work_dir: Path | None = setting(None, "the host's working directory: key_file.json and the drain mark "
+                                          "(default: the private temp dir)")
+    # Logs: every file rolls over at log_max_mb and keeps log_backups old copies (serving/log4j2.xml);
     # one line per request only with access_log on.
-    log_max_bytes: int = 10 * 1024 * 1024
-    log_backups: int = 2
-    access_log: bool = False
-    drain_timeout: float = 20.0  # seconds a stop waits for accepted requests to be answered (docs/operations.md)
+    log_max_mb: float = setting(10.0, "size at which each log file rolls over, in MB")
+    log_backups: int = setting(2, "rolled-over copies kept per log file")
+    access_log: bool = setting(False, "one line per request in the access log")
+    drain_timeout: float = setting(20.0, "seconds a stop waits for accepted requests (docs/operations.md)")
     # The JVM's heap bound (-Xmx; 0: none, the JVM's default of a quarter of the machine's memory); measured use
     # under load is in docs/operations.md (the JVM's memory).
-    jvm_heap_mb: int = 256
+    jvm_heap_mb: int = setting(256, "TorchServe: the JVM's heap bound in MB (0: the JVM's default)")
     # Deadlines of the ports this project serves itself (the handlers' metrics, the explorer; serving/httpd.py):
-    # a request must arrive whole within request_timeout_s, a kept-alive connection idles at most idle_timeout_s.
-    idle_timeout_s: float = 30.0
-    request_timeout_s: float = 10.0
+    # a request must arrive whole within request_timeout, a kept-alive connection idles at most idle_timeout.
+    idle_timeout: float = setting(30.0, "seconds a kept-alive connection to the metrics or explorer port (and "
+                                        "KServe's API) may idle")
+    request_timeout: float = setting(10.0, "seconds a request to the metrics or explorer port may take to arrive")
+
+    @property
+    def log_max_bytes(self) -> int:
+        return int(self.log_max_mb * 2**20)
 
     def with_free_ports(self) -> ServerConfig:
         """A copy whose ports are free on the loopback interface now."""

@@ -34,6 +34,7 @@ from runtime.artifacts import ARTIFACT_DIR
 from runtime.manifest import Manifest
 from serving import archive
 from serving.inprocess import InProcessWorker
+from serving.kserve_host import KServe
 from serving.server import TorchServe
 from serving.settings import MODELS, ServerConfig
 from tests.launching import Launcher
@@ -41,7 +42,7 @@ from training import classifier, data, train
 
 ARTIFACTS = Path(__file__).resolve().parent.parent / "model_store" / ARTIFACT_DIR
 # Fixtures that start real components: a test that uses one is an integration test.
-INTEGRATION_FIXTURES = {"server", "secured", "launcher", "stack", "explorer", "browser"}
+INTEGRATION_FIXTURES = {"server", "kserve_host", "secured", "launcher", "stack", "explorer", "browser"}
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -52,12 +53,13 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 
 @pytest.fixture(autouse=True)
 def fast_tier_guard(request, monkeypatch):
-    """Outside the integration tier, starting TorchServe or Prometheus fails the test."""
+    """Outside the integration tier, starting TorchServe, the KServe host or Prometheus fails the test."""
     if request.node.get_closest_marker("integration") is None:
         def refuse(*args, **kwargs):
             raise AssertionError(f"{request.node.nodeid} starts a real server: mark it integration")
         monkeypatch.setattr(TorchServe, "start", refuse)
         monkeypatch.setattr(Prometheus, "start", refuse)
+        monkeypatch.setattr(KServe, "start", refuse)
 
 
 def idx_bytes(array: np.ndarray) -> bytes:
@@ -206,10 +208,29 @@ class InProcessApi:
         return reply.status, reply.headers, reply.body
 
 
-@pytest.fixture(scope="session", params=["inprocess", pytest.param("torchserve", marks=pytest.mark.integration)])
+@pytest.fixture(scope="session")
+def kserve_host(artifacts_2d, fallback_2d):
+    """One KServe host for the tests: every served route, the test-only ones and the two small exports (given by
+    absolute export folders), in one process."""
+    specs = MODELS | TEST_MODELS | {"interpolate_2d": replace(MODELS["interpolate"], export=str(artifacts_2d)),
+                                    "decode_fallback": replace(MODELS["decode"], export=str(fallback_2d))}
+    host = KServe(ServerConfig(server="kserve", export_store=ARTIFACTS.parent, models=tuple(specs),
+                               processes=1).with_free_ports(), specs)
+    with host:
+        yield host
+    group = host.process.pid
+    with pytest.raises(ProcessLookupError):  # no serving process left behind
+        os.killpg(group, 0)
+    assert not host.tmp.exists()
+
+
+@pytest.fixture(scope="session", params=["inprocess", pytest.param("torchserve", marks=pytest.mark.integration),
+                                         pytest.param("kserve", marks=pytest.mark.integration)])
 def api(request):
-    """The routes' workers, in this process or behind the session's TorchServe; ``post(api, ...)`` takes either."""
-    return InProcessApi() if request.param == "inprocess" else request.getfixturevalue("server")
+    """The routes' workers: in this process, behind the session's TorchServe or behind its KServe host;
+    ``post(api, ...)`` takes any of them."""
+    hosts = {"torchserve": "server", "kserve": "kserve_host"}
+    return InProcessApi() if request.param == "inprocess" else request.getfixturevalue(hosts[request.param])
 
 
 def post(server, model: str, body: bytes | dict, content_type: str = "application/json") -> tuple[int, dict, bytes]:

@@ -71,7 +71,8 @@ class Launcher:
         """The TorchServe process group, once the launcher says ready."""
         assert wait_until(lambda: "ready:" in self.output() or self.process.poll() is not None, 90), self.output()
         assert "ready:" in self.output(), self.output()
-        (wrapper,) = [c for c in psutil.Process(self.process.pid).children() if "ts.model_server" in c.cmdline()]
+        (wrapper,) = [c for c in psutil.Process(self.process.pid).children()
+                      if {"ts.model_server", "serving.kserve_app"} & set(c.cmdline())]
         self.group = os.getpgid(wrapper.pid)
         return self.group
 

@@ -93,7 +93,7 @@ def test_entrypoint_is_make_serve_with_container_flags():
     assert exec_form("ENTRYPOINT") == ["python", "-m", "serving"]
     args = parser().parse_args(exec_form("CMD"))
     assert args.token_auth and args.host == "0.0.0.0"  # public inference port, with auth
-    assert args.no_explorer  # the page is a local tool (explorer/ is not in the image)
+    assert not args.explorer  # the page is a local tool (explorer/ is not in the image)
     health = exec_form("HEALTHCHECK")
     assert health[health.index("--work-dir") + 1] == str(args.work_dir)  # it finds TorchServe's key file
     exposed = {int(p) for name, ports in DOCKERFILE if name == "EXPOSE" for p in ports.split()}

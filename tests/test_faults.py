@@ -239,7 +239,7 @@ def test_logs_of_a_busy_server_stay_under_their_cap(current_store, tmp_path):
     under (files x 2 x cap); with the defaults (access log off) nothing is written per request."""
     cap = 64 * 1024
     logs = tmp_path / "logs"
-    config = ServerConfig(model_store=current_store, models=("sample",), log_dir=logs, log_max_bytes=cap,
+    config = ServerConfig(model_store=current_store, models=("sample",), log_dir=logs, log_max_mb=cap / 2**20,
                           log_backups=1, access_log=True).with_free_ports()
     with TorchServe(config) as ts:
         clients = Clients(ts.url, NPY, 4)

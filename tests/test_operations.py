@@ -282,8 +282,8 @@ def trickle(port: int, stop: threading.Event, closed: list[float]) -> None:
 
 
 def test_slow_and_idle_clients_are_cut_off(current_store):
-    config = ServerConfig(model_store=current_store, models=SPACE_2D, request_timeout_s=2,
-                          idle_timeout_s=3).with_free_ports()
+    config = ServerConfig(model_store=current_store, models=SPACE_2D, request_timeout=2,
+                          idle_timeout=3).with_free_ports()
     with TorchServe(config) as ts:
         page = serve_in_thread(Explorer(ts.url, SPACE_2D, current_store, idle_timeout=3, request_timeout=2))
         stop, closed = threading.Event(), []

@@ -178,3 +178,11 @@ def test_workers_share_one_root_logger_filter():
     for route in ("decode", "encode", "decode2d"):
         InProcessWorker(route, ARTIFACTS.parent)
     assert logging.getLogger().filters.count(quiet_batches) == 1
+
+
+def test_the_routes_of_one_export_share_its_loaded_artifacts():
+    """A host that serves every route in one process loads each export once (handlers.service, shared_network)."""
+    sample, walk, decode2d = (InProcessWorker(r, ARTIFACTS.parent) for r in ("sample", "walk", "decode2d"))
+    assert sample.worker.decoder is walk.worker.decoder and sample.worker.encoder is walk.worker.encoder
+    assert sample.worker.stats is walk.worker.stats
+    assert decode2d.worker.decoder is not sample.worker.decoder  # another export

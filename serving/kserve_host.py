@@ -1,0 +1,244 @@
+"""Start and stop the KServe host: every route of the model store in each of ``processes`` KServe ModelServer
+processes (``serving/kserve_app.py``) sharing one listening socket, plus the exporter of the handlers' metrics.
+
+The same life cycle and operations as the TorchServe host (``serving/server.py``), with the same ``ServerConfig``:
+the export folders' artifacts are checked against their manifests and the ports before anything starts; the
+processes run in a process group of their own whose watchdog stops them if the launcher dies; token auth writes a
+key file (the same format as TorchServe's, so every client reads it the same way; the keys do not expire); a stop
+drains: the listener stops taking connections (a drop filter, then each process closes its copy), open connections
+are answered (503 ``shutting_down`` for new requests), and the processes exit once nothing is in flight.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.error
+from pathlib import Path
+
+from prometheus_client import CollectorRegistry, multiprocess
+
+from serving import listener
+from serving.checks import check_export, check_ports
+from serving.client import http_json
+from serving.errors import ServerError
+from serving.httpd import MetricsServer
+from serving.keys import read_keys
+from serving.logs import RotatingFile, check_writable, copy_output
+from serving.process import ProcessGroup
+from serving.settings import DRAIN_FILE, KEY_FILE, MODELS, ModelSpec, ServerConfig, spec_document
+
+READY_LINE = b": ready, "  # what a serving process prints once its routes are loaded (serving/kserve_app.py)
+OUTPUT = "kserve.out"  # the processes' output, in the log folder
+
+
+def reach(host: str) -> str:
+    """The address a local client uses for a listen address (a wildcard means loopback)."""
+    return "127.0.0.1" if host in ("0.0.0.0", "::", "") else host
+
+
+def default_processes() -> int:
+    """One serving process per CPU this process may use."""
+    return max(1, len(os.sched_getaffinity(0)))
+
+
+class KServe:
+    """One KServe host: its process group, listening socket and metrics exporter; a context manager that always
+    cleans up. ``interrupted`` aborts a start in progress; ``hurry`` cuts a drain short."""
+
+    kind = "kserve"
+
+    def __init__(self, config: ServerConfig | None = None, specs: dict[str, ModelSpec] | None = None) -> None:
+        """``specs``: how each route is served (default: ``MODELS``' for ``config.models``; tests add others)."""
+        self.config = config or ServerConfig(server="kserve")
+        self.specs = specs or {m: MODELS[m] for m in self.config.models if m in MODELS}
+        self.processes = self.config.processes or default_processes()
+        self.group: ProcessGroup | None = None
+        self.sock: socket.socket | None = None
+        self.exporter: MetricsServer | None = None
+        self.registry: CollectorRegistry | None = None
+        self._output: threading.Thread | None = None
+        self._ready = 0
+        self.tmp = Path(tempfile.mkdtemp(prefix="fmvae-serve-"))
+        self.interrupted = threading.Event()
+        self.hurry = threading.Event()
+        self.drained: str | None = None
+
+    @property
+    def process(self) -> subprocess.Popen | None:
+        """The supervisor of the serving processes (session leader: its pid is the group id), once started."""
+        return self.group.process if self.group else None
+
+    @property
+    def url(self) -> str:
+        return f"http://{reach(self.config.host)}:{self.config.inference_port}"
+
+    @property
+    def metrics_url(self) -> str:
+        return f"http://{reach(self.config.metrics_host)}:{self.config.metrics_port}/metrics"
+
+    @property
+    def work_dir(self) -> Path:
+        return self.config.work_dir or self.tmp
+
+    @property
+    def key_file(self) -> Path:
+        return self.work_dir / KEY_FILE
+
+    @property
+    def drain_file(self) -> Path:
+        """Present while the host drains: the health check says unhealthy."""
+        return self.work_dir / DRAIN_FILE
+
+    @property
+    def log_dir(self) -> Path:
+        return (self.config.log_dir or self.tmp / "logs").resolve()
+
+    def key(self, kind: str) -> str | None:
+        """The "inference" key, or None with token auth off."""
+        return read_keys(self.key_file)[kind] if self.config.token_auth else None
+
+    def start(self, timeout: float = 180) -> KServe:
+        """Check, bind, start the processes and the exporter; return once every process has loaded every route."""
+        try:
+            unknown = [m for m in self.config.models if m not in self.specs]
+            if unknown:
+                raise ServerError(f"no route {', '.join(unknown)} in serving/routes.py")
+            for export in sorted({self.specs[m].export for m in self.config.models}):
+                check_export(self.config.export_store / export)
+            check_ports(self.config, ("inference_port", "metrics_port", "explorer_port"))
+            check_writable(self.log_dir)
+            self.work_dir.mkdir(parents=True, exist_ok=True)
+            self.drain_file.unlink(missing_ok=True)
+            if self.config.token_auth:
+                self.write_keys()
+            self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            self.sock.bind((self.config.host, self.config.inference_port))
+            self.sock.listen(1024)
+            self.sock.set_inheritable(True)
+            multiproc = self.tmp / "prometheus"
+            multiproc.mkdir()
+            self.registry = CollectorRegistry()
+            multiprocess.MultiProcessCollector(self.registry, path=str(multiproc))
+            self.exporter = MetricsServer(self.config.metrics_host, self.config.metrics_port, self.registry,
+                                          self.config.idle_timeout, self.config.request_timeout)
+            settings = self.tmp / "kserve.json"
+            settings.write_text(json.dumps({
+                "models": {m: spec_document(self.specs[m]) for m in self.config.models},
+                "model_store": str(self.config.export_store.resolve()),
+                "processes": self.processes, "batch_size": self.config.kserve_batch,
+                "key_file": str(self.key_file) if self.config.token_auth else None,
+                "max_request_size": self.config.max_request_size, "idle_timeout": self.config.idle_timeout,
+                "access_log": self.config.access_log}))
+            env = os.environ | {"PROMETHEUS_MULTIPROC_DIR": str(multiproc), "TMPDIR": str(self.tmp)}
+            fd = self.sock.fileno()
+            self.group = ProcessGroup([sys.executable, "-m", "serving.kserve_app", "--socket-fd", str(fd),
+                                       "--settings", str(settings), "--processes", str(self.processes)],
+                                      env, Path(__file__).resolve().parent.parent,
+                                      leftovers=[self.tmp, self.drain_file], pass_fds=(fd,))
+            output = RotatingFile(self.log_dir / OUTPUT, self.config.log_max_bytes, self.config.log_backups)
+            self._output = copy_output(self.process.stdout, output, "kserve-output", self._count_ready)
+            self.wait_ready(timeout)
+        except BaseException:
+            self.stop(drain=False)
+            raise
+        return self
+
+    def _count_ready(self, line: bytes) -> None:
+        if READY_LINE in line:
+            self._ready += 1
+
+    def write_keys(self) -> None:
+        """A key file in TorchServe's format, readable by this user only."""
+        keys = {kind: {"key": secrets.token_urlsafe(16)} for kind in ("management", "inference", "API")}
+        tmp = self.key_file.with_suffix(".tmp")
+        tmp.touch(mode=0o600)
+        tmp.write_text(json.dumps(keys))
+        os.replace(tmp, self.key_file)
+
+    def wait_ready(self, timeout: float) -> None:
+        """Until every serving process says it is ready and the readiness endpoint agrees for every route."""
+        deadline = time.monotonic() + timeout
+        while self._ready < self.processes or not self.routes_ready():
+            if self.interrupted.is_set():
+                raise ServerError("interrupted while starting")
+            if self.process.poll() is not None:
+                raise ServerError(f"the KServe host exited with code {self.process.returncode}\n{self.log_tail()}")
+            if time.monotonic() > deadline:
+                raise ServerError(f"not ready after {timeout:.0f} s\n{self.log_tail()}")
+            time.sleep(0.1)
+
+    def routes_ready(self) -> bool:
+        key = lambda: self.key("inference")  # noqa: E731
+        try:
+            return all(http_json(f"{self.url}/v2/models/{m}/ready", key=key).get("ready") for m in self.config.models)
+        except (urllib.error.URLError, OSError, ValueError, ServerError):
+            return False
+
+    def log_tail(self, lines: int = 40) -> str:
+        """The last lines of the processes' output."""
+        path = self.log_dir / OUTPUT
+        if self._output is not None:
+            self._output.join(timeout=2)
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:]) if path.is_file() else ""
+
+    def died(self) -> str | None:
+        """Why the host is gone, or None while it runs."""
+        if self.process is not None and self.process.poll() is not None:
+            return f"the KServe host exited with code {self.process.returncode}\n{self.log_tail()}"
+        return None
+
+    def drain(self) -> None:
+        """Close the door, let every process answer what it accepted, and wait for them to exit (at most
+        ``drain_timeout``, or until ``hurry``); how it ended is kept in ``drained``."""
+        self.drain_file.touch()
+        started = time.monotonic()
+        listener.drop_new_connections(self.sock)
+        time.sleep(listener.ACCEPT_WAIT_S)  # the processes accept what is already queued
+        os.killpg(self.process.pid, signal.SIGTERM)  # each closes its listener and drains its connections
+        self.sock.close()  # the socket goes once every process has closed its copy
+        deadline = started + self.config.drain_timeout
+        while self.process.poll() is None and time.monotonic() < deadline and not self.hurry.is_set():
+            time.sleep(0.05)
+        elapsed = time.monotonic() - started
+        if self.process.poll() is None:
+            self.drained = (f"drain cut short after {elapsed:.1f} s (asked to stop now)" if self.hurry.is_set()
+                            else f"drain timed out after {self.config.drain_timeout:g} s")
+        else:
+            self.drained = (f"drained in {elapsed:.1f} s: accepted work answered, nothing more for 0.3 s "
+                            "(new connections refused)")
+
+    def stop(self, drain: bool = True) -> None:
+        """Drain (when asked and running), stop the processes, the exporter, and remove the temp dir."""
+        try:
+            if self.group is not None:
+                if drain and self.group.running():
+                    self.drain()
+                self.group.stop()
+        finally:
+            if self.sock is not None and self.sock.fileno() != -1:
+                self.sock.close()
+            if self._output is not None:
+                self._output.join(timeout=5)
+            if self.exporter is not None:
+                self.exporter.shutdown()
+                self.exporter.server_close()
+                self.exporter = None
+            self.drain_file.unlink(missing_ok=True)
+            shutil.rmtree(self.tmp, ignore_errors=True)
+
+    def __enter__(self) -> KServe:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()

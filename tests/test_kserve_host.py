@@ -1,0 +1,161 @@
+"""The KServe host against the TorchServe host and on its own: the same bytes for every OpenAPI example in every
+format, KServe's own endpoints, and the operations a user of either host gets: a drain that resets nothing, a
+damaged artifact or a busy port named at start, token auth, bounded queues, the health check. (Every test that
+takes ``api`` also runs through this host: tests/conftest.py.)"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+
+from handlers.service import MODEL_HEADER
+from serving.keys import read_keys
+from serving.routes import ROUTES, example
+from serving.settings import MODELS
+from tests.conftest import ARTIFACTS, post
+from tests.launching import FAULT_MODELS, NPY, Clients, Launcher, group_alive
+
+pytestmark = pytest.mark.integration  # a real TorchServe and a real KServe host
+KSERVE = ("--server", "kserve", "--export-store", str(ARTIFACTS.parent), "--processes", "1")
+FORMATS = {"sample": ("png", "json", "npy"), "interpolate": ("png", "json", "npy", "gif"), "encode": ("json", "npy"),
+           "decode": ("png", "json", "npy"), "reconstruct": ("png", "json", "npy"), "traverse": ("png", "json", "npy"),
+           "edit": ("png", "json", "npy"), "analogy": ("png", "json", "npy"), "walk": ("png", "json", "npy", "gif")}
+
+
+def get(url: str, headers: dict | None = None) -> tuple[int, dict]:
+    request = urllib.request.Request(url, headers=headers or {})
+    try:
+        with urllib.request.urlopen(request, timeout=30) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as e:
+        return e.code, json.loads(e.read() or b"{}")
+
+
+@pytest.mark.parametrize("route", sorted(name for name, r in ROUTES.items() if r.export == "export"))
+def test_both_hosts_answer_every_example_in_every_format_with_the_same_bytes(server, kserve_host, route):
+    operation = ROUTES[route].operation
+    for fmt in FORMATS[operation]:
+        body = example(operation) | {"format": fmt}
+        ts, ks = post(server, route, body), post(kserve_host, route, body)
+        assert (ts[0], ks[0]) == (200, 200), (fmt, ts[2][:200], ks[2][:200])
+        assert ts[2] == ks[2], (route, fmt)
+        assert ts[1]["content-type"] == ks[1]["content-type"]
+        assert ts[1][MODEL_HEADER.lower()] == ks[1][MODEL_HEADER.lower()]
+        assert ts[1].get("x-seed") == ks[1].get("x-seed")
+
+
+def test_kserves_own_endpoints_answer_for_every_route(kserve_host):
+    url = kserve_host.url
+    assert get(f"{url}/v2/health/live") == (200, {"live": True})
+    for route in MODELS:
+        assert get(f"{url}/v2/models/{route}/ready")[1] == {"name": route, "ready": True}
+        assert get(f"{url}/v1/models/{route}")[1] == {"name": route, "ready": True}
+        assert get(f"{url}/v2/models/{route}")[1]["name"] == route
+    body = {"latents": [[0.5, -0.5]]}
+    request = urllib.request.Request(f"{url}/v1/models/decode2d:predict", method="POST",
+                                     data=json.dumps({"instances": [body]}).encode(),
+                                     headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=30) as response:
+        (prediction,) = json.loads(response.read())["predictions"]
+    direct = json.loads(post(kserve_host, "decode2d", body | {"format": "json"})[2])
+    assert prediction == direct
+    status, error = post(kserve_host, "nope", {})[0], json.loads(post(kserve_host, "nope", {})[2])
+    assert status == 404 and error["reason"] == "unknown_route" and error["field"] == "route"
+
+
+@pytest.mark.parametrize("senders", [16, 8])
+def test_a_stop_under_constant_senders_resets_nothing(launcher, tmp_path, senders):
+    launched = launcher(*KSERVE, "--drain-timeout", "20", "--work-dir", str(tmp_path / "work"))
+    group = launched.wait_ready()
+    clients = Clients(launched.url, NPY, senders)
+    time.sleep(2)
+    signalled = time.monotonic()
+    launched.process.send_signal(signal.SIGTERM)
+    try:
+        assert launched.process.wait(timeout=40) == 0, launched.output()
+        stopped = time.monotonic() - signalled
+        clients.join(timeout=10)
+    finally:
+        clients.stop()
+    errors = [o for o in clients.outcomes if o[0] == "error"]
+    assert not errors, f"{len(errors)} request(s) reset or cut off: {errors[:3]}\n{launched.output()}"
+    kinds = {(kind, status) for kind, status, _ in clients.outcomes}
+    assert {("http", 200), ("refused", 0)} <= kinds <= {("http", 200), ("http", 503), ("refused", 0)}, kinds
+    refusals = [json.loads(body) for _, status, body in clients.outcomes if status == 503]
+    assert {r["reason"] for r in refusals} <= {"shutting_down"}  # a request that came in after the drain began
+    assert "stopped (drained in" in launched.output() and stopped < 10, launched.output()
+    assert not group_alive(group) and not launched.new_temp_dirs()
+
+
+def test_a_damaged_artifact_stops_the_start_at_once_naming_it(tmp_path, current_store):
+    store = tmp_path / "store"
+    shutil.copytree(ARTIFACTS.parent / "export", store / "export")
+    damaged = store / "export" / "decoder_int8.onnx"
+    damaged.write_bytes(damaged.read_bytes()[:-100])
+    launched = Launcher(current_store, tmp_path, "--server", "kserve", "--export-store", str(store))
+    start = time.monotonic()
+    assert launched.process.wait(timeout=30) == 1
+    assert time.monotonic() - start < 10
+    (error,) = [line for line in launched.lines if line.startswith("error:")]
+    assert str(damaged) in error and "damaged" in error and "Traceback" not in launched.output()
+
+
+def test_a_busy_port_is_named(tmp_path, current_store):
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        launched = Launcher(current_store, tmp_path, *KSERVE, "--inference-port", str(port))
+        assert launched.process.wait(timeout=30) == 1
+    assert f"error: port {port} (inference, on 127.0.0.1) is in use" in launched.output()
+
+
+def test_token_auth_and_the_health_check(launcher, tmp_path):
+    work = tmp_path / "work"
+    launched = launcher(*KSERVE, "--token-auth", "--work-dir", str(work))
+    launched.wait_ready()
+    url = f"{launched.url}/predictions/sample"
+    assert post_raw(url, NPY, {})[0] == 401
+    assert json.loads(post_raw(url, NPY, {"Authorization": "Bearer wrong"})[1])["reason"] == "unauthorized"
+    key = read_keys(work / "key_file.json")["inference"]
+    assert post_raw(url, NPY, {"Authorization": f"Bearer {key}"})[0] == 200
+    assert get(f"{launched.url}/v2/health/live")[0] == 401
+    health = [sys.executable, "-m", "serving.health", "--server", "kserve", "--url", launched.url, "--work-dir",
+              str(work), "--models", *FAULT_MODELS]
+    result = subprocess.run(health, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0 and result.stdout.startswith("healthy"), result.stdout + result.stderr
+    (work / "draining").touch()
+    result = subprocess.run(health, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 1 and "draining" in result.stdout
+
+
+def post_raw(url: str, body: dict, headers: dict) -> tuple[int, bytes]:
+    request = urllib.request.Request(url, data=json.dumps(body).encode(), method="POST",
+                                     headers={"Content-Type": "application/json"} | headers)
+    try:
+        with urllib.request.urlopen(request, timeout=60) as response:
+            return response.status, response.read()
+    except urllib.error.HTTPError as e:
+        return e.code, e.read()
+
+
+def test_an_overload_burst_gets_prompt_503s_with_retry_after(kserve_host):
+    spec = MODELS["traverse"]
+    url, body = f"{kserve_host.url}/predictions/traverse", {"start": {"seed": 3}, "format": "npy"}
+    with ThreadPoolExecutor(40) as pool:
+        results = list(pool.map(lambda _: post_raw(url, body, {}), range(40)))
+    codes = [code for code, _ in results]
+    refused = [json.loads(b) for code, b in results if code == 503]
+    assert set(codes) == {200, 503} and codes.count(200) >= spec.job_queue_size
+    assert {(r["code"], r["reason"]) for r in refused} == {(503, "overloaded")}
+    assert post_raw(url, body, {})[0] == 200  # recovered at once
