@@ -19,6 +19,7 @@ EXPORT_ARGS ?=
 BENCH_ARGS ?=
 ARCHIVES ?= build/model_store
 SERVE_ARGS ?=
+HOST ?= torchserve
 SERVE_BENCH_ARGS ?=
 EXPLORER_BENCH_ARGS ?=
 LOADTEST_ARGS ?=
@@ -84,8 +85,8 @@ experiments: setup  ## the beta, latent-size, KL warm-up and lever sweeps into d
 bench: setup  ## decoder speed per artifact vs fp32 eager (runs/bench/decoders.json)
 	$(PY) -m bench.decoders --out runs/bench/decoders.json $(BENCH_ARGS)
 
-serve: archives  ## make archives, then TorchServe on 127.0.0.1:8080 with every route, the explorer on :8084; metrics on :8083
-	$(PY) -m serving --model-store $(ARCHIVES) $(SERVE_ARGS)
+serve: archives  ## TorchServe on 127.0.0.1:8080 with every route (HOST=kserve: KServe's ModelServer), the explorer on :8084; metrics on :8083
+	$(PY) -m serving --server $(HOST) --model-store $(ARCHIVES) $(SERVE_ARGS)
 
 serve-bench: setup  ## serving latency/throughput vs an echo handler in the same TorchServe (runs/serve-bench)
 	$(PY) -m bench.serving --out runs/serve-bench $(SERVE_BENCH_ARGS)

@@ -25,7 +25,7 @@ def handle(data: list | None, context: Any) -> list | None:
         config = context.model_yaml_config["handler"]
         model_dir = Path(context.system_properties["model_dir"])
         threads = worker_threads(config["threads"], config["store_workers"])
-        decoder = artifacts.DECODERS[config["decoder"]["cpu"][0]]
+        decoder = artifacts.DECODERS[config["decoder"]["cpu"][0]].artifact
         _model.append((backends.load(model_dir / decoder, "cpu", threads), Manifest.read(model_dir).shapes.latent_dim))
     if data is None:
         return None

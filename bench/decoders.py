@@ -49,12 +49,13 @@ def candidates(ckpt: Path, artifact_dir: Path, device: str, threads: int) -> dic
 
     fns: dict[str, Callable] = {"eager-fp32": eager}
     exported = Manifest.read(artifact_dir).artifacts
-    for name, file in artifacts.DECODERS.items():
+    for name, backend in artifacts.DECODERS.items():
+        file = backend.artifact
         if f"decoder/{name}" not in exported:  # dropped by the parity gate (the manifest's fallback)
             continue
         if not (artifact_dir / file).is_file():
             raise ManifestError(f"{artifact_dir / file} not found; run `make export` first")
-        if device == "cpu" or name.endswith("fp32"):
+        if device == "cpu" or device in backend.devices:
             fns[name] = backends.load(artifact_dir / file, device=device, threads=threads)
     return fns
 

@@ -136,7 +136,7 @@ def decoder_candidates(artifact_dir: Path, ckpt: Path, dev: torch.device) -> tup
     missing = {}
     for name in TS_DECODERS:
         try:
-            candidates[name] = backends.TorchScriptModule(artifact_dir / artifacts.DECODERS[name], dev).module
+            candidates[name] = backends.TorchScriptModule(artifact_dir / artifacts.DECODERS[name].artifact, dev).module
         except (RuntimeError, OSError) as e:  # reported, not fatal: the other candidates still run
             missing[name] = f"{type(e).__name__}: {e}"
     with torch.no_grad():

@@ -1,15 +1,19 @@
 """Serving benchmark: ``python -m bench.serving [--seconds S] [--out DIR]`` (``make serve-bench``).
 
-Starts one TorchServe with every route and a trivial ``echo`` handler (archives built from ``model_store/export``
-and the current handler code), then measures p50/p99 latency and throughput for sample n=1, sample n=64,
-interpolate steps=10 and each other route's OpenAPI example (format npy) at concurrency 1 and 8, each next to echo
-at the same concurrency (the framework's floor). Sample n=64 is also set against the served decoder decoding
-batches of 64 in this process with the threads of all sample workers (the in-process rate). The two sides of a
-ratio are measured in alternating slices (each side in turn, then the reverse order), so that a machine whose speed
-drifts during the run shifts both alike. Clients run on the same machine and share its CPUs.
+Starts both hosts side by side, TorchServe with every route and a trivial ``echo`` handler (archives built from
+``model_store/export`` and the current handler code) and the KServe host (its default process count), plus the
+two peers of ``bench/peers.py`` (the same decoder in about 40 lines of KServe's ModelServer, and in a bare
+starlette app, each with an echo route). Then it measures p50/p99 latency and throughput for sample n=1, sample
+n=64, interpolate steps=10 and each other route's OpenAPI example (format npy) at 1 and 8 clients on both hosts;
+the target rows also on each framework's echo floor, sample n=1 on both peers, and sample n=64 against the served
+decoder decoding batches of 64 in this process with the threads of all TorchServe sample workers (the in-process
+rate). All sides of a row are measured in alternating slices (each side in turn, then the reverse order), so that
+a machine whose speed drifts during the run shifts them alike. Clients run on the same machine and share its CPUs.
 
-Targets: sample n=1 p50 at concurrency 1 <= 1.3x the echo floor; sample n=64 at concurrency 8 >= 80% of the
-in-process rate. ``python -m bench.serving_breakdown`` measures why (docs/serving-performance.md).
+Targets: TorchServe's sample n=1 p50 at 1 client <= 1.3x its echo floor; the KServe host's at most the 40-line
+KServe app's, and at 8 clients >= 1.3x its req/s; every other route's KServe p50 at most half its TorchServe p50;
+sample n=64 at 8 clients >= 80% of the in-process rate. ``python -m bench.serving_breakdown`` measures why
+(docs/serving-performance.md).
 """
 
 from __future__ import annotations
@@ -19,6 +23,9 @@ import contextlib
 import http.client
 import io
 import json
+import socket
+import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -28,10 +35,12 @@ from pathlib import Path
 
 import numpy as np
 
+from bench.peers import PATHS as PEERS
 from handlers.device import worker_threads
 from runtime import artifacts, backends
 from runtime.manifest import Manifest
 from serving import archive
+from serving.kserve_host import KServe
 from serving.routes import PATH_PREFIX, ROUTES, example
 from serving.server import TorchServe
 from serving.settings import DECODER, MODELS, STORE_WORKERS, ModelSpec, ServerConfig
@@ -73,8 +82,10 @@ class Tally:
                 "p99_ms": float(np.percentile(ms, 99)), "requests_per_s": len(ms) / self.seconds}
 
 
-def load(host: str, port: int, model: str, body: dict, concurrency: int, seconds: float) -> Tally:
-    """Closed-loop load: ``concurrency`` clients with keep-alive connections, each sending back to back."""
+def load(host: str, port: int, model: str, body: dict, concurrency: int, seconds: float,
+         path: str = PATH_PREFIX + "{model}") -> Tally:
+    """Closed-loop load: ``concurrency`` clients with keep-alive connections, each sending back to back to ``path``
+    (``{model}`` filled in)."""
     payload = json.dumps(body).encode()
     tally = Tally()
     stop = time.perf_counter() + seconds
@@ -85,7 +96,7 @@ def load(host: str, port: int, model: str, body: dict, concurrency: int, seconds
         mine = Tally()
         while time.perf_counter() < stop:
             start = time.perf_counter()
-            conn.request("POST", f"/predictions/{model}", payload, {"Content-Type": "application/json"})
+            conn.request("POST", path.format(model=model), payload, {"Content-Type": "application/json"})
             response = conn.getresponse()
             response.read()
             mine.latencies.append(time.perf_counter() - start)
@@ -135,7 +146,7 @@ def alternate(sides: dict[str, Callable[[float], Tally]], seconds: float, rounds
 def in_process_decoder(artifact_dir: Path, threads: int) -> tuple[Callable[[np.ndarray], np.ndarray], int]:
     """The decoder the CPU workers serve, loaded here with ``threads`` threads and warmed; and the latent size."""
     latent_dim = Manifest.read(artifact_dir).shapes.latent_dim
-    decode = backends.load(artifact_dir / artifacts.DECODERS[DECODER["cpu"][0]], threads=threads)
+    decode = backends.load(artifact_dir / artifacts.DECODERS[DECODER["cpu"][0]].artifact, threads=threads)
     decode(np.zeros((IN_PROCESS_BATCH, latent_dim), np.float32))
     return decode, latent_dim
 
@@ -157,6 +168,46 @@ def bench_server(artifact_dir: Path, references: tuple[str, ...], served: dict[s
             yield server, serve
 
 
+@contextlib.contextmanager
+def bench_kserve(artifact_dir: Path, processes: int = 0) -> Iterator[tuple[KServe, Callable]]:
+    """The KServe host with every route of ``artifact_dir``'s store (``processes``: 0, its default of one per CPU),
+    and ``serve(model, body, concurrency) -> (seconds -> Tally)``."""
+    config = ServerConfig(server="kserve", export_store=artifact_dir.parent, processes=processes).with_free_ports()
+    with KServe(config) as host:
+        def serve(model: str, body: dict, concurrency: int) -> Callable[[float], Tally]:
+            return lambda s: load("127.0.0.1", config.inference_port, model, body, concurrency, s)
+
+        yield host, serve
+
+
+@contextlib.contextmanager
+def peer(kind: str, artifact_dir: Path) -> Iterator[Callable]:
+    """A ``bench/peers.py`` server on a free port, and its ``serve(model, body, concurrency)``."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    process = subprocess.Popen([sys.executable, "-m", "bench.peers", kind, "--port", str(port), "--artifacts",
+                                str(artifact_dir)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                load("127.0.0.1", port, "echo", ECHO_BODY, 1, 0.0, PEERS[kind])
+                break
+            except OSError:
+                if process.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError(f"the {kind} peer did not start") from None
+                time.sleep(0.2)
+
+        def serve(model: str, body: dict, concurrency: int) -> Callable[[float], Tally]:
+            return lambda s: load("127.0.0.1", port, model, body, concurrency, s, PEERS[kind])
+
+        yield serve
+    finally:
+        process.terminate()
+        process.wait(30)
+
+
 def images_per_request(server: TorchServe, model: str, body: dict) -> int:
     """How many images (encode: encodings) one npy answer to ``body`` holds: its leading dimensions."""
     conn = http.client.HTTPConnection(server.config.host, server.config.inference_port, timeout=60)
@@ -170,59 +221,88 @@ def images_per_request(server: TorchServe, model: str, body: dict) -> int:
 
 def run(artifact_dir: Path, seconds: float, concurrencies: list[int], rounds: int = 4,
         scenarios: list[str] | None = None) -> dict:
-    """Every scenario at every concurrency against echo (and, for batches of 64, the in-process decoder)."""
+    """Every scenario at every concurrency on both hosts, side by side; the target rows beside each framework's
+    echo floor and the two peers, and batches of 64 beside the in-process decoder."""
     threads = worker_threads(MODELS["sample"].threads, STORE_WORKERS) * MODELS["sample"].workers
     decode, latent_dim = in_process_decoder(artifact_dir, threads)
     z = np.random.default_rng(0).standard_normal((IN_PROCESS_BATCH, latent_dim)).astype(np.float32)
     rows = []
-    with bench_server(artifact_dir, ("echo",)) as (server, serve):
-        for concurrency in concurrencies:  # warm-up: every model and the JVM's code paths at each load
-            for model, body in [*SCENARIOS.values(), ("echo", ECHO_BODY)]:
-                serve(model, body, concurrency)(0.5)
+    with contextlib.ExitStack() as stack:
+        server, torchserve = stack.enter_context(bench_server(artifact_dir, ("echo",)))
+        host, kserve = stack.enter_context(bench_kserve(artifact_dir))
+        peers = {kind: stack.enter_context(peer(kind, artifact_dir)) for kind in PEERS}
+        for concurrency in concurrencies:  # warm-up: every model and every server's code paths at each load
+            for model, body in SCENARIOS.values():
+                torchserve(model, body, concurrency)(0.5)
+                kserve(model, body, concurrency)(0.5)
+            torchserve("echo", ECHO_BODY, concurrency)(0.5)
+            for serve in peers.values():
+                serve("sample", ECHO_BODY, concurrency)(0.5)
         images_of = {name: images_per_request(server, *SCENARIOS[name]) for name in scenarios or SCENARIOS}
         for concurrency in concurrencies:
             for scenario in scenarios or SCENARIOS:
                 (model, body), images = SCENARIOS[scenario], images_of[scenario]
-                sides = {"scenario": serve(model, body, concurrency), "echo": serve("echo", ECHO_BODY, concurrency)}
+                sides = {"torchserve": torchserve(model, body, concurrency), "kserve": kserve(model, body, concurrency)}
+                if scenario in TARGET_ROWS:
+                    sides["torchserve_echo"] = torchserve("echo", ECHO_BODY, concurrency)
+                    sides |= {f"{kind}_echo": serve("echo", ECHO_BODY, concurrency) for kind, serve in peers.items()}
+                if scenario == "sample n=1":
+                    sides |= {f"{kind}_peer": serve("sample", body, concurrency) for kind, serve in peers.items()}
                 if images == IN_PROCESS_BATCH:
                     sides["in_process"] = lambda s: decode_loop(decode, z, s)
-                tallies = alternate(sides, seconds, rounds)
-                result, echo = tallies["scenario"].summary(), tallies["echo"].summary()
-                row = {"scenario": scenario, "concurrency": concurrency, **result,
-                       "images_per_s": result["requests_per_s"] * images, "echo_p50_ms": echo["p50_ms"],
-                       "p50_vs_echo": result["p50_ms"] / echo["p50_ms"]}
+                tallies = {side: tally.summary() for side, tally in alternate(sides, seconds, rounds).items()}
+                row = {"scenario": scenario, "concurrency": concurrency, "images": images, **tallies}
                 if "in_process" in tallies:
-                    rate = tallies["in_process"].summary()["requests_per_s"] * IN_PROCESS_BATCH
-                    row |= {"in_process_images_per_s": rate, "images_vs_in_process": row["images_per_s"] / rate}
+                    row["in_process_images_per_s"] = tallies["in_process"]["requests_per_s"] * IN_PROCESS_BATCH
                 rows.append(row)
     return {"backend": DECODER["cpu"][0], "latent_dim": latent_dim, "in_process_threads": threads,
-            "sample_workers": MODELS["sample"].workers, "seconds_per_side": seconds, "rounds": rounds, "rows": rows}
+            "sample_workers": MODELS["sample"].workers, "kserve_processes": host.processes,
+            "seconds_per_side": seconds, "rounds": rounds, "rows": rows}
 
 
 def markdown(report: dict) -> str:
-    """The table and the targets line."""
-    lines = [f"Backend {report['backend']} (latent size {report['latent_dim']}), {report['sample_workers']} sample "
-             f"workers; {report['seconds_per_side']:g} s per side of each row in {report['rounds']} alternating "
-             f"slices. In-process: the decoder at batch 64 in this process with {report['in_process_threads']} "
-             "thread(s), the threads of all sample workers.", "",
-             "| scenario | concurrency | p50 (ms) | p99 (ms) | req/s | images/s | errors | echo p50 (ms) "
-             "| p50 / echo p50 | in-process images/s | images/s / in-process |", "| --- " * 11 + "|"]
+    """The side-by-side table, the floors and peers of the target rows, and the targets."""
+    lines = [f"Backend {report['backend']} (latent size {report['latent_dim']}); TorchServe with "
+             f"{report['sample_workers']} sample workers and one per other route, KServe host with "
+             f"{report['kserve_processes']} processes of every route; {report['seconds_per_side']:g} s per side of "
+             f"each row in {report['rounds']} alternating slices; clients on the same machine.", "",
+             "| scenario | clients | TorchServe p50 (ms) | TorchServe p99 | TorchServe req/s | KServe p50 (ms) "
+             "| KServe p99 | KServe req/s | KServe p50 / TorchServe p50 | errors |", "| --- " * 10 + "|"]
+    for r in report["rows"]:
+        ts, ks = r["torchserve"], r["kserve"]
+        lines.append(f"| {r['scenario']} | {r['concurrency']} | {ts['p50_ms']:.2f} | {ts['p99_ms']:.2f} | "
+                     f"{ts['requests_per_s']:.0f} | {ks['p50_ms']:.2f} | {ks['p99_ms']:.2f} | "
+                     f"{ks['requests_per_s']:.0f} | {ks['p50_ms'] / ts['p50_ms']:.2f}x | "
+                     f"{ts['errors'] + ks['errors']} |")
+    lines += ["", "Floors and peers, measured in the same slices as the target rows:", "",
+              "| scenario | clients | side | p50 (ms) | p99 (ms) | req/s | images/s |", "| --- " * 7 + "|"]
     targets = []
     for r in report["rows"]:
-        in_process = (f"{r['in_process_images_per_s']:.0f} | {r['images_vs_in_process']:.0%}"
-                      if "in_process_images_per_s" in r else " | ")
-        lines.append(f"| {r['scenario']} | {r['concurrency']} | {r['p50_ms']:.2f} | {r['p99_ms']:.2f} | "
-                     f"{r['requests_per_s']:.0f} | {r['images_per_s']:.0f} | {r['errors']} | {r['echo_p50_ms']:.2f} | "
-                     f"{r['p50_vs_echo']:.2f}x | {in_process} |")
+        for side in [k for k in r if k.endswith(("_echo", "_peer", "in_process"))]:
+            if side == "in_process_images_per_s":
+                continue
+            t = r[side]
+            rate = t["requests_per_s"] * (IN_PROCESS_BATCH if side == "in_process" else r["images"])
+            lines.append(f"| {r['scenario']} | {r['concurrency']} | {side} | {t['p50_ms']:.2f} | {t['p99_ms']:.2f} | "
+                         f"{t['requests_per_s']:.0f} | {rate:.0f} |")
         if r["scenario"] == "sample n=1" and r["concurrency"] == 1:
-            targets.append(f"sample n=1 p50 at concurrency 1 is {r['p50_vs_echo']:.2f}x the echo floor "
-                           "(target <= 1.3x)")
+            ts_floor = r["torchserve"]["p50_ms"] / r["torchserve_echo"]["p50_ms"]
+            ks_peer = r["kserve"]["p50_ms"] / r["kserve_peer"]["p50_ms"]
+            targets.append(f"sample n=1 p50 at 1 client: TorchServe {ts_floor:.2f}x its echo floor (target 1.3x), "
+                           f"KServe host {ks_peer:.2f}x the 40-line KServe app (target <= 1x)")
+        if r["scenario"] == "sample n=1" and r["concurrency"] > 1:
+            targets.append(f"at {r['concurrency']} clients the KServe host serves "
+                           f"{r['kserve']['requests_per_s'] / r['kserve_peer']['requests_per_s']:.2f}x the 40-line "
+                           "app's req/s (target >= 1.3x)")
         if r["scenario"] == "sample n=64" and r["concurrency"] > 1:
-            targets.append(f"sample n=64 at concurrency {r['concurrency']} serves {r['images_vs_in_process']:.0%} "
-                           "of the in-process rate (target >= 80%)")
-    if targets:
-        lines += ["", "Targets: " + "; ".join(targets) + "."]
-    return "\n".join(lines)
+            for side in ("torchserve", "kserve"):
+                share = r[side]["requests_per_s"] * r["images"] / r["in_process_images_per_s"]
+                targets.append(f"sample n=64 at {r['concurrency']} clients: {side} {share:.0%} of the in-process rate")
+    slower = [f"{r['scenario']} at {r['concurrency']}" for r in report["rows"] if r["scenario"] != "sample n=1"
+              and r["kserve"]["p50_ms"] > 0.5 * r["torchserve"]["p50_ms"]]
+    targets.append("every other route's KServe p50 at most half its TorchServe p50: "
+                   + ("met" if not slower else "not met for " + ", ".join(slower)))
+    return "\n".join([*lines, "", "Targets: " + "; ".join(targets) + "."])
 
 
 def write(report: dict, text: str, out: Path, name: str) -> None:

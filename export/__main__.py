@@ -10,8 +10,8 @@ every released model is exported (``export/config.py``, RELEASES: the 64-d and t
 When only reduced-precision decoders (int8, fp16) fail the gate, ``--allow-fp32-fallback`` publishes the export
 without them: the manifest's ``fallback`` maps each dropped backend to its fp32 twin, the archives serve that one
 instead, and the server's ready banner says so. Without the flag such an export fails and says that the flag
-exists. An optional decoder (``runtime.artifacts.OPTIONAL_DECODERS``: TorchScript int8, which no route serves by
-default) that fails is dropped into the fallback whatever the flag, and the export goes on.
+exists. An optional decoder (``Backend.optional`` in ``runtime/artifacts.py``: TorchScript int8, which no route
+serves by default) that fails is dropped into the fallback whatever the flag, and the export goes on.
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ import torch
 from export import build, parity, stats
 from export.config import DEFAULT_OUT, RELEASES, ExportConfig
 from export.errors import ExportError
-from runtime.artifacts import ARTIFACT_DIR, OPTIONAL_DECODERS, STATS, full_precision_twin
+from runtime.artifacts import ARTIFACT_DIR, DECODERS, STATS
 from runtime.errors import FmvaeError, ManifestError
 from runtime.manifest import FILE as MANIFEST
 from runtime.manifest import Artifact, Fallback, Manifest, Shapes, Source
@@ -79,8 +79,8 @@ def is_current(folder: Path, key: str) -> bool:
 def optional_drops(report: dict) -> dict[str, str]:
     """{optional decoder that failed the gate: its fp32 twin}: dropped whatever the flags (no route serves them by
     default, runtime/artifacts.py)."""
-    return {name: full_precision_twin(name) for name, r in report["decoders"].items()
-            if name in OPTIONAL_DECODERS and not r["passed"]}
+    return {name: DECODERS[name].twin for name, r in report["decoders"].items()
+            if name in DECODERS and DECODERS[name].optional and not r["passed"]}
 
 
 def precision_fallback(report: dict) -> dict[str, str] | None:
@@ -88,8 +88,8 @@ def precision_fallback(report: dict) -> dict[str, str] | None:
     each has a passing twin), optional ones aside; None when something else failed too, so no fallback can rescue
     the export."""
     failed = [name for part in ("decoders", "encoders") for name, r in report[part].items()
-              if not r["passed"] and name not in OPTIONAL_DECODERS]
-    twins = {name: full_precision_twin(name) for name in failed}
+              if not r["passed"] and not (name in DECODERS and DECODERS[name].optional)]
+    twins = {name: DECODERS[name].twin if name in DECODERS else name for name in failed}
     if not failed or any(name == twin or name in report["encoders"]
                          or not report["decoders"].get(twin, {}).get("passed") for name, twin in twins.items()):
         return None

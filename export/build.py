@@ -128,8 +128,8 @@ def build(model: VAE, out: Path, cfg: ExportConfig) -> dict[str, Path]:
     z = torch.zeros(2, model.latent_dim)
     x = torch.zeros(2, *IMAGE_SHAPE)
     decoder = LowResDecoder(model.decoder).eval()  # same logits, every conv at 7x7: see export/lowres.py
-    paths = {f"decoder/{k}": out / v for k, v in DECODERS.items()}
-    paths |= {f"encoder/{k}": out / v for k, v in ENCODERS.items()}
+    paths = {f"decoder/{k}": out / v.artifact for k, v in DECODERS.items()}
+    paths |= {f"encoder/{k}": out / v.artifact for k, v in ENCODERS.items()}
     torchscript(decoder, z, paths["decoder/torchscript-fp32"])
     torchscript(CastDecoder(decoder, torch.float16), z, paths["decoder/torchscript-fp16"])
     torchscript(dynamic_int8(decoder), z, paths["decoder/torchscript-int8"])

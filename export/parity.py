@@ -20,11 +20,11 @@ from tqdm import tqdm
 from export.build import prior_latents
 from export.config import ExportConfig
 from runtime import backends
+from runtime.artifacts import DECODERS
 from training.classifier import Classifier
 from training.model import VAE
 
 ENCODER_MAX_ABS = 1e-4  # fp32 encoders must match eager to float rounding
-HALF_PRECISION = ("torchscript-fp16",)  # gated on ExportConfig.half_precision_samples latents of each set
 
 
 def psnr(a: np.ndarray, b: np.ndarray) -> float:
@@ -84,7 +84,8 @@ def check(model: VAE, artifacts: dict[str, Path], x_test: torch.Tensor, clf: Cla
     for name, path in tqdm([(k, v) for k, v in artifacts.items() if k.startswith("decoder/")],
                            desc="parity", unit="artifact", file=sys.stderr, disable=None, leave=False):
         backend = name.split("/", 1)[1]
-        n = cfg.half_precision_samples if backend in HALF_PRECISION else None  # None: every latent of each set
+        half = backend in DECODERS and DECODERS[backend].half_precision
+        n = cfg.half_precision_samples if half else None  # None: every latent of each set
         fn = backends.load(path)
         out = {k: run_batched(fn, v[:n]) for k, v in inputs.items()}
         images = {k: sigmoid(v) for k, v in out.items()}

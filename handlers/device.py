@@ -14,7 +14,7 @@ import onnxruntime as ort
 import torch
 
 from handlers.errors import ConfigError
-from runtime.artifacts import DECODERS, ENCODERS
+from runtime.artifacts import DECODERS, ENCODERS, Backend
 from runtime.backends import GraphCapture, cuda_capture
 
 LOG = logging.getLogger("fmvae.worker")
@@ -61,12 +61,13 @@ def worker_threads(setting: str | int, store_workers: int = 1, cpus: int | None 
     return max(1, cpus // store_workers)
 
 
-def runnable(backend: str, device: str) -> str | None:
-    """Why this process cannot run ``backend`` on ``device``, or None when it can (ONNX on CUDA needs onnxruntime's
-    CUDA provider)."""
-    if device.startswith("cpu") or not backend.startswith("onnx"):
-        return None
-    if "CUDAExecutionProvider" in ort.get_available_providers():
+def runnable(backend: Backend, device: str) -> str | None:
+    """Why this process cannot run ``backend`` on ``device``, or None when it can: the backend is meant for another
+    kind of device, or it is ONNX on CUDA and onnxruntime has no CUDA provider."""
+    kind = device.split(":")[0]
+    if kind not in backend.devices:
+        return f"it runs on {' and '.join(backend.devices)} only"
+    if kind == "cpu" or backend.runtime != "onnx" or "CUDAExecutionProvider" in ort.get_available_providers():
         return None
     return f"onnxruntime has no CUDAExecutionProvider (providers: {', '.join(ort.get_available_providers())})"
 
@@ -81,10 +82,10 @@ def choose_backend(config: dict, part: str, model: str, where: Placement, model_
                           f"(handler.{part}.{where.kind} in model-config.yaml; serving/settings.py writes it)")
     reasons = []
     for backend in choices:
-        artifact = ARTIFACTS[part].get(backend)
-        reason = (f"unknown backend {backend}" if artifact is None
-                  else f"{artifact} is not in the archive" if not (model_dir / artifact).is_file()
-                  else runnable(backend, where.name))
+        record = ARTIFACTS[part].get(backend)
+        reason = (f"unknown backend {backend}" if record is None
+                  else f"{record.artifact} is not in the archive" if not (model_dir / record.artifact).is_file()
+                  else runnable(record, where.name))
         if reason is None:
             return backend
         log("model %s: %s %s skipped on %s: %s", model, part, backend, where.name, reason)

@@ -117,7 +117,7 @@ class Worker:
         self.threads = device.worker_threads(config.get("threads", "auto"), config.get("store_workers", 1),
                                              kind=where.kind)
         self.backend = device.choose_backend(config, "decoder", self.model, where, model_dir)
-        self.artifact = artifacts.DECODERS[self.backend]
+        self.artifact = artifacts.DECODERS[self.backend].artifact
         self.decoder = shared_network(model_dir / self.artifact, where.torch_device, self.threads)
         batches = config.get("cuda_graph_batches") or []
         if batches and where.graph_capture and isinstance(self.decoder, backends.TorchScriptModule):
@@ -125,7 +125,8 @@ class Worker:
         self.encoder = None
         if config.get("encoder"):
             backend = device.choose_backend(config, "encoder", self.model, where, model_dir)
-            self.encoder = shared_network(model_dir / artifacts.ENCODERS[backend], where.torch_device, self.threads)
+            self.encoder = shared_network(model_dir / artifacts.ENCODERS[backend].artifact, where.torch_device,
+                                          self.threads)
         self.warm_up()
         labels = {"model": self.model, "backend": self.backend, "device": self.device}
         metrics.BACKEND_INFO.labels(**labels, artifact=self.artifact, threads=str(self.threads)).set(1)

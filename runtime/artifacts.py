@@ -20,30 +20,49 @@ from runtime.errors import ManifestError
 ARTIFACT_DIR = "export"  # inside the model store folder (model_store/)
 DEFAULT_DIR = Path("model_store") / ARTIFACT_DIR
 
-# Artifact file names by backend (runtime-precision). The fp16 decoder is for GPUs: float32 latents in, float32
-# logits out, weights and arithmetic in half precision. The TorchScript int8 decoder is PyTorch's dynamic
-# quantization of the Linear layer, for CPUs.
-DECODERS = {
-    "torchscript-fp32": "decoder_fp32.pt",
-    "torchscript-fp16": "decoder_fp16.pt",
-    "torchscript-int8": "decoder_int8.pt",
-    "onnx-fp32": "decoder_fp32.onnx",
-    "onnx-int8": "decoder_int8.onnx",
-}
-# Decoders no route serves by default (serving/settings.py): one that fails the parity gate is dropped and recorded
-# in the manifest's fallback instead of stopping the export.
-OPTIONAL_DECODERS = ("torchscript-int8",)
-ENCODERS = {  # images -> (posterior mean, log-variance)
-    "torchscript-fp32": "encoder_fp32.pt",
-    "onnx-fp32": "encoder_fp32.onnx",
-}
+@dataclass(frozen=True)
+class Backend:
+    """One way to run an exported network, defined once: ``name`` (runtime-precision), its ``artifact`` file in the
+    export folder, the ``runtime`` that opens it (``runtime/backends.py``), the ``precision`` of its arithmetic, the
+    device kinds it is meant for, and whether it is ``optional`` (no route serves it by default; one that fails the
+    parity gate is dropped into the manifest's fallback instead of stopping the export). The export builds every
+    backend, the gate checks them, workers choose among them by device, archives pack the ones a route names."""
+
+    name: str
+    artifact: str
+    runtime: str  # "torchscript" | "onnx"
+    precision: str  # "fp32" | "fp16" | "int8"
+    devices: tuple[str, ...]  # "cpu", "cuda"
+    optional: bool = False
+
+    @property
+    def twin(self) -> str:
+        """The fp32 backend of the same runtime: what serves when this one is dropped."""
+        return f"{self.runtime}-fp32"
+
+    @property
+    def half_precision(self) -> bool:
+        return self.precision in ("fp16", "bf16")
+
+
+def table(*backends: Backend) -> dict[str, Backend]:
+    return {b.name: b for b in backends}
+
+
+# Decoders: float32 latents in, float32 logits out whatever the precision inside. fp16 is for GPUs; the TorchScript
+# int8 decoder is PyTorch's dynamic quantization of the Linear layer (CPU kernels only), optional.
+DECODERS = table(
+    Backend("torchscript-fp32", "decoder_fp32.pt", "torchscript", "fp32", ("cpu", "cuda")),
+    Backend("torchscript-fp16", "decoder_fp16.pt", "torchscript", "fp16", ("cuda",)),
+    Backend("torchscript-int8", "decoder_int8.pt", "torchscript", "int8", ("cpu",), optional=True),
+    Backend("onnx-fp32", "decoder_fp32.onnx", "onnx", "fp32", ("cpu", "cuda")),
+    Backend("onnx-int8", "decoder_int8.onnx", "onnx", "int8", ("cpu",)),
+)
+ENCODERS = table(  # images -> (posterior mean, log-variance)
+    Backend("torchscript-fp32", "encoder_fp32.pt", "torchscript", "fp32", ("cpu", "cuda")),
+    Backend("onnx-fp32", "encoder_fp32.onnx", "onnx", "fp32", ("cpu", "cuda")),
+)
 STATS = "latent_stats.npz"
-
-
-def full_precision_twin(backend: str) -> str:
-    """The fp32 backend of the same runtime: what serves when a reduced-precision decoder is dropped."""
-    runtime, _ = backend.rsplit("-", 1)
-    return f"{runtime}-fp32"
 
 
 @dataclass(frozen=True)

@@ -40,8 +40,8 @@ def decoders(spec: ModelSpec, manifest: Manifest) -> dict[str, tuple[str, ...]]:
 
 def artifact_files(spec: ModelSpec, manifest: Manifest) -> list[str]:
     """The artifact files ``spec`` names, for any device, and the latent statistics if it uses them."""
-    named = [artifacts.DECODERS[b] for backends in decoders(spec, manifest).values() for b in backends]
-    named += [artifacts.ENCODERS[b] for backends in spec.encoder.values() for b in backends]
+    named = [artifacts.DECODERS[b].artifact for backends in decoders(spec, manifest).values() for b in backends]
+    named += [artifacts.ENCODERS[b].artifact for backends in spec.encoder.values() for b in backends]
     return sorted(set(named)) + ([artifacts.STATS] if spec.stats else [])
 
 

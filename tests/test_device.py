@@ -105,8 +105,8 @@ def test_a_cpu_worker_with_a_missing_artifact_says_so(tmp_path):
 @pytest.mark.parametrize("backend", ["torchscript-fp16"])
 def test_half_precision_decoders_take_and_give_float32_and_match_fp32(backend):
     z = seeded_latents(3, 32, LATENT).astype(np.float32)
-    half = backends.load(ARTIFACTS / artifacts.DECODERS[backend])
-    full = backends.load(ARTIFACTS / artifacts.DECODERS["torchscript-fp32"])
+    half = backends.load(ARTIFACTS / artifacts.DECODERS[backend].artifact)
+    full = backends.load(ARTIFACTS / artifacts.DECODERS["torchscript-fp32"].artifact)
     out, ref = half(z), full(z)
     assert out.dtype == np.float32 and out.shape == ref.shape == (32, 1, 28, 28)
     images, ref_images = 1 / (1 + np.exp(-out)), 1 / (1 + np.exp(-ref))
@@ -116,7 +116,7 @@ def test_half_precision_decoders_take_and_give_float32_and_match_fp32(backend):
 
 def test_graph_replays_pad_to_the_captured_size_and_cut_back():
     cpu_capture.calls = 0
-    decoder = backends.TorchScriptModule(ARTIFACTS / artifacts.DECODERS["torchscript-fp32"])
+    decoder = backends.TorchScriptModule(ARTIFACTS / artifacts.DECODERS["torchscript-fp32"].artifact)
     graphed = backends.GraphedDecoder(decoder, LATENT, [4, 1, 16], cpu_capture)
     assert list(graphed.graphs) == [1, 4, 16] and cpu_capture.calls == 3  # one capture per size
     z = seeded_latents(9, 40, LATENT).astype(np.float32)

@@ -26,7 +26,7 @@ from export import stats as export_stats
 from export.config import RELEASES, ExportConfig
 from export.lowres import LowResDecoder
 from runtime import artifacts, backends
-from runtime.artifacts import ARTIFACT_DIR, full_precision_twin
+from runtime.artifacts import ARTIFACT_DIR, DECODERS
 from runtime.errors import ManifestError
 from runtime.manifest import FILE as MANIFEST
 from runtime.manifest import Manifest, Shapes
@@ -117,7 +117,8 @@ def test_manifest_lists_every_file_with_its_hash(small, exported):
     assert manifest.shapes == Shapes(64, (1, 28, 28))
     assert manifest.identity == manifest.build_key[:12]
     assert {e.file for e in manifest.artifacts.values()} == {
-        *artifacts.DECODERS.values(), *artifacts.ENCODERS.values(), artifacts.STATS}
+        *(b.artifact for b in artifacts.DECODERS.values()), *(b.artifact for b in artifacts.ENCODERS.values()),
+        artifacts.STATS}
     for entry in manifest.artifacts.values():
         assert checkpoint.file_sha256(out / ARTIFACT_DIR / entry.file) == entry.sha256
     document = json.loads((out / ARTIFACT_DIR / MANIFEST).read_text())
@@ -187,16 +188,17 @@ def check_latent_size(artifact_dir: Path, latent_dim: int) -> None:
     assert manifest.shapes == Shapes(latent_dim, (1, 28, 28))
     assert manifest.parity["passed"] and manifest.model_config["latent_dim"] == latent_dim
     z = np.random.default_rng(0).standard_normal((3, latent_dim)).astype(np.float32)
-    for file in artifacts.DECODERS.values():
-        assert backends.load(artifact_dir / file)(z).shape == (3, 1, 28, 28)
+    for name, artifact in manifest.artifacts.items():  # every decoder the gate kept
+        if name.startswith("decoder/"):
+            assert backends.load(artifact_dir / artifact.file)(z).shape == (3, 1, 28, 28)
     x = np.random.default_rng(1).random((3, 1, 28, 28)).astype(np.float32)
-    for file in artifacts.ENCODERS.values():
+    for file in (b.artifact for b in artifacts.ENCODERS.values()):
         assert [a.shape for a in backends.load(artifact_dir / file)(x)] == [(3, latent_dim)] * 2  # mu, logvar
     stats = artifacts.read_stats(artifact_dir / artifacts.STATS)
     assert stats.class_means.shape == (10, latent_dim) and stats.anchor_means.shape[::2] == (10, latent_dim)
     assert stats.principal_directions.shape == (latent_dim, latent_dim)
     assert sorted(stats.active_order) == list(range(latent_dim))
-    session = ort.InferenceSession(str(artifact_dir / artifacts.DECODERS["onnx-int8"]),
+    session = ort.InferenceSession(str(artifact_dir / artifacts.DECODERS["onnx-int8"].artifact),
                                    providers=["CPUExecutionProvider"])
     assert session.get_inputs()[0].shape == ["batch", latent_dim]
 
@@ -218,10 +220,10 @@ def test_reduced_precision_failing_the_gate_is_refused_unless_the_fp32_fallback_
     manifest = Manifest.read(fallback_2d)
     report = json.loads((fallback_2d / "export_report.json").read_text())
     failed = {name for name, row in report["decoders"].items() if not row["passed"]}
-    assert "onnx-int8" in failed and manifest.fallback.backends == {name: full_precision_twin(name) for name in failed}
+    assert "onnx-int8" in failed and manifest.fallback.backends == {name: DECODERS[name].twin for name in failed}
     assert failed <= {"onnx-int8", "torchscript-fp16", "torchscript-int8"}  # the fp32 decoders are exact
     assert manifest.export_config["psnr_min_db"] == 100
-    assert not any(f"decoder/{name}" in manifest.artifacts or (fallback_2d / artifacts.DECODERS[name]).exists()
+    assert not any(f"decoder/{name}" in manifest.artifacts or (fallback_2d / artifacts.DECODERS[name].artifact).exists()
                    for name in failed)
     assert manifest.serving_backends(("onnx-int8", "torchscript-fp32")) == ("onnx-fp32", "torchscript-fp32")
     out = tmp_path / "mar"
@@ -269,7 +271,7 @@ def test_an_optional_decoder_that_fails_is_dropped_and_serves_nowhere():
         assert not row["passed"] and row["neg_elbo_delta"] > manifest.parity["bars"]["elbo_delta_max"]
         assert manifest.fallback.backends == {"torchscript-int8": "torchscript-fp32"}
         assert "decoder/torchscript-int8" not in manifest.artifacts
-        assert not (Path("model_store") / name / artifacts.DECODERS["torchscript-int8"]).exists()
+        assert not (Path("model_store") / name / artifacts.DECODERS["torchscript-int8"].artifact).exists()
         assert all(manifest.serving_backends(spec.decoder["cpu"]) == spec.decoder["cpu"] for spec in MODELS.values())
     report = {"decoders": {"torchscript-int8": {"passed": False}, "onnx-int8": {"passed": True}}, "encoders": {}}
     assert export_main.optional_drops(report) == {"torchscript-int8": "torchscript-fp32"}

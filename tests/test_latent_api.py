@@ -22,8 +22,8 @@ from training.data import CLASS_NAMES
 
 STATS = artifacts.read_stats(ARTIFACTS / artifacts.STATS)
 GOOD_IMAGE = b64png(np.full((28, 28), 40, np.uint8))
-DECODER = backends.load(ARTIFACTS / artifacts.DECODERS["onnx-int8"])
-ENCODER = backends.load(ARTIFACTS / artifacts.ENCODERS["onnx-fp32"])
+DECODER = backends.load(ARTIFACTS / artifacts.DECODERS["onnx-int8"].artifact)
+ENCODER = backends.load(ARTIFACTS / artifacts.ENCODERS["onnx-fp32"].artifact)
 OPERATIONS = [path.removeprefix("/predictions/") for path in SPEC["paths"]]
 CONTENT_TYPES = {"png": "image/png", "gif": "image/gif", "npy": "application/x-npy", "json": "application/json"}
 

@@ -154,7 +154,7 @@ def test_interpolate_from_images_uses_posterior_means(api):
     code, _, body = post(api, "interpolate", {"images": [b64png(p) for p in pixels], "steps": 5,
                                                  "format": "json"})
     assert code == 200
-    encoder = backends.load(ARTIFACTS / artifacts.ENCODERS["onnx-fp32"])
+    encoder = backends.load(ARTIFACTS / artifacts.ENCODERS["onnx-fp32"].artifact)
     mu, _ = encoder(pixels[:, None].astype(np.float32) / 255)
     z = np.array(json.loads(body)["latents"])
     assert np.allclose(z[0], mu[0], atol=1e-4) and np.allclose(z[-1], mu[1], atol=1e-4)

@@ -1,0 +1,142 @@
+"""The KServe host's request path in each process: the ASGI rules every request passes (token auth, the body
+limit, the drain's bookkeeping, the API's routes answered without a framework in between), and each route's queue
+(``Lane``): requests wait for the process's inference thread and go in batches of those waiting, the queue bounded
+like TorchServe's."""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import json
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from handlers.errors import RequestError
+from handlers.service import MODEL_HEADER, Reply, Service
+from serving.settings import ModelSpec
+
+OVERLOADED = "overloaded"
+PREDICTIONS = "/predictions/"
+
+
+def error_reply(e: RequestError, identity: str | None = None, headers: dict[str, str] | None = None) -> Reply:
+    """A reply of the host itself (no worker involved) in the one error shape."""
+    named = {MODEL_HEADER: identity} if identity else {}
+    return Reply(e.status, json.dumps(e.body()).encode(), "application/json", named | (headers or {}))
+
+
+class Lane:
+    """One route's queue in this process: requests wait for the process's inference thread; each call takes up to
+    ``batch_size`` of those waiting, and a request beyond ``queue_size`` waiting is refused at once (503)."""
+
+    def __init__(self, service: Service, spec: ModelSpec, batch_size: int, executor: ThreadPoolExecutor) -> None:
+        self.service, self.batch_size, self.executor = service, batch_size, executor
+        self.queue_size = spec.job_queue_size
+        self.waiting: collections.deque[tuple[bytes, asyncio.Future]] = collections.deque()
+        self.running = False
+
+    async def submit(self, body: bytes) -> Reply:
+        if len(self.waiting) >= self.queue_size:
+            return error_reply(RequestError("body", OVERLOADED, f"{self.service.worker.model}'s queue is full "
+                                                                f"({self.queue_size} requests): retry with backoff",
+                                            503), self.service.worker.identity, {"Retry-After": "1"})
+        future = asyncio.get_running_loop().create_future()
+        self.waiting.append((body, future))
+        if not self.running:
+            self.running = True
+            asyncio.create_task(self.run())
+        return await future
+
+    async def run(self) -> None:
+        loop = asyncio.get_running_loop()
+        try:
+            while self.waiting:
+                batch = [self.waiting.popleft() for _ in range(min(self.batch_size, len(self.waiting)))]
+                replies = await loop.run_in_executor(self.executor, self.service.answer, [b for b, _ in batch])
+                for (_, future), reply in zip(batch, replies, strict=True):
+                    if not future.done():
+                        future.set_result(reply)
+        finally:
+            self.running = False
+
+
+@dataclass
+class Traffic:
+    """What the drain watches: requests in flight and when the last one arrived."""
+
+    in_flight: int = 0
+    last: float = 0.0
+    draining: bool = False
+
+
+async def read_body(receive: Any, limit: int) -> bytes | None:
+    """The request body from ASGI messages, or None once it is over ``limit`` bytes (reading stops there)."""
+    chunks, size, more = [], 0, True
+    while more:
+        message = await receive()
+        chunk = message.get("body", b"")
+        size += len(chunk)
+        if size > limit:
+            return None
+        chunks.append(chunk)
+        more = message.get("more_body", False)
+    return b"".join(chunks)
+
+
+class Routes(Protocol):
+    """What the rules need of a process's routes (``serving.kserve_app.App``)."""
+
+    traffic: Traffic
+    max_request_size: int
+
+    def authorized(self, header: str | None) -> bool: ...
+
+    async def predictions(self, route: str, body: bytes) -> Reply: ...
+
+
+class HostRules:
+    """The ASGI app uvicorn runs: token auth on every path, the body limit and the drain's bookkeeping, then the
+    API's routes answered here directly (no framework in between) and everything else by KServe's FastAPI app."""
+
+    def __init__(self, inner: Any, state: Routes) -> None:
+        self.inner, self.state = inner, state
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":  # lifespan
+            return await self.inner(scope, receive, send)
+        traffic = self.state.traffic
+        traffic.in_flight += 1
+        traffic.last = time.monotonic()
+        try:
+            headers = dict(scope["headers"])
+            if not self.state.authorized(headers.get(b"authorization", b"").decode("latin-1")):
+                reply = error_reply(RequestError("Authorization", "unauthorized",
+                                                 "send 'Authorization: Bearer <inference key>'", 401))
+            elif scope["path"].startswith(PREDICTIONS) and scope["method"] == "POST":
+                body = await read_body(receive, self.state.max_request_size)
+                reply = error_reply(RequestError("body", "body_too_large", "the body is over the server's limit of "
+                                                 f"{self.state.max_request_size} bytes", 413)) if body is None \
+                    else await self.state.predictions(scope["path"].removeprefix(PREDICTIONS), body)
+            else:
+                await self.inner(scope, receive, self.closing(send) if traffic.draining else send)
+                return
+            extra = {"Connection": "close"} if traffic.draining else {}
+            await send({"type": "http.response.start", "status": reply.status,
+                        "headers": [(b"content-type", reply.content_type.encode()),
+                                    (b"content-length", str(len(reply.body)).encode()),
+                                    *((k.encode(), v.encode()) for k, v in (reply.headers | extra).items())]})
+            await send({"type": "http.response.body", "body": reply.body})
+        finally:
+            traffic.in_flight -= 1
+            traffic.last = time.monotonic()
+
+    @staticmethod
+    def closing(send: Any) -> Any:
+        """``send`` that adds ``Connection: close`` to the response (a draining process closes every connection)."""
+        async def wrapped(message: dict) -> None:
+            if message["type"] == "http.response.start":
+                message = message | {"headers": [*message.get("headers", []), (b"connection", b"close")]}
+            await send(message)
+        return wrapped
