@@ -47,9 +47,10 @@ class CastDecoder(nn.Module):
         return self.decoder(z.to(self.dtype)).float()
 
 
-def prior_latents(n: int, latent_dim: int, seed: int) -> np.ndarray:
-    """``n`` fixed-seed draws from N(0, I), float32 (n, latent_dim)."""
-    return torch.randn(n, latent_dim, generator=torch.Generator().manual_seed(seed)).numpy()
+def prior_latents(model: VAE, n: int, seed: int) -> np.ndarray:
+    """``n`` fixed-seed draws from the model's prior (N(0, I) or its learned mixture), float32 (n, latent_dim)."""
+    with torch.no_grad():
+        return model.prior.sample(n, generator=torch.Generator().manual_seed(seed), device=torch.device("cpu")).numpy()
 
 
 class PriorCalibration(CalibrationDataReader):
@@ -97,9 +98,9 @@ def fp32_nodes(graph: onnx.GraphProto) -> list[str]:
     return [n.name for n in graph.node if n.op_type in ("Gemm", "Reshape", "DepthToSpace")] + convs[-1:]
 
 
-def onnx_int8(fp32_path: Path, path: Path, latent_dim: int, cfg: ExportConfig) -> None:
+def onnx_int8(fp32_path: Path, path: Path, model: VAE, cfg: ExportConfig) -> None:
     """Static int8 quantization of the convolutions (QOperator QLinearConv, per-channel weights), calibrated on
-    prior samples.
+    draws from the model's prior.
 
     Static rather than dynamic: dynamic quantization turns Conv into ConvInteger, which ran 8x slower than
     fp32 here; QLinearConv runs on the CPU's int8 dot-product instructions. Percentile calibration (clip
@@ -107,7 +108,7 @@ def onnx_int8(fp32_path: Path, path: Path, latent_dim: int, cfg: ExportConfig) -
     """
     prepared = path.with_name(path.stem + ".prep.onnx")
     quant_pre_process(str(fp32_path), str(prepared), skip_symbolic_shape=True)
-    calibration = PriorCalibration(prior_latents(cfg.calibration_samples, latent_dim, cfg.seed + 1))
+    calibration = PriorCalibration(prior_latents(model, cfg.calibration_samples, cfg.seed + 1))
     quantize_static(str(prepared), str(path), calibration, quant_format=QuantFormat.QOperator, per_channel=True,
                     activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
                     nodes_to_exclude=fp32_nodes(onnx.load(str(prepared)).graph),
@@ -134,7 +135,7 @@ def build(model: VAE, out: Path, cfg: ExportConfig) -> dict[str, Path]:
     torchscript(CastDecoder(decoder, torch.float16), z, paths["decoder/torchscript-fp16"])
     torchscript(dynamic_int8(decoder), z, paths["decoder/torchscript-int8"])
     onnx_fp32(decoder, z, paths["decoder/onnx-fp32"], "z", ["logits"], cfg.opset)
-    onnx_int8(paths["decoder/onnx-fp32"], paths["decoder/onnx-int8"], model.latent_dim, cfg)
+    onnx_int8(paths["decoder/onnx-fp32"], paths["decoder/onnx-int8"], model, cfg)
     torchscript(model.encoder, x, paths["encoder/torchscript-fp32"])  # images -> (mu, logvar)
     onnx_fp32(model.encoder, x, paths["encoder/onnx-fp32"], "x", ["mu", "logvar"], cfg.opset)
     return paths

@@ -66,7 +66,7 @@ def check(model: VAE, artifacts: dict[str, Path], x_test: torch.Tensor, clf: Cla
         mu, logvar = model.encode(x_test)
         z_post = (mu + torch.randn(mu.shape, generator=gen) * torch.exp(0.5 * logvar)).numpy()
         kl = VAE.kl_per_dim(mu, logvar).sum(1)
-    prior = prior_latents(cfg.prior_samples, model.latent_dim, cfg.seed)
+    prior = prior_latents(model, cfg.prior_samples, cfg.seed)
     inputs = {"test_means": mu.numpy(), "posterior_samples": z_post, "prior": prior}
 
     def eager(z: np.ndarray) -> np.ndarray:

@@ -29,7 +29,7 @@ import torch
 
 from training.classifier import Classifier
 from training.data import CLASS_NAMES, Split
-from training.model import VAE
+from training.model import VAE, StandardNormal
 
 SCATTER_POINTS = 2000
 ANCHORS = 200  # per class: 200 x 10 x 64 x 2 float32 is 1 MB of the file
@@ -99,7 +99,20 @@ def latent_statistics(model: VAE, clf: Classifier, train: Split, test: Split, se
             "principal_std": (singular / np.sqrt(len(mu_test) - 1)).astype(np.float32),
             "active_order": np.argsort(-mu_test.var(0), kind="stable").astype(np.int64),
             "scatter_means": mu_test[:SCATTER_POINTS].astype(np.float32),
-            "scatter_labels": test.labels[:SCATTER_POINTS].astype(np.int64)}
+            "scatter_labels": test.labels[:SCATTER_POINTS].astype(np.int64), **prior_arrays(model)}
+
+
+def prior_arrays(model: VAE) -> dict[str, np.ndarray]:
+    """The model's prior as a mixture of diagonal Gaussians: N(0, I) is the one component (0, 1) of weight 1."""
+    prior, dim = model.prior, model.latent_dim
+    if isinstance(prior, StandardNormal):
+        means, stds, weights = np.zeros((1, dim)), np.ones((1, dim)), np.ones(1)
+    else:
+        with torch.no_grad():
+            means, stds = prior.means.double().numpy(), torch.exp(0.5 * prior.logvars.double()).numpy()
+            weights = torch.softmax(prior.logits.double(), 0).numpy()
+    return {"prior_means": means.astype(np.float32), "prior_stds": stds.astype(np.float32),
+            "prior_weights": weights.astype(np.float64)}
 
 
 def write(path: Path, arrays: dict[str, np.ndarray]) -> None:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 
 from handlers.service import Answer, Plan, Service, Worker, images_of
-from runtime.latent import interpolate, seeded_latents
+from runtime.latent import interpolate
 
 GRID_COLS = 16
 
@@ -18,7 +18,7 @@ GRID_COLS = 16
 def endpoints(request: dict, worker: Worker) -> np.ndarray:
     """The two endpoint latents (2, latent_dim) of a validated request."""
     if "seeds" in request:
-        return np.stack([seeded_latents(seed, 1, worker.shapes.latent_dim)[0] for seed in request["seeds"]])
+        return np.stack([worker.prior_latents(seed, 1)[0] for seed in request["seeds"]])
     if "latents" in request:
         return np.asarray(request["latents"], dtype=np.float64)
     if "classes" in request:

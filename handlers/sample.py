@@ -17,21 +17,24 @@ DEFAULT_SIGMA = 0.5  # the spread around a point, with around (openapi.yaml says
 
 
 def plan(request: dict, worker: Worker) -> Plan:
-    """z = temperature * eps; with a class, a random anchor of the class plus its posterior's std * temperature *
-    eps (the class's aggregate posterior); around a point, point + sigma * temperature * eps."""
+    """z from the model's prior at the temperature (N(0, I): temperature * eps; a learned mixture: a component,
+    then its mean + temperature * its std * eps); with a class, a random anchor of the class plus its posterior's
+    std * temperature * eps (the class's aggregate posterior); around a point, point + sigma * temperature * eps."""
     if "sigma" in request and "around" not in request:
         raise RequestError("sigma", "conflict", "sigma is the spread around a point: give it with around")
     seed = request["seed"] if "seed" in request else secrets.randbits(63)  # get() would draw one every time
+    if "class" not in request and "around" not in request:
+        z = worker.prior_latents(seed, request["n"], request["temperature"])
+        return Plan(z, lambda logits: Answer(images_of(logits), square_cols(len(z)),
+                                             fields={"latents": z, "seed": seed}, headers={"X-Seed": seed}))
     eps = seeded_latents(seed, request["n"], worker.shapes.latent_dim, request["temperature"])
     if "class" in request:
         label = worker.class_index(request["class"])
         means, stds = worker.stats.anchor_means[label], worker.stats.anchor_stds[label]
         pick = np.random.default_rng([seed, label]).integers(len(means), size=len(eps))  # row i does not depend on n
         z = means[pick] + stds[pick] * eps
-    elif "around" in request:
-        z = worker.point(request["around"], "around") + request.get("sigma", DEFAULT_SIGMA) * eps
     else:
-        z = eps
+        z = worker.point(request["around"], "around") + request.get("sigma", DEFAULT_SIGMA) * eps
     return Plan(z, lambda logits: Answer(images_of(logits), square_cols(len(z)), fields={"latents": z, "seed": seed},
                                          headers={"X-Seed": seed}))
 

@@ -175,6 +175,12 @@ class Worker:
         size = self.shapes.image_shape[1:]
         return np.stack([decode_png(text, f"{name}[{i}]", size) for i, text in enumerate(texts)])
 
+    def prior_latents(self, seed: int, n: int, temperature: float = 1.0) -> np.ndarray:
+        """n seeded draws from the model's prior (its latent statistics carry it; without them, N(0, I))."""
+        if self.stats is None:
+            return seeded_latents(seed, n, self.shapes.latent_dim, temperature)
+        return self.stats.prior_latents(seed, n, temperature)
+
     def class_index(self, value: str | int | float) -> int:
         """A validated class (a name or an index) as its index."""
         return self.stats.class_names.index(value) if isinstance(value, str) else int(value)
@@ -183,7 +189,7 @@ class Worker:
         """The latent (latent_dim,) of a validated Point: a seed's first latent, a latent, an image's posterior
         mean or a class's mean."""
         if "seed" in spec:
-            return seeded_latents(spec["seed"], 1, self.shapes.latent_dim)[0]
+            return self.prior_latents(spec["seed"], 1)[0]
         if "latent" in spec:
             return np.asarray(spec["latent"], np.float64)
         if "image" in spec:

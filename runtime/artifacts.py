@@ -16,6 +16,7 @@ from typing import IO
 import numpy as np
 
 from runtime.errors import ManifestError
+from runtime.latent import seeded_latents
 
 ARTIFACT_DIR = "export"  # inside the model store folder (model_store/)
 DEFAULT_DIR = Path("model_store") / ARTIFACT_DIR
@@ -76,7 +77,8 @@ class LatentStats:
     model). Test set: ``principal_directions`` (D, D), rows sorted by ``principal_std`` (D,) from the largest;
     ``active_order`` (D,), the dimensions sorted by the variance of their posterior mean (the evaluation
     report's "most active" first); ``scatter_means`` (M, D) and ``scatter_labels`` (M,), the first test images'
-    posterior means and labels (the explorer draws them).
+    posterior means and labels (the explorer draws them). The model's prior as a mixture of K diagonal Gaussians:
+    ``prior_means`` and ``prior_stds`` (K, D), ``prior_weights`` (K,); N(0, I) is K = 1 (0, 1, weight 1).
     """
 
     class_names: tuple[str, ...]
@@ -90,6 +92,20 @@ class LatentStats:
     active_order: np.ndarray
     scatter_means: np.ndarray
     scatter_labels: np.ndarray
+    prior_means: np.ndarray
+    prior_stds: np.ndarray
+    prior_weights: np.ndarray
+
+    def prior_latents(self, seed: int, n: int, temperature: float = 1.0) -> np.ndarray:
+        """n draws (n, D) from the model's prior, a pure function of the seed (row i does not depend on n): a
+        component k by its weight, then m_k + temperature * s_k * eps. For N(0, I) (one component, 0 and 1) that
+        is temperature * eps, ``seeded_latents`` exactly."""
+        eps = seeded_latents(seed, n, self.prior_means.shape[1], temperature)
+        if len(self.prior_weights) == 1:
+            return self.prior_means[0].astype(np.float64) + self.prior_stds[0] * eps
+        u = np.random.default_rng([seed, 1]).random(n)  # one uniform per row, drawn in order: prefix-stable
+        k = np.minimum(np.searchsorted(np.cumsum(self.prior_weights), u, side="right"), len(self.prior_weights) - 1)
+        return self.prior_means[k].astype(np.float64) + self.prior_stds[k] * eps
 
     def class_direction(self, source: int, target: int) -> np.ndarray:
         """The attribute vector from class ``source`` to class ``target``: the difference of their means."""
@@ -113,8 +129,13 @@ class LatentStats:
 
 
 def stats_from_arrays(arrays: Mapping[str, np.ndarray]) -> LatentStats:
-    """LatentStats from its arrays by name (``latent_stats.npz``'s members, or export/stats.py's dict)."""
-    return LatentStats(tuple(str(n) for n in arrays["class_names"]), *(arrays[f.name] for f in fields(LatentStats)[1:]))
+    """LatentStats from its arrays by name (``latent_stats.npz``'s members, or export/stats.py's dict); statistics
+    written before the prior was part of them are of a model with N(0, I)."""
+    dim = arrays["class_means"].shape[1]
+    standard = {"prior_means": np.zeros((1, dim), np.float32), "prior_stds": np.ones((1, dim), np.float32),
+                "prior_weights": np.ones(1)}
+    return LatentStats(tuple(str(n) for n in arrays["class_names"]),
+                       *(arrays[f.name] if f.name in arrays else standard[f.name] for f in fields(LatentStats)[1:]))
 
 
 def read_stats(path: Path | IO[bytes]) -> LatentStats:

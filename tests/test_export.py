@@ -360,12 +360,12 @@ def test_the_class_model_learns_classes_that_latents_separate():
     labels = rng.integers(0, 10, 2000)
     z = centres[labels] + rng.normal(0, 1, (2000, 8))
     weights, bias = export_stats.class_model(z, labels, 10)
-    stats = artifacts.LatentStats(data.CLASS_NAMES, *[np.zeros(1)] * 3, weights, bias, *[np.zeros(1)] * 5)
+    stats = artifacts.LatentStats(data.CLASS_NAMES, *[np.zeros(1)] * 3, weights, bias, *[np.zeros(1)] * 8)
     fresh = rng.integers(0, 10, 500)
     probabilities = stats.class_probabilities(centres[fresh] + rng.normal(0, 1, (500, 8)))
     assert (probabilities.argmax(1) == fresh).mean() > 0.9
     shuffled = export_stats.class_model(z, rng.permutation(labels), 10)  # labels unrelated to z: no better than chance
-    stats = artifacts.LatentStats(data.CLASS_NAMES, *[np.zeros(1)] * 3, *shuffled, *[np.zeros(1)] * 5)
+    stats = artifacts.LatentStats(data.CLASS_NAMES, *[np.zeros(1)] * 3, *shuffled, *[np.zeros(1)] * 8)
     assert (stats.class_probabilities(centres[fresh]).argmax(1) == fresh).mean() < 0.3
 
 

@@ -94,3 +94,54 @@ def test_seeded_latents_and_walks():
     assert free.shape == (6, 16) and np.allclose(free[0], start) and np.allclose(np.diff(free, axis=0), steps)
     shell = walk(start, steps, project=True)
     assert np.allclose(np.linalg.norm(shell, axis=1), 4.0)  # sqrt(16)
+
+
+def test_a_mixture_prior_log_density_sampling_and_kl():
+    """The learned prior: log p(z) is the log-sum-exp of its weighted components (one component at 0 with unit
+    variance is N(0, I)), seeded draws repeat, temperature scales each component's spread, and the loss's KL is the
+    one-sample estimate log q(z|x) - log p(z)."""
+    from training.model import MixturePrior, StandardNormal, gaussian_log_density
+    prior = MixturePrior(3, 2)
+    prior.place(torch.tensor([[0.0, 0, 0], [5.0, 5, 5]]), torch.tensor([[0.0, 0, 0], [-2.0, -2, -2]]))
+    z = torch.randn(7, 3)
+    direct = torch.logsumexp(torch.stack([gaussian_log_density(z, prior.means[k], prior.logvars[k])
+                                          for k in range(2)]) + math.log(0.5), 0)
+    assert torch.allclose(prior.log_prob(z), direct, atol=1e-5)
+    one = MixturePrior(3, 1)
+    one.place(torch.zeros(1, 3), torch.zeros(1, 3))
+    assert torch.allclose(one.log_prob(z), StandardNormal(3).log_prob(z), atol=1e-5)
+    draws = prior.sample(4000, generator=torch.Generator().manual_seed(1))
+    assert torch.equal(draws, prior.sample(4000, generator=torch.Generator().manual_seed(1)))
+    near = (draws - 5).norm(dim=1) < 2
+    assert 0.4 < near.float().mean() < 0.6  # half the draws from each component
+    cold = prior.sample(4000, temperature=0.5, generator=torch.Generator().manual_seed(1))
+    assert cold[~near].std().item() == pytest.approx(0.5 * draws[~near].std().item(), rel=0.1)
+    model = VAE(VAEConfig(latent_dim=3, channels=(4, 8, 16), prior_components=2))
+    model.prior.load_state_dict(prior.state_dict())
+    x = torch.rand(5, 1, 28, 28)
+    logits, mu, logvar, zs = model(x)
+    _, _, kl = model.loss(x, logits, mu, logvar, zs)
+    assert torch.allclose(kl, gaussian_log_density(zs, mu, logvar) - prior.log_prob(zs), atol=1e-5)
+
+
+def test_served_prior_draws_are_seeded_prefix_stable_and_n01_for_the_standard_prior():
+    """``LatentStats.prior_latents`` (what sample and every seeded point serve): for N(0, I), exactly
+    ``seeded_latents``; for a mixture, row i does not depend on n, components drawn by weight, temperature scaling
+    each component's spread around its mean."""
+    from runtime.artifacts import stats_from_arrays
+    base = {"class_names": np.array(["a"]), "class_means": np.zeros((1, 4))}
+    base |= {name: np.zeros(1) for name in ("anchor_means", "anchor_stds", "class_weights", "class_bias",
+                                             "principal_directions", "principal_std", "active_order",
+                                             "scatter_means", "scatter_labels")}
+    standard = stats_from_arrays(base)  # statistics without prior arrays: a model with N(0, I)
+    assert np.array_equal(standard.prior_latents(9, 5, 0.7), seeded_latents(9, 5, 4, 0.7))
+    mixture = stats_from_arrays(base | {"prior_means": np.array([[0.0] * 4, [10.0] * 4], np.float32),
+                                        "prior_stds": np.full((2, 4), 0.5, np.float32),
+                                        "prior_weights": np.array([0.25, 0.75])})
+    draws = mixture.prior_latents(3, 4000)
+    assert np.array_equal(draws[:10], mixture.prior_latents(3, 10)) and not np.allclose(draws[:10],
+                                                                                         mixture.prior_latents(4, 10))
+    high = draws.mean(1) > 5
+    assert 0.72 < high.mean() < 0.78
+    assert draws[high].std() == pytest.approx(0.5, rel=0.05)
+    assert mixture.prior_latents(3, 4000, 0.2)[high].std() == pytest.approx(0.1, rel=0.05)

@@ -18,7 +18,7 @@ from tests.conftest import run_module
 from training import checkpoint, data, evaluate, release, train
 from training.config import TrainConfig
 from training.errors import TrainingError
-from training.model import VAEConfig
+from training.model import VAE, StandardNormal, VAEConfig
 
 SMALL = ["--channels", "8", "16", "32", "--latent-dim", "8", "--batch-size", "64"]
 
@@ -280,3 +280,37 @@ def test_a_new_encoder_learns_on_a_fixed_decoder_then_both_train(tmp_path, datas
         train.main(["--init-decoder-from", str(trained / "final.pt"), "--channels", "8", "8", "8"])
     with pytest.raises(TrainingError, match="--init-from and --init-decoder-from exclude each other"):
         train.main(["--init-from", str(trained / "final.pt"), "--init-decoder-from", str(trained / "final.pt")])
+
+
+def test_a_learned_prior_is_fitted_to_the_posteriors_then_trained_with_the_model(tmp_path, dataset_dir, trained):
+    """--init-from a standard-prior checkpoint with --prior-components K: the mixture starts fitted to the
+    aggregate posterior (its KL beats N(0, I)'s on the same posteriors), trains on, is kept through --resume, names
+    itself in the reproducing command, and the evaluation's bounds are taken against it (IWAE <= ELBO)."""
+    parent = checkpoint.load(trained / "final.pt")
+    with pytest.raises(TrainingError, match="cannot change on --resume"):
+        train.main(["--resume", str(trained / "final.pt"), "--prior-components", "4", "--epochs", "5"])
+    init = {**parent, "init_from": None}
+    fitted = train.add_prior(init, 4, str(dataset_dir), steps=200)
+    model = VAE(VAEConfig.from_dict(fitted["model_config"]))
+    model.load_state_dict(fitted["model"])
+    x = data.load(str(dataset_dir)).test.tensor()
+    with torch.no_grad():
+        mu, logvar = model.encode(x)
+        z = mu + torch.randn(mu.shape, generator=torch.Generator().manual_seed(0)) * torch.exp(0.5 * logvar)
+        standard = StandardNormal(model.latent_dim).log_prob(z).mean()
+        assert model.prior.log_prob(z).mean() > standard  # closer to the aggregate posterior than N(0, I)
+    out = tmp_path / "prior"
+    train.main(["--out", str(out), "--init-from", str(trained / "final.pt"), "--prior-components", "4",
+                "--epochs", "3", "--data-dir", str(dataset_dir), "--device", "cpu", "--batch-size", "64"])
+    state = checkpoint.load(out / "final.pt")
+    assert state["model_config"]["prior_components"] == 4 and state["model"]["prior.means"].shape == (4, 8)
+    assert not torch.equal(state["model"]["prior.means"], fitted["model"]["prior.means"])  # trained on
+    command = release.train_command(state["train_config"], out, state["init_from"])
+    assert "--prior-components 4" in command
+    with pytest.raises(TrainingError, match="learned prior"):
+        train.main(["--init-from", str(out / "final.pt"), "--prior-components", "2", "--epochs", "5"])
+    trained_model, _ = checkpoint.load_model(out / "final.pt")
+    bounds = evaluate.elbo_and_iwae(trained_model, x[:64], k=16)
+    assert bounds["neg_iwae"] <= bounds["neg_elbo"] + 1e-6 and bounds["kl"] > 0
+    usage = evaluate.latent_usage(*trained_model.encode(x[:200]), trained_model.prior)
+    assert usage["mutual_information"] == pytest.approx(usage["kl_total"] - usage["aggregate_posterior_kl"])

@@ -30,7 +30,9 @@ def train_command(cfg: dict, out: Path, init_from: dict | None = None) -> str:
         return " ".join(["python -m training.train --out", str(out), "--init-decoder-from", init_from["path"],
                          *encoder, *flags])
     if init_from is not None:
-        return " ".join(["python -m training.train --out", str(out), "--init-from", init_from["path"], *flags])
+        added = VAEConfig.from_dict(init_from["train_config"]["model"]).prior_components != model.prior_components
+        prior = [f"--prior-components {model.prior_components}"] if added else []
+        return " ".join(["python -m training.train --out", str(out), "--init-from", init_from["path"], *prior, *flags])
     if model.latent_dim != VAEConfig.latent_dim:
         flags.append(f"--latent-dim {model.latent_dim}")
     if model.channels != VAEConfig.channels:
@@ -39,6 +41,8 @@ def train_command(cfg: dict, out: Path, init_from: dict | None = None) -> str:
         flags.append("--batch-norm")
     if model.encoder_channels:
         flags.append("--encoder-channels " + " ".join(map(str, model.encoder_channels)))
+    if model.prior_components:
+        flags.append(f"--prior-components {model.prior_components}")
     return " ".join(["python -m training.train --out", str(out), *flags])
 
 
@@ -62,7 +66,9 @@ def model_card(report: dict, state: dict, source: Path) -> str:
     e, cfg, params = report["test"], state["train_config"], report["parameters"]
     norm = ", BatchNorm after every hidden conv (folded on export)" if cfg["model"].get("batch_norm") else ""
     model = VAEConfig.from_dict(cfg["model"])
-    shape = f"{model.encoder_widths}{norm} -> Gaussian q(z|x), latent {model.latent_dim}"
+    prior = (f"a mixture of {model.prior_components} diagonal Gaussians learned with the model (its KL estimated "
+             "by Monte Carlo)" if model.prior_components else "N(0, I)")
+    shape = f"{model.encoder_widths}{norm} -> Gaussian q(z|x), latent {model.latent_dim}, prior {prior}"
     command = train_command(cfg, source.parent, state.get("init_from"))
     lineage = "".join(f"\n  {line}" for line in ancestry(state.get("init_from")))
     decay = f", cosine decay after epoch {cfg['lr_decay_start']}" if cfg.get("lr_decay_start") else " constant"
