@@ -97,8 +97,8 @@ explorer-bench: archives  ## the explorer's round trip and fps in chromium over 
 loadtest: archives  ## Locust, 50 users for 60 s, p50 gates (80 ms); starts a server if none answers (LOADTEST_ARGS)
 	$(PY) -m loadtest $(LOADTEST_ARGS)
 
-soak: archives  ## 10 minutes of mixed load on a fresh server: errors, p50 drift, memory, log folder bound (SOAK_ARGS)
-	$(PY) -m loadtest.soak $(SOAK_ARGS)
+soak: archives  ## 10 minutes of mixed load on a fresh server (HOST=kserve too): errors, p50 drift, memory, log bound (SOAK_ARGS)
+	$(PY) -m loadtest.soak --server $(HOST) $(SOAK_ARGS)
 
 gpu-bench: setup  ## the one-shot GPU benchmark into runs/gpu (docs/gpu.md; on a CPU too: GPU_BENCH_ARGS=--smoke)
 	$(PY) -m bench.gpu --out runs/gpu $(GPU_BENCH_ARGS)

@@ -169,10 +169,12 @@ def bench_server(artifact_dir: Path, references: tuple[str, ...], served: dict[s
 
 
 @contextlib.contextmanager
-def bench_kserve(artifact_dir: Path, processes: int = 0) -> Iterator[tuple[KServe, Callable]]:
-    """The KServe host with every route of ``artifact_dir``'s store (``processes``: 0, its default of one per CPU),
-    and ``serve(model, body, concurrency) -> (seconds -> Tally)``."""
-    config = ServerConfig(server="kserve", export_store=artifact_dir.parent, processes=processes).with_free_ports()
+def bench_kserve(artifact_dir: Path, processes: int = 0, batch: int = 0) -> Iterator[tuple[KServe, Callable]]:
+    """The KServe host with every route of ``artifact_dir``'s store (``processes``: 0, its default of one per CPU;
+    ``batch``: requests per inference call, 0 each route's batch size), and ``serve(model, body, concurrency) ->
+    (seconds -> Tally)``."""
+    config = ServerConfig(server="kserve", export_store=artifact_dir.parent, processes=processes,
+                          kserve_batch=batch).with_free_ports()
     with KServe(config) as host:
         def serve(model: str, body: dict, concurrency: int) -> Callable[[float], Tally]:
             return lambda s: load("127.0.0.1", config.inference_port, model, body, concurrency, s)
@@ -220,7 +222,7 @@ def images_per_request(server: TorchServe, model: str, body: dict) -> int:
 
 
 def run(artifact_dir: Path, seconds: float, concurrencies: list[int], rounds: int = 4,
-        scenarios: list[str] | None = None) -> dict:
+        scenarios: list[str] | None = None, kserve_batch: int = 0) -> dict:
     """Every scenario at every concurrency on both hosts, side by side; the target rows beside each framework's
     echo floor and the two peers, and batches of 64 beside the in-process decoder."""
     threads = worker_threads(MODELS["sample"].threads, STORE_WORKERS) * MODELS["sample"].workers
@@ -229,7 +231,7 @@ def run(artifact_dir: Path, seconds: float, concurrencies: list[int], rounds: in
     rows = []
     with contextlib.ExitStack() as stack:
         server, torchserve = stack.enter_context(bench_server(artifact_dir, ("echo",)))
-        host, kserve = stack.enter_context(bench_kserve(artifact_dir))
+        host, kserve = stack.enter_context(bench_kserve(artifact_dir, batch=kserve_batch))
         peers = {kind: stack.enter_context(peer(kind, artifact_dir)) for kind in PEERS}
         for concurrency in concurrencies:  # warm-up: every model and every server's code paths at each load
             for model, body in SCENARIOS.values():
@@ -257,6 +259,7 @@ def run(artifact_dir: Path, seconds: float, concurrencies: list[int], rounds: in
                 rows.append(row)
     return {"backend": DECODER["cpu"][0], "latent_dim": latent_dim, "in_process_threads": threads,
             "sample_workers": MODELS["sample"].workers, "kserve_processes": host.processes,
+            "kserve_batch": kserve_batch or "each route's batch size",
             "seconds_per_side": seconds, "rounds": rounds, "rows": rows}
 
 
@@ -264,7 +267,8 @@ def markdown(report: dict) -> str:
     """The side-by-side table, the floors and peers of the target rows, and the targets."""
     lines = [f"Backend {report['backend']} (latent size {report['latent_dim']}); TorchServe with "
              f"{report['sample_workers']} sample workers and one per other route, KServe host with "
-             f"{report['kserve_processes']} processes of every route; {report['seconds_per_side']:g} s per side of "
+             f"{report['kserve_processes']} processes of every route (batch: {report['kserve_batch']}); "
+             f"{report['seconds_per_side']:g} s per side of "
              f"each row in {report['rounds']} alternating slices; clients on the same machine.", "",
              "| scenario | clients | TorchServe p50 (ms) | TorchServe p99 | TorchServe req/s | KServe p50 (ms) "
              "| KServe p99 | KServe req/s | KServe p50 / TorchServe p50 | errors |", "| --- " * 10 + "|"]
@@ -320,9 +324,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 8])
     parser.add_argument("--rounds", type=int, default=4, help="alternating slices per row")
     parser.add_argument("--scenario", choices=list(SCENARIOS), action="append", help="only these (repeatable)")
+    parser.add_argument("--kserve-batch", type=int, default=0,
+                        help="the KServe host's requests per inference call (default 0: each route's; 1: none)")
     parser.add_argument("--out", type=Path, default=Path("runs/serve-bench"))
     args = parser.parse_args(argv)
-    report = run(args.artifacts, args.seconds, args.concurrency, args.rounds, args.scenario)
+    report = run(args.artifacts, args.seconds, args.concurrency, args.rounds, args.scenario, args.kserve_batch)
     text = markdown(report)
     write(report, text, args.out, "serve_bench")
     print(text)

@@ -1,11 +1,12 @@
-"""What one worker process per route costs: ``python -m bench.workers [--idle 30]``.
+"""What the serving processes cost: ``python -m bench.workers [--idle 30]``.
 
 TorchServe routes ``/predictions/<model>`` and a worker serves one model, so every route is at least one
 Python process; TorchServe's own worker code imports torch whatever the handler uses. This starts a TorchServe
-with every route (the served layout) and one with only sample and interpolate (the two routes before the
-latent-space API), waits until they are idle, and measures per worker process its resident memory (RSS), the
-memory only it holds (USS) and its proportional share (PSS), plus the CPU that workers and the JVM use while
-no request comes (``--idle`` seconds). Writes ``OUT/workers.{json,md}``.
+with every route (the served layout) and one with only sample and interpolate, and the KServe host with every
+route in one process and in its default count; waits until they are idle, and measures per serving process its
+resident memory (RSS), the memory only it holds (USS) and its proportional share (PSS), plus the CPU that the
+whole group (JVM or supervisor included) uses while no request comes (``--idle`` seconds). Writes
+``OUT/workers.{json,md}``.
 """
 
 from __future__ import annotations
@@ -21,16 +22,18 @@ import psutil
 
 from runtime import artifacts
 from serving import archive
+from serving.kserve_host import KServe
 from serving.server import TorchServe
 from serving.settings import MODELS, ServerConfig
 
 LAYOUTS = {"every route (served)": tuple(MODELS), "sample and interpolate only": ("sample", "interpolate")}
 
 
-def measure(server: TorchServe, idle: float) -> dict:
-    """Memory per worker and idle CPU of the whole group (JVM and workers)."""
+def measure(server: TorchServe | KServe, idle: float) -> dict:
+    """Memory per serving process and idle CPU of the whole group."""
     group = [p for p in psutil.process_iter() if _in_group(p, server.process.pid)]
-    workers = [p for p in group if "model_service_worker" in " ".join(p.cmdline())]
+    workers = [p for p in group if "model_service_worker" in " ".join(p.cmdline())
+               or ("serving.kserve_app" in p.cmdline() and "--processes" not in p.cmdline())]
     memory = [p.memory_full_info() for p in workers]
     cpu_before = {p.pid: sum(p.cpu_times()[:2]) for p in group}
     time.sleep(idle)
@@ -62,9 +65,15 @@ def main(argv: list[str] | None = None) -> None:
         for name, models in LAYOUTS.items():
             with TorchServe(ServerConfig(model_store=Path(store), models=models).with_free_ports()) as server:
                 time.sleep(5)  # let start-up work finish
-                rows[name] = measure(server, args.idle) | {"routes": len(models)}
+                rows[f"TorchServe, {name}"] = measure(server, args.idle) | {"routes": len(models)}
+    for processes in (1, 0):
+        config = ServerConfig(server="kserve", export_store=args.artifacts.parent, processes=processes)
+        with KServe(config.with_free_ports()) as host:
+            time.sleep(5)
+            rows[f"KServe host, {host.processes} process(es) of every route"] = measure(host, args.idle) | {
+                "routes": len(MODELS)}
     lines = [f"Idle for {args.idle:g} s after start-up; memory summed over the worker processes (MB).", "",
-             "| layout | routes | workers | RSS | PSS | USS | USS per worker | idle CPU (JVM + workers) |",
+             "| layout | routes | processes | RSS | PSS | USS | USS per process | idle CPU (whole group) |",
              "| --- | --- | --- | --- | --- | --- | --- | --- |"]
     lines += [f"| {name} | {r['routes']} | {r['workers']} | {r['rss_mb']:.0f} | {r['pss_mb']:.0f} | "
               f"{r['uss_mb']:.0f} | {r['uss_per_worker_mb']:.0f} | {r['idle_cpu_percent']:.1f}% |"

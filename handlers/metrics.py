@@ -81,6 +81,8 @@ class Recorder:
     abort the process).
     """
 
+    _process: Recorder | None = None
+
     def __init__(self, model: str, usage_interval: float = 1.0, drain_interval: float = 0.05) -> None:
         self.model, self.usage_interval, self.drain_interval = model, usage_interval, drain_interval
         self.queue: queue.SimpleQueue = queue.SimpleQueue()
@@ -89,6 +91,15 @@ class Recorder:
         self.thread = threading.Thread(target=self._run, name="fmvae-metrics", daemon=True)
         self.thread.start()
         RECORDERS.add(self)
+
+    @classmethod
+    def for_process(cls, model: str) -> Recorder:
+        """The process's one recorder, made for its first model: a host that serves every route in one process
+        (the KServe host) runs one metrics thread, and the process's CPU and memory gauges are reported once, under
+        that model's label."""
+        if cls._process is None:
+            cls._process = cls(model)
+        return cls._process
 
     def stop(self) -> None:
         """Write what was flushed, then end the thread."""

@@ -136,7 +136,7 @@ class Worker:
         self.images = metrics.IMAGES.labels(**labels)
         self.batch_requests = metrics.BATCH_REQUESTS.labels(self.model)
         self.request_images = metrics.REQUEST_IMAGES.labels(self.model)
-        self.recorder = metrics.Recorder(self.model)
+        self.recorder = metrics.Recorder.for_process(self.model)
 
     def warm_up(self) -> None:
         """One call of each network before the first request: lazy initialisation (CUDA kernels, ONNX Runtime's

@@ -1,11 +1,12 @@
 """Soak test: ``python -m loadtest.soak [--minutes 10] [--clients 8]`` (``make soak``), too long for ``make test``.
 
-Starts a TorchServe with the archives of ``make archives`` and the default log settings (logs in
-``OUT/logs``), then runs ``--clients`` keep-alive clients back to back for ``--minutes``, mixing sample (n 1, 4,
-16, 64) and interpolate (seeds, 10 steps) in png, json and npy. Per minute it records requests, errors, p50 and
-p99, the workers' resident memory (the handlers' gauge), the JVM's resident memory (its heap is bounded by
-``ServerConfig.jvm_heap_mb``) and the size of the log folder. Exits 1 when a request failed, the log folder went
-over its bound (4 files x (backups + 1) x the size cap), or the last minute's p50 is over twice the first's.
+Starts a TorchServe with the archives of ``make archives`` (``--server kserve``: the KServe host with the export
+folders) and the default log settings (logs in ``OUT/logs``), then runs ``--clients`` keep-alive clients back to
+back for ``--minutes``, mixing sample (n 1, 4, 16, 64) and interpolate (seeds, 10 steps) in png, json and npy.
+Per minute it records requests, errors, p50 and p99, the workers' resident memory (the handlers' gauge), the JVM's
+resident memory (its heap is bounded by ``ServerConfig.jvm_heap_mb``; none on the KServe host) and the size of the
+log folder. Exits 1 when a request failed, the log folder went over its bound (4 files x (backups + 1) x the size
+cap), or the last minute's p50 is over twice the first's.
 Writes ``OUT/soak.json`` and ``OUT/soak.md``.
 """
 
@@ -25,6 +26,7 @@ import numpy as np
 import psutil
 from prometheus_client.parser import text_string_to_metric_families
 
+from serving.kserve_host import KServe
 from serving.server import TorchServe
 from serving.settings import ServerConfig
 
@@ -40,8 +42,8 @@ def worker_memory(metrics_url: str) -> float:
                if s.name == "fmvae_worker_resident_memory_bytes")
 
 
-def jvm_memory(server: TorchServe) -> float:
-    """Resident memory of TorchServe's JVM, bytes."""
+def jvm_memory(server: TorchServe | KServe) -> float:
+    """Resident memory of TorchServe's JVM, bytes (0 on the KServe host, which has none)."""
     children = psutil.Process(server.process.pid).children()
     return sum(c.memory_info().rss for c in children if c.name() == "java")
 
@@ -73,7 +75,7 @@ def run(config: ServerConfig, minutes: float, clients: int) -> dict:
             with lock:
                 minute_of.append((int((start - started) // 60), time.monotonic() - start, failed))
 
-    with TorchServe(config) as server:
+    with (KServe(config) if config.server == "kserve" else TorchServe(config)) as server:
         log_dir, started = server.log_dir, time.monotonic()  # minutes count from ready
         threads = [threading.Thread(target=client, args=(i,)) for i in range(clients)]
         for t in threads:
@@ -96,7 +98,8 @@ def run(config: ServerConfig, minutes: float, clients: int) -> dict:
             "requests": len(minute_of), "errors": sum(failed for *_, failed in minute_of),
             "memory_growth": rows[-1]["worker_memory_mb"] / rows[0]["worker_memory_mb"] - 1,
             "jvm_heap_bound_mb": config.jvm_heap_mb, "jvm_memory_max_mb": max(row["jvm_memory_mb"] for row in rows),
-            "jvm_memory_growth": rows[-1]["jvm_memory_mb"] / rows[0]["jvm_memory_mb"] - 1,
+            "jvm_memory_growth": rows[-1]["jvm_memory_mb"] / rows[0]["jvm_memory_mb"] - 1 if rows[0]["jvm_memory_mb"]
+            else 0.0,
             "p50_last_over_first": rows[-1]["p50_ms"] / rows[0]["p50_ms"],
             "log_folder_max_mb": max(row["log_folder_mb"] for row in rows)}
 
@@ -123,12 +126,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--minutes", type=float, default=10.0)
     parser.add_argument("--clients", type=int, default=8)
     parser.add_argument("--out", type=Path, default=Path("runs/soak"))
+    parser.add_argument("--server", choices=("torchserve", "kserve"), default=ServerConfig.server, help="the host")
     parser.add_argument("--jvm-heap-mb", type=int, default=ServerConfig.jvm_heap_mb,
                         help="the JVM's heap bound (default %(default)d; 0: none, the JVM's default)")
     args = parser.parse_args(argv)
     out = args.out / datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
     out.mkdir(parents=True, exist_ok=True)
-    config = ServerConfig(log_dir=out / "logs", jvm_heap_mb=args.jvm_heap_mb).with_free_ports()
+    config = ServerConfig(server=args.server, log_dir=out / "logs", jvm_heap_mb=args.jvm_heap_mb).with_free_ports()
     report = run(config, args.minutes, args.clients)
     text = markdown(report)
     (out / "soak.json").write_text(json.dumps(report, indent=2) + "\n")

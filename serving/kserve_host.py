@@ -205,7 +205,7 @@ class KServe:
         started = time.monotonic()
         listener.drop_new_connections(self.sock)
         time.sleep(listener.ACCEPT_WAIT_S)  # the processes accept what is already queued
-        os.killpg(self.process.pid, signal.SIGTERM)  # each closes its listener and drains its connections
+        self.process.send_signal(signal.SIGTERM)  # the supervisor tells each process: close the listener, drain
         self.sock.close()  # the socket goes once every process has closed its copy
         deadline = started + self.config.drain_timeout
         while self.process.poll() is None and time.monotonic() < deadline and not self.hurry.is_set():

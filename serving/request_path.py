@@ -54,7 +54,10 @@ class Lane:
         try:
             while self.waiting:
                 batch = [self.waiting.popleft() for _ in range(min(self.batch_size, len(self.waiting)))]
-                replies = await loop.run_in_executor(self.executor, self.service.answer, [b for b, _ in batch])
+                try:
+                    replies = await loop.run_in_executor(self.executor, self.service.answer, [b for b, _ in batch])
+                except Exception as e:  # answer() fails requests one by one; this is a last resort, never a hang
+                    replies = [error_reply(RequestError("body", "internal", f"internal error: {e}", 500))] * len(batch)
                 for (_, future), reply in zip(batch, replies, strict=True):
                     if not future.done():
                         future.set_result(reply)

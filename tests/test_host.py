@@ -4,6 +4,7 @@ the log folder check, gRPC kept on loopback unless asked for, and the key client
 from __future__ import annotations
 
 import io
+import json
 import os
 import socket
 import subprocess
@@ -157,3 +158,60 @@ def test_closing_a_child_process_listener_refuses_new_connections_and_keeps_open
     finally:
         child.kill()
         child.wait()
+
+
+def test_a_lane_batches_what_waits_and_refuses_beyond_its_bound():
+    """The KServe host's route queue: requests that wait go in calls of at most the batch size, in order; beyond the
+    queue's bound (traverse's: 7) a request gets 503 overloaded with Retry-After at once; a failing call fails its
+    batch with 500s and the lane goes on."""
+    import asyncio
+    from concurrent.futures import ThreadPoolExecutor
+    from types import SimpleNamespace
+
+    from handlers.service import Reply
+    from serving.request_path import Lane
+    from serving.settings import MODELS
+
+    calls: list[list[bytes]] = []
+
+    class Service:
+        worker = SimpleNamespace(model="traverse", identity="build")
+
+        def answer(self, bodies: list[bytes]) -> list[Reply]:
+            calls.append(bodies)
+            if b"boom" in bodies:
+                raise RuntimeError("boom")
+            time.sleep(0.02)
+            return [Reply(200, body, "application/json", {}) for body in bodies]
+
+    async def burst() -> list[Reply]:
+        lane = Lane(Service(), MODELS["traverse"], 4, ThreadPoolExecutor(1))
+        first = await asyncio.gather(*(lane.submit(str(i).encode()) for i in range(12)))
+        failed = await lane.submit(b"boom")
+        return [*first, failed, await lane.submit(b"after")]
+
+    replies = asyncio.run(burst())
+    assert MODELS["traverse"].job_queue_size == 7
+    assert [r.status for r in replies[:12]] == [200] * 7 + [503] * 5
+    assert [r.body for r in replies[:7]] == [str(i).encode() for i in range(7)]
+    assert [len(c) for c in calls[:2]] == [4, 3]
+    refused = json.loads(replies[7].body)
+    assert refused["reason"] == "overloaded" and replies[7].headers["Retry-After"] == "1"
+    assert replies[12].status == 500 and replies[13].status == 200
+
+
+def test_the_launchers_flags_are_the_settings_fields():
+    """Every ServerConfig field is a flag of `python -m serving`, named after it, with its help and default: the
+    command line is derived from the settings, never restated (a new field is a new flag)."""
+    from dataclasses import fields
+
+    from serving.__main__ import config_of, parser
+    cli = parser()
+    flags = {a.dest: a for a in cli._actions if a.dest != "help"}
+    assert set(flags) == {f.name for f in fields(ServerConfig)}
+    assert all(a.help for a in flags.values())
+    assert config_of(cli.parse_args([])) == ServerConfig(log_dir=Path("runs/serve/logs"))
+    given = config_of(cli.parse_args(["--server", "kserve", "--processes", "3", "--no-explorer", "--token-auth",
+                                      "--log-max-mb", "2.5", "--models", "sample", "decode2d"]))
+    assert (given.server, given.processes, given.explorer, given.token_auth) == ("kserve", 3, False, True)
+    assert given.log_max_bytes == int(2.5 * 2**20) and given.models == ("sample", "decode2d")
