@@ -152,10 +152,11 @@ def main(argv: list[str] | None = None) -> int:
         say(f"error: {e}")
         server.stop(drain=False)
         return 1
-    renewal = ("they do not expire" if kserve else f"renewed every {server.renewer.interval / 60:.3g} min (read "
-               "the inference key for each request; on 400 InvalidKeyException read it again and retry once)")
-    auth = (f"on: keys in {server.key_file}, {renewal}; send 'Authorization: Bearer <inference key>'"
-            if config.token_auth else f"off (listening on {config.host}; the container turns it on)")
+    auth = f"off (listening on {config.host}; the container turns it on)"
+    if config.token_auth:
+        renewal = ("they do not expire" if kserve else f"renewed every {server.renewer.interval / 60:.3g} min (read "
+                   "the inference key for each request; on 400 InvalidKeyException read it again and retry once)")
+        auth = f"on: keys in {server.key_file}, {renewal}; send 'Authorization: Bearer <inference key>'"
     metrics = f"{server.url}/metrics (KServe)" if kserve else f"{server.torchserve_metrics_url} (TorchServe)"
     say(f"ready: {', '.join(config.models)}\n"
         f"  curl -s -X POST {server.url}/predictions/sample -H 'Content-Type: application/json' "
