@@ -1,0 +1,163 @@
+"""The load test's users as clients of the service: they follow the retry rule (serving/retry.py) and send each
+route a body of its own model. Driven against a stand-in server whose answers each test scripts; Locust runs in
+a subprocess, since importing it monkey-patches the process with gevent."""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from serving import retry
+from serving.routes import EXPORT_2D, PATH_PREFIX, ROUTES
+
+DIMS = {"sample": 64, "sample2d": 2}  # the stand-in's samplers and their models' latent sizes
+PNG = base64.b64encode((lambda b: (Image.new("L", (28, 28)).save(b, "PNG"), b.getvalue())[1])(io.BytesIO())).decode()
+
+DRIVER = """
+import json, sys
+from locust.env import Environment
+import loadtest.locustfile as f
+from serving.routes import ROUTES
+
+host, calls = sys.argv[1], json.loads(sys.argv[2])
+f.ServiceUser.host = host
+env = Environment(user_classes=[f.ServiceUser], host=host)
+events = []
+env.events.request.add_listener(lambda name, exception, **kw: events.append([name, exception is None]))
+user = f.ServiceUser(env)
+user.on_start()
+for name in calls:
+    user.call(name, ROUTES[name])
+print(json.dumps(events))
+"""
+
+
+class StandIn(ThreadingHTTPServer):
+    """Answers each route with its scripted statuses (or [status, message]) in turn, then 200s: a json sample
+    for the samplers, an empty json answer otherwise. Keeps every body it was sent."""
+
+    def __init__(self) -> None:
+        super().__init__(("127.0.0.1", 0), Handler)
+        self.script: dict[str, list] = {}
+        self.bodies: list[tuple[str, dict]] = []
+
+
+class Handler(BaseHTTPRequestHandler):
+    server: StandIn
+
+    def do_POST(self) -> None:  # noqa: N802 (http.server's name)
+        route = self.path.removeprefix(PATH_PREFIX)
+        self.server.bodies.append((route, json.loads(self.rfile.read(int(self.headers["Content-Length"])))))
+        statuses = self.server.script.get(route, [])
+        entry = statuses.pop(0) if statuses else 200
+        status, message = entry if isinstance(entry, list) else (entry, "scripted")
+        if status == 200 and route in DIMS:
+            body = json.dumps({"images": [PNG, PNG], "latents": np.zeros((2, DIMS[route])).tolist()}).encode()
+        elif status == 200:
+            body = b"{}"
+        else:
+            body = json.dumps({"code": status, "reason": "scripted", "message": message, "field": None}).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        if status == 503:
+            self.send_header("Retry-After", "0")
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+@pytest.fixture
+def stand_in() -> Iterator[StandIn]:
+    server = StandIn()
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield server
+    server.shutdown()
+    server.server_close()
+    thread.join(5)
+
+
+def drive(server: StandIn, *calls: str) -> list[list]:
+    """Locust's request events ([name, succeeded]) of one user making ``calls`` against the stand-in."""
+    url = f"http://127.0.0.1:{server.server_address[1]}"
+    done = subprocess.run([sys.executable, "-c", DRIVER, url, json.dumps(calls)], capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 0, done.stderr
+    return json.loads(done.stdout.splitlines()[-1])
+
+
+def test_busy_answers_are_retried_and_reported_apart_from_the_route(stand_in):
+    stand_in.script = {"sample2d": [503, 507], "decode2d": [503, 503]}
+    events = drive(stand_in, "decode2d")
+    assert events == [["setup (retried)", True], ["setup (retried)", True], ["setup", True],
+                      ["decode2d (retried)", True], ["decode2d (retried)", True], ["decode2d", True]]
+    sent = [body for route, body in stand_in.bodies if route == "decode2d"]
+    assert len(sent) == 3 and all(body == sent[0] for body in sent)  # the same request each time
+
+
+def test_a_worker_that_died_is_retried_and_a_bad_request_is_not(stand_in):
+    stand_in.script = {"decode": [[500, "Worker died."]]}  # TorchServe's words when a worker process died
+    assert drive(stand_in, "decode") == [["setup", True], ["decode (retried)", True], ["decode", True]]
+    stand_in.script = {"decode": [[500, "internal"]]}
+    assert drive(stand_in, "decode") == [["setup", True], ["decode", False]]
+    stand_in.script = {"decode": [400]}
+    assert drive(stand_in, "decode") == [["setup", True], ["decode", False]]
+
+
+def test_a_request_still_refused_after_its_retries_is_a_failure(stand_in):
+    stand_in.script = {"sample": [503] * retry.ATTEMPTS}
+    events = drive(stand_in, "sample")
+    assert events == [["setup (retried)", True]] * (retry.ATTEMPTS - 1) + [["setup", False]]
+    assert [route for route, _ in stand_in.bodies] == ["sample"] * retry.ATTEMPTS  # no request without a model
+
+
+def test_every_body_is_of_its_routes_model_even_when_a_setup_failed(stand_in):
+    stand_in.script = {"sample2d": [500]}  # the 2-d model's setup fails once, not retried
+    drive(stand_in, "decode2d", "decode", "decode2d", *ROUTES)
+    sent = {route: [] for route in ROUTES}
+    for route, body in stand_in.bodies:
+        sent[route].append(body)
+    assert sent["decode2d"] and all(len(b["latents"][0]) == DIMS["sample2d"] for b in sent["decode2d"])
+    assert sent["decode"] and all(len(b["latents"][0]) == DIMS["sample"] for b in sent["decode"])
+    for route, bodies in sent.items():  # latents anywhere in a body are of the route's model
+        dim = DIMS["sample2d" if ROUTES[route].export == EXPORT_2D else "sample"]
+        for body in bodies:
+            for latent in latents(body):
+                assert len(latent) == dim, (route, body)
+
+
+def latents(value: object) -> Iterator[list]:
+    """Every latent vector in a request body (a list of numbers under a "latent" or in "latents")."""
+    if isinstance(value, dict):
+        for key, item in value.items():
+            if key == "latent":
+                yield item
+            elif key == "latents":
+                yield from item
+            else:
+                yield from latents(item)
+    elif isinstance(value, list):
+        for item in value:
+            yield from latents(item)
+
+
+def test_the_backoff_grows_honours_retry_after_and_is_jittered():
+    first = [retry.backoff(0) for _ in range(200)]
+    assert min(first) >= retry.BASE_S and max(first) <= 1.5 * retry.BASE_S and len(set(first)) > 100
+    assert min(retry.backoff(3) for _ in range(50)) >= 8 * retry.BASE_S
+    assert min(retry.backoff(0, "1") for _ in range(50)) >= 1.0
+    assert max(retry.backoff(20, "100") for _ in range(50)) == retry.CAP_S
+    assert retry.retryable(500, b'{"message": "Worker died."}') and not retry.retryable(500, b"{}")
