@@ -1,7 +1,7 @@
 """The lock files, with hashes: ``python -m deploy.lock`` (``make lock``) writes them, ``make setup`` and the image
 install from them, and ``tests/test_lock.py`` fails when one no longer follows what it was compiled from.
 
-- ``requirements.lock``: the venv (``pyproject.toml``'s dependencies and its ``dev`` extra), every package pinned
+- ``requirements.lock``: the venv (``pyproject.toml``'s dependencies and every extra), every package pinned
   with its hashes (``pip-compile --generate-hashes``; torch is the 2.13.0 CPU wheel on this machine's disk).
 - ``deploy/requirements-serve.lock``: the image (``deploy/requirements-serve.txt`` with torch and onnxruntime for
   the CPU image), without the two; ``deploy/requirements-cpu.lock``: those two, for the CPU image. The GPU image
@@ -28,14 +28,23 @@ VENV_LOCK = ROOT / "requirements.lock"
 SERVE_IN = ROOT / "deploy" / "requirements-serve.txt"
 SERVE_LOCK = ROOT / "deploy" / "requirements-serve.lock"
 CPU_LOCK = ROOT / "deploy" / "requirements-cpu.lock"
-IMAGE_RUNTIMES = ("torch==2.13.0", "onnxruntime==1.31.1")  # the CPU image's; the GPU image pins its own
 SOURCE_LINE = "# compiled from: sha256 "
 
 
 def pyproject_requirements() -> list[str]:
-    """What the venv lock is compiled from: the project's dependencies and its dev extra."""
+    """What the venv lock is compiled from: the project's dependencies and every extra (``make setup``)."""
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
-    return [*project["dependencies"], *project["optional-dependencies"]["dev"]]
+    extras = project["optional-dependencies"]
+    return list(dict.fromkeys([*project["dependencies"], *(r for name in sorted(extras) for r in extras[name])]))
+
+
+def runtime_pin(name: str) -> str:
+    """``pyproject.toml``'s exact pin of ``name`` (torch, onnxruntime): the venv's, so the images'."""
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    return next(r for r in project["dependencies"] if r.startswith(f"{name}=="))
+
+
+IMAGE_RUNTIMES = (runtime_pin("torch"), runtime_pin("onnxruntime"))  # the CPU image's; the GPU image pins its own
 
 
 def source_digest(requirements: list[str]) -> str:

@@ -14,6 +14,7 @@ import kubernetes_validate
 import pytest
 import yaml
 
+from deploy import lock
 from runtime.artifacts import ARTIFACT_DIR
 from runtime.manifest import Manifest
 from serving.__main__ import parser
@@ -114,6 +115,15 @@ def test_serving_requirements_follow_pyproject():
     onnxruntime = re.search(r"^onnxruntime==(\S+)", cpu_lock, re.M).group(1)
     assert f"onnxruntime-gpu=={onnxruntime}" in install  # the same ONNX Runtime in both images
     assert "--require-hashes" in install
+
+
+def test_one_onnxruntime_gates_the_exports_and_runs_in_the_images():
+    """The venv's pin (pyproject.toml) is the images' ONNX Runtime, and each committed export was gated on it."""
+    pin = lock.runtime_pin("onnxruntime").removeprefix("onnxruntime==")
+    assert f"onnxruntime=={pin}" in lock.IMAGE_RUNTIMES
+    assert f"onnxruntime-gpu=={pin}" in next(args for name, args in DOCKERFILE if name == "RUN" and "lock" in args)
+    for export in sorted({route.export for route in ROUTES.values()}):
+        assert Manifest.read(ROOT / "model_store" / export).versions["onnxruntime"] == pin, f"re-export {export}"
 
 
 def test_compose_stack_references_existing_files():
