@@ -7,7 +7,8 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 RUN ?= runs/train
 CHECKPOINT ?= $(RUN)/final.pt
-RELEASE_RUN ?= runs/release
+RELEASE_RUN ?= runs/release-prior
+RELEASE_ENCODER ?= runs/release
 RELEASE_LONG ?= runs/release-long
 RELEASE_BASE ?= runs/release-60
 SWEEP ?=
@@ -64,13 +65,16 @@ classifier: setup  ## train the feature classifier used by evaluate/export (mode
 evaluate: setup  ## evaluate CHECKPOINT (default runs/train/final.pt): report.md, report.json, figures beside it
 	$(PY) -m training.evaluate $(CHECKPOINT) $(EVAL_ARGS)
 
-release: setup  ## train the release's three runs if needed (RELEASE_BASE, RELEASE_LONG, RELEASE_RUN: docs/model.md), then publish RELEASE_RUN to model_store/release with report and model card
-	[ -f $(RELEASE_RUN)/final.pt ] || [ -f $(RELEASE_LONG)/final.pt ] || [ -f $(RELEASE_BASE)/final.pt ] || \
-		$(PY) -m training.train --out $(RELEASE_BASE) --lr-decay-start 30
-	[ -f $(RELEASE_RUN)/final.pt ] || [ -f $(RELEASE_LONG)/final.pt ] || \
+release: setup  ## train the release's four runs if needed (RELEASE_BASE, RELEASE_LONG, RELEASE_ENCODER, RELEASE_RUN: docs/model.md), then publish RELEASE_RUN to model_store/release with report and model card
+	[ -f $(RELEASE_RUN)/final.pt ] || [ -f $(RELEASE_ENCODER)/final.pt ] || [ -f $(RELEASE_LONG)/final.pt ] || \
+		[ -f $(RELEASE_BASE)/final.pt ] || $(PY) -m training.train --out $(RELEASE_BASE) --lr-decay-start 30
+	[ -f $(RELEASE_RUN)/final.pt ] || [ -f $(RELEASE_ENCODER)/final.pt ] || [ -f $(RELEASE_LONG)/final.pt ] || \
 		$(PY) -m training.train --out $(RELEASE_LONG) --init-from $(RELEASE_BASE)/final.pt --epochs 85 --lr 3e-4 --lr-decay-start 60
-	[ -f $(RELEASE_RUN)/final.pt ] || $(PY) -m training.train --out $(RELEASE_RUN) --init-decoder-from $(RELEASE_LONG)/final.pt \
-		--encoder-channels 64 128 256 --freeze-decoder-epochs 15 --epochs 40 --lr 5e-4 --lr-decay-start 15 --checkpoint-every 5
+	[ -f $(RELEASE_RUN)/final.pt ] || [ -f $(RELEASE_ENCODER)/final.pt ] || $(PY) -m training.train --out $(RELEASE_ENCODER) \
+		--init-decoder-from $(RELEASE_LONG)/final.pt --encoder-channels 64 128 256 --freeze-decoder-epochs 15 --epochs 40 \
+		--lr 5e-4 --lr-decay-start 15 --checkpoint-every 5
+	[ -f $(RELEASE_RUN)/final.pt ] || $(PY) -m training.train --out $(RELEASE_RUN) --init-from $(RELEASE_ENCODER)/final.pt \
+		--prior-components 512 --epochs 60 --lr 3e-4 --lr-decay-start 45 --checkpoint-every 5
 	$(PY) -m training.release $(RELEASE_RUN)/final.pt
 
 export: setup  ## released models -> quantized decoders, parity gate, model_store/export{,-2d}/ (CHECKPOINT=, EXPORT_NAME=)
