@@ -92,7 +92,7 @@ bench: setup  ## decoder speed per artifact vs fp32 eager (runs/bench/decoders.j
 serve: archives  ## TorchServe on 127.0.0.1:8080 with every route (HOST=kserve: KServe's ModelServer), the explorer on :8084; metrics on :8083
 	$(PY) -m serving --server $(HOST) --model-store $(ARCHIVES) $(SERVE_ARGS)
 
-serve-bench: setup  ## serving latency/throughput vs an echo handler in the same TorchServe (runs/serve-bench)
+serve-bench: setup  ## both hosts side by side with their echo floors and the 40-line peers (runs/serve-bench)
 	$(PY) -m bench.serving --out runs/serve-bench $(SERVE_BENCH_ARGS)
 
 explorer-bench: archives  ## the explorer's round trip and fps in chromium over scripted drags (runs/bench/explorer.json)
