@@ -1,8 +1,9 @@
-"""TorchServe handler of ``reconstruct``: images to their reconstructions, with reconstruction error and KL.
+"""The ``reconstruct`` worker: images to their reconstructions, with reconstruction error and KL.
 
 The reconstruction is the decoded posterior mean. The error is the evaluation report's recon term for the image:
 the Bernoulli negative log-likelihood (BCE summed over pixels, nats) averaged over ``samples`` posterior draws,
-all decoded in the batch's one decoder call. Request and response: ``ReconstructRequest`` in openapi.yaml.
+all decoded in the batch's one decoder call; the KL is to the model's prior (analytic for N(0, I), over the same
+draws for a learned one). Request and response: ``ReconstructRequest`` in openapi.yaml.
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 
 from handlers.service import Answer, Plan, Service, Worker, images_of
-from runtime.latent import seeded_latents
+from runtime.latent import kl_to_prior, seeded_latents
 
 ROW = 8  # png: rows of up to 8 inputs, each above its reconstruction
 
@@ -32,7 +33,7 @@ def plan(request: dict, worker: Worker) -> Plan:
     def finish(logits: np.ndarray) -> Answer:
         recon = images_of(logits[:n])
         error = bce_nats(logits[n:].reshape(n, draws, -1), x.reshape(n, 1, -1).astype(np.float64)).mean(1)
-        kl = -0.5 * (1 + logvar - mu ** 2 - np.exp(logvar)).astype(np.float64).sum(1)
+        kl = kl_to_prior(worker.stats, mu, logvar, z)
         cols = min(n, ROW)
 
         def row(images: np.ndarray) -> np.ndarray:  # a short last row padded with white

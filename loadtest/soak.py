@@ -106,16 +106,18 @@ def run(config: ServerConfig, minutes: float, clients: int) -> dict:
 
 def markdown(report: dict) -> str:
     heap = f"{report['jvm_heap_bound_mb']} MB" if report["jvm_heap_bound_mb"] else "none"
+    jvm = (f"; JVM memory at most {report['jvm_memory_max_mb']:.0f} MB ({report['jvm_memory_growth']:+.1%}, heap "
+           f"bound {heap})" if report["jvm_memory_max_mb"] else "")  # the KServe host has no JVM
     lines = [f"{report['clients']} clients for {report['minutes']:g} min: {report['requests']:,} requests, "
              f"{report['errors']} errors; worker memory {report['memory_growth']:+.1%} from the first minute to "
-             f"the last; JVM memory at most {report['jvm_memory_max_mb']:.0f} MB ({report['jvm_memory_growth']:+.1%}, "
-             f"heap bound {heap}); p50 last / first minute "
+             f"the last{jvm}; p50 last / first minute "
              f"{report['p50_last_over_first']:.2f}; log folder at most "
              f"{report['log_folder_max_mb']:.2f} MB (bound {report['log_bound_mb']:.0f} MB).", "",
              "| minute | requests | errors | p50 (ms) | p99 (ms) | worker memory (MB) | JVM memory (MB) | "
              "log folder (MB) |", "| --- | --- | --- | --- | --- | --- | --- | --- |"]
     lines += [f"| {r['minute']} | {r['requests']} | {r['errors']} | {r['p50_ms']:.2f} | {r['p99_ms']:.2f} | "
-              f"{r['worker_memory_mb']:.0f} | {r['jvm_memory_mb']:.0f} | {r['log_folder_mb']:.3f} |"
+              f"{r['worker_memory_mb']:.0f} | {r['jvm_memory_mb'] and round(r['jvm_memory_mb']) or '-'} | "
+              f"{r['log_folder_mb']:.3f} |"
               for r in report["rows"]]
     return "\n".join(lines)
 

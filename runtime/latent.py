@@ -1,9 +1,15 @@
 """Points and paths in latent space, in numpy: seeded draws from the prior, interpolation (lerp, slerp,
-constant norm) and random walks. Training calls them too, on CPU copies of its tensors."""
+constant norm), random walks, and a mixture prior's density and KL. Training calls them too, on CPU copies of its
+tensors."""
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
+
+if TYPE_CHECKING:  # runtime.artifacts imports this module
+    from runtime.artifacts import LatentStats
 
 _LATENT_RNG = np.random.Generator(np.random.Philox(key=0))
 _NO_COUNTER = np.zeros(4, np.uint64)
@@ -77,3 +83,30 @@ def walk(start: np.ndarray, steps: np.ndarray, project: bool = False) -> np.ndar
     for step in steps:
         points.append(onto_shell(points[-1] + step))
     return np.stack(points)
+
+
+def prior_log_density(means: np.ndarray, stds: np.ndarray, weights: np.ndarray, z: np.ndarray) -> np.ndarray:
+    """log p(z) for latents (..., D) under a mixture of diagonal Gaussians (``means``, ``stds`` (K, D),
+    ``weights`` (K,)), in float64: a log-sum-exp over the components, whose Gaussian terms come from two matrix
+    products."""
+    flat = z.reshape(-1, z.shape[-1]).astype(np.float64)
+    means, stds = means.astype(np.float64), stds.astype(np.float64)
+    inv_var = stds ** -2  # (K, D)
+    const = (-0.5 * (np.log(2 * np.pi) * flat.shape[1] + (means ** 2 * inv_var).sum(1)) - np.log(stds).sum(1)
+             + np.log(weights))
+    terms = const - 0.5 * (flat ** 2 @ inv_var.T) + flat @ (means * inv_var).T  # (N, K)
+    top = terms.max(1, keepdims=True)
+    return (top[:, 0] + np.log(np.exp(terms - top).sum(1))).reshape(z.shape[:-1])
+
+
+def kl_to_prior(stats: LatentStats, mu: np.ndarray, logvar: np.ndarray, z: np.ndarray) -> np.ndarray:
+    """KL(q(z|x) || p(z)) per image (N,), nats, for posteriors (N, D) and their draws z (N, S, D) against the
+    model's prior in ``stats``: analytic for N(0, I), else the Monte Carlo mean of log q(z|x) - log p(z) over the
+    S draws (the evaluation's estimate)."""
+    mu, logvar = mu.astype(np.float64), logvar.astype(np.float64)
+    if len(stats.prior_weights) == 1 and not stats.prior_means.any() and (stats.prior_stds == 1).all():
+        return -0.5 * (1 + logvar - mu ** 2 - np.exp(logvar)).sum(1)
+    z = z.astype(np.float64)
+    log_q = -0.5 * (np.log(2 * np.pi) + logvar[:, None] + (z - mu[:, None]) ** 2 * np.exp(-logvar)[:, None]).sum(-1)
+    log_p = prior_log_density(stats.prior_means, stats.prior_stds, stats.prior_weights, z)
+    return (log_q - log_p).mean(1)

@@ -39,7 +39,7 @@ OPERATIONS = {
     "interpolate": Operation(images=True, stats=True, default_images=10),
     "encode": Operation(images=True, stats=True, default_images=1),  # class probabilities in json answers
     "decode": Operation(images=False, stats=True, default_images=1),
-    "reconstruct": Operation(images=True, stats=False, default_images=17),  # the mean and 16 posterior draws
+    "reconstruct": Operation(images=True, stats=True, default_images=17),  # the mean and 16 draws; KL to the prior
     "traverse": Operation(images=True, stats=True, default_images=72),  # 8 dimensions x 9 steps
     "edit": Operation(images=True, stats=True, default_images=1),
     "analogy": Operation(images=True, stats=True, default_images=4),

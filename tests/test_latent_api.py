@@ -8,6 +8,7 @@ import json
 
 import numpy as np
 import pytest
+import torch
 import yaml
 from jsonschema import Draft202012Validator
 from PIL import Image
@@ -18,7 +19,9 @@ from runtime.latent import interpolate, seeded_latents
 from serving.client import http_json
 from serving.routes import OPENAPI
 from tests.conftest import ARTIFACTS, LATENT, b64png, fast_check_passes, npy, png, post
+from training.checkpoint import load, load_model
 from training.data import CLASS_NAMES
+from training.model import gaussian_log_density
 
 STATS = artifacts.read_stats(ARTIFACTS / artifacts.STATS)
 GOOD_IMAGE = b64png(np.full((28, 28), 40, np.uint8))
@@ -100,8 +103,13 @@ def test_reconstruct_reports_the_recon_term_and_kl(api):
     logits = DECODER(z.astype(np.float32)).reshape(10, 4, -1).astype(np.float64)
     target = x.reshape(10, 1, -1)
     bce = (np.maximum(logits, 0) - logits * target + np.log1p(np.exp(-np.abs(logits)))).sum(-1).mean(1)
-    kl = -0.5 * (1 + logvar - mu ** 2 - np.exp(logvar)).sum(1)
-    assert np.allclose(reply["recon_error"], bce, rtol=1e-4) and np.allclose(reply["kl"], kl, rtol=1e-4)
+    model, _ = load_model(ARTIFACTS.parent / "release" / "vae.pt")  # the KL to the model's own (mixture) prior
+    with torch.no_grad():
+        zt = torch.from_numpy(z.reshape(10, 4, LATENT)).float()
+        log_q = gaussian_log_density(zt, torch.from_numpy(mu)[:, None], torch.from_numpy(logvar)[:, None])
+        kl = (log_q - model.prior.log_prob(zt)).mean(1).numpy()
+    assert np.allclose(reply["recon_error"], bce, rtol=1e-4) and np.allclose(reply["kl"], kl, rtol=1e-4, atol=1e-3)
+    assert not np.allclose(kl, -0.5 * (1 + logvar - mu ** 2 - np.exp(logvar)).sum(1), atol=0.5)  # not N(0, I)'s
     assert 50 < np.mean(bce) < 784 * np.log(2)  # nats: better than a coin per pixel
     recon = npy(post(api, "reconstruct", {"images": texts, "format": "npy"})[2])
     assert np.allclose(recon, images_of(DECODER(mu)), atol=1e-5)  # the decoded posterior mean
@@ -112,7 +120,7 @@ def test_reconstruct_reports_the_recon_term_and_kl(api):
 
 
 def test_traverse_walks_the_named_directions(api):
-    start = seeded_latents(4, 1, LATENT)[0]
+    start = STATS.prior_latents(4, 1)[0]  # a seed's point: the model's prior draw
     reply = json_reply(api, "traverse", {"start": {"seed": 4}, "range": [-2, 2], "steps": 5})
     z = np.array(reply["latents"]).reshape(-1, 5, LATENT)
     default = [int(d) for d in STATS.active_order[:8]]
@@ -144,7 +152,7 @@ def test_edit_moves_between_class_means_and_strength_zero_is_the_reconstruction(
 def test_an_auto_edit_stops_where_the_class_model_reaches_the_target(api):
     stopped_inside = 0
     for seed in range(12):
-        start = seeded_latents(seed, 1, LATENT)[0]
+        start = STATS.prior_latents(seed, 1)[0]
         reply = json_reply(api, "edit", {"start": {"seed": seed}, "to": "Bag", "target_probability": 0.9})
         (fraction,), (reached,) = reply["strengths"], reply["reached"]
         anchor = STATS.nearest_anchor(8, start[None])[0]
@@ -193,7 +201,7 @@ def test_the_named_openapi_examples_answer(api):
 def test_analogy_adds_the_difference(api):
     body = {"a": {"class": "Sneaker"}, "b": {"class": "Ankle boot"}, "c": {"seed": 5}}
     z = np.array(json_reply(api, "analogy", body)["latents"])
-    assert np.allclose(z[:3], [STATS.class_means[7], STATS.class_means[9], seeded_latents(5, 1, LATENT)[0]], atol=1e-5)
+    assert np.allclose(z[:3], [STATS.class_means[7], STATS.class_means[9], STATS.prior_latents(5, 1)[0]], atol=1e-5)
     assert np.allclose(z[3], z[2] + z[1] - z[0], atol=1e-5)
     assert png(post(api, "analogy", body)[2]).shape == (32, 2 + 4 * 30)
 
@@ -222,11 +230,34 @@ def test_sample_by_class_draws_anchors_posteriors_and_around_a_point(api):
     anchors = STATS.anchor_means[1][pick]
     assert np.allclose(np.array(hot["latents"]) - anchors, 2 * (np.array(reply["latents"]) - anchors), atol=1e-5)
     around = json_reply(api, "sample", {"n": 3, "seed": 6, "around": {"seed": 11}, "sigma": 0.2})
-    assert np.allclose(around["latents"], seeded_latents(11, 1, LATENT)[0] + 0.2 * seeded_latents(6, 3, LATENT),
+    assert np.allclose(around["latents"], STATS.prior_latents(11, 1)[0] + 0.2 * seeded_latents(6, 3, LATENT),
                        atol=1e-5)
     default_sigma = json_reply(api, "sample", {"n": 1, "seed": 6, "around": {"seed": 11}})
     assert np.allclose(default_sigma["latents"][0],
-                       seeded_latents(11, 1, LATENT)[0] + 0.5 * seeded_latents(6, 1, LATENT)[0], atol=1e-5)
+                       STATS.prior_latents(11, 1)[0] + 0.5 * seeded_latents(6, 1, LATENT)[0], atol=1e-5)
+
+
+def test_sample_draws_from_the_released_models_learned_prior(api):
+    """The 64-d export's statistics carry the release's mixture prior, and sample serves its seeded draws: the same
+    seed the same latents, a seed's first images whatever n, temperature scaling each draw's spread around its
+    component's mean (the component drawn does not depend on the temperature)."""
+    checkpoint = load(ARTIFACTS.parent / "release" / "vae.pt")
+    prior = {k.removeprefix("prior."): v.double().numpy() for k, v in checkpoint["model"].items()
+             if k.startswith("prior.")}
+    assert len(STATS.prior_weights) == checkpoint["model_config"]["prior_components"] == 512
+    assert np.allclose(STATS.prior_means, prior["means"], atol=1e-6)
+    assert np.allclose(STATS.prior_stds, np.exp(0.5 * prior["logvars"]), rtol=1e-5)
+    weights = np.exp(prior["logits"] - prior["logits"].max())
+    assert np.allclose(STATS.prior_weights, weights / weights.sum(), atol=1e-6)
+    reply = json_reply(api, "sample", {"n": 6, "seed": 3})
+    assert np.allclose(reply["latents"], STATS.prior_latents(3, 6), atol=1e-5)
+    assert np.allclose(json_reply(api, "sample", {"n": 2, "seed": 3})["latents"], reply["latents"][:2], atol=1e-6)
+    cold = np.array(json_reply(api, "sample", {"n": 6, "seed": 3, "temperature": 0.5})["latents"])
+    assert np.allclose(cold, STATS.prior_latents(3, 6, 0.5), atol=1e-5)
+    hot = np.array(reply["latents"])
+    nearest = np.argmin(((STATS.prior_means[None] - (2 * cold - hot)[:, None]) ** 2).sum(-1), axis=1)
+    assert np.allclose(2 * cold - hot, STATS.prior_means[nearest], atol=1e-4)  # 2 (m + s e / 2) - (m + s e) = m
+    assert len(set(nearest)) > 1 and np.abs(STATS.prior_means[nearest]).max() > 0.5  # components, not N(0, I)'s 0
 
 
 def test_interpolate_between_classes_with_constant_norm_and_as_a_gif(api):

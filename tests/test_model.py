@@ -145,3 +145,32 @@ def test_served_prior_draws_are_seeded_prefix_stable_and_n01_for_the_standard_pr
     assert 0.72 < high.mean() < 0.78
     assert draws[high].std() == pytest.approx(0.5, rel=0.05)
     assert mixture.prior_latents(3, 4000, 0.2)[high].std() == pytest.approx(0.1, rel=0.05)
+
+
+def test_the_served_statistics_give_the_priors_density_and_kl():
+    """``prior_log_density`` (numpy, what ``reconstruct`` serves) equals the training prior's ``log_prob``;
+    ``kl_to_prior`` is analytic for N(0, I) and the mean of log q - log p over the draws for a mixture."""
+    from runtime.artifacts import stats_from_arrays
+    from runtime.latent import kl_to_prior, prior_log_density
+    from training.model import MixturePrior, gaussian_log_density
+    torch.manual_seed(0)
+    prior = MixturePrior(4, 3)
+    prior.place(torch.randn(3, 4), torch.randn(3, 4) * 0.3)
+    with torch.no_grad():
+        prior.logits.copy_(torch.tensor([0.2, -1.0, 0.5]))
+    base = {"class_names": np.array(["a"]), "class_means": np.zeros((1, 4))}
+    base |= {name: np.zeros(1) for name in ("anchor_means", "anchor_stds", "class_weights", "class_bias",
+                                             "principal_directions", "principal_std", "active_order",
+                                             "scatter_means", "scatter_labels")}
+    mixture = stats_from_arrays(base | {"prior_means": prior.means.detach().numpy(),
+                                        "prior_stds": torch.exp(0.5 * prior.logvars).detach().numpy(),
+                                        "prior_weights": torch.softmax(prior.logits, 0).detach().numpy()})
+    mu, logvar, z = torch.randn(5, 4), torch.randn(5, 4) * 0.2, torch.randn(5, 6, 4)
+    with torch.no_grad():
+        density = prior_log_density(mixture.prior_means, mixture.prior_stds, mixture.prior_weights, z.numpy())
+        assert np.allclose(density, prior.log_prob(z).numpy(), atol=1e-4)
+        expected = (gaussian_log_density(z, mu[:, None], logvar[:, None]) - prior.log_prob(z)).mean(1)
+    assert np.allclose(kl_to_prior(mixture, mu.numpy(), logvar.numpy(), z.numpy()), expected.numpy(), atol=1e-4)
+    standard = stats_from_arrays(base)
+    analytic = VAE.kl_per_dim(mu, logvar).sum(1).numpy()
+    assert np.allclose(kl_to_prior(standard, mu.numpy(), logvar.numpy(), z.numpy()), analytic, atol=1e-6)

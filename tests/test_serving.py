@@ -35,6 +35,7 @@ from serving.server import TorchServe
 from serving.settings import MODELS, ROOT, STORE_WORKERS, ServerConfig
 from tests.conftest import ARTIFACTS, LATENT, b64png, fast_check_passes, npy, png, post
 
+STATS = artifacts.read_stats(ARTIFACTS / artifacts.STATS)  # a seed's point is the model's prior draw
 
 def scrape(server) -> list[tuple[str, dict, float]]:
     """The handlers' metrics as (name, labels, value) samples, via prometheus_client's own parser."""
@@ -80,7 +81,7 @@ def test_sample_formats(api):
     reply = json.loads(body)
     assert code == 200 and headers["content-type"] == "application/json" and reply["seed"] == 3
     assert reply["backend"] == "onnx-int8" and reply["device"] == "cpu"
-    assert np.allclose(reply["latents"], seeded_latents(3, 5, LATENT), atol=1e-6)
+    assert np.allclose(reply["latents"], STATS.prior_latents(3, 5), atol=1e-5)
     decoded = np.stack([png(base64.b64decode(s)) for s in reply["images"]])
     assert decoded.shape == (5, 28, 28)
     assert np.abs(decoded.astype(int) - (images * 255).round()).max() <= 1
@@ -118,11 +119,11 @@ def test_integer_valued_numbers_count_as_integers(api):
 
 def test_temperature_scales_the_latents(api):
     cold = json.loads(post(api, "sample", {"n": 4, "seed": 5, "temperature": 0.5, "format": "json"})[2])
-    assert np.allclose(cold["latents"], 0.5 * seeded_latents(5, 4, LATENT), atol=1e-6)
+    assert np.allclose(cold["latents"], STATS.prior_latents(5, 4, 0.5), atol=1e-5)
 
 
 def test_interpolate_from_seeds_lerp_and_slerp(api):
-    ends = seeded_latents(1, 1, LATENT)[0], seeded_latents(2, 1, LATENT)[0]
+    ends = STATS.prior_latents(1, 1)[0], STATS.prior_latents(2, 1)[0]
     norms = {}
     for method in ("lerp", "slerp"):
         code, _, body = post(api, "interpolate", {"seeds": [1, 2], "steps": 9, "method": method, "format": "json"})
