@@ -32,11 +32,10 @@ from collections.abc import Callable
 
 from locust import HttpUser, between
 
-from loadtest.mix import RETRIED, choices, mix
+from loadtest.mix import CONTENT_TYPES, RETRIED, choices, mix
 from serving import retry
 from serving.routes import PATH_PREFIX, ROUTES, Route
 
-CONTENT_TYPES = {"png": "image/png", "json": "application/json", "npy": "application/x-npy", "gif": "image/gif"}
 MIX = mix()
 SIZES = [int(n) for n in choices(os.environ.get("LOADTEST_N", "1,4,16,64"))]
 STEPS = [int(n) for n in choices(os.environ.get("LOADTEST_STEPS", "2,10,32"))]

@@ -10,6 +10,7 @@ import os
 
 from serving.routes import ROUTES
 
+CONTENT_TYPES = {"png": "image/png", "json": "application/json", "npy": "application/x-npy", "gif": "image/gif"}
 RETRIED = " (retried)"  # the suffix of the name Locust reports a retried attempt under
 DEFAULT_MIX = ",".join(f"{name}={route.load_weight}" for name, route in ROUTES.items())
 

@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from loadtest.mix import CONTENT_TYPES
 from serving import retry
 from serving.routes import EXPORT_2D, PATH_PREFIX, ROUTES
 
@@ -44,7 +45,7 @@ print(json.dumps(events))
 
 class StandIn(ThreadingHTTPServer):
     """Answers each route with its scripted statuses (or [status, message]) in turn, then 200s: a json sample
-    for the samplers, an empty json answer otherwise. Keeps every body it was sent."""
+    for the samplers, an empty answer in the format's content type otherwise. Keeps every body it was sent."""
 
     def __init__(self) -> None:
         super().__init__(("127.0.0.1", 0), Handler)
@@ -57,7 +58,8 @@ class Handler(BaseHTTPRequestHandler):
 
     def do_POST(self) -> None:  # noqa: N802 (http.server's name)
         route = self.path.removeprefix(PATH_PREFIX)
-        self.server.bodies.append((route, json.loads(self.rfile.read(int(self.headers["Content-Length"])))))
+        request = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        self.server.bodies.append((route, request))
         statuses = self.server.script.get(route, [])
         entry = statuses.pop(0) if statuses else 200
         status, message = entry if isinstance(entry, list) else (entry, "scripted")
@@ -67,8 +69,9 @@ class Handler(BaseHTTPRequestHandler):
             body = b"{}"
         else:
             body = json.dumps({"code": status, "reason": "scripted", "message": message, "field": None}).encode()
-        self.send_response(status)
-        self.send_header("Content-Type", "application/json")
+        self.send_response(status)  # a 200 in the content type of the format asked for
+        self.send_header("Content-Type", CONTENT_TYPES[request.get("format", "json")] if status == 200
+                         else "application/json")
         self.send_header("Content-Length", str(len(body)))
         if status == 503:
             self.send_header("Retry-After", "0")
