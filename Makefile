@@ -25,13 +25,14 @@ SERVE_BENCH_ARGS ?=
 EXPLORER_BENCH_ARGS ?=
 LOADTEST_ARGS ?=
 SOAK_ARGS ?=
+CAPACITY_ARGS ?=
 GPU_BENCH_ARGS ?=
 IMAGE_KIND ?= gpu
 # buildah, podman and debootstrap from Debian for the image targets (no Docker engine needed)
 IMAGE_TOOLS = command -v buildah >/dev/null && command -v podman >/dev/null && command -v debootstrap >/dev/null \
 	|| { $(SUDO) apt-get update -q && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -q --no-install-recommends buildah podman debootstrap; }
 
-.PHONY: help setup lock train evaluate classifier release experiments export archives bench serve serve-bench explorer-bench loadtest soak gpu-bench gpu-bundle image image-cpu image-test test test-fast lint clean
+.PHONY: help setup lock train evaluate classifier release experiments export archives bench serve serve-bench explorer-bench loadtest capacity soak gpu-bench gpu-bundle image image-cpu image-test test test-fast lint clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
@@ -53,7 +54,7 @@ $(VENV)/.installed: pyproject.toml requirements.lock
 	$(PY) -m pip install -q --no-deps --no-build-isolation -e .
 	touch $@
 
-lock: $(VENV)/.installed  ## recompile requirements.lock and deploy/requirements-{serve,cpu}.lock (pip-compile, hashes)
+lock: $(VENV)/.installed  ## recompile requirements.lock (pip-compile, hashes); the images' locks follow it (deploy/lock.py)
 	$(PY) -m deploy.lock
 
 train: setup  ## train the VAE (60 epochs by default) into runs/train (RUN=dir); TRAIN_ARGS="--subset 5000 --epochs 2"
@@ -101,6 +102,9 @@ explorer-bench: archives  ## the explorer's round trip and fps in chromium over 
 loadtest: archives  ## Locust, 50 users for 60 s, p50 gates (80 ms); starts a server if none answers (LOADTEST_ARGS)
 	$(PY) -m loadtest $(LOADTEST_ARGS)
 
+capacity: archives  ## the users each host holds under the all-route mix (p50 <= 80 ms, no failures): docs/capacity/ (CAPACITY_ARGS)
+	$(PY) -m loadtest.capacity $(CAPACITY_ARGS)
+
 soak: archives  ## 10 minutes of mixed load on a fresh server (HOST=kserve too): errors, p50 drift, memory, log bound (SOAK_ARGS)
 	$(PY) -m loadtest.soak --server $(HOST) $(SOAK_ARGS)
 
@@ -113,17 +117,17 @@ gpu-bundle: setup  ## wheels and a Java runtime the GPU machine lacks, into buil
 	$(PY) -m deploy.gpu_bundle build
 	$(PY) -m deploy.gpu_bundle check
 
-image: setup  ## the GPU serving image with buildah: localhost/fmvae:gpu (deploy/image.py; Docker: see README)
+image: setup  ## the GPU serving image with buildah: localhost/fmvae:gpu (HOST=kserve: localhost/fmvae-kserve:gpu; Docker: see README)
 	@$(IMAGE_TOOLS)
-	$(PY) -m deploy.image build --kind gpu
+	$(PY) -m deploy.image build --host $(HOST) --kind gpu
 
-image-cpu: setup  ## the CPU-only serving image: localhost/fmvae:cpu
+image-cpu: setup  ## the CPU-only serving image: localhost/fmvae:cpu (HOST=kserve: localhost/fmvae-kserve:cpu, no torch)
 	@$(IMAGE_TOOLS)
-	$(PY) -m deploy.image build --kind cpu
+	$(PY) -m deploy.image build --host $(HOST) --kind cpu
 
-image-test: setup  ## base image if missing, build, run and check the image as a client would (IMAGE_KIND=cpu)
+image-test: setup  ## base image if missing, build, run and check the image as a client would (HOST=kserve, IMAGE_KIND=cpu)
 	@$(IMAGE_TOOLS)
-	$(PY) -m deploy.image test --kind $(IMAGE_KIND)
+	$(PY) -m deploy.image test --host $(HOST) --kind $(IMAGE_KIND)
 
 test: setup  ## the whole test suite, real TorchServe, Prometheus and browser included
 	$(PY) -m pytest -q

@@ -11,9 +11,10 @@ CUDA and ONNX Runtime versions, then each part asked for:
   given ``gpu_id=0`` (``serving/inprocess.py``): sample n=1, n=64 and every route's OpenAPI example, latency per
   call (numpy in, encoded answer out).
 - ``context``: the start time and memory of one CUDA worker, in a process of its own (its CUDA context included).
-- ``server``: when TorchServe and a Java runtime are here, the real server with the GPU layout of
-  ``serving/settings.py``: every route's example must answer 200 from the device it was placed on; sample n=1 p50
-  against the echo handler's, and sample n=64 images/s against the in-process rate of the same worker count.
+- ``server``: each host that can run here (TorchServe when it and a Java runtime are; the KServe host when kserve
+  is), with the GPU layout of ``serving/settings.py``: every route's example must answer 200 from the device it
+  was placed on; sample n=1 p50 against the host's echo floor (TorchServe's echo handler; the KServe peer's
+  echo), and sample n=64 images/s against the in-process rate of the same worker (process) count.
 
 On a machine without CUDA every part runs on the CPU; ``--smoke`` makes it take seconds (tiny batches, few
 repeats, two routes served), which ``make test`` does so that this command cannot rot between GPU runs.
@@ -42,7 +43,7 @@ import numpy as np
 import onnxruntime as ort
 import torch
 
-from bench.serving import ECHO_BODY, alternate, bench_server
+from bench.serving import ECHO_BODY, alternate, bench_kserve, bench_server, peer
 from export.build import CastDecoder
 from export.config import DEFAULT_CHECKPOINT
 from export.lowres import LowResDecoder
@@ -50,12 +51,14 @@ from runtime import artifacts, backends
 from runtime.artifacts import ARTIFACT_DIR
 from runtime.manifest import Manifest
 from serving.inprocess import InProcessWorker
-from serving.routes import ROUTES, example
+from serving.routes import ROUTES, route_example
 from serving.server import java
 from serving.settings import CUDA_GRAPH_BATCHES, MODELS
 from training import checkpoint
 
 PARTS = ("decoders", "worker", "context", "server")
+HOST_TITLES = {"torchserve": "TorchServe (echo handler as the floor)",
+               "kserve": "the KServe host (the KServe peer's echo as the floor)"}
 TS_DECODERS = ("torchscript-fp32", "torchscript-fp16")  # the exported GPU decoders; bf16 is cast here
 
 
@@ -180,21 +183,16 @@ def decoder_sweep(artifact_dir: Path, ckpt: Path, plan: Plan, gpu: bool) -> dict
             "graphs": "captured" if gpu else "not captured: no CUDA device"}
 
 
-def route_example(name: str, model_store: Path) -> dict:
-    """Route ``name``'s OpenAPI example, its latents cut to the latent size of the route's model (the document
-    shows the 64-d model's), answered as json (which names the device)."""
-    body = example(ROUTES[name].operation) | {"format": "json"}
-    if "latents" in body:
-        latent_dim = Manifest.read(model_store / ROUTES[name].export).shapes.latent_dim
-        body["latents"] = [latent[:latent_dim] for latent in body["latents"]]
-    return body
+def json_example(name: str, model_store: Path) -> dict:
+    """Route ``name``'s example, answered as json (which names the device)."""
+    return route_example(name, model_store) | {"format": "json"}
 
 
 def worker_requests(model_store: Path = Path("model_store")) -> dict[str, tuple[str, dict]]:
     """name -> (route, body): sample n=1 and n=64, then every route's OpenAPI example."""
     requests = {"sample n=1": ("sample", {"n": 1, "seed": 1, "format": "npy"}),
                 "sample n=64": ("sample", {"n": 64, "seed": 1, "format": "npy"})}
-    return requests | {f"{name} (example)": (name, route_example(name, model_store)) for name in ROUTES}
+    return requests | {f"{name} (example)": (name, json_example(name, model_store)) for name in ROUTES}
 
 
 def worker_calls(model_store: Path, plan: Plan, gpu: bool) -> dict:
@@ -259,46 +257,68 @@ def context_cost(model_store: Path, gpu: bool) -> dict:
 
 
 def served(artifact_dir: Path, plan: Plan, gpu: bool, in_process: dict) -> dict:
-    """The real TorchServe, when it and Java are here: every served route's example answers from its device, and
-    the serving figures against the echo floor and the in-process rate."""
+    """Each host that can run here, with the GPU layout of ``serving/settings.py``: TorchServe (when it and Java
+    are here; its echo handler is the floor) and the KServe host (when kserve is here; one CUDA context per process,
+    as many processes as TorchServe has sample workers; the 40-line KServe peer's echo is the floor)."""
+    models = {name: MODELS[name] for name in plan.served_routes}
+    report = {}
     try:
         import ts  # noqa: F401 (only whether TorchServe is installed)
+        missing = None if java() else "no Java runtime (set JAVA_HOME to the bundle's)"
     except ImportError:
-        return {"skipped": "TorchServe is not installed here (the bundle's second part carries it)"}
-    if java() is None:
-        return {"skipped": "no Java runtime (set JAVA_HOME to the bundle's)"}
-    models = {name: MODELS[name] for name in plan.served_routes}
-    expected = {name: ("cuda" if gpu and spec.gpu else "cpu") for name, spec in models.items()}
+        missing = "TorchServe is not installed here (the bundle's server part carries it)"
+    if missing:
+        report["torchserve"] = {"skipped": missing}
+    else:
+        with bench_server(artifact_dir, ("echo",), models) as (server, serve):
+            report["torchserve"] = host_figures(server.url, serve, lambda c: serve("echo", ECHO_BODY, c),
+                                                artifact_dir, plan, gpu, in_process, MODELS["sample"].workers)
+    try:
+        import kserve  # noqa: F401 (only whether KServe is installed)
+    except ImportError:
+        report["kserve"] = {"skipped": "kserve is not installed here (the bundle's kserve part carries it)"}
+    else:
+        processes = MODELS["sample"].workers
+        with bench_kserve(artifact_dir, processes, models=tuple(models)) as (host, serve), \
+                peer("kserve", artifact_dir) as peer_serve:
+            report["kserve"] = host_figures(host.url, serve, lambda c: peer_serve("echo", ECHO_BODY, c),
+                                            artifact_dir, plan, gpu, in_process, processes)
+    return report
+
+
+def host_figures(url: str, serve: Callable, echo: Callable, artifact_dir: Path, plan: Plan, gpu: bool,
+                 in_process: dict, processes: int) -> dict:
+    """One host's checks and figures: every served route's example answers from its device; sample n=1 at one
+    client against the echo floor; sample n=64 at eight against the in-process rate of ``processes`` workers."""
     rows, checks = [], []
-    with bench_server(artifact_dir, ("echo",), models) as (server, serve):
-        for name in models:
-            body = json.dumps(route_example(name, artifact_dir.parent)).encode()
-            request = urllib.request.Request(f"{server.url}/predictions/{name}", data=body,
-                                             headers={"Content-Type": "application/json"})
-            try:
-                with urllib.request.urlopen(request, timeout=60) as response:
-                    reply, status = json.loads(response.read()), response.status
-            except (urllib.error.URLError, OSError, ValueError) as e:  # the check fails, with its reason
-                status, reply = getattr(e, "code", None), {"error": str(e)}
-            device = reply.get("device", "")
-            checks.append({"route": name, "status": status, "device": device,
-                           "passed": status == 200 and device.startswith(expected[name])})
-        sample = {"n1": ("sample", {"n": 1, "seed": 1, "format": "npy"}, 1),
-                  "n64": ("sample", {"n": 64, "seed": 1, "format": "npy"}, 8)}
-        for key, (model, body, concurrency) in sample.items():
-            for side in (serve(model, body, concurrency), serve("echo", ECHO_BODY, concurrency)):
-                side(min(1.0, plan.serve_seconds))  # warm-up
-            tallies = alternate({"sample": serve(model, body, concurrency),
-                                 "echo": serve("echo", ECHO_BODY, concurrency)}, plan.serve_seconds, 2)
-            result, echo = tallies["sample"].summary(), tallies["echo"].summary()
-            rows.append({"scenario": f"sample {key.replace('n', 'n=')}", "concurrency": concurrency, **result,
-                         "echo_p50_ms": echo["p50_ms"], "p50_vs_echo": result["p50_ms"] / echo["p50_ms"],
-                         "images_per_s": result["requests_per_s"] * body["n"]})
+    for name in plan.served_routes:
+        expected = "cuda" if gpu and MODELS[name].gpu else "cpu"
+        body = json.dumps(json_example(name, artifact_dir.parent)).encode()
+        request = urllib.request.Request(f"{url}/predictions/{name}", data=body,
+                                         headers={"Content-Type": "application/json"})
+        try:
+            with urllib.request.urlopen(request, timeout=60) as response:
+                reply, status = json.loads(response.read()), response.status
+        except (urllib.error.URLError, OSError, ValueError) as e:  # the check fails, with its reason
+            status, reply = getattr(e, "code", None), {"error": str(e)}
+        device = reply.get("device", "")
+        checks.append({"route": name, "status": status, "device": device,
+                       "passed": status == 200 and device.startswith(expected)})
+    sample = {"n1": ({"n": 1, "seed": 1, "format": "npy"}, 1), "n64": ({"n": 64, "seed": 1, "format": "npy"}, 8)}
+    for key, (body, concurrency) in sample.items():
+        for side in (serve("sample", body, concurrency), echo(concurrency)):
+            side(min(1.0, plan.serve_seconds))  # warm-up
+        tallies = alternate({"sample": serve("sample", body, concurrency), "echo": echo(concurrency)},
+                            plan.serve_seconds, 2)
+        result, floor = tallies["sample"].summary(), tallies["echo"].summary()
+        rows.append({"scenario": f"sample {key.replace('n', 'n=')}", "concurrency": concurrency, **result,
+                     "echo_p50_ms": floor["p50_ms"], "p50_vs_echo": result["p50_ms"] / floor["p50_ms"],
+                     "images_per_s": result["requests_per_s"] * body["n"]})
     n64 = next((r for r in in_process.get("rows", []) if r["request"] == "sample n=64" and "images_per_s" in r), None)
     if n64:
-        rate = n64["images_per_s"] * MODELS["sample"].workers
+        rate = n64["images_per_s"] * processes
         rows[-1] |= {"in_process_images_per_s": rate, "images_vs_in_process": rows[-1]["images_per_s"] / rate}
-    return {"checks": checks, "rows": rows, "all_answered": all(c["passed"] for c in checks)}
+    return {"processes": processes, "checks": checks, "rows": rows, "all_answered": all(c["passed"] for c in checks)}
 
 
 def markdown(report: dict) -> str:
@@ -337,13 +357,13 @@ def markdown(report: dict) -> str:
     if "context" in report:
         lines += ["", "## One worker in a process of its own", "", "```", json.dumps(report["context"], indent=2),
                   "```"]
-    if "server" in report:
-        s = report["server"]
-        lines += ["", "## The real TorchServe", ""]
+    for host, s in report.get("server", {}).items():
+        lines += ["", f"## The real server: {HOST_TITLES[host]}", ""]
         if "skipped" in s:
             lines.append(f"Skipped: {s['skipped']}.")
         else:
-            lines += [f"Every route's example answered from its device: {s['all_answered']}.", "",
+            lines += [f"Every route's example answered from its device: {s['all_answered']}; {s['processes']} "
+                      f"serving {'workers for sample' if host == 'torchserve' else 'processes'}.", "",
                       "| route | status | device | ok |", "| --- | --- | --- | --- |"]
             lines += [f"| {c['route']} | {c['status']} | {c['device']} | {'yes' if c['passed'] else 'NO'} |"
                       for c in s["checks"]]

@@ -169,12 +169,13 @@ def bench_server(artifact_dir: Path, references: tuple[str, ...], served: dict[s
 
 
 @contextlib.contextmanager
-def bench_kserve(artifact_dir: Path, processes: int = 0, batch: int = 0) -> Iterator[tuple[KServe, Callable]]:
-    """The KServe host with every route of ``artifact_dir``'s store (``processes``: 0, its default of one per CPU;
-    ``batch``: requests per inference call, 0 each route's batch size), and ``serve(model, body, concurrency) ->
-    (seconds -> Tally)``."""
+def bench_kserve(artifact_dir: Path, processes: int = 0, batch: int = 0, models: tuple[str, ...] = tuple(MODELS)
+                 ) -> Iterator[tuple[KServe, Callable]]:
+    """The KServe host with the ``models`` routes of ``artifact_dir``'s store (``processes``: 0, its default of one
+    per CPU; ``batch``: requests per inference call, 0 each route's batch size), and ``serve(model, body,
+    concurrency) -> (seconds -> Tally)``."""
     config = ServerConfig(server="kserve", export_store=artifact_dir.parent, processes=processes,
-                          kserve_batch=batch).with_free_ports()
+                          kserve_batch=batch, models=models).with_free_ports()
     with KServe(config) as host:
         def serve(model: str, body: dict, concurrency: int) -> Callable[[float], Tally]:
             return lambda s: load("127.0.0.1", config.inference_port, model, body, concurrency, s)
@@ -194,7 +195,7 @@ def peer(kind: str, artifact_dir: Path) -> Iterator[Callable]:
         deadline = time.monotonic() + 120
         while True:
             try:
-                load("127.0.0.1", port, "echo", ECHO_BODY, 1, 0.0, PEERS[kind])
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()  # it listens once it is ready
                 break
             except OSError:
                 if process.poll() is not None or time.monotonic() > deadline:

@@ -8,16 +8,18 @@ command there carries the working tree and at most 64 MiB in all, so the bundle 
 1. ``worker/`` (the wheels the worker and ``bench.gpu`` need that the machine lacks: fastjsonschema, jsonschema and
    its dependencies, this venv's versions, cp312 manylinux x86-64) and ``runtime/jre.tar.xz`` (a Java 17 runtime
    trimmed by jlink to the modules TorchServe's frontend loads);
-2. ``server/``: the wheels of TorchServe and torch-model-archiver (40 MiB, most of it TorchServe's frontend jar) in
-   one tar cut into pieces of at most ``PIECE_MIB``, one piece a command, so that each fits beside the tree.
+2. ``server/``: the wheels of both hosts' packages the machine lacks: TorchServe and torch-model-archiver (40 MiB,
+   most of it TorchServe's frontend jar), kserve and what it needs (the venv lock's closure of kserve, less the
+   machine's packages), in one tar cut into pieces of at most ``PIECE_MIB``, one piece a command, so that each
+   fits beside the tree.
 
 The first command installs part 1 and unpacks the runtime into /tmp; the next ones leave their pieces in /tmp, and
-the last joins them, installs TorchServe and runs the served benchmark (the machine stays held about 30 s after a
+the last joins them, installs both hosts and runs the served benchmark (the machine stays held about 30 s after a
 command, so each finds what the one before left). ``build`` prints each command's size with the tree's, and the
 commands. ``check`` proves the bundle on this CPU: it builds it for this interpreter, makes a bare virtual
 environment holding only the packages the GPU machine has (linked from this venv), joins the pieces, installs the
 bundle into an empty folder with ``pip --no-index --target`` and runs ``bench.gpu --smoke`` there, the real
-TorchServe on the bundled Java included.
+TorchServe on the bundled Java and the KServe host included.
 """
 
 from __future__ import annotations
@@ -34,13 +36,14 @@ import tarfile
 import tempfile
 from pathlib import Path
 
+from deploy import lock
 from deploy.errors import BundleError
 
 ROOT = Path(__file__).resolve().parent.parent
 OUT = ROOT / "build" / "gpu-bundle"
 GPU_PACKAGES = Path(__file__).resolve().parent / "gpu_machine_packages.txt"
 WORKER_PACKAGES = ("fastjsonschema", "jsonschema", "jsonschema-specifications", "referencing", "rpds-py")
-SERVER_PACKAGES = ("torchserve", "torch-model-archiver")
+TORCHSERVE_PACKAGES = ("torchserve", "torch-model-archiver")
 # TorchServe 0.12's frontend: Netty, log4j (java.beans, in java.desktop), JMX metrics, gRPC.
 JRE_MODULES = ("java.base", "java.desktop", "java.logging", "java.management", "java.naming", "java.net.http",
                "java.sql", "java.xml", "java.scripting", "java.instrument", "java.security.jgss", "jdk.crypto.ec",
@@ -51,6 +54,24 @@ LIMIT_MIB = 64
 PIECE_MIB = 24  # with a tree of up to ~38 MiB, each command fits in LIMIT_MIB
 INSTALL = "python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site"
 PIECES = "/tmp/fmvae-server"  # where the server pieces gather on the GPU machine
+
+
+def normalized(name: str) -> str:
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def machine_packages() -> set[str]:
+    """The GPU machine's Python packages, normalized names."""
+    return {normalized(line.split("#")[0].strip()) for line in GPU_PACKAGES.read_text().splitlines()} - {""}
+
+
+def kserve_packages() -> tuple[str, ...]:
+    """kserve and the packages it needs (the venv lock's closure of kserve) that the GPU machine lacks."""
+    needed = lock.closure(lock.entries(lock.body(lock.VENV_LOCK)), {"kserve"})
+    return tuple(lock.name_of(e) for e in needed if normalized(lock.name_of(e)) not in machine_packages())
+
+
+SERVER_PACKAGES = TORCHSERVE_PACKAGES + kserve_packages()  # both hosts
 
 
 def pinned(names: tuple[str, ...]) -> list[str]:
@@ -151,16 +172,12 @@ def commands(carried: list[list[Path]]) -> list[tuple[list[str], str]]:
 GPU_SIM_NOTE = "the GPU machine's Python packages, linked from this venv (deploy/gpu_machine_packages.txt)"
 
 
-def normalized(name: str) -> str:
-    return re.sub(r"[-_.]+", "-", name).lower()
-
-
 def gpu_machine_venv(root: Path) -> Path:
     """A bare venv of this interpreter whose site-packages holds links to this venv's distributions that the GPU
     machine also has (nothing else); returns its python."""
     subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(root)], check=True)
     site = next((root / "lib").glob("python3*/site-packages"))
-    wanted = {normalized(line.split("#")[0].strip()) for line in GPU_PACKAGES.read_text().splitlines()} - {""}
+    wanted = machine_packages()
     for dist in metadata.distributions():
         if normalized(dist.metadata["Name"]) not in wanted or not dist.files:
             continue
@@ -212,10 +229,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.step == "check":
             report = check()
-            server = report["server"]
+            answered = {host: "every route answered" if r.get("all_answered") else r
+                        for host, r in report["server"].items()}
             print(f"dry run passed: bench.gpu --smoke from an empty folder with {GPU_SIM_NOTE} and the bundle; "
-                  f"parts {report['parts_seconds']}; TorchServe on the bundled Java: "
-                  f"{'every route answered' if server.get('all_answered') else server}")
+                  f"parts {report['parts_seconds']}; the hosts (TorchServe on the bundled Java): {answered}")
             return 0
         carried = build(args.out.resolve())
         tree = tree_size()

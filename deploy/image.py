@@ -1,16 +1,18 @@
-"""The serving image, built and run without a Docker engine: ``python -m deploy.image {base,build,test}``
-(``make image``, ``make image-cpu``, ``make image-test``).
+"""The serving images, built and run without a Docker engine: ``python -m deploy.image {base,build,test} --host
+{torchserve,kserve} --kind {gpu,cpu}`` (``make image``, ``make image-cpu``, ``make image-test``; ``HOST=kserve``).
 
 - ``base``: a local stand-in for ``python:3.11-slim-bookworm`` (no public image can be pulled here):
   ``debootstrap --variant=minbase bookworm`` plus python3, venv, pip and CA certificates, imported with
   ``podman import`` as ``localhost/fmvae-base:bookworm``. Skipped when that image exists.
-- ``build --kind gpu|cpu``: ``buildah bud`` of the Dockerfile on that base, as ``localhost/fmvae:<kind>``, with
-  this machine's CA bundle mounted (pip's HTTPS inside the build needs it). The GPU image takes torch from PyPI
-  (its Linux build is CUDA 13); the CPU image takes the CPU wheel from pip's find-links folders if one is there
-  (copied into ``deploy/wheels/``), else from PyTorch's CPU index. Prints the build time and the image size.
-- ``test --kind gpu|cpu``: ``base`` if missing, ``build``, then runs the image's entrypoint with ``buildah run``
-  (chroot isolation, host network: its ports are this machine's, so 8080-8083 and 7070-7071 must be free) and
-  checks it as a client would. Stops and removes what it started. Exits 1 if a check fails.
+- ``build``: ``buildah bud`` of the Dockerfile on that base with ``HOST`` and ``KIND``, as ``localhost/fmvae:<kind>``
+  (TorchServe) or ``localhost/fmvae-kserve:<kind>``, with this machine's CA bundle mounted (pip's HTTPS inside the
+  build needs it). The GPU images take torch from PyPI (its Linux build is CUDA 13); the TorchServe CPU image takes
+  the CPU wheel from pip's find-links folders if one is there (copied into ``deploy/wheels/``), else from PyTorch's
+  CPU index; the KServe CPU image has no torch. Prints the build time and the image size.
+- ``test``: ``base`` if missing, ``build``, then runs the image's entrypoint with ``buildah run`` (chroot isolation,
+  host network: its ports are this machine's, so the host's ports must be free) and checks it as a client would:
+  every route's example, auth, health, metrics, non-root, what the image leaves out, and that SIGTERM stops
+  everything. Stops and removes what it started. Exits 1 if a check fails.
 """
 
 from __future__ import annotations
@@ -33,22 +35,23 @@ from pathlib import Path
 import psutil
 
 from deploy.errors import ImageError
-from runtime.artifacts import ARTIFACT_DIR
+from serving.__main__ import HOSTS
 from serving.checks import PORT_ROLES
-from serving.routes import ROUTES, example
+from serving.routes import ROUTES, route_example
 from serving.settings import KEY_FILE, ServerConfig
 
 ROOT = Path(__file__).resolve().parent.parent
 BASE = "localhost/fmvae-base:bookworm"
-IMAGE = "localhost/fmvae"
+IMAGES = {"torchserve": "localhost/fmvae", "kserve": "localhost/fmvae-kserve"}  # tagged with the kind
 CA_BUNDLE = Path("/etc/ssl/certs/ca-certificates.crt")
 WHEELS = ROOT / "deploy" / "wheels"
 CPU_TORCH = "torch==2.13.0+cpu"
 CPU_INDEX = "https://download.pytorch.org/whl/cpu"
-# The image's ports: the server's defaults (the explorer is off in the container).
-PORTS = {role: getattr(ServerConfig, field) for field, role in PORT_ROLES.items() if field != "explorer_port"}
-# Every route of the released model, with its operation's OpenAPI example.
-EXAMPLES = {name: example(route.operation) for name, route in ROUTES.items() if route.export == ARTIFACT_DIR}
+# Each host's ports in its image: the server's defaults (the explorer is off in the container).
+PORTS = {host: {PORT_ROLES[field]: getattr(ServerConfig, field) for field in cls.ports if field != "explorer_port"}
+         for host, cls in HOSTS.items()}
+# Every route, with its example (the OpenAPI document's, latents cut to the route's model).
+EXAMPLES = {name: route_example(name, ROOT / "model_store") for name in ROUTES}
 
 
 def run(*cmd: str, **kwargs: object) -> subprocess.CompletedProcess:
@@ -101,13 +104,15 @@ def local_cpu_wheel() -> Path | None:
     return None
 
 
-def build(kind: str) -> str:
+def build(host: str, kind: str) -> str:
     """``buildah bud`` of the Dockerfile; returns the image name."""
-    name = f"{IMAGE}:{kind}"
-    args = ["--build-arg", f"PYTHON_IMAGE={BASE}"]
+    name = f"{IMAGES[host]}:{kind}"
+    args = ["--build-arg", f"PYTHON_IMAGE={BASE}", "--build-arg", f"HOST={host}"]
     for stale in WHEELS.glob("*.whl"):
         stale.unlink()
-    if kind == "cpu":
+    if kind == "cpu" and host == "kserve":
+        args += ["--build-arg", "KIND=cpu"]
+    elif kind == "cpu":
         wheel = local_cpu_wheel()
         if wheel is not None:
             shutil.copy(wheel, WHEELS)
@@ -249,13 +254,14 @@ def check(results: list[tuple[str, bool, str]], what: str, test: Callable[[], tu
     print(f"  {'ok  ' if passed else 'FAIL'} {what}: {detail}", flush=True)
 
 
-def test(kind: str) -> int:
+def test(host: str, kind: str) -> int:
     """Build, start, check as a client, stop, remove; 0 when every check passed."""
-    busy = [f"{port} ({role})" for role, port in PORTS.items() if not refused("127.0.0.1", port)]
+    ports = PORTS[host]
+    busy = [f"{port} ({role})" for role, port in ports.items() if not refused("127.0.0.1", port)]
     if busy:
         raise ImageError(f"ports in use: {', '.join(busy)}; the container uses the host's network")
     base()
-    name = build(kind)
+    name = build(host, kind)
     results: list[tuple[str, bool, str]] = []
     with tempfile.TemporaryDirectory(prefix="fmvae-image-test-") as tmp:
         container = Container(name, Path(tmp) / "container.log")
@@ -267,36 +273,41 @@ def test(kind: str) -> int:
             while container.exec(*healthcheck).returncode != 0 and time.monotonic() < deadline:
                 time.sleep(2)
             print(f"service processes share mount namespace {container.namespace()}")
-            url = f"http://127.0.0.1:{PORTS['inference']}"
+            url = f"http://127.0.0.1:{ports['inference']}"
             check(results, "HEALTHCHECK passes", lambda: (
                 (r := container.exec(*healthcheck)).returncode == 0,
                 f"{' '.join(healthcheck)} -> {r.stdout.strip()}"))
             check(results, "no key: refused", lambda: (
-                (r := http(f"{url}/predictions/sample", {"n": 1}))[0] == 400 and b"InvalidKeyException" in r[2],
-                f"HTTP {r[0]}"))
+                (r := http(f"{url}/predictions/sample", {"n": 1}))[0] in (400, 401) and refused_for_the_key(r[2]),
+                f"HTTP {r[0]} {r[2][:120].decode(errors='replace')}"))
             key = container.key("inference")
-            check(results, "with the key: /ping", lambda: (
-                (r := http(f"{url}/ping", key=key))[0] == 200 and json.loads(r[2])["status"] == "Healthy",
-                f"HTTP {r[0]} {r[2].decode().strip()}"))
+            health = "/ping" if host == "torchserve" else "/v2/health/live"
+            check(results, f"with the key: {health}", lambda: (
+                (r := http(f"{url}{health}", key=key))[0] == 200, f"HTTP {r[0]} {r[2].decode().strip()}"))
             for route, body in EXAMPLES.items():
                 check(results, f"with the key: {route}'s example", lambda route=route, body=body: (
                     (r := http(f"{url}/predictions/{route}", body, key))[0] == 200,
                     f"HTTP {r[0]} {r[1]}, {len(r[2])} bytes"))
             outside = outside_address()
-            for role, marker in (("TorchServe metrics", b"ts_inference_requests_total"),
-                                 ("handler metrics", b"fmvae_requests_total")):
-                check(results, f"{role} on :{PORTS[role]}", lambda role=role, marker=marker: (
-                    (r := http(f"http://{outside}:{PORTS[role]}/metrics"))[0] == 200 and marker in r[2],
+            metrics = {"TorchServe metrics": b"ts_inference_requests_total", "handler metrics": b"fmvae_requests_total"}
+            for role, marker in ((role, metrics[role]) for role in ports if role in metrics):
+                check(results, f"{role} on :{ports[role]}", lambda role=role, marker=marker: (
+                    (r := http(f"http://{outside}:{ports[role]}/metrics"))[0] == 200 and marker in r[2],
                     f"HTTP {r[0]} from {outside}, {marker.decode()} {'present' if marker in r[2] else 'missing'}"))
             check(results, "runs as the non-root user", lambda: (
                 (uids := {p.uids().real for p in container.processes()}) == {int(container.image["User"])},
                 f"uids {sorted(uids)} of {len(container.processes())} processes"))
-            management = f"http://127.0.0.1:{PORTS['management']}/models"
-            check(results, "management answers on the container's loopback", lambda: (
-                (r := http(management, key=container.key("management")))[0] == 200, f"HTTP {r[0]}"))
-            check(results, "management is not reachable from outside its loopback", lambda: (
-                refused(outside, PORTS["management"]) and not refused(outside, PORTS["inference"]),
-                f"{outside}:{PORTS['management']} refused, {outside}:{PORTS['inference']} answers"))
+            if "management" in ports:
+                management = f"http://127.0.0.1:{ports['management']}/models"
+                check(results, "management answers on the container's loopback", lambda: (
+                    (r := http(management, key=container.key("management")))[0] == 200, f"HTTP {r[0]}"))
+                check(results, "management is not reachable from outside its loopback", lambda: (
+                    refused(outside, ports["management"]) and not refused(outside, ports["inference"]),
+                    f"{outside}:{ports['management']} refused, {outside}:{ports['inference']} answers"))
+            else:
+                check(results, "no Java, no TorchServe", lambda: (
+                    (r := container.exec("sh", "-c", "command -v java; pip list 2>/dev/null | grep -ci torchserve"
+                                         " || true")).stdout.split() == ["0"], f"found: {r.stdout.split()}"))
             if kind == "gpu":
                 check(results, "torch is a CUDA build", lambda: (
                     (r := container.exec("python", "-c", "import torch; print(torch.version.cuda)")).stdout.strip()
@@ -308,6 +319,10 @@ def test(kind: str) -> int:
                 check(results, "no CUDA libraries", lambda: (
                     (r := container.exec("sh", "-c", "pip list 2>/dev/null | grep -ci nvidia || true")).stdout.strip()
                     == "0", f"{r.stdout.strip()} nvidia packages"))
+            if kind == "cpu" and host == "kserve":
+                check(results, "no torch: the workers run ONNX Runtime", lambda: (
+                    (r := container.exec("python", "-c", "import importlib.util as u; print(u.find_spec('torch'))"
+                                         )).stdout.strip() == "None", f"torch's module spec: {r.stdout.strip()}"))
             check(results, "SIGTERM stops everything it started", container.stop)
         finally:
             container.remove()
@@ -315,6 +330,18 @@ def test(kind: str) -> int:
     print(f"{name}: {image_size(name) / 1e9:.2f} GB; {len(results) - len(failed)} of {len(results)} checks passed"
           + (f"; FAILED: {', '.join(failed)}" if failed else ""))
     return 1 if failed else 0
+
+
+def refused_for_the_key(body: bytes) -> bool:
+    """Whether an answer refuses a request for its missing key: TorchServe's InvalidKeyException, or the one error
+    shape's ``unauthorized`` naming the Authorization header."""
+    if b"InvalidKeyException" in body:
+        return True
+    try:
+        error = json.loads(body)
+    except ValueError:
+        return False
+    return error.get("reason") == "unauthorized" and error.get("field") == "Authorization"
 
 
 def cuda_provider_missing(container: Container) -> set[str]:
@@ -331,6 +358,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m deploy.image", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("step", choices=["base", "build", "test"])
+    parser.add_argument("--host", choices=list(IMAGES), default="torchserve")
     parser.add_argument("--kind", choices=["gpu", "cpu"], default="gpu")
     args = parser.parse_args(argv)
     missing = [tool for tool in ("buildah", "podman", "debootstrap") if shutil.which(tool) is None]
@@ -342,9 +370,9 @@ def main(argv: list[str] | None = None) -> int:
             base()
         elif args.step == "build":
             base()
-            build(args.kind)
+            build(args.host, args.kind)
         else:
-            return test(args.kind)
+            return test(args.host, args.kind)
     except ImageError as e:
         print(f"error: {e}")
         return 1

@@ -11,11 +11,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import onnxruntime as ort
-import torch
 
 from handlers.errors import ConfigError
 from runtime.artifacts import DECODERS, ENCODERS, Backend
-from runtime.backends import GraphCapture, cuda_capture
+from runtime.backends import TORCH_MISSING, GraphCapture, cuda_capture, torch
 
 LOG = logging.getLogger("fmvae.worker")
 ARTIFACTS = {"decoder": DECODERS, "encoder": ENCODERS}
@@ -23,11 +22,11 @@ ARTIFACTS = {"decoder": DECODERS, "encoder": ENCODERS}
 
 @dataclass(frozen=True)
 class Placement:
-    """A worker's device: ``name`` as answers and metrics report it ("cpu", "cuda:0"), the torch device its tensors
-    live on, and how it captures CUDA graphs (None: it does not)."""
+    """A worker's device: ``name`` as answers and metrics report it ("cpu", "cuda:0"), the device its tensors live
+    on, and how it captures CUDA graphs (None: it does not)."""
 
     name: str
-    torch_device: torch.device
+    device: str
     graph_capture: GraphCapture | None = None
 
     @property
@@ -36,16 +35,35 @@ class Placement:
         return self.name.split(":")[0]
 
 
-CPU = Placement("cpu", torch.device("cpu"))
+CPU = Placement("cpu", "cpu")
+
+
+def cuda_devices() -> int:
+    """How many CUDA devices torch sees here (0 without torch or CUDA)."""
+    return torch.cuda.device_count() if torch is not None and torch.cuda.is_available() else 0
 
 
 def placement(gpu_id: int | None) -> Placement:
-    """CUDA device ``gpu_id`` when TorchServe gave the worker a GPU and torch sees CUDA, else the CPU."""
-    if gpu_id is not None and torch.cuda.is_available():
-        return Placement(f"cuda:{gpu_id}", torch.device(f"cuda:{gpu_id}"), cuda_capture)
+    """CUDA device ``gpu_id`` when the host gave the worker a GPU and torch sees CUDA, else the CPU."""
+    if gpu_id is not None and torch is not None and torch.cuda.is_available():
+        return Placement(f"cuda:{gpu_id}", f"cuda:{gpu_id}", cuda_capture)
     if gpu_id is not None:
-        LOG.warning("given GPU %s, but torch sees no CUDA device here: running on the CPU", gpu_id)
+        LOG.warning("given GPU %s, but %s: running on the CPU", gpu_id, TORCH_MISSING or "torch sees no CUDA device")
     return CPU
+
+
+CPU_MAX = Path("/sys/fs/cgroup/cpu.max")  # cgroup v2: "<quota> <period>" microseconds, or "max <period>"
+
+
+def available_cpus(cpu_max: Path = CPU_MAX) -> int:
+    """The CPUs this process may use: its affinity, capped by its cgroup's CPU quota rounded up (a container
+    limited to 4 CPUs on a 64-CPU node gets 4, where the affinity alone says 64)."""
+    cpus = len(os.sched_getaffinity(0))
+    try:
+        quota, period = cpu_max.read_text().split()
+        return max(1, min(cpus, -(-int(quota) // int(period))))
+    except (OSError, ValueError):  # no cgroup v2 file, or "max": no quota
+        return cpus
 
 
 def worker_threads(setting: str | int, store_workers: int = 1, cpus: int | None = None, kind: str = "cpu") -> int:
@@ -57,16 +75,19 @@ def worker_threads(setting: str | int, store_workers: int = 1, cpus: int | None 
         return max(1, int(setting))
     if kind == "cuda":
         return 1
-    cpus = cpus or len(os.sched_getaffinity(0))
+    cpus = cpus or available_cpus()
     return max(1, cpus // store_workers)
 
 
 def runnable(backend: Backend, device: str) -> str | None:
     """Why this process cannot run ``backend`` on ``device``, or None when it can: the backend is meant for another
-    kind of device, or it is ONNX on CUDA and onnxruntime has no CUDA provider."""
+    kind of device, it is TorchScript and torch is not installed, or it is ONNX on CUDA and onnxruntime has no CUDA
+    provider."""
     kind = device.split(":")[0]
     if kind not in backend.devices:
         return f"it runs on {' and '.join(backend.devices)} only"
+    if backend.runtime == "torchscript" and TORCH_MISSING:
+        return TORCH_MISSING
     if kind == "cpu" or backend.runtime != "onnx" or "CUDAExecutionProvider" in ort.get_available_providers():
         return None
     return f"onnxruntime has no CUDAExecutionProvider (providers: {', '.join(ort.get_available_providers())})"

@@ -92,10 +92,10 @@ def shared_stats(path: Path) -> artifacts.LatentStats:
 
 
 @cache
-def shared_network(path: Path, torch_device: Any, threads: int) -> backends.TorchScriptModule | backends.OnnxModule:
+def shared_network(path: Path, device: str, threads: int) -> backends.TorchScriptModule | backends.OnnxModule:
     """An artifact loaded once per process for a device and thread count: routes of one export that run the same
     backend share it (a host that serves every route in one process loads each export once)."""
-    return backends.load(path, torch_device, threads)
+    return backends.load(path, device, threads)
 
 
 class Worker:
@@ -118,14 +118,14 @@ class Worker:
                                              kind=where.kind)
         self.backend = device.choose_backend(config, "decoder", self.model, where, model_dir)
         self.artifact = artifacts.DECODERS[self.backend].artifact
-        self.decoder = shared_network(model_dir / self.artifact, where.torch_device, self.threads)
+        self.decoder = shared_network(model_dir / self.artifact, where.device, self.threads)
         batches = config.get("cuda_graph_batches") or []
         if batches and where.graph_capture and isinstance(self.decoder, backends.TorchScriptModule):
             self.decoder = backends.GraphedDecoder(self.decoder, self.shapes.latent_dim, batches, where.graph_capture)
         self.encoder = None
         if config.get("encoder"):
             backend = device.choose_backend(config, "encoder", self.model, where, model_dir)
-            self.encoder = shared_network(model_dir / artifacts.ENCODERS[backend].artifact, where.torch_device,
+            self.encoder = shared_network(model_dir / artifacts.ENCODERS[backend].artifact, where.device,
                                           self.threads)
         self.warm_up()
         labels = {"model": self.model, "backend": self.backend, "device": self.device}

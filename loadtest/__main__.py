@@ -72,6 +72,27 @@ def server_p50(prometheus: Prometheus, seconds: float) -> dict[str, float]:
     return {r["metric"]["model"]: float(r["value"][1]) * 1e3 for r in prometheus.query(expr)}
 
 
+def locust_command(host: str, users: int, spawn_rate: float, seconds: float, out: Path) -> list[str]:
+    """Locust, headless, running the locustfile's mix against ``host``; CSV statistics and the HTML report in
+    ``out``."""
+    return [sys.executable, "-m", "locust", "-f", str(LOCUSTFILE), "--headless", "--host", host,
+            "-u", str(users), "-r", str(spawn_rate), "-t", f"{seconds:.0f}s", "--csv", str(out / "locust"),
+            "--html", str(out / "report.html"), "--only-summary"]
+
+
+def endpoints(stats: dict[str, dict], gates: dict[str, float], server: dict[str, float] | None = None) -> dict:
+    """Per endpoint of the mix: Locust's row, its retried answers, the server-side p50 and whether its gate held
+    (requests answered, p50 at most its target)."""
+    rows = {}
+    for name in gates:
+        row = stats.get(name, {"requests": 0, "failures": 0, "p50_ms": float("nan"), "p95_ms": float("nan"),
+                               "p99_ms": float("nan"), "requests_per_s": 0.0})
+        rows[name] = row | {"retried": stats.get(name + RETRIED, {}).get("requests", 0),
+                            "server_p50_ms": (server or {}).get(name, float("nan")), "target_p50_ms": gates[name],
+                            "passed": row["requests"] > 0 and row["p50_ms"] <= gates[name]}
+    return rows
+
+
 def table(summary: dict) -> str:
     lines = ["| endpoint | requests | failures | retried | p50 (ms) | p95 (ms) | p99 (ms) | req/s | server p50 (ms) | "
              "p50 target (ms) | gate |", "| --- " * 11 + "|"]
@@ -121,24 +142,16 @@ def main(argv: list[str] | None = None) -> int:
         prometheus = stack.enter_context(Prometheus(scrape))
         print(f"Locust: {args.users} users, spawn rate {args.spawn_rate}/s, {args.duration} s -> {out}", flush=True)
         start = time.monotonic()
-        subprocess.run([sys.executable, "-m", "locust", "-f", str(LOCUSTFILE), "--headless", "--host", args.host,
-                        "-u", str(args.users), "-r", str(args.spawn_rate), "-t", f"{args.duration}s",
-                        "--csv", str(out / "locust"), "--html", str(out / "report.html"), "--only-summary"],
-                       check=False, timeout=args.duration + 120)
+        subprocess.run(locust_command(args.host, args.users, args.spawn_rate, args.duration, out), check=False,
+                       timeout=args.duration + 120)
         elapsed = time.monotonic() - start
         time.sleep(3)  # two scrape intervals, so Prometheus has the run's last samples
         server = server_p50(prometheus, elapsed)
 
     stats = locust_stats(out / "locust_stats.csv")
     summary = {"host": args.host, "users": args.users, "spawn_rate": args.spawn_rate, "duration_s": args.duration,
-               "failures_total": stats.get("Aggregated", {}).get("failures", 0), "endpoints": {}}
-    for name in gates:
-        row = stats.get(name, {"requests": 0, "failures": 0, "p50_ms": float("nan"), "p95_ms": float("nan"),
-                               "p99_ms": float("nan"), "requests_per_s": 0.0})
-        summary["endpoints"][name] = row | {"retried": stats.get(name + RETRIED, {}).get("requests", 0),
-                                            "server_p50_ms": server.get(name, float("nan")),
-                                            "target_p50_ms": gates[name],
-                                            "passed": row["requests"] > 0 and row["p50_ms"] <= gates[name]}
+               "failures_total": stats.get("Aggregated", {}).get("failures", 0),
+               "endpoints": endpoints(stats, gates, server)}
     passed = all(r["passed"] for r in summary["endpoints"].values()) and summary["failures_total"] == 0
     summary["passed"] = passed
     (out / "summary.json").write_text(json.dumps(summary, indent=2))

@@ -26,6 +26,7 @@ import numpy as np
 import psutil
 from prometheus_client.parser import text_string_to_metric_families
 
+from serving.__main__ import HOSTS
 from serving.kserve_host import KServe
 from serving.server import TorchServe
 from serving.settings import ServerConfig
@@ -75,7 +76,7 @@ def run(config: ServerConfig, minutes: float, clients: int) -> dict:
             with lock:
                 minute_of.append((int((start - started) // 60), time.monotonic() - start, failed))
 
-    with (KServe(config) if config.server == "kserve" else TorchServe(config)) as server:
+    with HOSTS[config.server](config) as server:
         log_dir, started = server.log_dir, time.monotonic()  # minutes count from ready
         threads = [threading.Thread(target=client, args=(i,)) for i in range(clients)]
         for t in threads:

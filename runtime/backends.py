@@ -3,28 +3,40 @@
 Used by the TorchServe workers, the parity gate and the benchmarks. Inputs and outputs are float32 numpy
 arrays: z (N, latent_dim), images (N, 1, 28, 28) in [0, 1], logits (N, 1, 28, 28) (the shapes in the manifest).
 On a CUDA device a TorchScript decoder can also replay CUDA graphs captured for fixed batch sizes
-(``GraphedDecoder``).
+(``GraphedDecoder``). Devices are strings ("cpu", "cuda:0"). torch is needed for TorchScript only: an install
+without it (the KServe host's CPU image) opens ONNX artifacts, and ``TORCH_MISSING`` says why it cannot open more.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import onnxruntime as ort
-import torch
-from torch import Tensor
+
+try:
+    import torch
+    TORCH_MISSING = None
+except ImportError:  # an ONNX-only install
+    torch = None
+    TORCH_MISSING = "torch is not installed here (an ONNX Runtime-only install)"
+
+if TYPE_CHECKING:
+    from torch import Tensor
 
 # (the module's forward, its static input) -> (replay, its static output): fills the output from the input again
-GraphCapture = Callable[[Callable[[Tensor], Tensor], Tensor], tuple[Callable[[], None], Tensor]]
+GraphCapture = Callable[[Callable[["Tensor"], "Tensor"], "Tensor"], tuple[Callable[[], None], "Tensor"]]
 WARMUP_CALLS = 3  # TorchScript's profiling executor settles its graph within the first calls; capture after them
 
 
 class TorchScriptModule:
     """A TorchScript file run with torch.jit on CPU or a CUDA device."""
 
-    def __init__(self, path: str | Path, device: str | torch.device = "cpu", threads: int | None = None) -> None:
+    def __init__(self, path: str | Path, device: str = "cpu", threads: int | None = None) -> None:
+        if torch is None:
+            raise RuntimeError(f"{path}: {TORCH_MISSING}")
         if threads:
             torch.set_num_threads(threads)
         self.device = torch.device(device)
@@ -83,15 +95,15 @@ class GraphedDecoder:
 class OnnxModule:
     """An ONNX file run with ONNX Runtime; CUDA provider first when ``device`` is a CUDA device."""
 
-    def __init__(self, path: str | Path, device: str | torch.device = "cpu", threads: int | None = None) -> None:
+    def __init__(self, path: str | Path, device: str = "cpu", threads: int | None = None) -> None:
         options = ort.SessionOptions()
         if threads:
             options.intra_op_num_threads = threads
             options.inter_op_num_threads = 1
-        providers: list = ["CPUExecutionProvider"]
-        device = torch.device(device)
-        if device.type == "cuda":
-            providers.insert(0, ("CUDAExecutionProvider", {"device_id": device.index or 0}))
+        providers: list[Any] = ["CPUExecutionProvider"]
+        kind, _, index = str(device).partition(":")
+        if kind == "cuda":
+            providers.insert(0, ("CUDAExecutionProvider", {"device_id": int(index or 0)}))
         self.session = ort.InferenceSession(str(path), options, providers=providers)
         self.input_name = self.session.get_inputs()[0].name
 
@@ -100,7 +112,7 @@ class OnnxModule:
         return outputs[0] if len(outputs) == 1 else tuple(outputs)
 
 
-def load(path: str | Path, device: str | torch.device = "cpu", threads: int | None = None
+def load(path: str | Path, device: str = "cpu", threads: int | None = None
          ) -> TorchScriptModule | OnnxModule:
     """Open an artifact with the runtime its file extension names (.pt TorchScript, .onnx ONNX Runtime)."""
     path = Path(path)

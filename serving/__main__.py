@@ -28,6 +28,7 @@ from serving.server import TorchServe
 from serving.settings import MODELS, ROOT, ServerConfig
 
 EXPLORER_START_S = 30.0
+HOSTS = {host.kind: host for host in (TorchServe, KServe)}  # --server's choices
 
 
 def parser() -> argparse.ArgumentParser:
@@ -127,7 +128,7 @@ def say(line: str) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     config = config_of(parser().parse_args(argv))
-    server = KServe(config) if config.server == "kserve" else TorchServe(config)
+    server = HOSTS[config.server](config)
     stopper = Stopper(server, config.drain_timeout)
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, stopper)

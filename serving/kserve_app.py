@@ -40,6 +40,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+from handlers import device
 from handlers.errors import SHUTTING_DOWN, RequestError
 from handlers.service import Reply
 from serving.inprocess import load_service
@@ -51,17 +52,22 @@ QUIET_SECONDS = 0.3  # a draining process exits once nothing was in flight or ar
 
 
 class App:
-    """The routes of one process: their lanes, the key (token auth on), the drain state."""
+    """The routes of one process: their lanes, the key (token auth on), the drain state. Process ``index`` of the
+    host puts the routes that use a GPU (``ModelSpec.gpu``) on CUDA device ``index`` modulo the devices torch sees
+    (none: the CPU), so each process holds one CUDA context for all its routes, and the routes of one export share
+    its networks there."""
 
-    def __init__(self, settings: dict) -> None:
+    def __init__(self, settings: dict, index: int = 0) -> None:
         self.routes: tuple[str, ...] = tuple(settings["models"])
         store = Path(settings["model_store"])
         processes = settings["processes"]
+        gpus = device.cuda_devices()
         self.executor = ThreadPoolExecutor(1, thread_name_prefix="inference")
         self.lanes = {}
         for route, document in settings["models"].items():
             spec = spec_from_document(document)
-            service = load_service(route, store, spec, store_workers=processes)
+            gpu_id = index % gpus if spec.gpu and gpus else None
+            service = load_service(route, store, spec, gpu_id, store_workers=processes)
             self.lanes[route] = Lane(service, spec, settings.get("batch_size") or spec.batch_size, self.executor)
         self.key_file = Path(settings["key_file"]) if settings.get("key_file") else None
         self.max_request_size = settings["max_request_size"]
@@ -85,14 +91,14 @@ class App:
         return await lane.submit(body)
 
 
-def build(settings: dict) -> tuple[Any, App]:
+def build(settings: dict, index: int = 0) -> tuple[Any, App]:
     """KServe's ModelServer with every route registered as a model and the API's routes on its FastAPI app; returns
     (its REST server, the App)."""
     from kserve import Model, ModelServer
     from kserve.errors import InvalidInput
     from kserve.protocol.rest.server import RESTServer
 
-    app_state = App(settings)
+    app_state = App(settings, index)
 
     class RouteModel(Model):
         """A route as a KServe model: readiness, metadata and the v1 predict verb over the same worker."""
@@ -130,11 +136,11 @@ def build(settings: dict) -> tuple[Any, App]:
     return rest, app_state
 
 
-def serve(sock: socket.socket, settings: dict) -> None:
+def serve(sock: socket.socket, settings: dict, index: int = 0) -> None:
     """Serve on ``sock`` until SIGTERM or SIGINT, then drain and exit."""
     import uvicorn
 
-    rest, app_state = build(settings)
+    rest, app_state = build(settings, index)
     if not settings["access_log"]:  # uvicorn's line per request, and KServe's timing lines of its own endpoints
         for name in ("uvicorn.access", "kserve.trace"):
             logging.getLogger(name).handlers = []
@@ -173,7 +179,7 @@ def supervise(fd: int, settings_file: Path, processes: int) -> int:
     """Start ``processes`` serving processes on socket ``fd``, forward SIGTERM/SIGINT to them, and exit with the
     first non-zero exit code once all have exited (a process that dies takes the others down)."""
     cmd = [sys.executable, "-m", "serving.kserve_app", "--socket-fd", str(fd), "--settings", str(settings_file)]
-    children = [subprocess.Popen(cmd, pass_fds=(fd,)) for _ in range(processes)]
+    children = [subprocess.Popen([*cmd, "--index", str(i)], pass_fds=(fd,)) for i in range(processes)]
     os.close(fd)  # the serving processes hold the socket; the launcher keeps its own copy
 
     def forward(signum: int, frame: object) -> None:
@@ -200,10 +206,11 @@ def main(argv: list[str] | None = None) -> int:
     cli.add_argument("--socket-fd", type=int, required=True, help="the bound listening socket, inherited")
     cli.add_argument("--settings", type=Path, required=True, help="the launcher's settings for the processes (JSON)")
     cli.add_argument("--processes", type=int, default=0, help="supervise this many serving processes")
+    cli.add_argument("--index", type=int, default=0, help="this serving process's number (its GPU: modulo the GPUs)")
     args = cli.parse_args(argv)
     if args.processes:
         return supervise(args.socket_fd, args.settings, args.processes)
-    serve(socket.socket(fileno=args.socket_fd), json.loads(args.settings.read_text()))
+    serve(socket.socket(fileno=args.socket_fd), json.loads(args.settings.read_text()), args.index)
     return 0
 
 

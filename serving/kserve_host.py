@@ -27,6 +27,7 @@ from pathlib import Path
 
 from prometheus_client import CollectorRegistry, multiprocess
 
+from handlers.device import available_cpus
 from serving import listener
 from serving.checks import check_export, check_ports
 from serving.client import http_json
@@ -47,8 +48,8 @@ def reach(host: str) -> str:
 
 
 def default_processes() -> int:
-    """One serving process per CPU this process may use."""
-    return max(1, len(os.sched_getaffinity(0)))
+    """One serving process per CPU this process may use (its cgroup's quota counted)."""
+    return available_cpus()
 
 
 class KServe:
@@ -56,6 +57,7 @@ class KServe:
     cleans up. ``interrupted`` aborts a start in progress; ``hurry`` cuts a drain short."""
 
     kind = "kserve"
+    ports = ("inference_port", "metrics_port", "explorer_port")  # the ServerConfig ports it listens on
 
     def __init__(self, config: ServerConfig | None = None, specs: dict[str, ModelSpec] | None = None) -> None:
         """``specs``: how each route is served (default: ``MODELS``' for ``config.models``; tests add others)."""
@@ -115,7 +117,7 @@ class KServe:
                 raise ServerError(f"no route {', '.join(unknown)} in serving/routes.py")
             for export in sorted({self.specs[m].export for m in self.config.models}):
                 check_export(self.config.export_store / export)
-            check_ports(self.config, ("inference_port", "metrics_port", "explorer_port"))
+            check_ports(self.config, self.ports)
             check_writable(self.log_dir)
             self.work_dir.mkdir(parents=True, exist_ok=True)
             self.drain_file.unlink(missing_ok=True)

@@ -10,6 +10,7 @@ its paths are exactly these operations.
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
@@ -17,6 +18,7 @@ from pathlib import Path
 import yaml
 
 from runtime.artifacts import ARTIFACT_DIR
+from runtime.manifest import Manifest
 
 OPENAPI = Path(__file__).resolve().parent.parent / "handlers" / "openapi.yaml"
 PATH_PREFIX = "/predictions/"
@@ -90,5 +92,16 @@ def openapi() -> dict:
 
 
 def example(operation: str) -> dict:
-    """The operation's request example in the OpenAPI document."""
-    return openapi()["paths"][PATH_PREFIX + operation]["post"]["requestBody"]["content"]["application/json"]["example"]
+    """The operation's request example in the OpenAPI document (a copy: the document is read once)."""
+    content = openapi()["paths"][PATH_PREFIX + operation]["post"]["requestBody"]["content"]
+    return copy.deepcopy(content["application/json"]["example"])
+
+
+def route_example(name: str, model_store: Path = Path("model_store")) -> dict:
+    """Route ``name``'s request example: its operation's, with the latents cut to the latent size of the route's
+    model (the document shows the 64-d model's)."""
+    body = example(ROUTES[name].operation)
+    if "latents" in body:
+        latent_dim = Manifest.read(model_store / ROUTES[name].export).shapes.latent_dim
+        body["latents"] = [latent[:latent_dim] for latent in body["latents"]]
+    return body

@@ -31,7 +31,7 @@ from pathlib import Path
 from prometheus_client import CollectorRegistry, multiprocess
 
 from serving import drain, listener
-from serving.checks import check_archive, check_ports
+from serving.checks import PORT_ROLES, check_archive, check_ports
 from serving.client import http_json
 from serving.errors import ServerError
 from serving.httpd import MetricsServer
@@ -57,6 +57,9 @@ def reach(host: str) -> str:
 class TorchServe:
     """One TorchServe process group and its metrics exporter; a context manager that always cleans up.
     ``interrupted`` aborts a start in progress; ``hurry`` cuts a drain short."""
+
+    kind = "torchserve"
+    ports = tuple(PORT_ROLES)  # the ServerConfig ports it listens on
 
     def __init__(self, config: ServerConfig | None = None) -> None:
         self.config = config or ServerConfig()
@@ -129,7 +132,7 @@ class TorchServe:
                 raise ServerError(f"{store}: no archive for {', '.join(missing)}; run `make archives`")
             for model in self.config.models:
                 check_archive(store / f"{model}.mar")
-            check_ports(self.config)
+            check_ports(self.config, self.ports)
             check_writable(self.log_dir)
             multiproc = self.tmp / "prometheus"
             multiproc.mkdir()

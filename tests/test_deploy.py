@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
+import fnmatch
 import json
 import re
 import shlex
 import subprocess
 import sys
-import tomllib
 from pathlib import Path
 
 import kubernetes_validate
@@ -17,10 +17,11 @@ import yaml
 from deploy import lock
 from runtime.artifacts import ARTIFACT_DIR
 from runtime.manifest import Manifest
-from serving.__main__ import parser
+from serving.__main__ import HOSTS, parser
 from serving.archive import CODE_DIRS
+from serving.checks import PORT_ROLES
 from serving.routes import ROUTES
-from serving.settings import MODELS
+from serving.settings import MODELS, ServerConfig
 
 ROOT = Path(__file__).resolve().parent.parent
 DEPLOY = ROOT / "deploy"
@@ -36,15 +37,27 @@ def instructions(path: Path) -> list[tuple[str, str]]:
 DOCKERFILE = instructions(ROOT / "Dockerfile")
 
 
-def exec_form(instruction: str) -> list[str]:
-    """The JSON command of ENTRYPOINT, CMD or HEALTHCHECK (after its options and CMD)."""
-    args = next(args for name, args in DOCKERFILE if name == instruction)
+def stage(name: str) -> list[tuple[str, str]]:
+    """The instructions of one stage (``FROM ... AS <name>``), up to the next FROM."""
+    start = next(i for i, (op, args) in enumerate(DOCKERFILE) if op == "FROM" and args.endswith(f" AS {name}"))
+    end = next((i for i in range(start + 1, len(DOCKERFILE)) if DOCKERFILE[i][0] == "FROM"), len(DOCKERFILE))
+    return DOCKERFILE[start + 1:end]
+
+
+def exec_form(instruction: str, host: str = "torchserve") -> list[str]:
+    """The JSON command of ENTRYPOINT, CMD or HEALTHCHECK (after its options and CMD) of a host's image."""
+    args = next(args for name, args in stage(f"host-{host}") if name == instruction)
     return json.loads(args.split(" CMD ", 1)[1] if instruction == "HEALTHCHECK" else args)
 
 
+def copied_sources() -> list[str]:
+    """What the Dockerfile's COPY instructions take from the build context, for every HOST."""
+    copies = [shlex.split(args) for name, args in DOCKERFILE if name == "COPY" and not args.startswith("--from")]
+    return list(dict.fromkeys(src.replace("${HOST}", host) for args in copies for src in args[:-1] for host in HOSTS))
+
+
 def test_dockerfile_copies_folders_that_exist():
-    copies = [shlex.split(args) for name, args in DOCKERFILE if name == "COPY"]
-    sources = [src for args in copies if not args[0].startswith("--from") for src in args[:-1]]
+    sources = copied_sources()
     assert sources and all((ROOT / src).exists() for src in sources), [s for s in sources if not (ROOT / s).exists()]
     code = [src for src in sources if src.endswith(".py") or (ROOT / src).is_dir()]
     assert all((ROOT / src).is_dir() for src in code), code  # whole folders, never a list of modules
@@ -63,9 +76,9 @@ def test_the_build_context_holds_what_the_dockerfile_copies():
     ignore = [line.strip() for line in (ROOT / ".dockerignore").read_text().splitlines()
               if line.strip() and not line.startswith("#")]
     assert ignore[0] == "*"
-    sources = {src for name, args in DOCKERFILE if name == "COPY" and not args.startswith("--from")
-               for src in shlex.split(args)[:-1]}
-    assert {f"!{src}" for src in sources} <= set(ignore), sources
+    sources = copied_sources()
+    kept = [pattern.removeprefix("!") for pattern in ignore if pattern.startswith("!")]
+    assert all(any(fnmatch.fnmatch(src, pattern) for pattern in kept) for src in sources), (sources, kept)
 
 
 @pytest.mark.parametrize("module", ["serving", "serving.health"])
@@ -81,56 +94,68 @@ def test_compose_file_follows_the_compose_specification(tmp_path):
     check = [sys.executable, "-m", "check_jsonschema", "--builtin-schema", "vendor.compose-spec"]
     result = subprocess.run([*check, str(DEPLOY / "compose.yaml")], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stdout + result.stderr
-    broken = yaml.safe_load((DEPLOY / "compose.yaml").read_text())
+    broken = compose_for("torchserve")
     broken["services"]["fmvae"]["ports"] = "8080:8080"  # a string where the spec wants a list
     (tmp_path / "compose.yaml").write_text(yaml.safe_dump(broken))
     assert subprocess.run([*check, str(tmp_path / "compose.yaml")], capture_output=True, timeout=120).returncode == 1
 
 
-def test_entrypoint_is_make_serve_with_container_flags():
+def test_the_final_stage_is_the_chosen_hosts_with_each_hosts_command():
+    assert DOCKERFILE[-1 - len(stage("runtime"))] == ("FROM", "host-${HOST} AS runtime")
+    assert {args for op, args in DOCKERFILE if op == "ARG" and args.startswith("HOST=")} == {"HOST=torchserve"}
+    assert set(HOSTS) == {args.split(" AS host-")[1] for op, args in DOCKERFILE if " AS host-" in args}
+
+
+@pytest.mark.parametrize("host", sorted(HOSTS))
+def test_entrypoint_is_make_serve_with_container_flags(host):
     makefile = (ROOT / "Makefile").read_text()
     serve = re.search(r"^serve:.*\n\t(.+)$", makefile, re.M).group(1)
     assert serve.split()[1:3] == ["-m", "serving"]
-    assert exec_form("ENTRYPOINT") == ["python", "-m", "serving"]
-    args = parser().parse_args(exec_form("CMD"))
+    assert exec_form("ENTRYPOINT", host) == ["python", "-m", "serving"]
+    args = parser().parse_args(exec_form("CMD", host))
+    assert args.server == host
     assert args.token_auth and args.host == "0.0.0.0"  # public inference port, with auth
     assert not args.explorer  # the page is a local tool (explorer/ is not in the image)
-    health = exec_form("HEALTHCHECK")
-    assert health[health.index("--work-dir") + 1] == str(args.work_dir)  # it finds TorchServe's key file
-    exposed = {int(p) for name, ports in DOCKERFILE if name == "EXPOSE" for p in ports.split()}
-    assert exposed == {args.inference_port, args.torchserve_metrics_port, args.metrics_port}  # not management
+    health = exec_form("HEALTHCHECK", host)
+    assert health[health.index("--work-dir") + 1] == str(args.work_dir)  # it finds the key file
+    assert ("--server" in health) == (host != "torchserve") and host in health + ["torchserve"]
+    exposed = {int(p) for name, ports in stage(f"host-{host}") if name == "EXPOSE" for p in ports.split()}
+    public = {PORT_ROLES[field] for field in HOSTS[host].ports} - {"management", "explorer page", "gRPC inference",
+                                                                     "gRPC management"}
+    assert exposed == {getattr(args, field) for field, role in PORT_ROLES.items() if role in public}
 
 
-def test_serving_requirements_follow_pyproject():
-    deps = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
-    pins = {d.split("==")[0]: d for d in deps if "==" in d}
-    serve = [line.split("#")[0].strip() for line in (DEPLOY / "requirements-serve.txt").read_text().splitlines()]
-    for req in filter(None, serve):
-        name = re.split(r"[=<>]", req)[0]
-        if name in pins:
-            assert req == pins[name]
-    install = next(args for name, args in DOCKERFILE if name == "RUN" and "requirements-serve.lock" in args)
-    assert f"pip install {pins['torch']} onnxruntime-gpu==" in install  # the GPU image's torch is the project's pin
-    cpu_lock = (DEPLOY / "requirements-cpu.lock").read_text()
-    onnxruntime = re.search(r"^onnxruntime==(\S+)", cpu_lock, re.M).group(1)
-    assert f"onnxruntime-gpu=={onnxruntime}" in install  # the same ONNX Runtime in both images
-    assert "--require-hashes" in install
+@pytest.mark.parametrize("host", sorted(HOSTS))
+def test_each_image_installs_its_hosts_locks(host):
+    install = next(args for name, args in stage("build") if name == "RUN" and "--require-hashes" in args)
+    assert "requirements-${HOST}-cpu.lock" in install and "requirements-${HOST}.lock" in install
+    assert lock.host_lock(host).is_file() and lock.host_lock(host, cpu=True).is_file()
+    assert f"pip install {lock.runtime_pin('torch')} onnxruntime-gpu==" in install  # the GPU image's torch pin
+    assert install.count("--require-hashes") == 2
 
 
 def test_one_onnxruntime_gates_the_exports_and_runs_in_the_images():
-    """The venv's pin (pyproject.toml) is the images' ONNX Runtime, and each committed export was gated on it."""
+    """The venv's pin (pyproject.toml) is every image's ONNX Runtime, and each committed export was gated on it."""
     pin = lock.runtime_pin("onnxruntime").removeprefix("onnxruntime==")
-    assert f"onnxruntime=={pin}" in lock.IMAGE_RUNTIMES
+    for host in HOSTS:
+        assert f"onnxruntime=={pin} " in lock.host_lock(host, cpu=True).read_text()
     assert f"onnxruntime-gpu=={pin}" in next(args for name, args in DOCKERFILE if name == "RUN" and "lock" in args)
     for export in sorted({route.export for route in ROUTES.values()}):
         assert Manifest.read(ROOT / "model_store" / export).versions["onnxruntime"] == pin, f"re-export {export}"
 
 
-def test_compose_stack_references_existing_files():
-    compose = yaml.safe_load((DEPLOY / "compose.yaml").read_text())
+def compose_for(host: str) -> dict:
+    """deploy/compose.yaml as ``FMVAE_HOST=<host>`` makes it (its ``${FMVAE_HOST:-torchserve}``)."""
+    return yaml.safe_load((DEPLOY / "compose.yaml").read_text().replace("${FMVAE_HOST:-torchserve}", host))
+
+
+@pytest.mark.parametrize("host", sorted(HOSTS))
+def test_compose_stack_references_existing_files(host):
+    compose = compose_for(host)
     services = compose["services"]
     assert set(services) == {"fmvae", "prometheus", "grafana"}
     assert (DEPLOY / services["fmvae"]["build"]["context"] / services["fmvae"]["build"]["dockerfile"]).is_file()
+    assert services["fmvae"]["build"]["args"]["HOST"] == host
     published = [p.split(":")[-1] for p in services["fmvae"]["ports"]]
     assert published == ["8080"]  # management and metrics stay on the compose network
     for service in services.values():
@@ -142,7 +167,10 @@ def test_compose_stack_references_existing_files():
     compose_prom = yaml.safe_load((DEPLOY / prometheus_config.split(":")[0]).read_text())
     local_prom = yaml.safe_load((ROOT / "monitoring" / "prometheus.yml").read_text())
     jobs = [[j["job_name"] for j in config["scrape_configs"]] for config in (compose_prom, local_prom)]
-    assert jobs[0] == jobs[1]
+    assert jobs[0] == (jobs[1] if host == "torchserve" else ["fmvae-handlers"])  # the KServe host has no JVM's
+    targets = {t for job in compose_prom["scrape_configs"] for c in job["static_configs"] for t in c["targets"]}
+    exposed = {int(p) for name, ports in stage(f"host-{host}") if name == "EXPOSE" for p in ports.split()}
+    assert {int(t.split(":")[1]) for t in targets} <= exposed and {t.split(":")[0] for t in targets} == {"fmvae"}
     assert compose_prom["rule_files"] == local_prom["rule_files"]
     mounted_rules = {Path(v.split(":")[1]).name for v in services["prometheus"]["volumes"]}
     assert set(compose_prom["rule_files"]) <= mounted_rules
@@ -152,7 +180,11 @@ def k8s_documents(name: str) -> list[dict]:
     return [d for d in yaml.safe_load_all((DEPLOY / "k8s" / name).read_text()) if d]
 
 
-@pytest.mark.parametrize("doc", k8s_documents("fmvae.yaml"), ids=lambda d: d["kind"])
+DEPLOYMENTS = {"torchserve": "fmvae.yaml", "kserve": "fmvae-kserve.yaml"}  # Deployment + Service + HPA per host
+
+
+@pytest.mark.parametrize("doc", [d for name in DEPLOYMENTS.values() for d in k8s_documents(name)],
+                         ids=lambda d: f"{d['metadata']['name']}-{d['kind']}")
 def test_kubernetes_manifests_match_the_schemas(doc):
     kubernetes_validate.validate(doc, kubernetes_validate.latest_version(), strict=True)
 
@@ -164,18 +196,43 @@ def test_kubernetes_schema_check_can_fail():
         kubernetes_validate.validate(hpa, kubernetes_validate.latest_version(), strict=True)
 
 
-def test_kubernetes_deployment_runs_the_image_as_built():
-    deployment = next(d for d in k8s_documents("fmvae.yaml") if d["kind"] == "Deployment")
-    container = deployment["spec"]["template"]["spec"]["containers"][0]
-    assert container["livenessProbe"]["exec"]["command"] == exec_form("HEALTHCHECK")
-    assert deployment["spec"]["template"]["spec"]["securityContext"]["runAsUser"] == 10001
-    assert {p["containerPort"] for p in container["ports"]} <= {8080, 8082, 8083}
+def runs_the_image_as_built(pod: dict, host: str) -> None:
+    """A pod spec's one container runs the host's image with its health check as every probe, as its user, with
+    only ports the image exposes."""
+    (container,) = pod["containers"]
+    for probe in ("startupProbe", "livenessProbe", "readinessProbe"):
+        assert container[probe]["exec"]["command"] == exec_form("HEALTHCHECK", host), probe
+    assert pod["securityContext"]["runAsUser"] == 10001
+    exposed = {int(p) for name, ports in stage(f"host-{host}") if name == "EXPOSE" for p in ports.split()}
+    assert {p["containerPort"] for p in container["ports"]} <= exposed
+    assert container["image"].split("/")[-1].split(":")[0] == ("fmvae" if host == "torchserve" else "fmvae-kserve")
 
 
-def test_kserve_inference_service_shape():
-    (isvc,) = k8s_documents("kserve.yaml")  # no public schema for the CRD: check the fields KServe needs
+@pytest.mark.parametrize("host", sorted(DEPLOYMENTS))
+def test_kubernetes_deployment_runs_the_image_as_built(host):
+    deployments = [d for d in k8s_documents(DEPLOYMENTS[host]) if d["kind"] == "Deployment"]
+    (deployment,) = deployments
+    runs_the_image_as_built(deployment["spec"]["template"]["spec"], host)
+    names = {d["kind"]: d["metadata"]["name"] for d in k8s_documents(DEPLOYMENTS[host])}
+    assert set(names) == {"Deployment", "Service", "HorizontalPodAutoscaler"} and len(set(names.values())) == 1
+
+
+def test_kserve_inference_service_runs_the_kserve_hosts_image():
+    """No public schema for the CRD: its predictor's pod spec is validated as a Pod's, and the fields KServe
+    needs are checked; the image's tag is the released model's identity."""
+    (isvc,) = k8s_documents("kserve.yaml")
     assert (isvc["apiVersion"], isvc["kind"]) == ("serving.kserve.io/v1beta1", "InferenceService")
-    model = isvc["spec"]["predictor"]["model"]
-    assert model["modelFormat"]["name"] == "pytorch" and model["storageUri"].startswith(("s3://", "gs://", "pvc://"))
-    release = Manifest.read(Path("model_store") / ROUTES["sample"].export)  # the archives' --version
-    assert model["storageUri"].rstrip("/").rsplit("/", 1)[1] == release.source.sha256[:12]
+    predictor = dict(isvc["spec"]["predictor"])
+    scaling = {key: predictor.pop(key) for key in ("minReplicas", "maxReplicas")}
+    assert 1 <= scaling["minReplicas"] <= scaling["maxReplicas"]
+    pod = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "fmvae"}, "spec": predictor}
+    kubernetes_validate.validate(pod, kubernetes_validate.latest_version(), strict=True)
+    runs_the_image_as_built(predictor, "kserve")
+    (container,) = predictor["containers"]
+    assert container["name"] == "kserve-container" and [p["containerPort"] for p in container["ports"]] == [8080]
+    release = Manifest.read(ROOT / "model_store" / ROUTES["sample"].export)
+    identity = release.source.sha256[:12]
+    assert container["image"].rsplit(":", 1)[1] == identity == isvc["metadata"]["labels"]["fmvae/model"]
+    annotations = isvc["metadata"]["annotations"]
+    assert annotations["serving.kserve.io/deploymentMode"] == "RawDeployment"
+    assert int(annotations["prometheus.kserve.io/port"]) == ServerConfig.metrics_port

@@ -4,8 +4,11 @@ CUDA device (its tensors stay on the CPU and a stand-in replays captured calls).
 
 from __future__ import annotations
 
+import json
 import logging
 import shutil
+import subprocess
+import sys
 from dataclasses import replace
 
 import numpy as np
@@ -42,7 +45,7 @@ def cpu_capture(forward, static):
 
 
 cpu_capture.calls = 0
-PRETEND_GPU = Placement("cuda:0", torch.device("cpu"), cpu_capture)
+PRETEND_GPU = Placement("cuda:0", "cpu", cpu_capture)
 
 
 def test_a_worker_runs_on_cuda_only_when_given_a_gpu_that_torch_sees(monkeypatch, caplog):
@@ -50,11 +53,11 @@ def test_a_worker_runs_on_cuda_only_when_given_a_gpu_that_torch_sees(monkeypatch
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     with caplog.at_level(logging.WARNING, logger="fmvae.worker"):
         assert placement(0) is CPU
-    assert "given GPU 0, but torch sees no CUDA device here" in caplog.text
+    assert "given GPU 0, but torch sees no CUDA device" in caplog.text
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     where = placement(1)
-    assert (where.name, where.kind, where.torch_device, where.graph_capture) == (
-        "cuda:1", "cuda", torch.device("cuda:1"), backends.cuda_capture)
+    assert (where.name, where.kind, where.device, where.graph_capture) == (
+        "cuda:1", "cuda", "cuda:1", backends.cuda_capture)
     assert placement(None) is CPU
 
 
@@ -65,6 +68,18 @@ def test_threads_per_device(monkeypatch):
     assert worker_threads(3) == 3 and worker_threads(3, kind="cuda") == 3
     monkeypatch.setenv("FMVAE_WORKER_THREADS", "2")
     assert worker_threads("auto", 3, cpus=16) == 2 and worker_threads("auto", kind="cuda") == 2
+
+
+def test_the_cpus_available_count_the_cgroup_quota(tmp_path, monkeypatch):
+    monkeypatch.setattr(device.os, "sched_getaffinity", lambda pid: set(range(64)))
+    cpu_max = tmp_path / "cpu.max"
+    assert device.available_cpus(cpu_max) == 64  # no cgroup file: the affinity
+    for text, cpus in (("max 100000", 64), ("400000 100000", 4), ("150000 100000", 2), ("20000 100000", 1),
+                       ("12800000 100000", 64)):
+        cpu_max.write_text(text + "\n")
+        assert device.available_cpus(cpu_max) == cpus, text
+    cpu_max.write_text("4 CPUs")
+    assert device.available_cpus(cpu_max) == 64  # unreadable: the affinity
 
 
 def test_the_cuda_choice_skips_what_is_missing_and_says_why(tmp_path, monkeypatch):
@@ -157,7 +172,7 @@ def test_no_graphs_when_the_setting_is_empty_or_the_device_cannot(monkeypatch):
     spec = replace(MODELS["decode"], cuda_graph_batches=())
     worker = InProcessWorker("decode", ARTIFACTS.parent, spec=spec, gpu_id=0).worker
     assert worker.backend == "torchscript-fp16" and not isinstance(worker.decoder, backends.GraphedDecoder)
-    monkeypatch.setattr(device, "placement", lambda gpu_id: Placement("cuda:0", torch.device("cpu")))
+    monkeypatch.setattr(device, "placement", lambda gpu_id: Placement("cuda:0", "cpu"))
     assert not isinstance(InProcessWorker("decode", ARTIFACTS.parent, gpu_id=0).worker.decoder,
                           backends.GraphedDecoder)
 
@@ -170,3 +185,51 @@ def test_the_gpu_layout_reaches_the_model_configs():
         assert config["deviceType"] == ("gpu" if name in GPU_ROUTES else "cpu")
         assert config["handler"]["cuda_graph_batches"] == list(CUDA_GRAPH_BATCHES)
         assert config["handler"]["decoder"]["cuda"][0] == "torchscript-fp16"
+
+
+def test_each_kserve_process_serves_its_gpu_routes_from_one_device(monkeypatch):
+    """The KServe host on a pretend two-GPU machine: process 3 puts every GPU route on cuda:1 (3 modulo 2), the
+    2-d routes on the CPU, and the routes of one export share its networks there (one CUDA context per process)."""
+    from serving.kserve_app import App
+    from serving.settings import spec_document
+
+    monkeypatch.setattr(device, "cuda_devices", lambda: 2)
+    monkeypatch.setattr(device, "placement", lambda gpu_id: CPU if gpu_id is None else
+                        Placement(f"cuda:{gpu_id}", "cpu", cpu_capture))
+    settings = {"models": {name: spec_document(spec) for name, spec in MODELS.items()},
+                "model_store": str(ARTIFACTS.parent), "processes": 4, "key_file": None, "max_request_size": 1 << 20}
+    app = App(settings, index=3)
+    workers = {route: lane.service.worker for route, lane in app.lanes.items()}
+    assert {route: w.device for route, w in workers.items()} == {
+        route: "cuda:1" if route in GPU_ROUTES else "cpu" for route in MODELS}
+    decoders = {w.decoder.decoder for route, w in workers.items() if route in GPU_ROUTES}
+    assert len(decoders) == 1  # one fp16 network on the device for every route of the export
+    app.executor.shutdown()
+
+
+def test_without_torch_every_route_serves_from_onnx_runtime():
+    """The KServe host's CPU image has no torch: every route answers its example from the ONNX backends, and the
+    TorchScript backends are skipped with the reason."""
+    script = """
+import json, sys
+sys.modules["torch"] = None  # import torch raises ImportError, as where it is not installed
+from pathlib import Path
+from handlers.device import placement, runnable
+from runtime.artifacts import DECODERS
+from serving.inprocess import InProcessWorker
+from serving.routes import ROUTES, route_example
+answers = {}
+for name in ROUTES:
+    worker = InProcessWorker(name, Path("model_store"))
+    answers[name] = [worker([route_example(name)])[0].status, worker.worker.backend]
+print(json.dumps({"answers": answers, "torchscript": runnable(DECODERS["torchscript-fp32"], "cpu"),
+                  "gpu": placement(0).name, "torch": "torch" in sys.modules and sys.modules["torch"] is not None}))
+"""
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300,
+                            cwd=ARTIFACTS.parent.parent)
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads(result.stdout.splitlines()[-1])
+    assert report["answers"] == {name: [200, "onnx-int8"] for name in ROUTES}
+    assert "torch is not installed" in report["torchscript"]
+    assert (report["gpu"], report["torch"]) == ("cpu", False)
+    assert "given GPU 0, but torch is not installed" in result.stderr

@@ -1,6 +1,7 @@
 """The GPU run, prepared on the CPU: the bundle's plan (what it carries, against what the GPU machine has, and the
 commands), and its dry run: the bundle installed from an empty folder into an environment holding only the GPU
-machine's packages, where ``bench.gpu --smoke`` runs every part, the real TorchServe on the bundled Java included."""
+machine's packages, where ``bench.gpu --smoke`` runs every part, the real TorchServe on the bundled Java and the
+KServe host included."""
 
 from __future__ import annotations
 
@@ -22,6 +23,7 @@ def test_the_bundle_carries_what_the_gpu_machine_lacks_and_the_commands_use_it(t
     have = gpu_machine_packages()
     assert {"torch", "numpy", "onnxruntime", "pillow", "pyyaml", "prometheus-client", "psutil"} <= have
     assert not have & {gpu_bundle.normalized(n) for n in gpu_bundle.WORKER_PACKAGES + gpu_bundle.SERVER_PACKAGES}
+    assert {"kserve", "fastapi", "uvicorn", "torchserve"} <= set(gpu_bundle.SERVER_PACKAGES)
     out = gpu_bundle.OUT
     carried = [[out / "worker", out / "runtime"], [out / "server" / "part-00"], [out / "server" / "part-01"]]
     (carry_1, first), (carry_2, second), (carry_3, third) = gpu_bundle.commands(carried)
@@ -52,5 +54,7 @@ def test_the_bundle_runs_bench_gpu_from_an_empty_folder():
     worker = report["worker"]["rows"]
     assert len(worker) == len(worker_requests()) and all(r["status"] == 200 and r["device"] == "cpu" for r in worker)
     assert report["context"]["backend"] == "onnx-int8" and report["context"]["ready_s"] > 0
-    assert report["server"]["all_answered"], json.dumps(report["server"])[:2000]
-    assert [r["scenario"] for r in report["server"]["rows"]] == ["sample n=1", "sample n=64"]
+    assert set(report["server"]) == {"torchserve", "kserve"}  # both hosts from the bundle
+    for host, served in report["server"].items():
+        assert served["all_answered"], (host, json.dumps(served)[:2000])
+        assert [r["scenario"] for r in served["rows"]] == ["sample n=1", "sample n=64"]

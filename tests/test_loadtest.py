@@ -14,9 +14,12 @@ from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import numpy as np
+import psutil
 import pytest
 from PIL import Image
 
+from loadtest import capacity
+from loadtest.__main__ import targets
 from loadtest.mix import CONTENT_TYPES
 from serving import retry
 from serving.routes import EXPORT_2D, PATH_PREFIX, ROUTES
@@ -164,3 +167,34 @@ def test_the_backoff_grows_honours_retry_after_and_is_jittered():
     assert min(retry.backoff(0, "1") for _ in range(50)) >= 1.0
     assert max(retry.backoff(20, "100") for _ in range(50)) == retry.CAP_S
     assert retry.retryable(500, b'{"message": "Worker died."}') and not retry.retryable(500, b"{}")
+
+
+def test_capacity_climbs_until_the_gate_breaks_and_measures_each_round(stand_in, monkeypatch, tmp_path):
+    """Rounds of real Locust runs against the stand-in, which starts refusing every request after the first
+    round: the climb stops at the broken round, the host holds the first round's users, and each round has its
+    throughput, latency, CPU (the server's and Locust's own) and memory; the report is written whole."""
+    monkeypatch.setenv("LOADTEST_MIX", "sample=1")
+    monkeypatch.setenv("LOADTEST_WAIT", "0.05,0.1")
+    served = capacity.Served(f"http://127.0.0.1:{stand_in.server_address[1]}", lambda: [psutil.Process()])
+    args = capacity.parser().parse_args(["--start", "2", "--step", "3", "--max", "20", "--spawn-rate", "10",
+                                         "--duration", "4"])
+
+    def after_a_round(line: str) -> None:
+        stand_in.script = {"sample": [400] * 100_000}
+
+    rounds = capacity.climb(served, args, targets([], 80.0), tmp_path / "rounds", after_a_round)
+    assert [(r["users"], r["passed"]) for r in rounds] == [(2, True), (5, False)]
+    assert capacity.held(rounds) == 2
+    first, broken = rounds
+    assert first["failures"] == 0 and first["requests_per_s"] > 5 and 0 < first["p50_ms"]["sample"] < 80
+    assert broken["failures"] > 0
+    assert first["locust_cpu_cores"] > 0.01 and first["server_cpu_cores"] > 0 and first["server_memory_mb"] > 10
+    report = {"date": "2026-12-05", "machine": "test", "p50_gate_ms": 80.0, "hosts": {"stand-in": {
+        "held": capacity.held(rounds), "rounds": rounds}}}
+    capacity.write(report, tmp_path / "report")
+    table = (tmp_path / "report" / "capacity.md").read_text()
+    assert "| stand-in | 2 | held |" in table and "| stand-in | 5 | broken |" in table
+    assert "| stand-in | 2 |" in table.split("users held")[1]
+    assert json.loads((tmp_path / "report" / "capacity.json").read_text())["hosts"]["stand-in"]["held"] == 2
+    assert (tmp_path / "report" / "capacity.png").read_bytes()[:4] == b"\x89PNG"
+    assert not list((tmp_path / "report").glob("*.tmp*"))

@@ -1,9 +1,11 @@
-"""The lock files follow what they were compiled from (pyproject.toml, deploy/requirements-serve.txt): a
-dependency changed without `make lock` fails here; and every locked package is pinned with hashes."""
+"""The lock files follow what they were made from (pyproject.toml; the images' from the venv lock): a dependency
+changed without `make lock` fails here; every locked package is pinned with hashes; each image's lock holds what
+its host needs at the venv's versions."""
 
 from __future__ import annotations
 
 import re
+from importlib import metadata
 from pathlib import Path
 
 import pytest
@@ -11,8 +13,9 @@ from packaging.requirements import Requirement
 
 from deploy import lock
 
-LOCKS = [(lock.VENV_LOCK, lock.pyproject_requirements), (lock.SERVE_LOCK, lock.serve_requirements),
-         (lock.CPU_LOCK, lock.serve_requirements)]
+LOCKS = [(lock.VENV_LOCK, lock.pyproject_requirements),
+         *((lock.host_lock(host, cpu), lambda host=host: lock.image_source(host))
+           for host in lock.IMAGE_HOSTS for cpu in (False, True))]
 
 
 def pinned(path: Path) -> dict[str, str]:
@@ -38,10 +41,32 @@ def test_the_locks_satisfy_their_requirements():
         requirement = Requirement(text)
         version = venv[requirement.name.lower().replace("_", "-")]
         assert requirement.specifier.contains(version, prereleases=True), (text, version)
-    image = pinned(lock.SERVE_LOCK) | pinned(lock.CPU_LOCK)
-    for text in lock.serve_requirements():
-        requirement = Requirement(text)
-        assert requirement.specifier.contains(image[requirement.name.lower()], prereleases=True), text
+    for host, (requirements, runtimes) in lock.IMAGE_HOSTS.items():
+        image = pinned(lock.host_lock(host)) | pinned(lock.host_lock(host, cpu=True))
+        assert {name: version for name, version in venv.items() if name in image} == image  # the venv's versions
+        for text in requirements:
+            name = Requirement(text).name.lower()
+            assert name in image or (name in lock.RUNTIMES and name not in runtimes), (host, text)
+        assert set(pinned(lock.host_lock(host, cpu=True))) == set(runtimes)
+
+
+def test_each_image_lock_holds_what_its_packages_need():
+    """Every dependency pip reports for a package of an image lock is in that lock (torch's only where torch is)."""
+    for host in lock.IMAGE_HOSTS:
+        image = pinned(lock.host_lock(host)) | pinned(lock.host_lock(host, cpu=True))
+        for name in image:
+            for text in metadata.requires(name) or []:
+                requirement = Requirement(text)
+                if requirement.marker is None or requirement.marker.evaluate({"extra": ""}):
+                    assert requirement.name.lower().replace("_", "-") in image, (host, name, text)
+    assert "kserve" not in pinned(lock.host_lock("torchserve")) and "torchserve" not in pinned(lock.host_lock("kserve"))
+
+
+def test_the_closure_follows_the_via_annotations():
+    locked = lock.entries(["a==1", "    # via -r requirements.in", "b==1", "    # via a", "c==1", "    # via",
+                           "    #   b", "    #   z", "d==1", "    # via z"])
+    assert [lock.name_of(e) for e in lock.closure(locked, {"a"})] == ["a", "b", "c"]
+    assert [lock.name_of(e) for e in lock.closure(locked, {"z"})] == ["c", "d"]
 
 
 def test_a_changed_dependency_makes_the_lock_stale():
