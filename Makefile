@@ -39,7 +39,7 @@ help:  ## list the targets
 
 setup: $(VENV)/.installed  ## venv from requirements.lock (hash-checked), Debian packages (dataset, Java 17, prometheus, chromium)
 
-$(VENV)/.installed: pyproject.toml requirements.lock
+$(VENV)/.installed: pyproject.toml client/pyproject.toml requirements.lock
 	@pkgs=""; \
 	[ -f $(DATA_PKG_DIR)/train-images-idx3-ubyte.gz ] || pkgs="$$pkgs dataset-fashion-mnist"; \
 	command -v java >/dev/null || pkgs="$$pkgs openjdk-17-jre-headless"; \
@@ -51,7 +51,7 @@ $(VENV)/.installed: pyproject.toml requirements.lock
 	fi
 	python3.11 -m venv $(VENV) 2>/dev/null || python3 -m venv $(VENV)
 	$(PY) -m pip install -q --require-hashes -r requirements.lock
-	$(PY) -m pip install -q --no-deps --no-build-isolation -e .
+	$(PY) -m pip install -q --no-deps --no-build-isolation -e . -e ./client
 	touch $@
 
 lock: $(VENV)/.installed  ## recompile requirements.lock (pip-compile, hashes); the images' locks follow it (deploy/lock.py)

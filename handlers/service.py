@@ -5,7 +5,12 @@ batch of requests, per-request errors, response encoding and metrics.
 A handler file is one operation, named by the file (``handlers/sample.py`` serves ``sample``): ``plan(request,
 worker) -> Plan`` turns a validated request into the latents it needs decoded and a ``finish`` that makes the
 answer from their logits; ``handle = Service(plan)`` does the rest. Every answer, error or not, carries the
-``X-Model-Build`` header: the identity of the export that made it.
+``X-Model-Build`` header: the identity of the export that made it. Request IDs: TorchServe 0.12's frontend gives
+every request an ID of its own and sets it as every answer's ``X-Request-ID`` (over a handler's), so under
+TorchServe a request's ID is TorchServe's, and the worker's log lines name it beside the client's own
+``X-Request-ID`` when it sent one; the KServe host uses the client's (``request_id``: when valid, else a new one).
+Each answer of 500 or more is logged as an error line with the IDs; with env FMVAE_ACCESS_LOG=1 (the launcher's
+``--access-log``) each request gets an access line.
 
 The model config (``handler:`` in the archive's model-config YAML, written from ``serving/settings.py``) names,
 per device kind ("cpu", "cuda"), the backends to run in order of preference: ``decoder`` (every model) and
@@ -25,6 +30,7 @@ import logging
 import math
 import os
 import time
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import cache
@@ -45,6 +51,32 @@ from runtime.manifest import Manifest
 
 CONTENT_TYPES = {"png": "image/png", "gif": "image/gif", "npy": "application/x-npy", "json": "application/json"}
 MODEL_HEADER = "X-Model-Build"  # on every answer: the identity of the export that made it (Manifest.identity)
+REQUEST_ID = "X-Request-ID"  # on every answer: the client's request ID, or one made here
+REQUEST_ID_MAX = 128
+LOG = logging.getLogger("fmvae.worker")
+
+
+def valid_request_id(sent: str | bytes | None) -> str | None:
+    """The client's ID when it is 1-128 printable ASCII characters without spaces, else None."""
+    if isinstance(sent, bytes):
+        sent = sent.decode("latin-1")
+    return sent if sent and len(sent) <= REQUEST_ID_MAX and all("!" <= c <= "~" for c in sent) else None
+
+
+def request_id(sent: str | bytes | None) -> str:
+    """The request's ID: the client's when valid, else a new one (32 hex digits)."""
+    return valid_request_id(sent) or uuid.uuid4().hex
+
+
+def log_answer(route: str, rid: str, status: int, size: int, seconds: float, detail: bytes = b"",
+               sent: str | None = None) -> None:
+    """The request's log lines (``sent``: the client's own ID, where the host's differs): an error line for a 5xx
+    answer (with its message), an access line when FMVAE_ACCESS_LOG is 1."""
+    named = f"request {rid}" + (f" (client's X-Request-ID {sent})" if sent and sent != rid else "")
+    if status >= 500:
+        LOG.error("%s: /predictions/%s answered %d: %s", named, route, status, detail[:300].decode(errors="replace"))
+    if os.environ.get("FMVAE_ACCESS_LOG") == "1":
+        LOG.info("%s: POST /predictions/%s %d %d bytes %.1f ms", named, route, status, size, seconds * 1e3)
 
 
 def decode_png(text: str, name: str, size: tuple[int, int]) -> np.ndarray:
@@ -264,6 +296,9 @@ class Service:
                       (context.model_yaml_config or {}).get("handler", {}), properties.get("gpu_id"))
         if data is None:  # TorchServe's initialization call
             return None
+        start = time.perf_counter()
+        sent = [next(filter(None, (context.get_request_header(i, name) for name in (REQUEST_ID, REQUEST_ID.lower()))),
+                     None) for i in range(len(data))]
         replies = self.answer([row.get("body", row.get("data")) for row in data])
         for i, reply in enumerate(replies):
             if reply.status != 200:
@@ -271,6 +306,8 @@ class Service:
             context.set_response_content_type(i, reply.content_type)
             for name, value in reply.headers.items():
                 context.set_response_header(i, name, value)
+            log_answer(self.worker.model, context.get_request_id(i), reply.status, len(reply.body),
+                       time.perf_counter() - start, reply.body, valid_request_id(sent[i]))
         return [reply.body for reply in replies]
 
     def answer(self, bodies: list[Any]) -> list[Reply]:

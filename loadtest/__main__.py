@@ -3,7 +3,7 @@
 Runs ``loadtest/locustfile.py`` with Locust against ``--host`` (default: the local server; when nothing answers
 there, a TorchServe with the archives of ``make archives`` is started for the run and stopped afterwards).
 Writes Locust's CSV statistics and HTML report to ``--out``, prints p50/p95/p99, req/s, failures and retried
-answers (503/507, retried by the users as every client should: serving/retry.py) per endpoint next to the
+answers (503/507, retried by the users as every client should: client/fmvae_client/retry.py) per endpoint next to the
 server-side p50 (handler-time histogram quantile from a Prometheus scraping the run), and
 exits 1 when an endpoint's p50 is over its target or any request failed. Settings come from flags or
 LOADTEST_* variables.

@@ -9,7 +9,7 @@ the measured window), their memory (PSS, summed, mid-window) and Locust's own CP
 one Locust process saturates near one core. A host holds the most users at which its gate held.
 
 Writes ``capacity.json``, ``capacity.md`` (the table) and ``capacity.png`` (the figure) to ``--report``, and each
-round's Locust CSV and HTML report under ``--out``; prints the table.
+round's Locust CSV and HTML report and each server's logs under ``--out``; prints the table.
 """
 
 from __future__ import annotations
@@ -144,9 +144,10 @@ def held(rounds: list[dict]) -> int:
 
 
 @contextlib.contextmanager
-def start(host: str, archives: Path, export_store: Path) -> Iterator[Served]:
-    """A fresh server of ``host`` with every route on free ports."""
-    config = ServerConfig(server=host, model_store=archives, export_store=export_store).with_free_ports()
+def start(host: str, archives: Path, export_store: Path, logs: Path) -> Iterator[Served]:
+    """A fresh server of ``host`` with every route on free ports, its logs in ``logs``."""
+    config = ServerConfig(server=host, model_store=archives, export_store=export_store,
+                          log_dir=logs).with_free_ports()
     with HOSTS[host](config) as server:
         yield Served(server.url, lambda: group(server.process.pid))
 
@@ -184,7 +185,6 @@ def figure(report: dict, path: Path) -> None:
         latency.plot(users, [max(r["p50_ms"].values()) for r in result["rounds"]], marker="o", color=line.get_color(),
                      label=f"{host} (holds {result['held']})")
     latency.axhline(report["p50_gate_ms"], color="grey", linestyle="--", label="gate")
-    latency.set_yscale("log")
     throughput.set(xlabel="Locust users", ylabel="requests/s", title="Throughput")
     latency.set(xlabel="Locust users", ylabel="worst route's p50 (ms)", title="Latency")
     for axes in (throughput, latency):
@@ -212,10 +212,10 @@ def parser() -> argparse.ArgumentParser:
     cli = argparse.ArgumentParser(prog="python -m loadtest.capacity", description=__doc__,
                                   formatter_class=argparse.RawDescriptionHelpFormatter)
     cli.add_argument("--hosts", nargs="+", choices=list(HOSTS), default=list(HOSTS))
-    cli.add_argument("--start", type=int, default=200, help="users in the first round")
-    cli.add_argument("--step", type=int, default=100, help="users added each round")
+    cli.add_argument("--start", type=int, default=50, help="users in the first round")
+    cli.add_argument("--step", type=int, default=25, help="users added each round")
     cli.add_argument("--max", type=int, default=1500, help="the most users tried")
-    cli.add_argument("--spawn-rate", type=float, default=50.0, help="users started a second")
+    cli.add_argument("--spawn-rate", type=float, default=25.0, help="users started a second")
     cli.add_argument("--duration", type=float, default=30.0, help="seconds measured each round, after the spawn")
     cli.add_argument("--p50", type=float, default=80.0, help="every route's p50 target (ms)")
     cli.add_argument("--archives", type=Path, default=ARCHIVE_DIR, help="TorchServe's archives (make archives)")
@@ -226,9 +226,10 @@ def parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parser().parse_args(argv)
+    cli = parser()
+    args = cli.parse_args(argv)
     if args.start < 1 or args.step < 1 or args.max < args.start:
-        raise SystemExit("error: --start and --step must be at least 1 and --max at least --start")
+        cli.error("--start and --step must be at least 1, and --max at least --start")
     gates = targets([], args.p50)
     stamp = datetime.now(UTC)
     out = args.out / stamp.strftime("%Y%m%d-%H%M%S")
@@ -237,7 +238,7 @@ def main(argv: list[str] | None = None) -> int:
               "machine": f"{available_cpus()} CPUs", "hosts": {}}
     for host in args.hosts:
         print(f"{host}: starting a fresh server", flush=True)
-        with start(host, args.archives, args.export_store) as served:
+        with start(host, args.archives, args.export_store, out / host / "logs") as served:
             rounds = climb(served, args, gates, out / host, log=lambda line: print(line, flush=True))
         report["hosts"][host] = {"held": held(rounds), "rounds": rounds}
         write(report, args.report)  # each host's rounds kept as soon as they are measured

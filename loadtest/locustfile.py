@@ -16,7 +16,7 @@ service itself, a json sample of the model fetched by each user before its first
 routes (and again before the next one while it has failed), so a body is always of its route's model. The 2-d
 routes are called as the explorer page calls them (json).
 
-Every request follows the clients' retry rule (``serving/retry.py``: 503, 507 and "Worker died." 500 retried with
+Every request follows the clients' retry rule (``fmvae_client.retry``: 503, 507 and "Worker died." 500 retried with
 backoff and jitter). A retried attempt is reported under ``<route> (retried)``, apart from the route's own row,
 which times the attempt that was answered; a request counts as failed when its last attempt is not a 200 with the
 content type of its format. Locust names requests by route, so its statistics are per route.
@@ -30,10 +30,10 @@ import random
 import time
 from collections.abc import Callable
 
+from fmvae_client import retry
 from locust import HttpUser, between
 
 from loadtest.mix import CONTENT_TYPES, RETRIED, choices, mix
-from serving import retry
 from serving.routes import PATH_PREFIX, ROUTES, Route
 
 MIX = mix()

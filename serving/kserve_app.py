@@ -71,6 +71,7 @@ class App:
             self.lanes[route] = Lane(service, spec, settings.get("batch_size") or spec.batch_size, self.executor)
         self.key_file = Path(settings["key_file"]) if settings.get("key_file") else None
         self.max_request_size = settings["max_request_size"]
+        self.access_log = bool(settings.get("access_log"))
         self.traffic = Traffic()
 
     def authorized(self, header: str | None) -> bool:
@@ -129,7 +130,7 @@ def build(settings: dict, index: int = 0) -> tuple[Any, App]:
         server.register_model(RouteModel(route))
     rest = RESTServer("kserve.model_server:app", server.dataplane, server.model_repository_extension, 0,
                       workers=1, grace_period=1, timeout_keep_alive=settings["idle_timeout"])
-    rest.config.access_log = settings["access_log"]
+    rest.config.access_log = False  # the access lines are HostRules', with the request ID
     rest.create_application()
     from kserve.model_server import app
     rest.config.app = HostRules(app, app_state)
@@ -141,11 +142,17 @@ def serve(sock: socket.socket, settings: dict, index: int = 0) -> None:
     import uvicorn
 
     rest, app_state = build(settings, index)
-    if not settings["access_log"]:  # uvicorn's line per request, and KServe's timing lines of its own endpoints
-        for name in ("uvicorn.access", "kserve.trace"):
-            logging.getLogger(name).handlers = []
-            logging.getLogger(name).propagate = False
-            logging.getLogger(name).setLevel(logging.WARNING)
+    # The project's lines (fmvae.kserve: access and error lines; fmvae.worker: the workers') on the output the
+    # launcher keeps; uvicorn's access line and KServe's timing lines are replaced by HostRules' access lines.
+    project = logging.getLogger("fmvae")
+    handler = logging.StreamHandler(sys.stdout)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    project.handlers, project.propagate = [handler], False
+    project.setLevel(logging.INFO)
+    for name in ("uvicorn.access", "kserve.trace"):
+        logging.getLogger(name).handlers = []
+        logging.getLogger(name).propagate = False
+        logging.getLogger(name).setLevel(logging.WARNING)
 
     class DrainingServer(uvicorn.Server):
         """uvicorn without its own signal handling: the drain decides when it stops."""

@@ -1,24 +1,26 @@
-"""The KServe host's request path in each process: the ASGI rules every request passes (token auth, the body
-limit, the drain's bookkeeping, the API's routes answered without a framework in between), and each route's queue
-(``Lane``): requests wait for the process's inference thread and go in batches of those waiting, the queue bounded
-like TorchServe's."""
+"""The KServe host's request path in each process: the ASGI rules every request passes (its request ID, token
+auth, the body limit, the drain's bookkeeping, the API's routes answered without a framework in between, the access
+and error log lines), and each route's queue (``Lane``): requests wait for the process's inference thread and go
+in batches of those waiting, the queue bounded like TorchServe's."""
 
 from __future__ import annotations
 
 import asyncio
 import collections
 import json
+import logging
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 from handlers.errors import RequestError
-from handlers.service import MODEL_HEADER, Reply, Service
+from handlers.service import MODEL_HEADER, REQUEST_ID, Reply, Service, request_id
 from serving.settings import ModelSpec
 
 OVERLOADED = "overloaded"
 PREDICTIONS = "/predictions/"
+LOG = logging.getLogger("fmvae.kserve")
 
 
 def error_reply(e: RequestError, identity: str | None = None, headers: dict[str, str] | None = None) -> Reply:
@@ -93,6 +95,7 @@ class Routes(Protocol):
 
     traffic: Traffic
     max_request_size: int
+    access_log: bool
 
     def authorized(self, header: str | None) -> bool: ...
 
@@ -100,8 +103,11 @@ class Routes(Protocol):
 
 
 class HostRules:
-    """The ASGI app uvicorn runs: token auth on every path, the body limit and the drain's bookkeeping, then the
-    API's routes answered here directly (no framework in between) and everything else by KServe's FastAPI app."""
+    """The ASGI app uvicorn runs: the request's ID (``X-Request-ID``: the client's when valid, else a new one; on
+    every answer), token auth on every path, the body limit and the drain's bookkeeping, then the API's routes
+    answered here directly (no framework in between) and everything else by KServe's FastAPI app; an error line
+    for every answer of 500 or more and, with the access log on, an access line for every request, each with the
+    request ID."""
 
     def __init__(self, inner: Any, state: Routes) -> None:
         self.inner, self.state = inner, state
@@ -111,9 +117,11 @@ class HostRules:
             return await self.inner(scope, receive, send)
         traffic = self.state.traffic
         traffic.in_flight += 1
-        traffic.last = time.monotonic()
+        traffic.last = started = time.monotonic()
+        headers = dict(scope["headers"])
+        rid = request_id(headers.get(b"x-request-id"))
+        answered = {"status": 0, "size": 0, "detail": b""}
         try:
-            headers = dict(scope["headers"])
             if not self.state.authorized(headers.get(b"authorization", b"").decode("latin-1")):
                 reply = error_reply(RequestError("Authorization", "unauthorized",
                                                  "send 'Authorization: Bearer <inference key>'", 401))
@@ -123,9 +131,11 @@ class HostRules:
                                                  f"{self.state.max_request_size} bytes", 413)) if body is None \
                     else await self.state.predictions(scope["path"].removeprefix(PREDICTIONS), body)
             else:
-                await self.inner(scope, receive, self.closing(send) if traffic.draining else send)
+                extra = {REQUEST_ID: rid} | ({"Connection": "close"} if traffic.draining else {})
+                await self.inner(scope, receive, self.adding(send, extra, answered))
                 return
-            extra = {"Connection": "close"} if traffic.draining else {}
+            extra = {REQUEST_ID: rid} | ({"Connection": "close"} if traffic.draining else {})
+            answered.update(status=reply.status, size=len(reply.body), detail=reply.body)
             await send({"type": "http.response.start", "status": reply.status,
                         "headers": [(b"content-type", reply.content_type.encode()),
                                     (b"content-length", str(len(reply.body)).encode()),
@@ -134,12 +144,28 @@ class HostRules:
         finally:
             traffic.in_flight -= 1
             traffic.last = time.monotonic()
+            self.log(scope, rid, answered, traffic.last - started)
+
+    def log(self, scope: dict, rid: str, answered: dict, seconds: float) -> None:
+        """The request's error line (an answer of 500 or more) and access line (access log on)."""
+        status, path = answered["status"], scope["path"]
+        if status >= 500:
+            LOG.error("request %s: %s %s answered %d: %s", rid, scope["method"], path, status,
+                      answered["detail"][:300].decode(errors="replace"))
+        if self.state.access_log:
+            host, port = scope.get("client") or ("-", "-")
+            LOG.info('request %s: %s:%s "%s %s" %d %d bytes %.1f ms', rid, host, port, scope["method"], path,
+                     status, answered["size"], seconds * 1e3)
 
     @staticmethod
-    def closing(send: Any) -> Any:
-        """``send`` that adds ``Connection: close`` to the response (a draining process closes every connection)."""
+    def adding(send: Any, headers: dict[str, str], answered: dict) -> Any:
+        """``send`` that adds ``headers`` to the response and notes its status and size in ``answered``."""
         async def wrapped(message: dict) -> None:
             if message["type"] == "http.response.start":
-                message = message | {"headers": [*message.get("headers", []), (b"connection", b"close")]}
+                answered["status"] = message["status"]
+                message = message | {"headers": [*message.get("headers", []),
+                                                 *((k.lower().encode(), v.encode()) for k, v in headers.items())]}
+            elif message["type"] == "http.response.body":
+                answered["size"] += len(message.get("body", b""))
             await send(message)
         return wrapped

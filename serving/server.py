@@ -145,6 +145,7 @@ class TorchServe:
                 "TMPDIR": str(self.tmp), "TEMP": str(self.tmp),  # pid file (Python) and java.io.tmpdir (sockets)
                 "LOG_LOCATION": str(self.log_dir), "METRICS_LOCATION": str(self.log_dir),
                 "PROMETHEUS_MULTIPROC_DIR": str(multiproc), "FMVAE_DRAIN_FILE": str(self.drain_file),
+                "FMVAE_ACCESS_LOG": "1" if self.config.access_log else "0",  # the workers' lines with request IDs
             }
             self.registry = CollectorRegistry()
             multiprocess.MultiProcessCollector(self.registry, path=str(multiproc))

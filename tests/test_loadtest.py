@@ -1,4 +1,4 @@
-"""The load test's users as clients of the service: they follow the retry rule (serving/retry.py) and send each
+"""The load test's users as clients of the service: they follow the retry rule (fmvae_client.retry) and send each
 route a body of its own model. Driven against a stand-in server whose answers each test scripts; Locust runs in
 a subprocess, since importing it monkey-patches the process with gevent."""
 
@@ -16,12 +16,12 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import numpy as np
 import psutil
 import pytest
+from fmvae_client import retry
 from PIL import Image
 
 from loadtest import capacity
 from loadtest.__main__ import targets
 from loadtest.mix import CONTENT_TYPES
-from serving import retry
 from serving.routes import EXPORT_2D, PATH_PREFIX, ROUTES
 
 DIMS = {"sample": 64, "sample2d": 2}  # the stand-in's samplers and their models' latent sizes

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from ts.context import Context as TorchServeContext
 
-from handlers.service import MODEL_HEADER, Service, quiet_batches
+from handlers.service import MODEL_HEADER, REQUEST_ID, Service, quiet_batches, request_id
 from runtime.manifest import Manifest
 from serving.archive import model_config
 from serving.inprocess import InProcessWorker
@@ -116,8 +116,9 @@ class Context:
     headers in the current batch."""
 
     def __init__(self, model_name: str, model_dir: str, model_yaml_config: dict, gpu_id: int | None = None,
-                 batch_size: int = 1) -> None:
+                 batch_size: int = 1, request_headers: dict[int, dict[str, str]] | None = None) -> None:
         self.model_name = model_name
+        self._request_headers = request_headers or {}
         self.model_yaml_config = model_yaml_config
         self._system_properties = {"model_dir": str(model_dir), "gpu_id": gpu_id, "batch_size": batch_size}
         self._status: dict[int, tuple[int, str]] = {}
@@ -129,6 +130,12 @@ class Context:
 
     def set_response_status(self, code: int = 200, phrase: str = "", idx: int = 0) -> None:
         self._status[idx] = (code, phrase)
+
+    def get_request_header(self, idx: int, key: str) -> str | None:
+        return self._request_headers.get(idx, {}).get(key)
+
+    def get_request_id(self, idx: int = 0) -> str | None:
+        return f"ts-{idx}"  # TorchServe's own ID of the request (its frontend sets it as X-Request-ID)
 
     def get_response_status(self, idx: int) -> tuple[int, str]:
         return self._status.get(idx, (200, None))
@@ -170,6 +177,41 @@ def test_torchserves_adapter_answers_what_the_host_neutral_entry_answers():
     assert np.array_equal(npy(bodies_out[0]), npy(direct[0].body)) and bodies_out[1] == direct[1].body
     for i, reply in enumerate(direct):
         assert {k.lower(): v for k, v in context.get_response_headers(i).items()} == reply.headers
+
+
+def test_a_failed_request_is_logged_with_its_request_ids_and_access_lines_follow_the_setting(monkeypatch, caplog):
+    """Under TorchServe a request's ID is TorchServe's (its frontend sets it on the answer); the worker's lines
+    name it and the client's own X-Request-ID (an invalid one is left out)."""
+    import handlers.sample as sample
+
+    spec = MODELS["sample"]
+    model_dir = ARTIFACTS.parent / spec.export
+    context = Context("sample", model_dir, model_config(spec, Manifest.read(model_dir)),
+                      request_headers={0: {"x-request-id": "fails-1"}, 1: {"X-Request-ID": "not valid"}})
+    handle = Service(sample.plan)
+    handle(None, context)
+    monkeypatch.setattr(handle.worker, "decode", lambda z: np.full((len(z), 1, 28, 28), np.nan, np.float32))
+    monkeypatch.delenv("FMVAE_ACCESS_LOG", raising=False)
+    with caplog.at_level(logging.INFO, logger="fmvae.worker"):
+        handle([{"body": b'{"n": 1}'}], context)
+    assert [r.levelname for r in caplog.records] == ["ERROR"]
+    assert caplog.records[0].message.startswith("request ts-0 (client's X-Request-ID fails-1): /predictions/sample "
+                                                "answered 500")
+    monkeypatch.undo()
+    monkeypatch.setenv("FMVAE_ACCESS_LOG", "1")
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="fmvae.worker"):
+        handle([{"body": b'{"n": 1}'}, {"body": b'{"n": 2}'}], context)
+    lines = [r.message for r in caplog.records]
+    assert len(lines) == 2 and lines[1].startswith("request ts-1: POST /predictions/sample 200")
+    assert REQUEST_ID not in context.get_response_headers(0)  # TorchServe's frontend sets it
+
+
+@pytest.mark.parametrize(("sent", "kept"), [("abc-123", True), ("x" * 128, True), ("x" * 129, False), ("", False),
+                                            ("a b", False), ("caf\u00e9", False), (None, False)])
+def test_a_request_id_is_the_clients_when_short_and_printable(sent, kept):
+    rid = request_id(sent)
+    assert (rid == sent) == kept and 1 <= len(rid) <= 128
 
 
 def test_workers_share_one_root_logger_filter():

@@ -2,8 +2,10 @@
 
 Every operation is a pure function of its body, so a request may be sent again. Retry an answer that says the
 service is busy or lost the request's worker: 503 (a full queue, ``overloaded``, or ``shutting_down``), 507
-(TorchServe's own full queue) and TorchServe's "Worker died." 500. Wait between tries with exponential backoff
-and jitter, never less than the answer's ``Retry-After``; give up after ``ATTEMPTS`` tries.
+(TorchServe's own full queue) and TorchServe's "Worker died." 500, and a connection reset or refused before an
+answer came. Wait between tries with exponential backoff and jitter, never less than the answer's
+``Retry-After``; give up after ``ATTEMPTS`` tries. The client (``fmvae_client.Client``) and the load test's users
+follow it.
 """
 
 from __future__ import annotations
