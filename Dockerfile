@@ -85,10 +85,12 @@ COPY --from=build /opt/venv /opt/venv
 RUN ln -s /opt/venv/nvidia-libs.conf /etc/ld.so.conf.d/fmvae-nvidia-wheels.conf && ldconfig
 WORKDIR /app
 # The launcher (serving/) and what it shares with the workers (runtime/); TorchServe's worker code is in its
-# archives, the KServe host's processes import it from handlers/.
+# archives, the KServe host's processes import it from handlers/; the client package, which the launcher and the
+# health check call the service with.
 COPY handlers/ handlers/
 COPY runtime/ runtime/
 COPY serving/ serving/
+COPY client/fmvae_client/ fmvae_client/
 COPY --from=build /opt/model_store/ model_store/
 ENV PATH=/opt/venv/bin:$PATH PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1
 USER 10001

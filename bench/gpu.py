@@ -33,8 +33,6 @@ import subprocess
 import sys
 import tempfile
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -42,6 +40,7 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 import torch
+from fmvae_client import ClientError, request
 
 from bench.serving import ECHO_BODY, alternate, bench_kserve, bench_server, peer
 from export.build import CastDecoder
@@ -293,14 +292,11 @@ def host_figures(url: str, serve: Callable, echo: Callable, artifact_dir: Path, 
     rows, checks = [], []
     for name in plan.served_routes:
         expected = "cuda" if gpu and MODELS[name].gpu else "cpu"
-        body = json.dumps(json_example(name, artifact_dir.parent)).encode()
-        request = urllib.request.Request(f"{url}/predictions/{name}", data=body,
-                                         headers={"Content-Type": "application/json"})
         try:
-            with urllib.request.urlopen(request, timeout=60) as response:
-                reply, status = json.loads(response.read()), response.status
-        except (urllib.error.URLError, OSError, ValueError) as e:  # the check fails, with its reason
-            status, reply = getattr(e, "code", None), {"error": str(e)}
+            answer = request("POST", f"{url}/predictions/{name}", json_example(name, artifact_dir.parent), timeout=60)
+            status, reply = answer.status, answer.value()
+        except (ClientError, ValueError) as e:  # the check fails, with its reason
+            status, reply = None, {"error": str(e)}
         device = reply.get("device", "")
         checks.append({"route": name, "status": status, "device": device,
                        "passed": status == 200 and device.startswith(expected)})

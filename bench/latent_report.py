@@ -25,17 +25,16 @@ from __future__ import annotations
 
 import argparse
 import base64
-import io
 import json
 import tempfile
 import time
-import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import matplotlib
 import numpy as np
 import torch
+from fmvae_client import Client
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
@@ -52,23 +51,21 @@ EVALUATION = Path("model_store/release/report.json")
 EDIT_TARGETS = {0: 6, 1: 3, 2: 4, 3: 1, 4: 2, 5: 7, 6: 0, 7: 9, 8: 2, 9: 7}  # each class toward a neighbour
 
 
-class Client:
-    """POSTs to one server, keep-alive per thread."""
+class Api:
+    """The report's calls through the client package (kept-alive connections shared by the report's threads):
+    answers as served, as npy arrays or as JSON."""
 
-    def __init__(self, url: str) -> None:
-        self.url = url
+    def __init__(self, client: Client) -> None:
+        self.client = client
 
     def __call__(self, operation: str, body: dict) -> bytes:
-        request = urllib.request.Request(f"{self.url}/predictions/{operation}", data=json.dumps(body).encode(),
-                                         headers={"Content-Type": "application/json"})
-        with urllib.request.urlopen(request, timeout=300) as response:
-            return response.read()
+        return self.client.call(operation, body).body
 
     def npy(self, operation: str, body: dict) -> np.ndarray:
-        return np.load(io.BytesIO(self(operation, body | {"format": "npy"})))
+        return self.client.call(operation, body | {"format": "npy"}).value()
 
     def json(self, operation: str, body: dict) -> dict:
-        return json.loads(self(operation, body | {"format": "json"}))
+        return self.client.call(operation, body | {"format": "json"}).value()
 
 
 def b64png(pixels: np.ndarray) -> str:
@@ -93,7 +90,7 @@ def spread(images: np.ndarray, count: int = 200) -> float:
     return float(distances[np.triu_indices(len(flat), 1)].mean())
 
 
-def class_samples(client: Client, clf: classifier.Classifier, test: data.Split, per_class: int,
+def class_samples(client: Api, clf: classifier.Classifier, test: data.Split, per_class: int,
                   route: str = "sample") -> dict:
     """Per class: share of class-conditional samples labelled as that class, the classifier's test accuracy on the
     class, and the samples' diversity over the real images'."""
@@ -110,7 +107,7 @@ def class_samples(client: Client, clf: classifier.Classifier, test: data.Split, 
     return rows
 
 
-def edits(client: Client, clf: classifier.Classifier, test: data.Split, per_class: int, route: str = "edit",
+def edits(client: Api, clf: classifier.Classifier, test: data.Split, per_class: int, route: str = "edit",
           encoder: str = "encode") -> dict:
     """Per strength ("auto", the default, and 1): [source][target] share labelled as the target (the diagonal
     None), and the mean distance of the edits to their inputs against the inputs' to the targets' mean images."""
@@ -144,7 +141,7 @@ def edits(client: Client, clf: classifier.Classifier, test: data.Split, per_clas
     return found
 
 
-def route_latency(client: Client, repeats: int = 100) -> dict:
+def route_latency(client: Api, repeats: int = 100) -> dict:
     """Per route, the p50 and p95 (ms) of its OpenAPI example, sent ``repeats`` times one after another."""
     found = {}
     for name, route in ROUTES.items():
@@ -163,7 +160,7 @@ def route_latency(client: Client, repeats: int = 100) -> dict:
 TEMPERATURES = (0.25, 0.5, 0.75, 1.0, 1.25, 1.5, 2.0)
 
 
-def temperature_study(client: Client, clf: classifier.Classifier, n: int = 500) -> dict:
+def temperature_study(client: Api, clf: classifier.Classifier, n: int = 500) -> dict:
     """Per temperature, of ``n`` prior samples: sharpness (mean absolute gradient between neighbouring pixels) and
     the classifier's confidence."""
     rows = {}
@@ -175,7 +172,7 @@ def temperature_study(client: Client, clf: classifier.Classifier, n: int = 500) 
     return rows
 
 
-def reconstruction(client: Client, test: data.Split, samples: int) -> dict:
+def reconstruction(client: Api, test: data.Split, samples: int) -> dict:
     """Mean recon error and KL over the test set, through the API, against the evaluation report's terms."""
     errors, kls = [], []
     for i in range(0, len(test.images), 250):
@@ -188,7 +185,7 @@ def reconstruction(client: Client, test: data.Split, samples: int) -> dict:
             "evaluation_recon": report["recon"], "kl": float(np.mean(kls)), "evaluation_kl": report["kl"]}
 
 
-def smoothness(client: Client, pairs: int) -> dict:
+def smoothness(client: Api, pairs: int) -> dict:
     """Mean and spread of each method's path smoothness over the same endpoint pairs (seeds)."""
     found = {}
     for method in ("lerp", "slerp", "constant_norm"):
@@ -202,7 +199,7 @@ def save_png(path: Path, pixels: np.ndarray, scale: int = 2) -> None:
     path.write_bytes(png_bytes(np.kron(pixels, np.ones((scale, scale), dtype=np.uint8))))
 
 
-def figures(client: Client, test: data.Split, out: Path) -> list[str]:
+def figures(client: Api, test: data.Split, out: Path) -> list[str]:
     """The README's pictures of the operations, from the API's own png answers where it has one."""
     out.mkdir(parents=True, exist_ok=True)
     written = []
@@ -318,7 +315,7 @@ def main(argv: list[str] | None = None) -> None:
     with tempfile.TemporaryDirectory() as store:
         archive.build_store(args.artifacts.parent, Path(store))
         with TorchServe(ServerConfig(model_store=Path(store), models=tuple(MODELS)).with_free_ports()) as server:
-            client = Client(server.url)
+            client = Api(Client(server.url, timeout=300))
             report = {"per_class": args.per_class, "edits_per_class": args.edits, "pairs": args.pairs,
                       "class_samples": class_samples(client, clf, test, args.per_class),
                       "edits": edits(client, clf, test, args.edits),

@@ -27,12 +27,12 @@ import subprocess
 import sys
 import tempfile
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 
 import psutil
+from fmvae_client import Keys, request
+from fmvae_client.client import refused_for_key
 
 from deploy.errors import ImageError
 from serving.__main__ import HOSTS
@@ -146,15 +146,9 @@ def config(name: str) -> dict:
 
 
 def http(url: str, body: dict | None = None, key: str | None = None) -> tuple[int, str, bytes]:
-    """(status, content type, body) of a GET, or a POST of ``body`` as JSON."""
-    headers = {"Content-Type": "application/json"} | ({"Authorization": f"Bearer {key}"} if key else {})
-    data = json.dumps(body).encode() if body is not None else None
-    request = urllib.request.Request(url, data=data, headers=headers, method="POST" if data else "GET")
-    try:
-        with urllib.request.urlopen(request, timeout=30) as response:
-            return response.status, response.headers.get("Content-Type", ""), response.read()
-    except urllib.error.HTTPError as e:
-        return e.code, e.headers.get("Content-Type", ""), e.read()
+    """(status, content type, body) of a GET, or a POST of ``body`` as JSON (the client package, one try)."""
+    answer = request("POST" if body is not None else "GET", url, body, Keys(key=key), timeout=30)
+    return answer.status, answer.content_type, answer.body
 
 
 def outside_address() -> str:
@@ -278,7 +272,7 @@ def test(host: str, kind: str) -> int:
                 (r := container.exec(*healthcheck)).returncode == 0,
                 f"{' '.join(healthcheck)} -> {r.stdout.strip()}"))
             check(results, "no key: refused", lambda: (
-                (r := http(f"{url}/predictions/sample", {"n": 1}))[0] in (400, 401) and refused_for_the_key(r[2]),
+                (r := http(f"{url}/predictions/sample", {"n": 1}))[0] in (400, 401) and refused_for_key(r[0], r[2]),
                 f"HTTP {r[0]} {r[2][:120].decode(errors='replace')}"))
             key = container.key("inference")
             health = "/ping" if host == "torchserve" else "/v2/health/live"
@@ -330,18 +324,6 @@ def test(host: str, kind: str) -> int:
     print(f"{name}: {image_size(name) / 1e9:.2f} GB; {len(results) - len(failed)} of {len(results)} checks passed"
           + (f"; FAILED: {', '.join(failed)}" if failed else ""))
     return 1 if failed else 0
-
-
-def refused_for_the_key(body: bytes) -> bool:
-    """Whether an answer refuses a request for its missing key: TorchServe's InvalidKeyException, or the one error
-    shape's ``unauthorized`` naming the Authorization header."""
-    if b"InvalidKeyException" in body:
-        return True
-    try:
-        error = json.loads(body)
-    except ValueError:
-        return False
-    return error.get("reason") == "unauthorized" and error.get("field") == "Authorization"
 
 
 def cuda_provider_missing(container: Container) -> set[str]:

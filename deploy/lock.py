@@ -86,10 +86,13 @@ def image_source(host: str) -> list[str]:
 
 
 def compile_lock(requirements: list[str], out: Path) -> list[str]:
-    """``pip-compile --generate-hashes`` of ``requirements``; returns the lock's lines."""
+    """``pip-compile --generate-hashes`` of ``requirements``; returns the lock's lines. The pins of ``out`` as it is
+    are kept where they still satisfy the requirements (pip-compile's preference for an existing output)."""
     with tempfile.TemporaryDirectory() as tmp:
         source = Path(tmp) / "requirements.in"
         source.write_text("\n".join(requirements) + "\n")
+        if out.is_file():
+            (Path(tmp) / "out.lock").write_text("\n".join(body(out)) + "\n")
         result = subprocess.run([sys.executable, "-m", "piptools", "compile", "--generate-hashes", "--no-header",
                                  "--allow-unsafe", "--strip-extras", "--quiet", "--no-emit-index-url",
                                  "--no-emit-find-links", "-o", str(Path(tmp) / "out.lock"),

@@ -21,14 +21,12 @@ deadlines of ``serving/httpd.py`` and listens on loopback only, like the rest of
 from __future__ import annotations
 
 import hmac
-import http.client
 import http.cookies
 import io
 import json
 import mimetypes
 import secrets
 import sys
-import threading
 import time
 import traceback
 import urllib.parse
@@ -38,19 +36,19 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from fmvae_client import Client, ClientError
 
 from explorer.errors import NoSpace
 from runtime import artifacts
 from runtime.errors import ManifestError, error_body
 from serving import archive
 from serving.httpd import IDLE_TIMEOUT_S, REQUEST_TIMEOUT_S, DeadlineHandler, DeadlineServer
-from serving.keys import read_keys, refused_for_key, renewed
+from serving.keys import read_keys
 from serving.routes import EXPLORER_OPERATIONS, ROUTES
 from serving.settings import MODELS
 
 STATIC = Path(__file__).resolve().parent / "static"
 PRINCIPAL_DIRECTIONS = 8
-UPSTREAM_ERRORS = (OSError, http.client.HTTPException)  # a refused, reset or malformed answer from TorchServe
 SESSION_COOKIE = "fmvae_session"
 SESSION_SECONDS = 12 * 3600
 
@@ -112,12 +110,16 @@ class Explorer(DeadlineServer):
         self.spaces_json = json.dumps(documents).encode()
         self.allowed = {route for d in documents.values() for route in d["routes"].values()}
         self.max_body = max(MODELS[route].max_body_bytes for route in self.allowed)  # the handlers' own limit
-        target = urllib.parse.urlsplit(api)
-        self.api_host, self.api_port = target.hostname, target.port
         self.key_file = key_file
         self.sessions: dict[str, float] = {}  # session token -> when it expires (time.monotonic)
-        self.local = threading.local()  # one kept-alive connection to TorchServe per thread
+        # The client package's transport and retry rule upstream (kept-alive connections, busy answers retried,
+        # a renewed key read again); the proxy forwards the bodies and answers as they are.
+        self.upstream = Client(api, key_file=key_file)
         super().__init__(("127.0.0.1", port), ExplorerHandler, idle_timeout, request_timeout)
+
+    def server_close(self) -> None:
+        super().server_close()
+        self.upstream.close()
 
     @property
     def url(self) -> str:
@@ -155,36 +157,10 @@ class Explorer(DeadlineServer):
         return self.sessions.get(token, 0) > time.monotonic()
 
     def forward(self, model: str, body: bytes) -> tuple[int, str, bytes]:
-        """POST ``body`` to /predictions/<model>: (status, content type, body). One retry on a stale connection,
-        and one with the key read again when TorchServe refused it (it was just renewed)."""
-        key = self.inference_key()
-        try:
-            answer = self._forward(model, body, key)
-        except UPSTREAM_ERRORS:  # TorchServe closed the kept-alive connection: once more on a new one
-            answer = self._forward(model, body, key)
-        if refused_for_key(answer[0], answer[2]):  # renewed: wait for the key file to hold the new key
-            answer = self._forward(model, body, renewed(self.inference_key, key))
-        return answer
-
-    def _forward(self, model: str, body: bytes, key: str | None) -> tuple[int, str, bytes]:
-        headers = {"Content-Type": "application/json"}
-        if key:
-            headers["Authorization"] = f"Bearer {key}"
-        return self._post(model, body, headers)
-
-    def _post(self, model: str, body: bytes, headers: dict[str, str]) -> tuple[int, str, bytes]:
-        """One request on this thread's connection to TorchServe (made if missing, dropped after an error)."""
-        conn = getattr(self.local, "conn", None)
-        if conn is None:
-            conn = self.local.conn = http.client.HTTPConnection(self.api_host, self.api_port, timeout=60)
-        try:
-            conn.request("POST", f"/predictions/{model}", body, headers)
-            response = conn.getresponse()
-            return response.status, response.getheader("Content-Type", "application/json"), response.read()
-        except UPSTREAM_ERRORS:
-            conn.close()
-            self.local.conn = None
-            raise
+        """POST ``body`` to /predictions/<model> under the client's retry rule: (status, content type, body) of
+        the last answer; raises ClientError when none came."""
+        answer = self.upstream.send(model, body)
+        return answer.status, answer.content_type or "application/json", answer.body
 
 
 class ExplorerHandler(DeadlineHandler):
@@ -289,7 +265,7 @@ class ExplorerHandler(DeadlineHandler):
         elif (body := self.body()) is not None:
             try:
                 status, content_type, answer = self.server.forward(path.removeprefix("/api/predictions/"), body)
-            except UPSTREAM_ERRORS as e:
+            except ClientError as e:
                 self.error(502, "upstream_failed", f"the inference API did not answer ({e})")
                 return
             self.send(status, content_type, answer)

@@ -18,12 +18,12 @@ import os
 import subprocess
 import sys
 import time
-import urllib.error
-import urllib.request
 from contextlib import ExitStack
 from datetime import UTC, datetime
 from pathlib import Path
 from urllib.parse import urlparse
+
+from fmvae_client import ClientError, request
 
 from loadtest.mix import RETRIED, mix
 from monitoring.prometheus import Prometheus
@@ -37,9 +37,8 @@ DEFAULT_HOST = f"http://{ServerConfig.host}:{ServerConfig.inference_port}"
 def answers(host: str) -> bool:
     """Whether a TorchServe answers /ping at ``host``."""
     try:
-        with urllib.request.urlopen(f"{host}/ping", timeout=2) as response:
-            return response.status == 200
-    except (urllib.error.URLError, OSError):
+        return request("GET", f"{host}/ping", timeout=2).status == 200
+    except ClientError:
         return False
 
 

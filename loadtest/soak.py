@@ -13,17 +13,16 @@ Writes ``OUT/soak.json`` and ``OUT/soak.md``.
 from __future__ import annotations
 
 import argparse
-import http.client
 import json
 import random
 import threading
 import time
-import urllib.request
 from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
 import psutil
+from fmvae_client import Client, ClientError, fetch
 from prometheus_client.parser import text_string_to_metric_families
 
 from serving.__main__ import HOSTS
@@ -38,7 +37,7 @@ LOG_FILES = 4  # ts_log, model_log, access_log (empty with the access log off), 
 
 def worker_memory(metrics_url: str) -> float:
     """Resident memory of all workers, bytes (the handlers' gauge)."""
-    text = urllib.request.urlopen(metrics_url, timeout=10).read().decode()
+    text = fetch(metrics_url, timeout=10).decode()  # Prometheus' text format, as bytes
     return sum(s.value for f in text_string_to_metric_families(text) for s in f.samples
                if s.name == "fmvae_worker_resident_memory_bytes")
 
@@ -58,27 +57,24 @@ def run(config: ServerConfig, minutes: float, clients: int) -> dict:
     minute_of: list[tuple[int, float, bool]] = []  # (minute, latency s, failed)
     lock, stop = threading.Lock(), threading.Event()
 
-    def client(seed: int) -> None:
+    def client(seed: int, url: str) -> None:
+        """One keep-alive client sending back to back; every answer but a 200 counts as an error (no retries)."""
         rng = random.Random(seed)
-        conn = None
-        while not stop.is_set():
-            model, body = rng.choice(BODIES)
-            body = body | ({"seed": rng.getrandbits(32)} if model == "sample" else {})
-            start = time.monotonic()
-            try:
-                conn = conn or http.client.HTTPConnection(config.host, config.inference_port, timeout=60)
-                conn.request("POST", f"/predictions/{model}", json.dumps(body), {"Content-Type": "application/json"})
-                response = conn.getresponse()
-                response.read()
-                failed = response.status != 200
-            except (OSError, http.client.HTTPException):
-                failed, conn = True, None
-            with lock:
-                minute_of.append((int((start - started) // 60), time.monotonic() - start, failed))
+        with Client(url, attempts=1) as user:
+            while not stop.is_set():
+                model, body = rng.choice(BODIES)
+                body = body | ({"seed": rng.getrandbits(32)} if model == "sample" else {})
+                start = time.monotonic()
+                try:
+                    failed = user.send(model, json.dumps(body).encode()).status != 200
+                except ClientError:
+                    failed = True
+                with lock:
+                    minute_of.append((int((start - started) // 60), time.monotonic() - start, failed))
 
     with HOSTS[config.server](config) as server:
         log_dir, started = server.log_dir, time.monotonic()  # minutes count from ready
-        threads = [threading.Thread(target=client, args=(i,)) for i in range(clients)]
+        threads = [threading.Thread(target=client, args=(i, server.url)) for i in range(clients)]
         for t in threads:
             t.start()
         rows = []

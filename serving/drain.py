@@ -18,9 +18,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from fmvae_client import Keys, fetch
 from prometheus_client import CollectorRegistry
-
-from serving.client import http_json
 
 QUIET_SECONDS = 0.3
 
@@ -35,12 +34,12 @@ class Load:
     answered_not_503: float
 
 
-def in_flight(management_url: str, models: tuple[str, ...], key: Callable[[], str | None],
+def in_flight(management_url: str, models: tuple[str, ...], keys: Keys,
               registry: CollectorRegistry) -> Load:
     """The server's ``Load`` now, from the management API and the handlers' metrics."""
     queued = 0
     for model in models:
-        for described in http_json(f"{management_url}/models/{model}", key=key):
+        for described in fetch(f"{management_url}/models/{model}", keys):
             queued += described.get("jobQueueStatus", {}).get("pendingRequests", 0)
     answered = not_503 = 0.0
     for metric in registry.collect():

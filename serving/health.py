@@ -11,13 +11,10 @@ directory (``--work-dir``, as given to ``python -m serving``), where the launche
 from __future__ import annotations
 
 import argparse
-import urllib.error
-from collections.abc import Callable
 from pathlib import Path
 
-from serving.client import http_json
-from serving.errors import ServerError
-from serving.keys import read_keys
+from fmvae_client import ClientError, Keys, fetch
+
 from serving.settings import DRAIN_FILE, KEY_FILE, MODELS, ServerConfig
 
 
@@ -26,23 +23,23 @@ def problems(url: str, management_url: str, models: list[str], work_dir: Path | 
     """What keeps the server from being healthy; empty when it is healthy."""
     key_file = work_dir / KEY_FILE if work_dir is not None and (work_dir / KEY_FILE).is_file() else None
 
-    def key(kind: str) -> Callable[[], str | None]:
-        return lambda: read_keys(key_file)[kind] if key_file else None
+    def keys(kind: str) -> Keys:
+        return Keys(key_file=key_file, kind=kind)
 
     if work_dir is not None and (work_dir / DRAIN_FILE).exists():
         return ["draining for a stop"]
     if server == "kserve":
-        return kserve_problems(url, models, key("inference"))
+        return kserve_problems(url, models, keys("inference"))
     try:
-        status = http_json(f"{url}/ping", key=key("inference")).get("status")
-    except (urllib.error.URLError, OSError, ValueError, ServerError) as e:
+        status = fetch(f"{url}/ping", keys("inference")).get("status")
+    except (ClientError, ValueError) as e:
         return [f"/ping: {e}"]
     found = [] if status == "Healthy" else [f"/ping says {status!r}"]
     for model in models:
         try:
-            workers = [w for d in http_json(f"{management_url}/models/{model}", key=key("management"))
+            workers = [w for d in fetch(f"{management_url}/models/{model}", keys("management"))
                        for w in d.get("workers", [])]
-        except (urllib.error.URLError, OSError, ValueError, ServerError) as e:
+        except (ClientError, ValueError) as e:
             found.append(f"{model}: {e}")
             continue
         ready = sum(w.get("status") == "READY" for w in workers)
@@ -51,18 +48,18 @@ def problems(url: str, management_url: str, models: list[str], work_dir: Path | 
     return found
 
 
-def kserve_problems(url: str, models: list[str], key: Callable[[], str | None]) -> list[str]:
+def kserve_problems(url: str, models: list[str], keys: Keys) -> list[str]:
     """The KServe host's liveness and each route's readiness."""
     try:
-        http_json(f"{url}/v2/health/live", key=key)
-    except (urllib.error.URLError, OSError, ValueError, ServerError) as e:
+        fetch(f"{url}/v2/health/live", keys)
+    except (ClientError, ValueError) as e:
         return [f"/v2/health/live: {e}"]
     found = []
     for model in models:
         try:
-            if not http_json(f"{url}/v2/models/{model}/ready", key=key).get("ready"):
+            if not fetch(f"{url}/v2/models/{model}/ready", keys).get("ready"):
                 found.append(f"{model}: not ready")
-        except (urllib.error.URLError, OSError, ValueError, ServerError) as e:
+        except (ClientError, ValueError) as e:
             found.append(f"{model}: {e}")
     return found
 

@@ -6,56 +6,30 @@ TorchServe 0.12 writes ``KEY_FILE`` into its working directory: ``{"management":
 ``token_expiration_min`` after it was made, and from then on every request with it gets 400 InvalidKeyException,
 /ping included. The launcher renews both at a third of their lifetime (``KeyRenewer``), so they never expire.
 TorchServe replaces a renewed key at once, and rewrites the file a moment later: a client reads the key from the
-key file for each request and, when a request is refused for its key (``refused_for_key``), waits for the file
-to hold a new one (``next_key``) and retries once (the launcher's own client, the health check and the explorer
-retry once). TorchServe rewrites the file in place, so a reader retries a file it finds incomplete.
+key file and, when a request is refused for its key, waits for the file to hold a new one and retries once (the
+client package's ``Keys``, which the launcher, the health check and the explorer use). TorchServe rewrites the
+file in place, so a reader retries a file it finds incomplete.
 """
 
 from __future__ import annotations
 
-import json
 import sys
 import threading
-import time
-import urllib.error
-import urllib.request
-from collections.abc import Callable
 from pathlib import Path
+
+from fmvae_client import ClientError, Keys, TransportError, fetch, read_key_file
 
 from serving.errors import ServerError
 
 RENEW_FRACTION = 1 / 3  # renew when this share of a key's lifetime has passed
 
 
-def read_keys(key_file: Path, attempts: int = 50) -> dict[str, str]:
-    """{"management": key, "inference": key, "API": key} from TorchServe's key file, retrying a partly written one."""
-    for _ in range(attempts):
-        try:
-            return {kind: entry["key"] for kind, entry in json.loads(key_file.read_text()).items()}
-        except (ValueError, KeyError, TypeError):
-            time.sleep(0.01)
-    raise ServerError(f"{key_file}: not a readable key file")
-
-
-def renewed(read: Callable[[], str | None], refused: str | None, timeout: float = 2.0) -> str | None:
-    """``read()`` once it no longer gives ``refused``: TorchServe starts refusing a renewed key a moment before it
-    rewrites the key file, so a client refused for its key waits for the new one (at most ``timeout`` seconds;
-    then whatever ``read`` gives)."""
-    deadline, key = time.monotonic() + timeout, read()
-    while key == refused and time.monotonic() < deadline:
-        time.sleep(0.02)
-        key = read()
-    return key
-
-
-def next_key(key_file: Path, kind: str, refused: str) -> str:
-    """The ``kind`` key from ``key_file`` once it is no longer ``refused`` (``renewed``)."""
-    return renewed(lambda: read_keys(key_file)[kind], refused)
-
-
-def refused_for_key(status: int, body: bytes) -> bool:
-    """Whether TorchServe refused a request for its key (a renewed or expired one): re-read it and retry once."""
-    return status == 400 and b"InvalidKeyException" in body
+def read_keys(key_file: Path) -> dict[str, str]:
+    """{"management": key, "inference": key, "API": key} from TorchServe's key file (``read_key_file``)."""
+    try:
+        return read_key_file(key_file)
+    except ClientError as e:
+        raise ServerError(str(e).removesuffix(" (request -)")) from None
 
 
 class KeyRenewer:
@@ -72,27 +46,24 @@ class KeyRenewer:
         self.thread.start()
 
     def renew(self) -> None:
-        """Both keys, now."""
-        api_key = read_keys(self.key_file)["API"]
+        """Both keys, now (TorchServe's token API, with the API key)."""
         for kind in ("management", "inference"):
-            request = urllib.request.Request(f"{self.management_url}/token?type={kind}", method="POST",
-                                             headers={"Authorization": f"Bearer {api_key}"})
-            with urllib.request.urlopen(request, timeout=10) as response:
-                response.read()
+            fetch(f"{self.management_url}/token?type={kind}", Keys(key_file=self.key_file, kind="API"), 10,
+                     method="POST")
         self.renewals += 1
 
     def _run(self) -> None:
         while not self.stopped.wait(self.interval):
             try:
                 self.renew()
-            except (urllib.error.URLError, OSError, ServerError) as e:
+            except (ClientError, ServerError, ValueError) as e:
                 if not self.starting(e):
                     print(f"key renewal failed, trying again in {self.interval:.0f} s: {e}", file=sys.stderr,
                           flush=True)
 
     def starting(self, error: Exception) -> bool:
         """Whether ``error`` only says TorchServe has not written its keys or opened its port yet (not reported)."""
-        refused = isinstance(getattr(error, "reason", error), ConnectionRefusedError)
+        refused = isinstance(error, TransportError)  # no answer: its port is not open yet
         return not self.renewals and (not self.key_file.exists() or refused)
 
     def stop(self) -> None:

@@ -22,15 +22,14 @@ import sys
 import tempfile
 import threading
 import time
-import urllib.error
 from pathlib import Path
 
+from fmvae_client import ClientError, Keys, fetch
 from prometheus_client import CollectorRegistry, multiprocess
 
 from handlers.device import available_cpus
 from serving import listener
 from serving.checks import check_export, check_ports
-from serving.client import http_json
 from serving.errors import ServerError
 from serving.httpd import MetricsServer
 from serving.keys import read_keys
@@ -109,6 +108,10 @@ class KServe:
         """The "inference" key, or None with token auth off."""
         return read_keys(self.key_file)[kind] if self.config.token_auth else None
 
+    def keys(self, kind: str) -> Keys:
+        """The ``kind`` key as the client package reads it: none with token auth off."""
+        return Keys(key_file=self.key_file, kind=kind) if self.config.token_auth else Keys()
+
     def start(self, timeout: float = 180) -> KServe:
         """Check, bind, start the processes and the exporter; return once every process has loaded every route."""
         try:
@@ -181,10 +184,10 @@ class KServe:
             time.sleep(0.1)
 
     def routes_ready(self) -> bool:
-        key = lambda: self.key("inference")  # noqa: E731
         try:
-            return all(http_json(f"{self.url}/v2/models/{m}/ready", key=key).get("ready") for m in self.config.models)
-        except (urllib.error.URLError, OSError, ValueError, ServerError):
+            return all(fetch(f"{self.url}/v2/models/{m}/ready", self.keys("inference")).get("ready")
+                       for m in self.config.models)
+        except (ClientError, ValueError):
             return False
 
     def log_tail(self, lines: int = 40) -> str:

@@ -25,14 +25,13 @@ import sys
 import tempfile
 import threading
 import time
-import urllib.error
 from pathlib import Path
 
+from fmvae_client import ClientError, Keys, fetch
 from prometheus_client import CollectorRegistry, multiprocess
 
 from serving import drain, listener
 from serving.checks import PORT_ROLES, check_archive, check_ports
-from serving.client import http_json
 from serving.errors import ServerError
 from serving.httpd import MetricsServer
 from serving.keys import KeyRenewer, read_keys
@@ -115,6 +114,10 @@ class TorchServe:
             return None
         return read_keys(self.key_file)[kind]
 
+    def keys(self, kind: str) -> Keys:
+        """The ``kind`` key as the client package reads it (again when refused): none with token auth off."""
+        return Keys(key_file=self.key_file, kind=kind) if self.config.token_auth else Keys()
+
     @property
     def log_dir(self) -> Path:
         """Absolute: TorchServe runs in the work dir and resolves relative paths from there."""
@@ -182,9 +185,8 @@ class TorchServe:
                 raise ServerError(f"models {sorted(pending)} not ready after {timeout:.0f} s\n{self.log_tail()}")
             for model in sorted(pending):
                 try:
-                    described = http_json(f"{self.management_url}/models/{model}",
-                                          key=lambda: self.key("management"))
-                except (urllib.error.URLError, OSError, ValueError, KeyError):
+                    described = fetch(f"{self.management_url}/models/{model}", self.keys("management"))
+                except (ClientError, ValueError, KeyError):
                     continue
                 ready = [w["pid"] for d in described for w in d.get("workers", []) if w.get("status") == "READY"]
                 if ready and not all(self.group.owns(pid) for pid in ready):
@@ -206,7 +208,7 @@ class TorchServe:
 
     def in_flight(self) -> drain.Load:
         """What the server holds and has answered (``drain.Load``)."""
-        return drain.in_flight(self.management_url, self.config.models, lambda: self.key("management"),
+        return drain.in_flight(self.management_url, self.config.models, self.keys("management"),
                                self.registry)
 
     def drain(self) -> None:

@@ -12,17 +12,22 @@ from __future__ import annotations
 import base64
 import contextlib
 import gzip
+import http.server
 import io
 import json
 import os
 import runpy
+import socketserver
 import struct
 import subprocess
 import sys
+import threading
 import urllib.error
 import urllib.request
+from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import fastjsonschema
 import numpy as np
@@ -292,3 +297,35 @@ def launcher(tmp_path, current_store):
     yield start
     for launched in started:
         launched.kill()
+
+
+@contextlib.contextmanager
+def running(server: socketserver.BaseServer) -> Iterator[socketserver.BaseServer]:
+    """``server`` answering on a thread of its own; shut down and closed afterwards (the tests' stand-ins)."""
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield server
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(5)
+
+
+def send_answer(handler: Any, status: int, content_type: str, body: bytes, headers: dict[str, str] | None = None
+                ) -> None:
+    """A stand-in's answer on ``handler`` (an http.server request handler); a 503 says Retry-After: 0."""
+    handler.send_response(status)
+    handler.send_header("Content-Type", content_type)
+    handler.send_header("Content-Length", str(len(body)))
+    for name, value in ((headers or {}) | ({"Retry-After": "0"} if status == 503 else {})).items():
+        handler.send_header(name, value)
+    handler.end_headers()
+    handler.wfile.write(body)
+
+
+class QuietHandler(http.server.BaseHTTPRequestHandler):
+    """A stand-in's request handler that logs nothing."""
+
+    def log_message(self, *args: object) -> None:
+        pass

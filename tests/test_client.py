@@ -12,9 +12,8 @@ import json
 import socket
 import subprocess
 import sys
-import threading
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import ThreadingHTTPServer
 from pathlib import Path
 
 import numpy as np
@@ -24,6 +23,7 @@ from fmvae_client.client import Operations
 from PIL import Image
 
 from serving.routes import PATH_PREFIX, ROUTES, openapi, route_example
+from tests.conftest import QuietHandler, running, send_answer
 
 METHOD_ONLY = {"self", "route", "request_id"}  # a method's parameters that are not request fields
 
@@ -93,7 +93,7 @@ class StandIn(ThreadingHTTPServer):
         return f"http://127.0.0.1:{self.server_address[1]}"
 
 
-class Handler(BaseHTTPRequestHandler):
+class Handler(QuietHandler):
     server: StandIn
     protocol_version = "HTTP/1.1"
 
@@ -114,29 +114,14 @@ class Handler(BaseHTTPRequestHandler):
                                    "message": "scripted", "field": "n" if entry == 400 else "body"})
 
     def answer(self, status: int, body: dict) -> None:
-        data = json.dumps(body).encode()
-        self.send_response(status)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(data)))
-        self.send_header("X-Request-ID", self.headers.get("X-Request-ID", "none"))
-        if status == 503:
-            self.send_header("Retry-After", "0")
-        self.end_headers()
-        self.wfile.write(data)
-
-    def log_message(self, *args: object) -> None:
-        pass
+        send_answer(self, status, "application/json", json.dumps(body).encode(),
+                    {"X-Request-ID": self.headers.get("X-Request-ID", "none")})
 
 
 @pytest.fixture
 def stand_in() -> Iterator[StandIn]:
-    server = StandIn()
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield server
-    server.shutdown()
-    server.server_close()
-    thread.join(5)
+    with running(StandIn()) as server:
+        yield server
 
 
 def test_busy_answers_and_resets_are_retried_under_one_request_id(stand_in):

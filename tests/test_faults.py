@@ -21,10 +21,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from fmvae_client import fetch
 from prometheus_client.parser import text_string_to_metric_families
 
 from serving import archive
-from serving.client import http_json
 from serving.errors import ServerError
 from serving.server import TorchServe
 from serving.settings import MODELS, REQUEST_COST_IMAGES, ServerConfig
@@ -132,7 +132,7 @@ def health(server: TorchServe) -> subprocess.CompletedProcess:
 
 
 def workers(server: TorchServe, model: str) -> list[dict]:
-    return http_json(f"{server.management_url}/models/{model}")[0]["workers"]
+    return fetch(f"{server.management_url}/models/{model}")[0]["workers"]
 
 
 def scale(server: TorchServe, model: str, count: int) -> None:

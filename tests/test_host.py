@@ -3,7 +3,6 @@ the log folder check, gRPC kept on loopback unless asked for, and the key client
 
 from __future__ import annotations
 
-import io
 import json
 import os
 import socket
@@ -16,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from serving import client, drain, listener
+from serving import drain, listener
 from serving.errors import ServerError
 from serving.logs import RotatingFile, check_writable, copy_output, exception_line
 from serving.settings import ServerConfig
@@ -70,29 +69,6 @@ def test_grpc_inference_is_on_loopback_unless_asked_for(grpc, address, tmp_path)
     properties = ServerConfig(host="0.0.0.0", grpc=grpc).properties(tmp_path).splitlines()
     assert f"grpc_inference_address={address}" in properties
     assert "grpc_management_address=127.0.0.1" in properties
-
-
-def test_a_request_refused_for_its_key_is_sent_once_more_with_the_key_read_again(monkeypatch):
-    keys, sent = iter(["old", "new"]), []
-
-    def get_json(url: str, timeout: float, token: str | None) -> dict:
-        sent.append(token)
-        if token == "old":
-            raise urllib.error.HTTPError(url, 400, 'Bad Request: {"type": "InvalidKeyException"}', {}, io.BytesIO())
-        return {"ok": True}
-
-    monkeypatch.setattr(client, "get_json", get_json)
-    assert client.http_json("http://x/models", key=lambda: next(keys)) == {"ok": True} and sent == ["old", "new"]
-
-    def bad_request(url: str, timeout: float, token: str | None) -> dict:
-        sent.append(token)
-        raise urllib.error.HTTPError(url, 400, 'Bad Request: {"type": "BadRequestException"}', {}, io.BytesIO())
-
-    monkeypatch.setattr(client, "get_json", bad_request)
-    sent.clear()
-    with pytest.raises(urllib.error.HTTPError):  # any other refusal is the answer
-        client.http_json("http://x/models", key=lambda: "key")
-    assert sent == ["key"]
 
 
 def loads(*rows: tuple[int, float, float]):

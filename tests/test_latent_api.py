@@ -10,13 +10,13 @@ import numpy as np
 import pytest
 import torch
 import yaml
+from fmvae_client import fetch
 from jsonschema import Draft202012Validator
 from PIL import Image
 
 from handlers.schema import SPEC, RequestSchema, inline_refs
 from runtime import artifacts, backends
 from runtime.latent import interpolate, seeded_latents
-from serving.client import http_json
 from serving.routes import OPENAPI
 from tests.conftest import ARTIFACTS, LATENT, b64png, fast_check_passes, npy, png, post
 from training.checkpoint import load, load_model
@@ -357,7 +357,7 @@ def test_a_wrong_class_lists_the_valid_ones(api):
 
 def test_workers_survive_bad_input(server):
     def pids() -> dict:
-        return {op: sorted(w["pid"] for w in http_json(f"{server.management_url}/models/{op}")[0]["workers"])
+        return {op: sorted(w["pid"] for w in fetch(f"{server.management_url}/models/{op}")[0]["workers"])
                 for op in OPERATIONS}
 
     before = pids()

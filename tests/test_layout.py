@@ -39,6 +39,14 @@ def test_worker_packages_import_only_themselves_and_runtime(package):
         assert imported <= ALLOWED[package], f"{path.relative_to(ROOT)} imports {sorted(imported - ALLOWED[package])}"
 
 
+def test_the_client_package_imports_nothing_of_the_project():
+    """``client/`` installs on its own (``pip install ./client``): it may not import the project's packages."""
+    modules = sorted((ROOT / "client" / "fmvae_client").glob("*.py"))
+    assert len(modules) >= 4
+    for path in modules:
+        assert not project_imports(path.read_text(), "fmvae_client"), path.relative_to(ROOT)
+
+
 def test_the_import_check_sees_every_form():
     source = ("import training.model\nfrom export import build\nfrom . import sibling\nimport numpy\n"
               "def late():\n    import bench.serving as s\n    from serving.settings import MODELS\n")

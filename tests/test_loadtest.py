@@ -9,9 +9,8 @@ import io
 import json
 import subprocess
 import sys
-import threading
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import ThreadingHTTPServer
 
 import numpy as np
 import psutil
@@ -23,6 +22,7 @@ from loadtest import capacity
 from loadtest.__main__ import targets
 from loadtest.mix import CONTENT_TYPES
 from serving.routes import EXPORT_2D, PATH_PREFIX, ROUTES
+from tests.conftest import QuietHandler, running, send_answer
 
 DIMS = {"sample": 64, "sample2d": 2}  # the stand-in's samplers and their models' latent sizes
 PNG = base64.b64encode((lambda b: (Image.new("L", (28, 28)).save(b, "PNG"), b.getvalue())[1])(io.BytesIO())).decode()
@@ -56,7 +56,7 @@ class StandIn(ThreadingHTTPServer):
         self.bodies: list[tuple[str, dict]] = []
 
 
-class Handler(BaseHTTPRequestHandler):
+class Handler(QuietHandler):
     server: StandIn
 
     def do_POST(self) -> None:  # noqa: N802 (http.server's name)
@@ -72,28 +72,14 @@ class Handler(BaseHTTPRequestHandler):
             body = b"{}"
         else:
             body = json.dumps({"code": status, "reason": "scripted", "message": message, "field": None}).encode()
-        self.send_response(status)  # a 200 in the content type of the format asked for
-        self.send_header("Content-Type", CONTENT_TYPES[request.get("format", "json")] if status == 200
-                         else "application/json")
-        self.send_header("Content-Length", str(len(body)))
-        if status == 503:
-            self.send_header("Retry-After", "0")
-        self.end_headers()
-        self.wfile.write(body)
-
-    def log_message(self, *args: object) -> None:
-        pass
+        send_answer(self, status, CONTENT_TYPES[request.get("format", "json")] if status == 200  # its format's type
+                    else "application/json", body)
 
 
 @pytest.fixture
 def stand_in() -> Iterator[StandIn]:
-    server = StandIn()
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield server
-    server.shutdown()
-    server.server_close()
-    thread.join(5)
+    with running(StandIn()) as server:
+        yield server
 
 
 def drive(server: StandIn, *calls: str) -> list[list]:

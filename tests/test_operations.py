@@ -21,15 +21,14 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
+from fmvae_client import APIError, Client, fetch
 
 from explorer.server import Explorer
 from loadtest import soak
 from runtime.manifest import FILE as MANIFEST
 from runtime.manifest import Artifact, Manifest
-from serving.client import http_json
 from serving.errors import ServerError
 from serving.health import problems
-from serving.keys import next_key, read_keys, refused_for_key
 from serving.routes import ROUTES
 from serving.server import TorchServe
 from serving.settings import ServerConfig
@@ -80,15 +79,13 @@ def test_keys_are_renewed_before_they_expire_under_load(current_store, tmp_path)
         statuses, health, proxied = [], [], []
         stop = threading.Event()
 
-        def client() -> None:  # the documented protocol: read the key for each request, re-read and retry once
-            while not stop.is_set():
-                key = read_keys(ts.key_file)["inference"]
-                for _ in range(2):
-                    code, body = call(f"{ts.url}/predictions/sample", NPY_BODY, {"Authorization": f"Bearer {key}"})
-                    if not refused_for_key(code, body):
-                        break
-                    key = next_key(ts.key_file, "inference", key)
-                statuses.append(code)
+        def client() -> None:  # the client package: the key from the key file, read again when refused
+            with Client(ts.url, key_file=ts.key_file) as user:
+                while not stop.is_set():
+                    try:
+                        statuses.append(user.call("sample", NPY).status)
+                    except APIError as e:
+                        statuses.append(e.status)
 
         threads = [threading.Thread(target=client) for _ in range(3)]
         for t in threads:
@@ -233,7 +230,7 @@ def test_a_second_signal_cuts_a_stuck_drain_short_and_still_cleans_up(launcher, 
     launched = launcher("--drain-timeout", "60")
     group = launched.wait_ready()
     management = f"http://127.0.0.1:{launched.config.management_port}"
-    workers = [w["pid"] for w in http_json(f"{management}/models/sample")[0]["workers"]]
+    workers = [w["pid"] for w in fetch(f"{management}/models/sample")[0]["workers"]]
     os.kill(workers[0], signal.SIGSTOP)
     clients = Clients(launched.url, NPY, 6)
     time.sleep(2)

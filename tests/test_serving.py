@@ -16,6 +16,7 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import pytest
 import yaml
+from fmvae_client import fetch
 from prometheus_client.parser import text_string_to_metric_families
 
 from handlers import metrics
@@ -29,7 +30,6 @@ from runtime.manifest import FILE as MANIFEST
 from runtime.manifest import Manifest
 from serving import archive
 from serving.__main__ import fallback_warnings
-from serving.client import http_json
 from serving.errors import ServerError
 from serving.server import TorchServe
 from serving.settings import MODELS, ROOT, STORE_WORKERS, ServerConfig
@@ -217,11 +217,11 @@ def test_bad_input_gets_a_json_4xx_naming_the_field(api, model, body, status, fi
 
 def test_worker_survives_bad_input(server):
     management = f"http://127.0.0.1:{server.config.management_port}"
-    before = [w["pid"] for w in http_json(f"{management}/models/sample")[0]["workers"]]
+    before = [w["pid"] for w in fetch(f"{management}/models/sample")[0]["workers"]]
     for _, body, *_ in BAD_INPUTS[:8]:
         post(server, "sample", body)
     assert post(server, "sample", {"n": 1, "seed": 0, "format": "npy"})[0] == 200
-    assert [w["pid"] for w in http_json(f"{management}/models/sample")[0]["workers"]] == before
+    assert [w["pid"] for w in fetch(f"{management}/models/sample")[0]["workers"]] == before
 
 
 def test_bad_request_in_a_batch_fails_alone(server):

@@ -58,32 +58,48 @@ def refused_for_key(status: int, body: bytes) -> bool:
     return (status == 400 and b"InvalidKeyException" in body) or (status == 401 and b"unauthorized" in body)
 
 
-class Keys:
-    """The inference key: given, or read from the service's key file (``key_file.json``: {"inference": {"key"}})."""
+def read_key_file(path: str | os.PathLike) -> dict[str, str]:
+    """{"management": key, "inference": key, "API": key} from the service's key file (TorchServe's format, which
+    the KServe host writes too); a partly written file is read again."""
+    for _ in range(50):
+        try:
+            return {kind: entry["key"] for kind, entry in json.loads(Path(path).read_text()).items()}
+        except (ValueError, KeyError, TypeError):
+            time.sleep(0.01)
+        except OSError as e:
+            raise TransportError(f"cannot read the key file {path}: {e.strerror}", "-") from None
+    raise TransportError(f"{path}: not a readable key file", "-")
 
-    def __init__(self, key: str | None = None, key_file: str | os.PathLike | None = None) -> None:
+
+class Keys:
+    """A key the calls send (``kind``: "inference", or "management" and "API" for TorchServe's management API):
+    given, or read from the service's key file when first needed and again when the service refuses it."""
+
+    def __init__(self, key: str | None = None, key_file: str | os.PathLike | None = None,
+                 kind: str = "inference") -> None:
         self.file = Path(key_file) if key_file else None
-        self.key = key if key or self.file is None else self.read()
+        self.kind = kind
+        self._key = key
+
+    @property
+    def key(self) -> str | None:
+        if self._key is None and self.file is not None:
+            self._key = self.read()
+        return self._key
 
     def read(self) -> str | None:
-        """The key in the file now (a partly written file is read again)."""
-        for _ in range(50):
-            try:
-                return json.loads(self.file.read_text())["inference"]["key"]
-            except (ValueError, KeyError, TypeError):
-                time.sleep(0.01)
-            except OSError as e:
-                raise TransportError(f"cannot read the key file {self.file}: {e.strerror}", "-") from None
-        raise TransportError(f"{self.file}: not a readable key file", "-")
+        """The key in the file now."""
+        return read_key_file(self.file)[self.kind]
 
     def renew(self, refused: str | None) -> bool:
-        """Read the file again until it holds a key other than ``refused`` (at most KEY_WAIT_S); whether it did."""
+        """Read the file again until it holds a key other than ``refused`` (at most KEY_WAIT_S; the service starts
+        refusing a renewed key a moment before it rewrites the file); whether it did."""
         if self.file is None:
             return False
         deadline = time.monotonic() + KEY_WAIT_S
         while (key := self.read()) == refused and time.monotonic() < deadline:
             time.sleep(0.02)
-        self.key = key
+        self._key = key
         return key != refused
 
 
@@ -120,20 +136,22 @@ class Response:
 
 
 class Call:
-    """One call under the retry rule: what each try sends, and what follows its outcome."""
+    """One request under the retry rule (at most ``attempts`` tries; a refused key is read again once): what each
+    try sends, and what follows its outcome."""
 
-    def __init__(self, route: str, body: Mapping[str, Any], request_id: str | None, keys: Keys) -> None:
-        self.path = PATH_PREFIX + route
-        self.payload = json.dumps(body).encode()
+    def __init__(self, method: str, path: str, payload: bytes | None, request_id: str | None, keys: Keys,
+                 attempts: int = retry.ATTEMPTS) -> None:
+        self.method, self.path, self.payload = method, path, payload
         self.request_id = request_id or new_request_id()
-        self.keys = keys
+        self.keys, self.limit = keys, attempts
         self.attempts = 0
         self.rekeyed = False
 
     def headers(self) -> dict[str, str]:
         self.attempts += 1
         key = {"Authorization": f"Bearer {self.keys.key}"} if self.keys.key else {}
-        return {"Content-Type": "application/json", REQUEST_ID: self.request_id, **key}
+        body = {"Content-Type": "application/json"} if self.payload is not None else {}
+        return {**body, REQUEST_ID: self.request_id, **key}
 
     def wait(self, answer: httpx.Response | None) -> float | None:
         """Seconds to wait before trying again, or None when this try ends the call (no answer: ``answer`` None)."""
@@ -142,7 +160,7 @@ class Call:
         if answer is not None and refused_for_key(answer.status_code, answer.content) and not self.rekeyed:
             self.rekeyed = True
             return 0.0 if self.keys.renew(self.keys.key) else None
-        if self.attempts >= retry.ATTEMPTS:
+        if self.attempts >= self.limit:
             return None
         if answer is None:
             return retry.backoff(self.attempts - 1)
@@ -151,13 +169,61 @@ class Call:
         return None
 
     def result(self, answer: httpx.Response | None, error: Exception | None) -> Response:
-        """The answer as a ``Response``; raises APIError for an error answer, TransportError for none."""
+        """The last answer as a ``Response`` (any status); raises TransportError when there was none."""
         if answer is None:
             raise TransportError(f"no answer from {self.path} after {self.attempts} tries: {error}", self.request_id)
         request_id = answer.headers.get(REQUEST_ID, self.request_id)
-        if answer.status_code != 200:
-            raise APIError(answer.status_code, answer.content, request_id)
         return Response(answer.status_code, answer.headers, answer.content, request_id, self.attempts)
+
+    def run(self, http: httpx.Client) -> Response:
+        """Every try of this call on ``http``, waiting between them; the last answer, whatever its status."""
+        while True:
+            answer, error = None, None
+            try:
+                answer = http.request(self.method, self.path, content=self.payload, headers=self.headers())
+            except NO_ANSWER as e:
+                error = e
+            wait = self.wait(answer)
+            if wait is None:
+                return self.result(answer, error)
+            time.sleep(wait)
+
+    async def run_async(self, http: httpx.AsyncClient) -> Response:
+        """``run`` on an async client."""
+        while True:
+            answer, error = None, None
+            try:
+                answer = await http.request(self.method, self.path, content=self.payload, headers=self.headers())
+            except NO_ANSWER as e:
+                error = e
+            wait = self.wait(answer)
+            if wait is None:
+                return self.result(answer, error)
+            await asyncio.sleep(wait)
+
+
+def ok(response: Response) -> Response:
+    """``response`` when it is a 200; else raises APIError with its error shape and request ID."""
+    if response.status != 200:
+        raise APIError(response.status, response.body, response.request_id)
+    return response
+
+
+def request(method: str, url: str, body: Mapping[str, Any] | None = None, keys: Keys | None = None,
+            timeout: float = 5.0, attempts: int = 1) -> Response:
+    """One request to any URL of the service (``body`` sent as JSON), under the retry rule's ``attempts`` and the
+    key protocol; the last answer, whatever its status. Raises TransportError when none came."""
+    payload = None if body is None else json.dumps(body).encode()
+    with httpx.Client(timeout=timeout) as http:
+        return Call(method, url, payload, None, keys or Keys(), attempts).run(http)
+
+
+def fetch(url: str, keys: Keys | None = None, timeout: float = 5.0, method: str = "GET") -> Any:
+    """One request outside the API's routes (health, readiness, TorchServe's management API, metrics), with the
+    key ``keys`` holds: a refused key is read again and the request sent once more; nothing else is retried (a
+    probe answers for now). The answer decoded by its content type (``Response.value``); raises APIError or
+    TransportError."""
+    return ok(request(method, url, keys=keys, timeout=timeout)).value()
 
 
 def drop_none(body: Mapping[str, Any]) -> dict[str, Any]:
@@ -282,26 +348,23 @@ class Operations:
 
 
 class Client(Operations):
-    """The sync client: ``Client(url, key_file=...)``, a context manager (it closes its connections)."""
+    """The sync client: ``Client(url, key_file=...)``, a context manager (it closes its connections);
+    ``attempts``: the retry rule's tries."""
 
     def __init__(self, url: str = DEFAULT_URL, *, key: str | None = None, key_file: str | os.PathLike | None = None,
-                 timeout: float | httpx.Timeout = TIMEOUT, transport: httpx.BaseTransport | None = None) -> None:
-        self.keys = Keys(key, key_file)
+                 timeout: float | httpx.Timeout = TIMEOUT, attempts: int = retry.ATTEMPTS,
+                 transport: httpx.BaseTransport | None = None) -> None:
+        self.keys, self.attempts = Keys(key, key_file), attempts
         self.http = httpx.Client(base_url=url, timeout=timeout, limits=LIMITS, transport=transport)
 
     def call(self, route: str, body: Mapping[str, Any], request_id: str | None = None) -> Response:
-        """POST ``body`` to ``route`` under the retry rule."""
-        call = Call(route, body, request_id, self.keys)
-        while True:
-            answer, error = None, None
-            try:
-                answer = self.http.post(call.path, content=call.payload, headers=call.headers())
-            except NO_ANSWER as e:
-                error = e
-            wait = call.wait(answer)
-            if wait is None:
-                return call.result(answer, error)
-            time.sleep(wait)
+        """POST ``body`` to ``route`` under the retry rule; raises APIError unless the answer is a 200."""
+        return ok(self.send(route, json.dumps(body).encode(), request_id))
+
+    def send(self, route: str, payload: bytes, request_id: str | None = None) -> Response:
+        """POST ``payload`` as it is to ``route`` under the retry rule; the last answer, whatever its status (a
+        proxy forwards it)."""
+        return Call("POST", PATH_PREFIX + route, payload, request_id, self.keys, self.attempts).run(self.http)
 
     def _operation(self, route: str, body: dict[str, Any], request_id: str | None) -> Any:
         return self.call(route, body, request_id).value()
@@ -320,23 +383,15 @@ class AsyncClient(Operations):
     """The async client: the same methods, awaited; ``async with AsyncClient(url) as client``."""
 
     def __init__(self, url: str = DEFAULT_URL, *, key: str | None = None, key_file: str | os.PathLike | None = None,
-                 timeout: float | httpx.Timeout = TIMEOUT, transport: httpx.AsyncBaseTransport | None = None) -> None:
-        self.keys = Keys(key, key_file)
+                 timeout: float | httpx.Timeout = TIMEOUT, attempts: int = retry.ATTEMPTS,
+                 transport: httpx.AsyncBaseTransport | None = None) -> None:
+        self.keys, self.attempts = Keys(key, key_file), attempts
         self.http = httpx.AsyncClient(base_url=url, timeout=timeout, limits=LIMITS, transport=transport)
 
     async def call(self, route: str, body: Mapping[str, Any], request_id: str | None = None) -> Response:
-        """POST ``body`` to ``route`` under the retry rule."""
-        call = Call(route, body, request_id, self.keys)
-        while True:
-            answer, error = None, None
-            try:
-                answer = await self.http.post(call.path, content=call.payload, headers=call.headers())
-            except NO_ANSWER as e:
-                error = e
-            wait = call.wait(answer)
-            if wait is None:
-                return call.result(answer, error)
-            await asyncio.sleep(wait)
+        """POST ``body`` to ``route`` under the retry rule; raises APIError unless the answer is a 200."""
+        call = Call("POST", PATH_PREFIX + route, json.dumps(body).encode(), request_id, self.keys, self.attempts)
+        return ok(await call.run_async(self.http))
 
     async def _operation(self, route: str, body: dict[str, Any], request_id: str | None) -> Any:
         return (await self.call(route, body, request_id)).value()
