@@ -160,7 +160,7 @@ def commands(carried: list[list[Path]]) -> list[tuple[list[str], str]]:
     """The device commands, in order, each with the paths it carries (as ``build`` returned them): each finds what
     the ones before left in /tmp."""
     rel = [[str(path.relative_to(ROOT)) for path in paths] for paths in carried]
-    env = "export PYTHONPATH=/tmp/site PYTHONUNBUFFERED=1"
+    env = "export PYTHONPATH=/tmp/site:$PWD/client PYTHONUNBUFFERED=1"  # client/: the client package (the launcher's)
     first = (f"{INSTALL} {rel[0][0]}/*.whl && tar -xJf {rel[0][1]}/jre.tar.xz -C /tmp && {env} && "
              "python3 -m bench.gpu --out $OUT/gpu --parts decoders worker context")
     keep = [f"mkdir -p {PIECES} && cp {paths[0]} {PIECES}/" for paths in rel[1:]]
@@ -211,8 +211,8 @@ def check() -> dict:
         with tarfile.open(bundle / "runtime" / "jre.tar.xz") as tar:
             tar.extractall(tmp_path, filter="tar")
         env = {k: v for k, v in os.environ.items() if k not in ("VIRTUAL_ENV", "PYTHONHOME")}
-        env |= {"PYTHONPATH": f"{site}:{ROOT}", "JAVA_HOME": str(tmp_path / "jre"), "PYTHONUNBUFFERED": "1",
-                "PATH": f"{tmp_path / 'venv' / 'bin'}:{env.get('PATH', '')}"}
+        env |= {"PYTHONPATH": f"{site}:{ROOT}:{ROOT / 'client'}", "JAVA_HOME": str(tmp_path / "jre"),
+                "PYTHONUNBUFFERED": "1", "PATH": f"{tmp_path / 'venv' / 'bin'}:{env.get('PATH', '')}"}
         result = subprocess.run([str(python), "-m", "bench.gpu", "--smoke", "--out", str(tmp_path / "report")],
                                 cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
         if result.returncode != 0:

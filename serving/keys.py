@@ -17,7 +17,7 @@ import sys
 import threading
 from pathlib import Path
 
-from fmvae_client import ClientError, Keys, TransportError, fetch, read_key_file
+from fmvae_client import ClientError, Keys, TransportError, read_key_file, request
 
 from serving.errors import ServerError
 
@@ -47,16 +47,18 @@ class KeyRenewer:
 
     def renew(self) -> None:
         """Both keys, now (TorchServe's token API, with the API key)."""
-        for kind in ("management", "inference"):
-            fetch(f"{self.management_url}/token?type={kind}", Keys(key_file=self.key_file, kind="API"), 10,
-                     method="POST")
+        for kind in ("management", "inference"):  # its answer is not JSON (a key file's text): status only
+            answer = request("POST", f"{self.management_url}/token?type={kind}",
+                             keys=Keys(key_file=self.key_file, kind="API"), timeout=10)
+            if answer.status != 200:
+                raise ServerError(f"the token API answered {answer.status}: {answer.body[:200]!r}")
         self.renewals += 1
 
     def _run(self) -> None:
         while not self.stopped.wait(self.interval):
             try:
                 self.renew()
-            except (ClientError, ServerError, ValueError) as e:
+            except (ClientError, ServerError) as e:
                 if not self.starting(e):
                     print(f"key renewal failed, trying again in {self.interval:.0f} s: {e}", file=sys.stderr,
                           flush=True)

@@ -34,6 +34,7 @@ def test_the_bundle_carries_what_the_gpu_machine_lacks_and_the_commands_use_it(t
     assert third.startswith("mkdir -p /tmp/fmvae-server && cp build/gpu-bundle/server/part-01 /tmp/fmvae-server/ && "
                             "cat /tmp/fmvae-server/part-* | tar -x")
     assert "JAVA_HOME=/tmp/jre" in third and third.endswith("--parts server")
+    assert all("PYTHONPATH=/tmp/site:$PWD/client " in command for command in (first, third))  # the client package
     assert all(len(command) <= 2000 for _, command in gpu_bundle.commands(carried))  # the device tool's limit
     assert set(PARTS) == {"decoders", "worker", "context", "server"}
     assert {route for route, _ in worker_requests().values()} == set(ROUTES)
