@@ -15,6 +15,7 @@ import onnxruntime as ort
 from handlers.errors import ConfigError
 from runtime.artifacts import DECODERS, ENCODERS, Backend
 from runtime.backends import TORCH_MISSING, GraphCapture, cuda_capture, torch
+from runtime.cpus import available_cpus
 
 LOG = logging.getLogger("fmvae.worker")
 ARTIFACTS = {"decoder": DECODERS, "encoder": ENCODERS}
@@ -50,20 +51,6 @@ def placement(gpu_id: int | None) -> Placement:
     if gpu_id is not None:
         LOG.warning("given GPU %s, but %s: running on the CPU", gpu_id, TORCH_MISSING or "torch sees no CUDA device")
     return CPU
-
-
-CPU_MAX = Path("/sys/fs/cgroup/cpu.max")  # cgroup v2: "<quota> <period>" microseconds, or "max <period>"
-
-
-def available_cpus(cpu_max: Path = CPU_MAX) -> int:
-    """The CPUs this process may use: its affinity, capped by its cgroup's CPU quota rounded up (a container
-    limited to 4 CPUs on a 64-CPU node gets 4, where the affinity alone says 64)."""
-    cpus = len(os.sched_getaffinity(0))
-    try:
-        quota, period = cpu_max.read_text().split()
-        return max(1, min(cpus, -(-int(quota) // int(period))))
-    except (OSError, ValueError):  # no cgroup v2 file, or "max": no quota
-        return cpus
 
 
 def worker_threads(setting: str | int, store_workers: int = 1, cpus: int | None = None, kind: str = "cpu") -> int:

@@ -28,8 +28,8 @@ from pathlib import Path
 
 import psutil
 
-from handlers.device import available_cpus
 from loadtest.__main__ import endpoints, locust_command, locust_stats, targets
+from runtime.cpus import available_cpus
 from serving.__main__ import HOSTS
 from serving.settings import ARCHIVE_DIR, ServerConfig
 

@@ -27,7 +27,7 @@ from pathlib import Path
 from fmvae_client import ClientError, Keys, fetch
 from prometheus_client import CollectorRegistry, multiprocess
 
-from handlers.device import available_cpus
+from runtime.cpus import available_cpus
 from serving import listener
 from serving.checks import check_export, check_ports
 from serving.errors import ServerError

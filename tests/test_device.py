@@ -18,7 +18,7 @@ import torch
 from handlers import device
 from handlers.device import CPU, Placement, choose_backend, placement, worker_threads
 from handlers.errors import ConfigError
-from runtime import artifacts, backends
+from runtime import artifacts, backends, cpus
 from runtime.latent import seeded_latents
 from runtime.manifest import FILE as MANIFEST
 from runtime.manifest import Manifest
@@ -71,15 +71,15 @@ def test_threads_per_device(monkeypatch):
 
 
 def test_the_cpus_available_count_the_cgroup_quota(tmp_path, monkeypatch):
-    monkeypatch.setattr(device.os, "sched_getaffinity", lambda pid: set(range(64)))
+    monkeypatch.setattr(cpus.os, "sched_getaffinity", lambda pid: set(range(64)))
     cpu_max = tmp_path / "cpu.max"
-    assert device.available_cpus(cpu_max) == 64  # no cgroup file: the affinity
-    for text, cpus in (("max 100000", 64), ("400000 100000", 4), ("150000 100000", 2), ("20000 100000", 1),
-                       ("12800000 100000", 64)):
+    assert cpus.available_cpus(cpu_max) == 64  # no cgroup file: the affinity
+    for text, expected in (("max 100000", 64), ("400000 100000", 4), ("150000 100000", 2), ("20000 100000", 1),
+                           ("12800000 100000", 64)):
         cpu_max.write_text(text + "\n")
-        assert device.available_cpus(cpu_max) == cpus, text
+        assert cpus.available_cpus(cpu_max) == expected, text
     cpu_max.write_text("4 CPUs")
-    assert device.available_cpus(cpu_max) == 64  # unreadable: the affinity
+    assert cpus.available_cpus(cpu_max) == 64  # unreadable: the affinity
 
 
 def test_the_cuda_choice_skips_what_is_missing_and_says_why(tmp_path, monkeypatch):
