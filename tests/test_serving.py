@@ -259,7 +259,10 @@ def test_metrics_are_exported_and_increase(server):
     assert post(server, "sample", {"n": -1})[0] == 400
     labels = {"backend": "onnx-int8", "device": "cpu", "model": "sample"}
     answered = value(before, "fmvae_requests_total", model="sample") + 2
-    after = scrape_when(server, lambda s: value(s, "fmvae_requests_total", model="sample") >= answered)
+    timed = value(before, "fmvae_request_duration_seconds_count", **labels) + 2
+    # both counters: each worker process writes its metric files one after the other
+    after = scrape_when(server, lambda s: value(s, "fmvae_requests_total", model="sample") >= answered
+                        and value(s, "fmvae_request_duration_seconds_count", **labels) >= timed)
 
     def grew(name: str, **extra: str) -> float:
         return value(after, name, **labels, **extra) - value(before, name, **labels, **extra)
