@@ -1,7 +1,7 @@
 # syntax=docker/dockerfile:1
 # The fmvae service, one image per host (HOST) and kind (KIND), GPU by default:
 #   TorchServe (the design card's host):  docker build -t fmvae .                        (KIND=cpu: --build-arg KIND=cpu)
-#   KServe's ModelServer (no Java):       docker build -t fmvae:kserve --build-arg HOST=kserve .
+#   KServe's ModelServer (no Java):       docker build -t fmvae-kserve --build-arg HOST=kserve .
 # GPU images: torch 2.13.0 from PyPI (its Linux build is CUDA 13) and onnxruntime-gpu, by exact pin (their CUDA
 # wheels are not hashed here: make lock). CPU images: the host's CPU runtimes, hash-checked against
 # deploy/requirements-<host>-cpu.lock (the TorchServe image torch and onnxruntime; the KServe image onnxruntime

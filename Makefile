@@ -76,7 +76,7 @@ release: setup  ## train the release's four runs if needed (RELEASE_BASE, RELEAS
 		--lr 5e-4 --lr-decay-start 15 --checkpoint-every 5
 	[ -f $(RELEASE_RUN)/final.pt ] || $(PY) -m training.train --out $(RELEASE_RUN) --init-from $(RELEASE_ENCODER)/final.pt \
 		--prior-components 512 --epochs 60 --lr 3e-4 --lr-decay-start 45 --checkpoint-every 5
-	$(PY) -m training.release $(RELEASE_RUN)/final.pt
+	$(PY) -m training.release $(RELEASE_RUN)/final.pt --k 100
 
 export: setup  ## released models -> quantized decoders, parity gate, model_store/export{,-2d}/ (CHECKPOINT=, EXPORT_NAME=)
 	$(PY) -m export $(if $(filter command line,$(origin CHECKPOINT)),$(CHECKPOINT) --name $(EXPORT_NAME)) $(EXPORT_ARGS)
@@ -132,7 +132,7 @@ image-test: setup  ## base image if missing, build, run and check the image as a
 test: setup  ## the whole test suite, real TorchServe, Prometheus and browser included
 	$(PY) -m pytest -q
 
-test-fast: setup  ## the tests that need no TorchServe, Java, Prometheus or browser (under 90 s)
+test-fast: setup  ## the tests that need no TorchServe, Java, Prometheus or browser (about 3 minutes)
 	$(PY) -m pytest -q -m "not integration"
 
 lint: setup  ## ruff, and hadolint on the Dockerfile (fails on any finding)

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import time
 from pathlib import Path
 
@@ -26,6 +25,7 @@ from torch.ao.quantization import default_dynamic_qconfig, per_channel_dynamic_q
 from export.build import dynamic_int8
 from export.config import RELEASES
 from export.lowres import LowResDecoder
+from export.parity import psnr
 from training import checkpoint, data
 
 # name: (qconfig, 7-bit activations). torch's dynamic Linear quantizes its input to 7 bits (reduce_range) unless the
@@ -45,10 +45,6 @@ def cpu_int8() -> str:
         return "unknown"
     found = [f for f in ("avx512_vnni", "avx_vnni", "avx512bw", "avx2") if f in flags.split()]
     return ", ".join(found) or "none of avx2, avx512bw, vnni"
-
-
-def psnr(a: torch.Tensor, b: torch.Tensor) -> float:
-    return 10 * math.log10(1 / float(((a.double() - b.double()) ** 2).mean()))
 
 
 def batched(fn, z: torch.Tensor, batch: int) -> torch.Tensor:  # noqa: ANN001
@@ -91,8 +87,8 @@ def measure(ckpt: Path, x_test: torch.Tensor) -> list[dict]:
                 module.version = 3  # the forward of torch <= 1.x modules: 8-bit activations
         row = {"model": ckpt.parent.name, "latent_dim": model.latent_dim, "qconfig": name, "psnr_db": {}}
         for batch in BATCHES:
-            row["psnr_db"][str(batch)] = {set_name: round(psnr(torch.sigmoid(batched(quantized, z, batch)),
-                                                               reference[set_name]), 2)
+            row["psnr_db"][str(batch)] = {set_name: round(psnr(torch.sigmoid(batched(quantized, z, batch)).numpy(),
+                                                               reference[set_name].numpy()), 2)
                                           for set_name, z in sets.items()}
         row["neg_elbo_change_batch500"] = round(abs(recon(batched(quantized, posterior, 500), x) - reference_recon), 4)
         z64 = sets["prior"][:64]

@@ -18,6 +18,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import shutil
@@ -86,8 +87,14 @@ def base() -> None:
                 if path.is_file():
                     path.unlink()
         tar = subprocess.Popen(["tar", "-C", root, "-c", "."], stdout=subprocess.PIPE)
-        run("podman", "import", "--change", 'CMD ["python3"]', "-", BASE, stdin=tar.stdout)
-        tar.wait()
+        try:
+            run("podman", "import", "--change", 'CMD ["python3"]', "-", BASE, stdin=tar.stdout)
+        except BaseException:
+            tar.kill()
+            raise
+        finally:
+            tar.stdout.close()  # podman is done with it: no reader left, so tar cannot block on a full pipe
+            tar.wait()
     print(f"{BASE}: {image_size(BASE) / 1e6:.0f} MB in {time.monotonic() - start:.0f} s")
 
 
@@ -174,12 +181,15 @@ class Container:
     def __init__(self, name: str, log: Path) -> None:
         self.image = config(name)
         self.id = run("buildah", "from", name).stdout.strip()
-        self.root = Path(run("buildah", "mount", self.id).stdout.strip())
         self._namespace: str | None = None
-        self.log = open(log, "w")  # closed by remove()
-        command = [*self.image["Entrypoint"], *self.image["Cmd"]]
-        self.process = subprocess.Popen(["buildah", "run", "--isolation", "chroot", "--network", "host", self.id,
-                                         "--", *command], stdout=self.log, stderr=subprocess.STDOUT)
+        with contextlib.ExitStack() as undo:  # a failure from here on leaves no working container or open log
+            undo.callback(self.discard)
+            self.root = Path(run("buildah", "mount", self.id).stdout.strip())
+            self.log = undo.enter_context(open(log, "w"))  # closed by remove()
+            command = [*self.image["Entrypoint"], *self.image["Cmd"]]
+            self.process = subprocess.Popen(["buildah", "run", "--isolation", "chroot", "--network", "host", self.id,
+                                             "--", *command], stdout=self.log, stderr=subprocess.STDOUT)
+            undo.pop_all()  # running: remove() undoes it all
 
     def exec(self, *cmd: str) -> subprocess.CompletedProcess:
         return subprocess.run(["buildah", "run", "--isolation", "chroot", "--network", "host", self.id, "--", *cmd],
@@ -234,6 +244,10 @@ class Container:
             self.process.kill()
         self.process.wait()
         self.log.close()
+        self.discard()
+
+    def discard(self) -> None:
+        """Unmount and remove the working container."""
         subprocess.run(["buildah", "umount", self.id], capture_output=True)
         subprocess.run(["buildah", "rm", self.id], capture_output=True)
 

@@ -14,8 +14,10 @@ inference API.
   cookie, valid for 12 hours and across key renewals); the proxy then adds TorchServe's current key upstream.
 
 Its own errors are the project's one error shape (``runtime/errors.py``), as the API's are; a malformed request
-(a bad Content-Length) gets a 400 and a fault a 500, never a closed connection. It keeps the request and idle
-deadlines of ``serving/httpd.py`` and listens on loopback only, like the rest of ``make serve``.
+(a bad Content-Length, a chunked body) gets a 4xx and a fault a 500, never a connection closed unanswered. An answer
+given before the request's body was read closes the connection (Connection: close), so that the unread bytes are
+never taken for the next request. It keeps the request and idle deadlines of ``serving/httpd.py`` and listens on
+loopback only, like the rest of ``make serve``.
 """
 
 from __future__ import annotations
@@ -136,7 +138,7 @@ class Explorer(DeadlineServer):
 
     def open_session(self, key: str) -> str | None:
         """A new session token when ``key`` is the current inference key, else None."""
-        if not hmac.compare_digest(key.encode(), (self.inference_key() or "").encode()):
+        if not hmac.compare_digest(key.encode(errors="surrogatepass"), (self.inference_key() or "").encode()):
             return None
         token = secrets.token_urlsafe(32)
         now = time.monotonic()
@@ -172,6 +174,7 @@ class ExplorerHandler(DeadlineHandler):
     # delayed ACK (~40 ms a request on a kept-alive connection).
     disable_nagle_algorithm = True
     server: Explorer
+    body_read = False  # whether this request's body has been read (``answer`` resets it)
 
     def log_message(self, format: str, *args: object) -> None:  # noqa: A002
         """Quiet: one line per pointer move would flood the terminal."""
@@ -182,6 +185,11 @@ class ExplorerHandler(DeadlineHandler):
             print(f"{self.address_string()} {self.requestline!r} {code}", file=sys.stderr, flush=True)
 
     def send(self, status: int, content_type: str, body: bytes, headers: dict[str, str] | None = None) -> None:
+        declared = "Transfer-Encoding" in self.headers or (self.headers.get("Content-Length") or "0") != "0"
+        if declared and not self.body_read:  # its unread bytes would be parsed as the next request
+            self.close_connection = True
+        if self.close_connection:
+            headers = (headers or {}) | {"Connection": "close"}
         self.send_response(status)
         self.send_header("Content-Type", content_type)
         self.send_header("Content-Length", str(len(body)))
@@ -203,6 +211,7 @@ class ExplorerHandler(DeadlineHandler):
         self.answer(self.post)
 
     def answer(self, method: Callable[[], None]) -> None:
+        self.body_read = False
         try:
             method()
         except Exception as e:  # a fault costs this request a 500, never a closed connection
@@ -227,22 +236,26 @@ class ExplorerHandler(DeadlineHandler):
         self.send(200, mimetypes.guess_type(file.name)[0] or "application/octet-stream", file.read_bytes())
 
     def body(self) -> bytes | None:
-        """The request's body, read whole; None (answered) when it is not one this server takes."""
+        """The request's body, read whole; None (answered, the connection closed: ``send``) when it is not one
+        this server takes."""
+        if "Transfer-Encoding" in self.headers:
+            self.error(411, "length_required", "send the body with a Content-Length, not a Transfer-Encoding",
+                       "Content-Length")
+            return None
         length_header = self.headers.get("Content-Length") or "0"
         try:
             length = int(length_header)
             if length < 0:
                 raise ValueError(length_header)
         except ValueError:
-            self.close_connection = True
             self.error(400, "bad_content_length", f"Content-Length {length_header!r} is not a byte count",
                        "Content-Length")
             return None
         if length > self.server.max_body:
-            self.close_connection = True
             self.error(413, "body_too_large", f"the body is over {self.server.max_body} bytes", "body")
             return None
         body = self.rfile.read(length) if length else b""
+        self.body_read = True
         self.request_received()
         return body
 
@@ -279,7 +292,7 @@ class ExplorerHandler(DeadlineHandler):
             key = json.loads(body)["key"]
             if not isinstance(key, str):
                 raise TypeError(key)
-        except (ValueError, KeyError, TypeError):
+        except (ValueError, KeyError, TypeError, RecursionError):  # RecursionError: nested too deep
             self.error(400, "malformed_json", 'send {"key": "<the inference key>"}', "key")
             return
         token = self.server.open_session(key) if self.server.key_file else None

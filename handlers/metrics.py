@@ -118,7 +118,8 @@ class Recorder:
 
     def _run(self) -> None:
         next_usage = time.monotonic()
-        while not self.stopped.is_set():
+        while True:
+            stopping = self.stopped.is_set()  # read first: what was flushed before stop() is written below
             writes: list[tuple[Callable[[Any], None], Any]] = []
             while not self.queue.empty():
                 writes.extend(self.queue.get())
@@ -130,6 +131,8 @@ class Recorder:
                     write(value)
                 except Exception:  # a failed write loses one sample, never the thread
                     logging.getLogger(__name__).exception("metric write failed")
+            if stopping:
+                return
             self.stopped.wait(self.drain_interval)
 
 

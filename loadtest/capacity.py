@@ -78,10 +78,21 @@ def rate(first: dict[int, float], last: dict[int, float], seconds: float) -> flo
     return sum(last[pid] - first[pid] for pid in last if pid in first) / seconds if seconds > 0 else float("nan")
 
 
+def kill_tree(process: psutil.Popen) -> None:
+    """Kill ``process`` and its children (Locust's workers), then wait for them."""
+    with contextlib.suppress(psutil.Error):  # the process already exited and was reaped: no children to find
+        children = process.children(recursive=True)
+        for each in (process, *children):
+            with contextlib.suppress(psutil.Error):
+                each.kill()
+        psutil.wait_procs(children, timeout=5)
+    process.wait()
+
+
 def measure(served: Served, locust: psutil.Popen, ramp: float, duration: float
             ) -> tuple[list[tuple[float, dict[int, float], dict[int, float]]], list[float]]:
     """Until Locust exits: (seconds, the server's CPU seconds, Locust's) each SAMPLE_S, and the server's memory
-    once, mid-window. Locust is killed if it runs two minutes past its time."""
+    once, mid-window. Locust and its children are killed if it runs two minutes past its time."""
     started = time.monotonic()
     readings, memory = [], []
     while locust.poll() is None:
@@ -92,7 +103,7 @@ def measure(served: Served, locust: psutil.Popen, ramp: float, duration: float
         if not memory and now >= ramp + duration / 2:
             memory.append(pss_mb(served.processes()))
         if now > ramp + duration + 120:
-            locust.kill()
+            kill_tree(locust)
         time.sleep(SAMPLE_S)
     return readings, memory
 
@@ -104,7 +115,10 @@ def round_of(served: Served, users: int, args: argparse.Namespace, gates: dict[s
     command = [*locust_command(served.url, users, args.spawn_rate, ramp + args.duration, out), "--reset-stats"]
     with open(out / "locust.log", "w") as log:
         locust = psutil.Popen(command, stdout=subprocess.DEVNULL, stderr=log)
-        readings, memory = measure(served, locust, ramp, args.duration)
+        try:
+            readings, memory = measure(served, locust, ramp, args.duration)
+        finally:  # Locust exited, or measure() raised: nothing of it is left running
+            kill_tree(locust)
     window = [r for r in readings if r[0] >= ramp] or readings[-1:]
     seconds = window[-1][0] - window[0][0]
     stats = locust_stats(out / "locust_stats.csv")

@@ -74,17 +74,21 @@ def run(config: ServerConfig, minutes: float, clients: int) -> dict:
 
     with HOSTS[config.server](config) as server:
         log_dir, started = server.log_dir, time.monotonic()  # minutes count from ready
-        threads = [threading.Thread(target=client, args=(i, server.url)) for i in range(clients)]
-        for t in threads:
-            t.start()
+        threads = [threading.Thread(target=client, args=(i, server.url), daemon=True) for i in range(clients)]
         rows = []
-        for minute in range(int(np.ceil(minutes))):
-            time.sleep(max(0.0, started + 60 * min(minute + 1, minutes) - time.monotonic()))
-            rows.append({"minute": minute + 1, "worker_memory_mb": worker_memory(server.metrics_url) / 2**20,
-                         "jvm_memory_mb": jvm_memory(server) / 2**20, "log_folder_mb": folder_bytes(log_dir) / 2**20})
-        stop.set()
-        for t in threads:
-            t.join()
+        try:  # the clients stop even when a measurement raises
+            for t in threads:
+                t.start()
+            for minute in range(int(np.ceil(minutes))):
+                time.sleep(max(0.0, started + 60 * min(minute + 1, minutes) - time.monotonic()))
+                rows.append({"minute": minute + 1, "worker_memory_mb": worker_memory(server.metrics_url) / 2**20,
+                             "jvm_memory_mb": jvm_memory(server) / 2**20,
+                             "log_folder_mb": folder_bytes(log_dir) / 2**20})
+        finally:
+            stop.set()
+            for t in threads:
+                if t.is_alive():
+                    t.join()
     for row in rows:
         done = [(latency, failed) for m, latency, failed in minute_of if m == row["minute"] - 1]
         ms = np.array([latency for latency, _ in done]) * 1e3

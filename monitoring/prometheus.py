@@ -54,28 +54,33 @@ class Prometheus:
         self.log = None  # Prometheus' own output, kept in the temp dir
 
     def start(self, timeout: float = 30) -> Prometheus:
-        binary = shutil.which("prometheus")
-        if binary is None:
-            raise PrometheusError("prometheus not found: install Debian's prometheus package (make setup does)")
-        config = self.tmp / "prometheus.yml"
-        config.write_text(yaml.safe_dump(render_config(self.targets, self.interval)))
-        self.log = open(self.tmp / "prometheus.log", "wb")  # closed in stop()
-        self.process = subprocess.Popen(
-            [binary, f"--config.file={config}", f"--storage.tsdb.path={self.tmp / 'data'}",
-             f"--web.listen-address=127.0.0.1:{self.port}", "--web.enable-lifecycle"],
-            stdout=self.log, stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + timeout
-        while True:
-            try:
-                with urllib.request.urlopen(f"{self.url}/-/ready", timeout=2) as response:
-                    if response.status == 200:
-                        return self
-            except (urllib.error.URLError, OSError):
-                pass
-            if self.process.poll() is not None or time.monotonic() > deadline:
-                self.stop()
-                raise PrometheusError(f"Prometheus did not start:\n{(self.tmp / 'prometheus.log').read_text()}")
-            time.sleep(0.2)
+        """Start Prometheus and wait until it is ready; on any failure (Ctrl-C included) stop it and remove its data."""
+        try:
+            binary = shutil.which("prometheus")
+            if binary is None:
+                raise PrometheusError("prometheus not found: install Debian's prometheus package (make setup does)")
+            config = self.tmp / "prometheus.yml"
+            config.write_text(yaml.safe_dump(render_config(self.targets, self.interval)))
+            self.log = open(self.tmp / "prometheus.log", "wb")  # closed in stop()
+            self.process = subprocess.Popen(
+                [binary, f"--config.file={config}", f"--storage.tsdb.path={self.tmp / 'data'}",
+                 f"--web.listen-address=127.0.0.1:{self.port}", "--web.enable-lifecycle"],
+                stdout=self.log, stderr=subprocess.STDOUT)
+            deadline = time.monotonic() + timeout
+            while True:
+                try:
+                    with urllib.request.urlopen(f"{self.url}/-/ready", timeout=2) as response:
+                        if response.status == 200:
+                            return self
+                except (urllib.error.URLError, OSError):
+                    pass
+                if self.process.poll() is not None or time.monotonic() > deadline:
+                    log = (self.tmp / "prometheus.log").read_text()
+                    raise PrometheusError(f"Prometheus did not start:\n{log}")
+                time.sleep(0.2)
+        except BaseException:
+            self.stop()
+            raise
 
     def query(self, expr: str) -> list[dict]:
         """Instant query through the HTTP API; the result vector (or matrix) as Prometheus returns it."""

@@ -40,9 +40,12 @@ def slerp(z0: np.ndarray, z1: np.ndarray, t: np.ndarray) -> np.ndarray:
     """Points on the great-circle arc from z0 to z1, with the norm interpolated linearly.
 
     In D dimensions the prior's mass lies on a thin shell of radius ~sqrt(D) (8 in 64-d); lerp cuts through
-    the low-norm interior, slerp stays on the shell. Falls back to lerp for (anti)parallel endpoints.
+    the low-norm interior, slerp stays on the shell. Falls back to lerp for (anti)parallel endpoints and for an
+    endpoint at the origin (no direction).
     """
     n0, n1 = np.linalg.norm(z0), np.linalg.norm(z1)
+    if min(n0, n1) < 1e-9:
+        return lerp(z0, z1, t)
     u0, u1 = z0 / n0, z1 / n1
     omega = np.arccos(np.clip(u0 @ u1, -1.0, 1.0))
     if abs(np.sin(omega)) < 1e-6:
@@ -72,12 +75,14 @@ def interpolate(z0: np.ndarray, z1: np.ndarray, steps: int, method: str = "slerp
 
 def walk(start: np.ndarray, steps: np.ndarray, project: bool = False) -> np.ndarray:
     """The random walk start, start + steps[0], ... (len(steps) + 1, D); with ``project``, the start and every
-    point after it rescaled onto the prior's shell (norm sqrt(D)) before the next step."""
+    point after it rescaled onto the prior's shell (norm sqrt(D)) before the next step (a point at the origin has
+    no direction and stays)."""
     point = np.asarray(start, np.float64)
     shell = np.sqrt(len(point))
 
     def onto_shell(z: np.ndarray) -> np.ndarray:
-        return z * shell / np.linalg.norm(z) if project else z
+        norm = np.linalg.norm(z)
+        return z * shell / norm if project and norm > 1e-9 else z
 
     points = [onto_shell(point)]
     for step in steps:

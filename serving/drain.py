@@ -13,12 +13,11 @@ from __future__ import annotations
 
 import threading
 import time
-import urllib.error
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from fmvae_client import Keys, fetch
+from fmvae_client import ClientError, Keys, fetch
 from prometheus_client import CollectorRegistry
 
 QUIET_SECONDS = 0.3
@@ -62,14 +61,14 @@ def drain(drain_file: Path, state: Callable[[], Load], timeout: float, hurry: th
     try:
         door = close_door()
         first = state()
-    except (urllib.error.URLError, OSError, ValueError):
+    except (ClientError, OSError, ValueError):
         return "drain ended: the management API no longer answers"
     how = "new connections refused" if door is None else f"listener left open: {door}"
     last, quiet_since = first, time.monotonic()
     while time.monotonic() < deadline and not hurry.is_set():
         try:
             now = state()
-        except (urllib.error.URLError, OSError, ValueError):
+        except (ClientError, OSError, ValueError):
             return "drain ended: the management API no longer answers"
         if door is None:
             settled = now.queued == 0 and now == last

@@ -69,16 +69,16 @@ class App:
             gpu_id = index % gpus if spec.gpu and gpus else None
             service = load_service(route, store, spec, gpu_id, store_workers=processes)
             self.lanes[route] = Lane(service, spec, settings.get("batch_size") or spec.batch_size, self.executor)
-        self.key_file = Path(settings["key_file"]) if settings.get("key_file") else None
+        # The host's keys never expire (kserve_host.write_keys): read once, so no request waits on the file.
+        self.key = read_keys(Path(settings["key_file"]))["inference"] if settings.get("key_file") else None
         self.max_request_size = settings["max_request_size"]
         self.access_log = bool(settings.get("access_log"))
         self.traffic = Traffic()
 
     def authorized(self, header: str | None) -> bool:
-        if self.key_file is None:
+        if self.key is None:
             return True
-        expected = f"Bearer {read_keys(self.key_file)['inference']}"
-        return hmac.compare_digest((header or "").encode(), expected.encode())
+        return hmac.compare_digest((header or "").encode(), f"Bearer {self.key}".encode())
 
     async def predictions(self, route: str, body: bytes) -> Reply:
         """The answer of ``POST /predictions/<route>``."""
@@ -95,8 +95,8 @@ class App:
 def build(settings: dict, index: int = 0) -> tuple[Any, App]:
     """KServe's ModelServer with every route registered as a model and the API's routes on its FastAPI app; returns
     (its REST server, the App)."""
+    from fastapi.responses import Response
     from kserve import Model, ModelServer
-    from kserve.errors import InvalidInput
     from kserve.protocol.rest.server import RESTServer
 
     app_state = App(settings, index)
@@ -110,18 +110,22 @@ def build(settings: dict, index: int = 0) -> tuple[Any, App]:
             self.ready = True
 
         async def predict(self, payload: dict | bytes, headers: dict[str, str] | None = None) -> dict:
-            if isinstance(payload, bytes):  # KServe passes a body it was not told is JSON as it came
-                try:
-                    payload = json.loads(payload)
-                except ValueError as e:
-                    raise InvalidInput(f"the body is not JSON: {e}") from None
+            """Each instance answered as a request of the route; the first that is refused answers for all, in
+            the one error shape (its field prefixed with its place, e.g. ``instances[1].n``)."""
+            if isinstance(payload, bytes):  # KServe passes a body it was not told is JSON as it came (HostRules
+                payload = json.loads(payload)  # has parsed it strictly already)
             instances = payload.get("instances") if isinstance(payload, dict) else None
-            if not isinstance(instances, list):
-                raise InvalidInput('send {"instances": [<request body>, ...]}')
+            if not isinstance(instances, list) or not instances:
+                raise RequestError("instances", "missing_field" if instances is None else "wrong_type",
+                                   'send {"instances": [<request body>, ...]}')
             predictions = []
-            for instance in instances:
+            for i, instance in enumerate(instances):
                 body = json.dumps(instance | {"format": "json"} if isinstance(instance, dict) else instance).encode()
                 reply = await self.lane.submit(body)
+                if reply.status != 200:
+                    error = reply.json()
+                    raise RequestError(f"instances[{i}].{error['field']}", error["reason"], error["message"],
+                                       reply.status)
                 predictions.append(reply.json())
             return {"predictions": predictions}
 
@@ -133,6 +137,11 @@ def build(settings: dict, index: int = 0) -> tuple[Any, App]:
     rest.config.access_log = False  # the access lines are HostRules', with the request ID
     rest.create_application()
     from kserve.model_server import app
+
+    async def refused(_: object, e: RequestError) -> Response:  # v1 predict's refusals: the one error shape
+        reply = error_reply(e, headers={"Retry-After": "1"} if e.status == 503 else None)
+        return Response(reply.body, reply.status, reply.headers, reply.content_type)
+    app.add_exception_handler(RequestError, refused)
     rest.config.app = HostRules(app, app_state)
     return rest, app_state
 
@@ -172,10 +181,12 @@ def serve(sock: socket.socket, settings: dict, index: int = 0) -> None:
             await asyncio.sleep(0.05)
         server.should_exit = True
 
+    draining: list[asyncio.Task] = []  # kept: the loop holds its tasks only weakly
+
     async def main() -> None:
         loop = asyncio.get_running_loop()
         for signum in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(signum, lambda: asyncio.ensure_future(drain()))
+            loop.add_signal_handler(signum, lambda: draining.append(asyncio.ensure_future(drain())))
         await server.serve(sockets=[sock])
 
     print(f"kserve process {os.getpid()}: ready, {len(app_state.routes)} routes", flush=True)
@@ -186,8 +197,17 @@ def supervise(fd: int, settings_file: Path, processes: int) -> int:
     """Start ``processes`` serving processes on socket ``fd``, forward SIGTERM/SIGINT to them, and exit with the
     first non-zero exit code once all have exited (a process that dies takes the others down)."""
     cmd = [sys.executable, "-m", "serving.kserve_app", "--socket-fd", str(fd), "--settings", str(settings_file)]
-    children = [subprocess.Popen([*cmd, "--index", str(i)], pass_fds=(fd,)) for i in range(processes)]
-    os.close(fd)  # the serving processes hold the socket; the launcher keeps its own copy
+    children: list[subprocess.Popen] = []
+    try:
+        for i in range(processes):
+            children.append(subprocess.Popen([*cmd, "--index", str(i)], pass_fds=(fd,)))
+    except BaseException:  # a start failed: the ones started go too
+        for child in children:
+            child.kill()
+            child.wait()
+        raise
+    finally:
+        os.close(fd)  # the serving processes hold the socket; the launcher keeps its own copy
 
     def forward(signum: int, frame: object) -> None:
         for child in children:

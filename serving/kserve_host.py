@@ -35,15 +35,10 @@ from serving.httpd import MetricsServer
 from serving.keys import read_keys
 from serving.logs import RotatingFile, check_writable, copy_output
 from serving.process import ProcessGroup
-from serving.settings import DRAIN_FILE, KEY_FILE, MODELS, ModelSpec, ServerConfig, spec_document
+from serving.settings import DRAIN_FILE, KEY_FILE, MODELS, ModelSpec, ServerConfig, reach, spec_document
 
 READY_LINE = b": ready, "  # what a serving process prints once its routes are loaded (serving/kserve_app.py)
 OUTPUT = "kserve.out"  # the processes' output, in the log folder
-
-
-def reach(host: str) -> str:
-    """The address a local client uses for a listen address (a wildcard means loopback)."""
-    return "127.0.0.1" if host in ("0.0.0.0", "::", "") else host
 
 
 def default_processes() -> int:
@@ -227,9 +222,11 @@ class KServe:
         """Drain (when asked and running), stop the processes, the exporter, and remove the temp dir."""
         try:
             if self.group is not None:
-                if drain and self.group.running():
-                    self.drain()
-                self.group.stop()
+                try:
+                    if drain and self.group.running():
+                        self.drain()
+                finally:
+                    self.group.stop()
         finally:
             if self.sock is not None and self.sock.fileno() != -1:
                 self.sock.close()

@@ -15,11 +15,13 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from handlers.errors import RequestError
+from handlers.schema import first_unparsable, load_json
 from handlers.service import MODEL_HEADER, REQUEST_ID, Reply, Service, request_id
 from serving.settings import ModelSpec
 
 OVERLOADED = "overloaded"
 PREDICTIONS = "/predictions/"
+BODILESS = ("GET", "HEAD", "OPTIONS")  # methods whose requests carry no body here
 LOG = logging.getLogger("fmvae.kserve")
 
 
@@ -38,6 +40,7 @@ class Lane:
         self.queue_size = spec.job_queue_size
         self.waiting: collections.deque[tuple[bytes, asyncio.Future]] = collections.deque()
         self.running = False
+        self.task: asyncio.Task | None = None
 
     async def submit(self, body: bytes) -> Reply:
         if len(self.waiting) >= self.queue_size:
@@ -48,7 +51,7 @@ class Lane:
         self.waiting.append((body, future))
         if not self.running:
             self.running = True
-            asyncio.create_task(self.run())
+            self.task = asyncio.create_task(self.run())  # kept: the loop holds its tasks only weakly
         return await future
 
     async def run(self) -> None:
@@ -90,6 +93,32 @@ async def read_body(receive: Any, limit: int) -> bytes | None:
     return b"".join(chunks)
 
 
+def replaying(body: bytes) -> Any:
+    """An ASGI ``receive`` that hands on ``body`` (already read), then waits for the client to leave."""
+    sent = False
+
+    async def receive() -> dict:
+        nonlocal sent
+        if not sent:
+            sent = True
+            return {"type": "http.request", "body": body, "more_body": False}
+        await asyncio.Event().wait()  # the framework only asks again to learn of a disconnect
+        return {"type": "http.disconnect"}
+    return receive
+
+
+def strict_predict_body(scope: dict, body: bytes) -> Reply | None:
+    """The API's error for a KServe v1 ``:predict`` body that the API would refuse as JSON (not JSON, duplicate keys,
+    NaN, nested too deeply), or None (KServe's own parser is laxer: it keeps the last of duplicate keys)."""
+    if scope["method"] != "POST" or not scope["path"].endswith(":predict"):
+        return None
+    try:
+        error = first_unparsable(load_json(body))
+    except RequestError as e:
+        error = e
+    return error_reply(error) if error else None
+
+
 class Routes(Protocol):
     """What the rules need of a process's routes (``serving.kserve_app.App``)."""
 
@@ -104,8 +133,9 @@ class Routes(Protocol):
 
 class HostRules:
     """The ASGI app uvicorn runs: the request's ID (``X-Request-ID``: the client's when valid, else a new one; on
-    every answer), token auth on every path, the body limit and the drain's bookkeeping, then the API's routes
-    answered here directly (no framework in between) and everything else by KServe's FastAPI app; an error line
+    every answer), token auth on every path, the body limit on every body (KServe's v1 ``:predict`` bodies parsed
+    as strictly as the API's), the drain's bookkeeping, then the API's routes answered here directly (no framework
+    in between) and everything else by KServe's FastAPI app; an error line
     for every answer of 500 or more and, with the access log on, an access line for every request, each with the
     request ID."""
 
@@ -120,19 +150,23 @@ class HostRules:
         traffic.last = started = time.monotonic()
         headers = dict(scope["headers"])
         rid = request_id(headers.get(b"x-request-id"))
+        limit, body = self.state.max_request_size, b""
         answered = {"status": 0, "size": 0, "detail": b""}
         try:
             if not self.state.authorized(headers.get(b"authorization", b"").decode("latin-1")):
                 reply = error_reply(RequestError("Authorization", "unauthorized",
                                                  "send 'Authorization: Bearer <inference key>'", 401))
-            elif scope["path"].startswith(PREDICTIONS) and scope["method"] == "POST":
-                body = await read_body(receive, self.state.max_request_size)
+            elif scope["method"] not in BODILESS and (body := await read_body(receive, limit)) is None:
                 reply = error_reply(RequestError("body", "body_too_large", "the body is over the server's limit of "
-                                                 f"{self.state.max_request_size} bytes", 413)) if body is None \
-                    else await self.state.predictions(scope["path"].removeprefix(PREDICTIONS), body)
+                                                 f"{limit} bytes", 413))
+            elif scope["path"].startswith(PREDICTIONS) and scope["method"] == "POST":
+                reply = await self.state.predictions(scope["path"].removeprefix(PREDICTIONS), body)
+            elif (refused := strict_predict_body(scope, body)) is not None:
+                reply = refused
             else:
                 extra = {REQUEST_ID: rid} | ({"Connection": "close"} if traffic.draining else {})
-                await self.inner(scope, receive, self.adding(send, extra, answered))
+                inner_receive = receive if scope["method"] in BODILESS else replaying(body)
+                await self.inner(scope, inner_receive, self.adding(send, extra, answered))
                 return
             extra = {REQUEST_ID: rid} | ({"Connection": "close"} if traffic.draining else {})
             answered.update(status=reply.status, size=len(reply.body), detail=reply.body)

@@ -37,7 +37,7 @@ from serving.httpd import MetricsServer
 from serving.keys import KeyRenewer, read_keys
 from serving.logs import RotatingFile, ServerLogs, check_writable, copy_output
 from serving.process import ProcessGroup
-from serving.settings import DRAIN_FILE, KEY_FILE, ServerConfig
+from serving.settings import DRAIN_FILE, KEY_FILE, ServerConfig, reach
 
 
 def java() -> str | None:
@@ -46,11 +46,6 @@ def java() -> str | None:
     if home:
         return str(Path(home) / "bin" / "java") if (Path(home) / "bin" / "java").is_file() else None
     return shutil.which("java")
-
-
-def reach(host: str) -> str:
-    """The address a local client uses for a listen address (a wildcard means loopback)."""
-    return "127.0.0.1" if host in ("0.0.0.0", "::", "") else host
 
 
 class TorchServe:
@@ -224,9 +219,11 @@ class TorchServe:
             if self.renewer is not None:
                 self.renewer.stop()
             if self.group is not None:
-                if drain and self.group.running():
-                    self.drain()
-                self.group.stop()
+                try:
+                    if drain and self.group.running():
+                        self.drain()
+                finally:
+                    self.group.stop()
         finally:
             if self._output is not None:
                 self._output.join(timeout=5)

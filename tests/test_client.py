@@ -12,6 +12,7 @@ import json
 import socket
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from http.server import ThreadingHTTPServer
 from pathlib import Path
@@ -75,9 +76,9 @@ def test_the_coverage_check_fails_on_a_missing_or_extra_field():
 
 
 class StandIn(ThreadingHTTPServer):
-    """Answers each POST with the next entry of ``script`` (then 200 JSON ``{"ok": true}``): a status, or
-    "reset" (the connection closed without an answer). Keeps the headers of every request; with ``key`` set, a
-    request with another key gets 401 unauthorized and ``on_refused`` runs."""
+    """Answers each POST with the next entry of ``script`` (then 200 JSON ``{"ok": true}``): a status, "reset"
+    (the connection closed without an answer) or "slow" (a 200 after a second). Keeps the headers of every
+    request; with ``key`` set, a request with another key gets 401 unauthorized and ``on_refused`` runs."""
 
     daemon_threads = True
 
@@ -104,6 +105,9 @@ class Handler(QuietHandler):
             self.server.on_refused()
             return self.answer(401, {"code": 401, "reason": "unauthorized", "message": "key", "field": "Authorization"})
         entry = self.server.script.pop(0) if self.server.script else 200
+        if entry == "slow":
+            time.sleep(1.0)
+            entry = 200
         if entry == "reset":
             self.connection.shutdown(socket.SHUT_RDWR)
             self.close_connection = True
@@ -158,6 +162,22 @@ def test_no_answer_at_all_is_a_transport_error_with_the_request_id():
     with Client(f"http://127.0.0.1:{port}") as client, pytest.raises(TransportError) as raised:
         client.call("sample", {"n": 1}, request_id="lost-1")
     assert raised.value.request_id == "lost-1" and f"{retry.ATTEMPTS} tries" in str(raised.value)
+
+
+@pytest.mark.parametrize("asynchronous", [False, True])
+def test_a_timed_out_answer_is_a_transport_error_and_not_sent_again(stand_in, asynchronous):
+    stand_in.script = ["slow"]
+    with pytest.raises(TransportError) as raised:
+        if asynchronous:
+            async def call() -> None:
+                async with AsyncClient(stand_in.url, timeout=0.2) as client:
+                    await client.call("sample", {"n": 1}, request_id="slow-1")
+            asyncio.run(call())
+        else:
+            with Client(stand_in.url, timeout=0.2) as client:
+                client.call("sample", {"n": 1}, request_id="slow-1")
+    assert raised.value.request_id == "slow-1" and "ReadTimeout" in str(raised.value)
+    assert len(stand_in.requests) == 1
 
 
 def test_a_refused_key_is_read_again_from_the_key_file(stand_in, tmp_path):

@@ -14,7 +14,8 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from deploy import lock
+from deploy import image, lock
+from deploy.errors import ImageError
 from runtime.artifacts import ARTIFACT_DIR
 from runtime.manifest import Manifest
 from serving.__main__ import HOSTS, parser
@@ -236,3 +237,67 @@ def test_kserve_inference_service_runs_the_kserve_hosts_image():
     annotations = isvc["metadata"]["annotations"]
     assert annotations["serving.kserve.io/deploymentMode"] == "RawDeployment"
     assert int(annotations["prometheus.kserve.io/port"]) == ServerConfig.metrics_port
+
+
+def test_base_reaps_tar_when_podman_import_fails(monkeypatch):
+    """``podman import`` failing without reading its input leaves no tar blocked on a full pipe, nor the pipe open."""
+    started, popen = [], subprocess.Popen
+
+    def spawn(*args: object, **kwargs: object) -> subprocess.Popen:
+        started.append(popen(*args, **kwargs))
+        return started[-1]
+
+    def run(*cmd: str, **kwargs: object) -> None:
+        if cmd[0] != "debootstrap":
+            raise ImageError(f"{' '.join(cmd[:2])} failed")
+        Path(cmd[-2], "big").write_bytes(bytes(1 << 20))  # more than a pipe holds: tar blocks until it is read
+
+    monkeypatch.setattr(image, "image_exists", lambda name: False)
+    monkeypatch.setattr(image, "run", run)
+    monkeypatch.setattr(image.subprocess, "Popen", spawn)
+    try:
+        with pytest.raises(ImageError, match="podman import"):
+            image.base()
+        (tar,) = started
+        assert tar.args[0] == "tar" and tar.returncode is not None and tar.stdout.closed
+    finally:
+        for process in started:
+            if process.poll() is None:
+                process.kill()
+                process.wait()
+
+
+@pytest.mark.parametrize("failing", ["mount", "run", None])
+def test_a_container_that_fails_to_start_is_unmounted_and_removed(failing, monkeypatch, tmp_path):
+    """A failure after ``buildah from`` in Container() unmounts and removes the working container and closes its
+    log; a container that started is left to remove()."""
+    calls, logs = [], []
+
+    def buildah(cmd: list[str], **kwargs: object) -> subprocess.CompletedProcess:  # run's, subprocess.run's, Popen's
+        calls.append(cmd[1])
+        if cmd[1] == failing:
+            raise ImageError(f"buildah {failing} failed")
+        return subprocess.CompletedProcess(cmd, 0, {"from": "working-container\n", "mount": f"{tmp_path}\n"}
+                                           .get(cmd[1], ""), "")
+
+    def opened(*args: object, **kwargs: object) -> object:
+        logs.append(open(*args, **kwargs))  # checked below, then closed
+        return logs[-1]
+
+    monkeypatch.setattr(image, "config", lambda name: {"Entrypoint": ["make"], "Cmd": ["serve"]})
+    monkeypatch.setattr(image, "run", lambda *cmd, **kwargs: buildah(list(cmd), **kwargs))
+    monkeypatch.setattr(image.subprocess, "run", buildah)
+    monkeypatch.setattr(image.subprocess, "Popen", buildah)
+    monkeypatch.setattr(image, "open", opened, raising=False)
+    try:
+        if failing is None:
+            image.Container("fmvae:cpu", tmp_path / "container.log")
+            assert calls == ["from", "mount", "run"] and not logs[0].closed
+        else:
+            with pytest.raises(ImageError, match=failing):
+                image.Container("fmvae:cpu", tmp_path / "container.log")
+            assert calls[-2:] == ["umount", "rm"] and all(log.closed for log in logs)
+            assert calls[:-2] == ["from", "mount", "run"][:["from", "mount", "run"].index(failing) + 1]
+    finally:
+        for log in logs:
+            log.close()

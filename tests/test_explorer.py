@@ -1,8 +1,10 @@
 """The explorer page in a real browser (Debian's chromium driven by Playwright) against the session TorchServe,
-and its proxy: same origin only, JSON only, the served models only, the inference key added server-side."""
+and its proxy: same origin only, JSON only, the served models only, the inference key added server-side. The proxy's
+own refusals on a kept-alive connection need neither (fast tier)."""
 
 from __future__ import annotations
 
+import http.client
 import io
 import json
 import shutil
@@ -19,11 +21,11 @@ from explorer.errors import NoSpace
 from explorer.server import Explorer
 from serving.server import TorchServe
 from serving.settings import MODELS, ServerConfig
+from tests.conftest import running
 from training.data import CLASS_NAMES
 
 CHROMIUM = shutil.which("chromium")
-pytestmark = [pytest.mark.integration,  # a real TorchServe and a browser
-              pytest.mark.skipif(CHROMIUM is None, reason="chromium missing: run `make setup`")]
+NEEDS_CHROMIUM = pytest.mark.skipif(CHROMIUM is None, reason="chromium missing: run `make setup`")
 
 # Records the most decode requests in flight at once (the page must never have more than one).
 IN_FLIGHT = """() => { const f = window.fetch; window.inFlight = 0; window.maxInFlight = 0;
@@ -65,6 +67,8 @@ def wait_change(page, selector: str, before: str) -> str:
     return src(page, selector)
 
 
+@pytest.mark.integration  # a real TorchServe and a browser
+@NEEDS_CHROMIUM
 def test_the_page_drives_every_control_through_the_api(explorer, browser):
     page = browser.new_page(viewport={"width": 1400, "height": 1000})
     errors: list[str] = []
@@ -164,6 +168,8 @@ BODY = json.dumps({"latents": [[0.0, 0.0]], "format": "json"}).encode()
 JSON = {"Content-Type": "application/json"}
 
 
+@pytest.mark.integration  # a real TorchServe and a browser
+@NEEDS_CHROMIUM
 def test_the_proxy_takes_json_from_its_own_origin_for_the_served_models_only(explorer):
     url = f"{explorer.url}/api/predictions/decode2d"
     code, body = request(url, BODY, JSON | {"Origin": explorer.url})
@@ -184,6 +190,8 @@ def test_the_proxy_takes_json_from_its_own_origin_for_the_served_models_only(exp
     assert len(spaces["64-d"]["scatter_means"]) == len(spaces["64-d"]["scatter_labels"]) >= 1000
 
 
+@pytest.mark.integration  # a real TorchServe and a browser
+@NEEDS_CHROMIUM
 def test_with_token_auth_the_page_asks_for_the_key_and_the_proxy_refuses_without_it(current_store, tmp_path,
                                                                                    browser):
     models = tuple(m for m in MODELS if MODELS[m].export == "export-2d")
@@ -226,3 +234,71 @@ def test_with_token_auth_the_page_asks_for_the_key_and_the_proxy_refuses_without
             page_server.server_close()
     with pytest.raises(NoSpace):
         Explorer("http://127.0.0.1:1", ("sample", "interpolate"), current_store)
+
+
+@pytest.fixture(scope="module")
+def guarded(current_store, tmp_path_factory):
+    """The explorer with token auth on (inference key "secret") in front of an API that is not there: its own
+    refusals need none."""
+    key_file = tmp_path_factory.mktemp("keys") / "key_file.json"
+    key_file.write_text(json.dumps({"management": {"key": "m"}, "inference": {"key": "secret"}, "API": {"key": "a"}}))
+    with running(Explorer("http://127.0.0.1:1", tuple(MODELS), current_store, key_file=key_file)) as page_server:
+        yield page_server
+
+
+def answer(conn: http.client.HTTPConnection, method: str, path: str, body, headers: dict
+           ) -> tuple[http.client.HTTPResponse, dict]:
+    conn.request(method, path, body, headers)
+    response = conn.getresponse()
+    return response, json.loads(response.read())
+
+
+@pytest.mark.parametrize(("method", "path", "headers", "status", "reason", "field"), [
+    ("POST", "/api/predictions/decode2d", JSON | {"Origin": "http://evil.example"}, 403, "foreign_origin", "Origin"),
+    ("POST", "/api/predictions/decode2d", {"Content-Type": "text/plain"}, 415, "wrong_content_type", "Content-Type"),
+    ("POST", "/api/predictions/nope", JSON, 404, "unknown_model", "model"),
+    ("POST", "/api/predictions/decode2d", JSON, 401, "unauthorized", "key"),
+    ("GET", "/nowhere", JSON, 404, "not_found", "path"),
+    ("POST", "/api/session", JSON | {"Transfer-Encoding": "chunked"}, 411, "length_required", "Content-Length"),
+    ("POST", "/api/session", JSON | {"Content-Length": str(10**7)}, 413, "body_too_large", "body"),
+    ("POST", "/api/session", JSON | {"Content-Length": "-1"}, 400, "bad_content_length", "Content-Length"),
+])
+def test_a_refusal_before_the_body_is_read_closes_the_kept_alive_connection(guarded, method, path, headers, status,
+                                                                            reason, field):
+    """The unread body must not be parsed as the next request: the refusal says Connection: close, and the next
+    request (on a new socket) is answered as it should be."""
+    conn = http.client.HTTPConnection("127.0.0.1", guarded.server_address[1], timeout=10)
+    try:
+        chunked = "Transfer-Encoding" in headers
+        body = iter([b'{"key": ', b'"secret"}']) if chunked else BODY  # http.client sends an iterable chunked
+        response, error = answer(conn, method, path, body, headers)
+        assert (response.status, error) == (status, {"code": status, "reason": reason, "field": field,
+                                                     "message": error["message"]})
+        closing = response.getheader("Connection")  # checked last: first, what the next request gets
+        response, error = answer(conn, "GET", "/api/spaces", None, {})
+        assert (response.status, error["reason"]) == (401, "unauthorized")
+        assert closing == "close"
+    finally:
+        conn.close()
+
+
+@pytest.mark.parametrize(("body", "status", "reason"), [
+    (b"[" * 500_000, 400, "malformed_json"),  # nested past the recursion limit
+    (json.dumps({"key": "\ud800"}).encode(), 401, "invalid_key"),  # a lone surrogate: no UTF-8 encoding
+    (json.dumps({"key": "secret"}).encode(), 204, None),
+], ids=["nested", "lone-surrogate", "the-key"])
+def test_a_session_request_is_answered_in_the_one_error_shape_whatever_its_json(guarded, body, status, reason):
+    """Its body read, the answer keeps the connection alive for the next request."""
+    conn = http.client.HTTPConnection("127.0.0.1", guarded.server_address[1], timeout=10)
+    try:
+        conn.request("POST", "/api/session", body, JSON)
+        response = conn.getresponse()
+        payload = response.read()
+        assert (response.status, response.getheader("Connection"), conn.sock is not None) == (status, None, True)
+        if reason:
+            error = json.loads(payload)
+            assert error == {"code": status, "reason": reason, "field": "key", "message": error["message"]}
+        response, error = answer(conn, "GET", "/api/spaces", None, {})  # no cookie jar here: still no session
+        assert (response.status, error["reason"]) == (401, "unauthorized")
+    finally:
+        conn.close()

@@ -10,10 +10,10 @@ import subprocess
 import sys
 import threading
 import time
-import urllib.error
 from pathlib import Path
 
 import pytest
+from fmvae_client import TransportError
 
 from serving import drain, listener
 from serving.errors import ServerError
@@ -94,7 +94,7 @@ def test_a_drain_says_how_it_ended(tmp_path):
     assert drain.drain(tmp_path / "d3", loads((3, 0, 0)), 5, hurry, closed).startswith("drain cut short after 0.0 s")
 
     def gone() -> drain.Load:
-        raise urllib.error.URLError("refused")
+        raise TransportError("no answer from /models/sample after 1 tries: ConnectError: refused", "-")
     ended = drain.drain(tmp_path / "d4", gone, 5, threading.Event(), closed)
     assert ended == "drain ended: the management API no longer answers"
 
@@ -191,3 +191,28 @@ def test_the_launchers_flags_are_the_settings_fields():
                                       "--log-max-mb", "2.5", "--models", "sample", "decode2d"]))
     assert (given.server, given.processes, given.explorer, given.token_auth) == ("kserve", 3, False, True)
     assert given.log_max_bytes == int(2.5 * 2**20) and given.models == ("sample", "decode2d")
+
+
+@pytest.mark.parametrize("host", ["torchserve", "kserve"])
+def test_a_failed_drain_still_stops_the_process_group_and_removes_the_temp_dir(host, monkeypatch):
+    from serving.kserve_host import KServe
+    from serving.server import TorchServe
+
+    server = TorchServe() if host == "torchserve" else KServe()
+    stopped = []
+
+    class Group:
+        def running(self) -> bool:
+            return True
+
+        def stop(self) -> None:
+            stopped.append(True)
+
+    def broken_drain() -> None:
+        raise RuntimeError("the drain broke")
+
+    server.group = Group()
+    monkeypatch.setattr(server, "drain", broken_drain)
+    with pytest.raises(RuntimeError, match="the drain broke"):
+        server.stop()
+    assert stopped == [True] and not server.tmp.exists()

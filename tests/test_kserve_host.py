@@ -73,6 +73,35 @@ def test_kserves_own_endpoints_answer_for_every_route(kserve_host):
     assert status == 404 and error["reason"] == "unknown_route" and error["field"] == "route"
 
 
+def v1_predict(url: str, data: bytes, content_type: str = "application/json") -> tuple[int, dict]:
+    request = urllib.request.Request(f"{url}/v1/models/decode2d:predict", data=data, method="POST",
+                                     headers={"Content-Type": content_type})
+    try:
+        with urllib.request.urlopen(request, timeout=30) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as e:
+        return e.code, json.loads(e.read())
+
+
+def test_kserves_v1_predict_refuses_as_the_api_does(kserve_host):
+    """The body limit, strict JSON and the one error shape hold on KServe's own predict verb too."""
+    url, good = kserve_host.url, {"latents": [[0.5, -0.5]]}
+    limit = kserve_host.config.max_request_size
+    cases = [
+        (json.dumps({"instances": [good], "pad": "x" * limit}).encode(), 413, "body_too_large", "body"),
+        (b'{"instances": [], "instances": []}', 400, "duplicate_key", "instances"),
+        (b"[" * 100_000, 400, "malformed_json", "body"),
+        (json.dumps({"instances": [good, {"latents": "x"}]}).encode(), 400, "wrong_type", "instances[1].latents"),
+        (json.dumps({"inputs": [good]}).encode(), 400, "missing_field", "instances"),
+    ]
+    for data, status, reason, field in cases:
+        for content_type in ("application/json", "text/plain"):
+            code, error = v1_predict(url, data, content_type)
+            assert (code, error.get("reason"), error.get("field")) == (status, reason, field), (data[:60], error)
+            assert set(error) == {"code", "reason", "message", "field"}
+    assert v1_predict(url, json.dumps({"instances": [good, good]}).encode())[0] == 200
+
+
 @pytest.mark.parametrize("senders", [16, 8])
 def test_a_stop_under_constant_senders_resets_nothing(launcher, tmp_path, senders):
     launched = launcher(*KSERVE, "--drain-timeout", "20", "--work-dir", str(tmp_path / "work"))

@@ -219,6 +219,15 @@ def test_walk_is_seeded_and_can_stay_on_the_shell(api):
     assert code == 200 and np.array_equal(npy(drawn), npy(again))  # the returned seed is the one drawn
 
 
+def test_paths_through_the_origin_answer_finite_latents(api):
+    """A zero latent is valid input: interpolate (slerp) and a projected walk from it answer finite JSON."""
+    origin = [0.0] * LATENT
+    path = json_reply(api, "interpolate", {"latents": [origin, [1.0] * LATENT], "steps": 4})["latents"]
+    assert np.isfinite(np.array(path)).all() and np.allclose(path[0], origin)
+    walked = np.array(json_reply(api, "walk", {"start": {"latent": origin}, "project": True, "seed": 1})["latents"])
+    assert np.isfinite(walked).all() and np.allclose(np.linalg.norm(walked[1:], axis=1), np.sqrt(LATENT), rtol=1e-5)
+
+
 def test_sample_by_class_draws_anchors_posteriors_and_around_a_point(api):
     reply = json_reply(api, "sample", {"n": 4, "seed": 6, "class": "Trouser", "temperature": 0.5})
     pick = np.random.default_rng([6, 1]).integers(len(STATS.anchor_means[1]), size=4)

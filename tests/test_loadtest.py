@@ -9,8 +9,11 @@ import io
 import json
 import subprocess
 import sys
+import threading
+import time
 from collections.abc import Iterator
 from http.server import ThreadingHTTPServer
+from types import SimpleNamespace
 
 import numpy as np
 import psutil
@@ -18,10 +21,11 @@ import pytest
 from fmvae_client import retry
 from PIL import Image
 
-from loadtest import capacity
+from loadtest import capacity, soak
 from loadtest.__main__ import targets
 from loadtest.mix import CONTENT_TYPES
 from serving.routes import EXPORT_2D, PATH_PREFIX, ROUTES
+from serving.settings import ServerConfig
 from tests.conftest import QuietHandler, running, send_answer
 
 DIMS = {"sample": 64, "sample2d": 2}  # the stand-in's samplers and their models' latent sizes
@@ -184,3 +188,86 @@ def test_capacity_climbs_until_the_gate_breaks_and_measures_each_round(stand_in,
     assert json.loads((tmp_path / "report" / "capacity.json").read_text())["hosts"]["stand-in"]["held"] == 2
     assert (tmp_path / "report" / "capacity.png").read_bytes()[:4] == b"\x89PNG"
     assert not list((tmp_path / "report").glob("*.tmp*"))
+
+
+def gone(pid: int) -> bool:
+    """Whether process ``pid`` has exited (a zombie has too)."""
+    try:
+        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return True
+
+
+def test_capacity_kills_locust_and_its_children_when_measuring_raises(monkeypatch, tmp_path):
+    """measure() raising (here: listing the server's processes) leaves neither Locust nor a child of it running."""
+    locust = ("import os, subprocess, sys, time\n"
+              "child = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)'])\n"
+              "print(os.getpid(), child.pid, file=sys.stderr, flush=True)\n"
+              "time.sleep(60)")
+    monkeypatch.setattr(capacity, "locust_command", lambda *args: [sys.executable, "-c", locust])
+    log, pids = tmp_path / "round" / "locust.log", []
+
+    def processes() -> list[psutil.Process]:
+        deadline = time.monotonic() + 30
+        while not log.read_text().strip() and time.monotonic() < deadline:  # Locust and its child started
+            time.sleep(0.05)
+        pids.extend(int(pid) for pid in log.read_text().split())
+        raise RuntimeError("the server's processes cannot be listed")
+
+    args = SimpleNamespace(spawn_rate=1.0, duration=1.0)
+    try:
+        with pytest.raises(RuntimeError, match="cannot be listed"):
+            capacity.round_of(capacity.Served("http://127.0.0.1:9", processes), 1, args, {}, tmp_path / "round")
+        assert len(pids) == 2
+        deadline = time.monotonic() + 10
+        while not all(gone(pid) for pid in pids) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert [pid for pid in pids if not gone(pid)] == []
+    finally:
+        for pid in pids:
+            if not gone(pid):
+                psutil.Process(pid).kill()
+
+
+def test_soak_stops_its_clients_when_a_measurement_raises(monkeypatch, tmp_path):
+    """A per-minute measurement that raises still stops and joins the client threads, which used to run forever."""
+    sent, halt = [], threading.Event()  # halt: ends clients that run() left running
+
+    class Host:
+        url, metrics_url, log_dir = "http://127.0.0.1:9", "http://127.0.0.1:9/metrics", tmp_path
+
+        def __init__(self, config: ServerConfig) -> None:
+            pass
+
+        def __enter__(self) -> Host:
+            return self
+
+        def __exit__(self, *exc: object) -> None:
+            pass
+
+    class User(Host):
+        def __init__(self, url: str, attempts: int) -> None:
+            pass
+
+        def send(self, model: str, body: bytes) -> SimpleNamespace:
+            if halt.is_set():
+                raise SystemExit  # ends the thread quietly
+            sent.append(model)
+            time.sleep(0.01)
+            return SimpleNamespace(status=200)
+
+    def scrape_fails(url: str) -> float:
+        raise RuntimeError("the metrics endpoint is gone")
+
+    monkeypatch.setattr(soak, "HOSTS", {"torchserve": Host})
+    monkeypatch.setattr(soak, "Client", User)
+    monkeypatch.setattr(soak, "worker_memory", scrape_fails)
+    before = set(threading.enumerate())
+    try:
+        with pytest.raises(RuntimeError, match="metrics endpoint is gone"):
+            soak.run(ServerConfig(server="torchserve"), minutes=0.002, clients=3)  # the first reading after 0.12 s
+        assert sent and set(threading.enumerate()) - before == set()  # the clients ran, and none is left
+    finally:
+        halt.set()
+        for thread in set(threading.enumerate()) - before:
+            thread.join(5)

@@ -96,6 +96,18 @@ def test_seeded_latents_and_walks():
     assert np.allclose(np.linalg.norm(shell, axis=1), 4.0)  # sqrt(16)
 
 
+def test_paths_from_the_origin_stay_finite():
+    """The origin has no direction: slerp from it is the straight line, and a projected walk leaves it in place."""
+    origin, z1 = np.zeros(16), np.full(16, 1.0)
+    for method in ("lerp", "slerp", "constant_norm"):
+        path = interpolate(origin, z1, 5, method)
+        assert np.isfinite(path).all(), method
+    assert np.allclose(interpolate(z1, origin, 5, "slerp"), interpolate(z1, origin, 5, "lerp"))
+    walked = walk(origin, 0.3 * seeded_latents(1, 3, 16), project=True)
+    assert np.isfinite(walked).all() and np.array_equal(walked[0], origin)
+    assert np.allclose(np.linalg.norm(walked[1:], axis=1), 4.0)
+
+
 def test_a_mixture_prior_log_density_sampling_and_kl():
     """The learned prior: log p(z) is the log-sum-exp of its weighted components (one component at 0 with unit
     variance is N(0, I)), seeded draws repeat, temperature scales each component's spread, and the loss's KL is the

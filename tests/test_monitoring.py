@@ -3,6 +3,7 @@ a real TorchServe, a real Prometheus scraping it, a short Locust run through the
 
 from __future__ import annotations
 
+import http.client
 import json
 import os
 import shutil
@@ -35,6 +36,26 @@ def test_promtool(args):
         pytest.fail("promtool not found: `make setup` installs Debian's prometheus package")
     result = subprocess.run(["promtool", *args], cwd=MONITORING, capture_output=True, text=True)
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+@pytest.mark.parametrize("error", [KeyboardInterrupt(), http.client.IncompleteRead(b"")])
+def test_a_start_interrupted_after_prometheus_started_leaves_nothing(error, monkeypatch):
+    """start() (``with Prometheus(...)``'s entry) stops the process and removes its temp dir on any failure."""
+    if shutil.which("prometheus") is None:
+        pytest.fail("prometheus not found: `make setup` installs Debian's prometheus package")
+    prometheus = Prometheus({"fmvae-handlers": "127.0.0.1:9", "torchserve": "127.0.0.1:9"})
+
+    def probe(*args: object, **kwargs: object) -> None:  # the readiness probe, once Prometheus runs
+        assert prometheus.process is not None and prometheus.process.poll() is None
+        raise error
+
+    monkeypatch.setattr(urllib.request, "urlopen", probe)
+    try:
+        with pytest.raises(type(error)):
+            prometheus.start()
+        assert prometheus.process.poll() is not None and not prometheus.tmp.exists()
+    finally:
+        prometheus.stop()
 
 
 def panel_queries() -> list[tuple[str, str, bool]]:

@@ -395,6 +395,16 @@ def test_recorder_writes_in_order_on_flush_and_survives_a_failing_write():
     assert metrics.WORKER_CPU.labels("recorder-test")._value.get() > 0  # usage refreshed by the same thread
 
 
+def test_a_stopped_recorder_writes_what_was_flushed_before_the_stop():
+    seen: list[int] = []
+    recorder = metrics.Recorder("recorder-stop-test", usage_interval=60, drain_interval=30)
+    time.sleep(0.1)  # the thread has drained its empty queue and waits
+    recorder.record((seen.append, 1))
+    recorder.flush()
+    recorder.stop()
+    assert seen == [1] and not recorder.thread.is_alive()
+
+
 @pytest.mark.integration  # the start checks for Java first
 def test_start_without_archives_fails_clearly_and_cleans_up(tmp_path):
     ts = TorchServe(ServerConfig(model_store=tmp_path).with_free_ports())

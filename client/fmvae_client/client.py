@@ -40,8 +40,9 @@ REQUEST_ID = "X-Request-ID"
 TIMEOUT = httpx.Timeout(60.0, connect=5.0)
 LIMITS = httpx.Limits(max_connections=64, max_keepalive_connections=32)
 # No answer came: the connection was refused, reset or closed before the answer (every operation is a pure
-# function of its body, so sending it again is safe).
-NO_ANSWER = (httpx.ConnectError, httpx.RemoteProtocolError, httpx.ReadError, httpx.WriteError)
+# function of its body, so sending it again is safe). Any other transport failure (a read timeout: the service may
+# still be working on it) ends the call at once with TransportError.
+NO_ANSWER = (httpx.ConnectError, httpx.ConnectTimeout, httpx.RemoteProtocolError, httpx.ReadError, httpx.WriteError)
 KEY_WAIT_S = 2.0  # how long a call refused for its key waits for the key file to hold a new one
 
 Point = Mapping[str, Any] | int | str | Sequence[float] | np.ndarray | bytes | os.PathLike
@@ -171,7 +172,8 @@ class Call:
     def result(self, answer: httpx.Response | None, error: Exception | None) -> Response:
         """The last answer as a ``Response`` (any status); raises TransportError when there was none."""
         if answer is None:
-            raise TransportError(f"no answer from {self.path} after {self.attempts} tries: {error}", self.request_id)
+            raise TransportError(f"no answer from {self.path} after {self.attempts} tries: "
+                                 f"{type(error).__name__}: {error}", self.request_id)
         request_id = answer.headers.get(REQUEST_ID, self.request_id)
         return Response(answer.status_code, answer.headers, answer.content, request_id, self.attempts)
 
@@ -183,6 +185,8 @@ class Call:
                 answer = http.request(self.method, self.path, content=self.payload, headers=self.headers())
             except NO_ANSWER as e:
                 error = e
+            except httpx.HTTPError as e:
+                return self.result(None, e)
             wait = self.wait(answer)
             if wait is None:
                 return self.result(answer, error)
@@ -196,6 +200,8 @@ class Call:
                 answer = await http.request(self.method, self.path, content=self.payload, headers=self.headers())
             except NO_ANSWER as e:
                 error = e
+            except httpx.HTTPError as e:
+                return self.result(None, e)
             wait = self.wait(answer)
             if wait is None:
                 return self.result(answer, error)
