@@ -14,28 +14,24 @@ from __future__ import annotations
 import json
 import os
 import secrets
-import shutil
 import signal
 import socket
-import subprocess
 import sys
-import tempfile
-import threading
 import time
 from pathlib import Path
 
-from fmvae_client import ClientError, Keys, fetch
+from fmvae_client import ClientError, fetch
 from prometheus_client import CollectorRegistry, multiprocess
 
 from runtime.cpus import available_cpus
 from serving import listener
 from serving.checks import check_export, check_ports
 from serving.errors import ServerError
+from serving.host import Host
 from serving.httpd import MetricsServer
-from serving.keys import read_keys
 from serving.logs import RotatingFile, check_writable, copy_output
 from serving.process import ProcessGroup
-from serving.settings import DRAIN_FILE, KEY_FILE, MODELS, ModelSpec, ServerConfig, reach, spec_document
+from serving.settings import MODELS, ModelSpec, ServerConfig, spec_document
 
 READY_LINE = b": ready, "  # what a serving process prints once its routes are loaded (serving/kserve_app.py)
 OUTPUT = "kserve.out"  # the processes' output, in the log folder
@@ -46,66 +42,21 @@ def default_processes() -> int:
     return available_cpus()
 
 
-class KServe:
+class KServe(Host):
     """One KServe host: its process group, listening socket and metrics exporter; a context manager that always
-    cleans up. ``interrupted`` aborts a start in progress; ``hurry`` cuts a drain short."""
+    cleans up (``serving/host.py``)."""
 
     kind = "kserve"
+    title = "the KServe host"
     ports = ("inference_port", "metrics_port", "explorer_port")  # the ServerConfig ports it listens on
 
     def __init__(self, config: ServerConfig | None = None, specs: dict[str, ModelSpec] | None = None) -> None:
         """``specs``: how each route is served (default: ``MODELS``' for ``config.models``; tests add others)."""
-        self.config = config or ServerConfig(server="kserve")
+        super().__init__(config or ServerConfig(server="kserve"))
         self.specs = specs or {m: MODELS[m] for m in self.config.models if m in MODELS}
         self.processes = self.config.processes or default_processes()
-        self.group: ProcessGroup | None = None
         self.sock: socket.socket | None = None
-        self.exporter: MetricsServer | None = None
-        self.registry: CollectorRegistry | None = None
-        self._output: threading.Thread | None = None
         self._ready = 0
-        self.tmp = Path(tempfile.mkdtemp(prefix="fmvae-serve-"))
-        self.interrupted = threading.Event()
-        self.hurry = threading.Event()
-        self.drained: str | None = None
-
-    @property
-    def process(self) -> subprocess.Popen | None:
-        """The supervisor of the serving processes (session leader: its pid is the group id), once started."""
-        return self.group.process if self.group else None
-
-    @property
-    def url(self) -> str:
-        return f"http://{reach(self.config.host)}:{self.config.inference_port}"
-
-    @property
-    def metrics_url(self) -> str:
-        return f"http://{reach(self.config.metrics_host)}:{self.config.metrics_port}/metrics"
-
-    @property
-    def work_dir(self) -> Path:
-        return self.config.work_dir or self.tmp
-
-    @property
-    def key_file(self) -> Path:
-        return self.work_dir / KEY_FILE
-
-    @property
-    def drain_file(self) -> Path:
-        """Present while the host drains: the health check says unhealthy."""
-        return self.work_dir / DRAIN_FILE
-
-    @property
-    def log_dir(self) -> Path:
-        return (self.config.log_dir or self.tmp / "logs").resolve()
-
-    def key(self, kind: str) -> str | None:
-        """The "inference" key, or None with token auth off."""
-        return read_keys(self.key_file)[kind] if self.config.token_auth else None
-
-    def keys(self, kind: str) -> Keys:
-        """The ``kind`` key as the client package reads it: none with token auth off."""
-        return Keys(key_file=self.key_file, kind=kind) if self.config.token_auth else Keys()
 
     def start(self, timeout: float = 180) -> KServe:
         """Check, bind, start the processes and the exporter; return once every process has loaded every route."""
@@ -192,12 +143,6 @@ class KServe:
             self._output.join(timeout=2)
         return "\n".join(path.read_text(errors="replace").splitlines()[-lines:]) if path.is_file() else ""
 
-    def died(self) -> str | None:
-        """Why the host is gone, or None while it runs."""
-        if self.process is not None and self.process.poll() is not None:
-            return f"the KServe host exited with code {self.process.returncode}\n{self.log_tail()}"
-        return None
-
     def drain(self) -> None:
         """Close the door, let every process answer what it accepted, and wait for them to exit (at most
         ``drain_timeout``, or until ``hurry``); how it ended is kept in ``drained``."""
@@ -218,29 +163,6 @@ class KServe:
             self.drained = (f"drained in {elapsed:.1f} s: accepted work answered, nothing more for 0.3 s "
                             "(new connections refused)")
 
-    def stop(self, drain: bool = True) -> None:
-        """Drain (when asked and running), stop the processes, the exporter, and remove the temp dir."""
-        try:
-            if self.group is not None:
-                try:
-                    if drain and self.group.running():
-                        self.drain()
-                finally:
-                    self.group.stop()
-        finally:
-            if self.sock is not None and self.sock.fileno() != -1:
-                self.sock.close()
-            if self._output is not None:
-                self._output.join(timeout=5)
-            if self.exporter is not None:
-                self.exporter.shutdown()
-                self.exporter.server_close()
-                self.exporter = None
-            self.drain_file.unlink(missing_ok=True)
-            shutil.rmtree(self.tmp, ignore_errors=True)
-
-    def __enter__(self) -> KServe:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
+    def release(self) -> None:
+        if self.sock is not None and self.sock.fileno() != -1:
+            self.sock.close()

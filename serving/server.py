@@ -20,24 +20,22 @@ from __future__ import annotations
 
 import os
 import shutil
-import subprocess
 import sys
-import tempfile
-import threading
 import time
 from pathlib import Path
 
-from fmvae_client import ClientError, Keys, fetch
+from fmvae_client import ClientError, fetch
 from prometheus_client import CollectorRegistry, multiprocess
 
 from serving import drain, listener
 from serving.checks import PORT_ROLES, check_archive, check_ports
 from serving.errors import ServerError
+from serving.host import Host, reach
 from serving.httpd import MetricsServer
-from serving.keys import KeyRenewer, read_keys
+from serving.keys import KeyRenewer
 from serving.logs import RotatingFile, ServerLogs, check_writable, copy_output
 from serving.process import ProcessGroup
-from serving.settings import DRAIN_FILE, KEY_FILE, ServerConfig, reach
+from serving.settings import ServerConfig
 
 
 def java() -> str | None:
@@ -48,75 +46,26 @@ def java() -> str | None:
     return shutil.which("java")
 
 
-class TorchServe:
-    """One TorchServe process group and its metrics exporter; a context manager that always cleans up.
-    ``interrupted`` aborts a start in progress; ``hurry`` cuts a drain short."""
+class TorchServe(Host):
+    """One TorchServe process group and its metrics exporter; a context manager that always cleans up
+    (``serving/host.py``)."""
 
     kind = "torchserve"
+    title = "TorchServe"
     ports = tuple(PORT_ROLES)  # the ServerConfig ports it listens on
 
     def __init__(self, config: ServerConfig | None = None) -> None:
-        self.config = config or ServerConfig()
-        self.group: ProcessGroup | None = None
+        super().__init__(config or ServerConfig())
         self.renewer: KeyRenewer | None = None
-        self.exporter = None
-        self.registry: CollectorRegistry | None = None
-        self._output: threading.Thread | None = None
-        self.tmp = Path(tempfile.mkdtemp(prefix="fmvae-serve-"))
         self.logs = ServerLogs(self.log_dir)
-        self.interrupted = threading.Event()
-        self.hurry = threading.Event()
-        self.drained: str | None = None  # how the last drain ended, for the operator
-
-    @property
-    def process(self) -> subprocess.Popen | None:
-        """The torchserve wrapper process (session leader: its pid is the group id), once started."""
-        return self.group.process if self.group else None
-
-    @property
-    def url(self) -> str:
-        return f"http://{reach(self.config.host)}:{self.config.inference_port}"
 
     @property
     def management_url(self) -> str:
         return f"http://127.0.0.1:{self.config.management_port}"
 
     @property
-    def metrics_url(self) -> str:
-        return f"http://{reach(self.config.metrics_host)}:{self.config.metrics_port}/metrics"
-
-    @property
     def torchserve_metrics_url(self) -> str:
         return f"http://{reach(self.config.metrics_host)}:{self.config.torchserve_metrics_port}/metrics"
-
-    @property
-    def work_dir(self) -> Path:
-        return self.config.work_dir or self.tmp
-
-    @property
-    def key_file(self) -> Path:
-        """TorchServe's key file (token auth on): {"management": {"key": ...}, "inference": {...}, "API": {...}}."""
-        return self.work_dir / KEY_FILE
-
-    @property
-    def drain_file(self) -> Path:
-        """Present while the server drains: the handlers refuse new work, the health check says unhealthy."""
-        return self.work_dir / DRAIN_FILE
-
-    def key(self, kind: str) -> str | None:
-        """The current "inference" or "management" key, or None with token auth off."""
-        if not self.config.token_auth:
-            return None
-        return read_keys(self.key_file)[kind]
-
-    def keys(self, kind: str) -> Keys:
-        """The ``kind`` key as the client package reads it (again when refused): none with token auth off."""
-        return Keys(key_file=self.key_file, kind=kind) if self.config.token_auth else Keys()
-
-    @property
-    def log_dir(self) -> Path:
-        """Absolute: TorchServe runs in the work dir and resolves relative paths from there."""
-        return (self.config.log_dir or self.tmp / "logs").resolve()
 
     def start(self, timeout: float = 180) -> TorchServe:
         """Start TorchServe and the exporter; return once every model has a ready worker of this server."""
@@ -191,12 +140,6 @@ class TorchServe:
                     pending.discard(model)
             time.sleep(0.2)
 
-    def died(self) -> str | None:
-        """Why TorchServe is gone, or None while it runs."""
-        if self.process is not None and self.process.poll() is not None:
-            return f"TorchServe exited with code {self.process.returncode}\n{self.log_tail()}"
-        return None
-
     def log_tail(self, lines: int = 40) -> str:
         """The last lines of TorchServe's logs, for error messages."""
         return self.logs.tail(lines)
@@ -212,30 +155,6 @@ class TorchServe:
         self.drained = drain.drain(self.drain_file, self.in_flight, self.config.drain_timeout, self.hurry,
                                    lambda: listener.close_listener(self.process.pid, self.config.inference_port))
 
-    def stop(self, drain: bool = True) -> None:
-        """Drain (when asked and running), stop the JVM and every process of the group, the exporter and the
-        watchdog, and remove the temp dir. Safe to call more than once."""
-        try:
-            if self.renewer is not None:
-                self.renewer.stop()
-            if self.group is not None:
-                try:
-                    if drain and self.group.running():
-                        self.drain()
-                finally:
-                    self.group.stop()
-        finally:
-            if self._output is not None:
-                self._output.join(timeout=5)
-            if self.exporter is not None:
-                self.exporter.shutdown()
-                self.exporter.server_close()
-                self.exporter = None
-            self.drain_file.unlink(missing_ok=True)
-            shutil.rmtree(self.tmp, ignore_errors=True)
-
-    def __enter__(self) -> TorchServe:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
+    def release(self) -> None:
+        if self.renewer is not None:
+            self.renewer.stop()

@@ -115,11 +115,6 @@ KEY_FILE = "key_file.json"
 DRAIN_FILE = "draining"
 
 
-def reach(host: str) -> str:
-    """The address a local client uses for a listen address (a wildcard means loopback)."""
-    return "127.0.0.1" if host in ("0.0.0.0", "::", "") else host
-
-
 def setting(default: object, help: str, **cli: object) -> Any:  # noqa: A002
     """A ServerConfig field: its default and its help, from which `python -m serving` makes its flag
     (``cli``: argparse overrides, e.g. ``choices``, or ``launcher_default`` when the command's default differs)."""
