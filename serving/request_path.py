@@ -15,12 +15,11 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from handlers.errors import RequestError
-from handlers.schema import first_unparsable, load_json
+from handlers.schema import PATH_PREFIX, first_unparsable, load_json
 from handlers.service import MODEL_HEADER, REQUEST_ID, Reply, Service, request_id
 from serving.settings import ModelSpec
 
 OVERLOADED = "overloaded"
-PREDICTIONS = "/predictions/"
 BODILESS = ("GET", "HEAD", "OPTIONS")  # methods whose requests carry no body here
 LOG = logging.getLogger("fmvae.kserve")
 
@@ -159,8 +158,8 @@ class HostRules:
             elif scope["method"] not in BODILESS and (body := await read_body(receive, limit)) is None:
                 reply = error_reply(RequestError("body", "body_too_large", "the body is over the server's limit of "
                                                  f"{limit} bytes", 413))
-            elif scope["path"].startswith(PREDICTIONS) and scope["method"] == "POST":
-                reply = await self.state.predictions(scope["path"].removeprefix(PREDICTIONS), body)
+            elif scope["path"].startswith(PATH_PREFIX) and scope["method"] == "POST":
+                reply = await self.state.predictions(scope["path"].removeprefix(PATH_PREFIX), body)
             elif (refused := strict_predict_body(scope, body)) is not None:
                 reply = refused
             else:
