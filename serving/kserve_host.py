@@ -123,8 +123,8 @@ class KServe(Host):
         while self._ready < self.processes or not self.routes_ready():
             if self.interrupted.is_set():
                 raise ServerError("interrupted while starting")
-            if self.process.poll() is not None:
-                raise ServerError(f"the KServe host exited with code {self.process.returncode}\n{self.log_tail()}")
+            if (gone := self.died()) is not None:
+                raise ServerError(gone)
             if time.monotonic() > deadline:
                 raise ServerError(f"not ready after {timeout:.0f} s\n{self.log_tail()}")
             time.sleep(0.1)

@@ -120,8 +120,8 @@ class TorchServe(Host):
         while pending:
             if self.interrupted.is_set():
                 raise ServerError("interrupted while starting")
-            if not self.group.running():
-                raise ServerError(f"TorchServe exited with code {self.process.returncode}\n{self.log_tail()}")
+            if (gone := self.died()) is not None:
+                raise ServerError(gone)
             failure = self.logs.load_failure(pending, self.config.model_store)
             if failure:
                 raise ServerError(failure)

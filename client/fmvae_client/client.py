@@ -169,11 +169,21 @@ class Call:
             return retry.backoff(self.attempts - 1, answer.headers.get("Retry-After"))
         return None
 
+    def unanswered(self, error: httpx.HTTPError) -> httpx.HTTPError:
+        """``error`` when the request may be sent again (``NO_ANSWER``); else the call ends with TransportError."""
+        if isinstance(error, NO_ANSWER):
+            return error
+        raise self.no_answer(error)
+
+    def no_answer(self, error: Exception | None) -> TransportError:
+        """The call's TransportError: no answer came, for ``error``."""
+        return TransportError(f"no answer from {self.path} after {self.attempts} tries: "
+                              f"{type(error).__name__}: {error}", self.request_id)
+
     def result(self, answer: httpx.Response | None, error: Exception | None) -> Response:
         """The last answer as a ``Response`` (any status); raises TransportError when there was none."""
         if answer is None:
-            raise TransportError(f"no answer from {self.path} after {self.attempts} tries: "
-                                 f"{type(error).__name__}: {error}", self.request_id)
+            raise self.no_answer(error)
         request_id = answer.headers.get(REQUEST_ID, self.request_id)
         return Response(answer.status_code, answer.headers, answer.content, request_id, self.attempts)
 
@@ -183,10 +193,8 @@ class Call:
             answer, error = None, None
             try:
                 answer = http.request(self.method, self.path, content=self.payload, headers=self.headers())
-            except NO_ANSWER as e:
-                error = e
             except httpx.HTTPError as e:
-                return self.result(None, e)
+                error = self.unanswered(e)
             wait = self.wait(answer)
             if wait is None:
                 return self.result(answer, error)
@@ -198,10 +206,8 @@ class Call:
             answer, error = None, None
             try:
                 answer = await http.request(self.method, self.path, content=self.payload, headers=self.headers())
-            except NO_ANSWER as e:
-                error = e
             except httpx.HTTPError as e:
-                return self.result(None, e)
+                error = self.unanswered(e)
             wait = self.wait(answer)
             if wait is None:
                 return self.result(answer, error)
