@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import json
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -14,6 +15,8 @@ from fmvae_client import fetch
 from jsonschema import Draft202012Validator
 from PIL import Image
 
+from handlers import traverse
+from handlers.errors import RequestError
 from handlers.schema import SPEC, RequestSchema, inline_refs
 from runtime import artifacts, backends
 from runtime.latent import interpolate, seeded_latents
@@ -130,9 +133,62 @@ def test_traverse_walks_the_named_directions(api):
     body = {"start": {"seed": 4}, "directions": [{"principal": 1}, {"class": "Bag"}], "steps": 3}
     z = np.array(json_reply(api, "traverse", body)["latents"]).reshape(2, 3, LATENT)
     assert np.allclose(z[0, -1] - z[0, 0], 6 * STATS.principal_directions[1], atol=1e-4)
-    bag = STATS.class_means[8] - STATS.class_means.mean(0)
-    assert np.allclose(z[1, -1] - z[1, 0], 6 * bag / np.linalg.norm(bag), atol=1e-4)
+    bag = STATS.class_means[8] - STATS.class_means.mean(0)  # Bag's class-mean step raises it against every class
+    assert np.allclose(z[1, -1] - z[1, 0], 6 * bag, atol=1e-4)
     assert npy(post(api, "traverse", body | {"format": "npy"})[2]).shape == (2, 3, 28, 28)
+
+
+def class_steps(api) -> np.ndarray:
+    """Every class direction's step (C, D) as the route walks it: its latents at t = 0 and t = 1."""
+    body = {"start": {"seed": 1}, "directions": [{"class": c} for c in CLASS_NAMES], "range": [0, 1], "steps": 2}
+    z = np.array(json_reply(api, "traverse", body)["latents"]).reshape(len(CLASS_NAMES), 2, LATENT)
+    return z[:, 1] - z[:, 0]
+
+
+def test_every_class_direction_raises_its_class_from_every_start_and_reaches_it(api):
+    """Along each class's step the class model never lowers the class, from 4,000 starts (the test posterior means
+    of the statistics and prior draws), and over the default range it ends where the class is the likelier half for
+    most of them; a class-mean step that raises the class against every other class is the step itself."""
+    steps = class_steps(api)
+    starts = np.concatenate([STATS.scatter_means, STATS.prior_latents(0, 2000)]).astype(np.float64)
+    t = np.linspace(-3, 3, 25)
+    reached = []
+    for index, name in enumerate(CLASS_NAMES):
+        z = starts[:, None] + t[None, :, None] * steps[index]
+        p = STATS.class_probabilities(z.reshape(-1, LATENT))[:, index].reshape(len(starts), len(t))
+        assert (np.diff(p, axis=1) >= -1e-9).all() and (p[:, -1] > p[:, 0]).all(), name
+        reached.append((p[:, -1] >= 0.5).mean())
+    assert np.mean(reached) > 0.85, reached
+    weights = STATS.class_weights.astype(np.float64)
+    for index, name in enumerate(CLASS_NAMES):
+        gains = np.delete(weights[index] - weights, index, axis=0)  # log-odds gained per unit step, per class
+        mean_step = STATS.class_means[index] - STATS.class_means.mean(0)
+        assert (gains @ steps[index] >= -1e-6).all()
+        assert np.allclose(steps[index], mean_step, atol=1e-5) == (gains @ mean_step >= 0).all(), name
+
+
+def test_traverse_along_each_class_from_test_images_ends_more_like_the_class(api):
+    """The issue's request, from the first ten test images' posterior means along every class over [-2, 2]: the
+    answer's own class probabilities of the class never fall along a row and end higher than they start, and the
+    class is the likelier half at the end of most rows."""
+    ends = []
+    for start in STATS.scatter_means[:10]:
+        body = {"start": {"latent": start.tolist()}, "directions": [{"class": c} for c in CLASS_NAMES],
+                "range": [-2, 2]}
+        rows = json_reply(api, "traverse", body)["class_probabilities"]
+        p = np.array([row[name] for row, name in zip(rows, np.repeat(CLASS_NAMES, 9), strict=True)]).reshape(10, 9)
+        assert (np.diff(p, axis=1) >= 0).all() and (p[:, -1] > p[:, 0]).all(), p
+        ends.extend(p[:, -1])
+    assert np.mean(np.array(ends) >= 0.5) >= 0.7
+
+
+def test_a_class_that_no_step_raises_against_every_other_class_gives_no_direction():
+    """The 2-d model's Dress sits inside the other classes' weights: every step lowers it against some class."""
+    stats = artifacts.read_stats(ARTIFACTS.parent / "export-2d" / artifacts.STATS)
+    worker = SimpleNamespace(stats=stats, class_index=CLASS_NAMES.index)
+    assert not traverse.class_step(stats, 3).any() and traverse.class_step(stats, 1).any()
+    with pytest.raises(RequestError, match="gives no direction"):
+        traverse.step_of({"class": "Dress"}, worker)
 
 
 def test_edit_moves_between_class_means_and_strength_zero_is_the_reconstruction(api):
