@@ -16,10 +16,10 @@ from __future__ import annotations
 
 import argparse
 import time
-import urllib.request
 from pathlib import Path
 
 import numpy as np
+from fmvae_client import fetch
 from prometheus_client.parser import text_string_to_metric_families
 
 from bench.serving import (
@@ -43,7 +43,7 @@ UNSORTED = np.random.default_rng(0).standard_normal(32768).astype(np.float32)  #
 
 def worker_totals(metrics_url: str, model: str) -> dict[str, float]:
     """Running totals of one model's handler histograms (decoder time, decoder calls, requests per batch)."""
-    text = urllib.request.urlopen(metrics_url, timeout=10).read().decode()
+    text = fetch(metrics_url, timeout=10).decode()
     totals = dict.fromkeys(("fmvae_decode_duration_seconds_sum", "fmvae_decode_duration_seconds_count",
                             "fmvae_batch_requests_sum", "fmvae_batch_requests_count"), 0.0)
     for family in text_string_to_metric_families(text):

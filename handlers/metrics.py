@@ -116,6 +116,10 @@ class Recorder:
             self.queue.put(self.pending)
             self.pending = []
 
+    def submit(self, *writes: tuple[Callable[[Any], None], Any]) -> None:
+        """Hand writes to the thread at once, from any thread (a refusal the host answers outside the handler)."""
+        self.queue.put(list(writes))
+
     def _run(self) -> None:
         next_usage = time.monotonic()
         while True:

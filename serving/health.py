@@ -5,17 +5,22 @@ model has at least one READY worker (TorchServe's own /ping stays "Healthy" for 
 only says "Partial Healthy" for one whose workers are all down); on the KServe host (``--server kserve``): it
 answers KServe's liveness (/v2/health/live) and every route's readiness (/v2/models/<route>/ready). On both, the
 launcher is not draining it for a stop. With token auth on, keys are read from the key file in the host's working
-directory (``--work-dir``, as given to ``python -m serving``), where the launcher also marks a drain.
+directory (``--work-dir``, as given to ``python -m serving``), where the launcher also marks a drain and the KServe
+host's supervisor says which serving process it is replacing (the host still answers meanwhile: healthy, with the
+gap named).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import time
 from pathlib import Path
 
 from fmvae_client import ClientError, Keys, fetch
 
 from serving.settings import DRAIN_FILE, KEY_FILE, MODELS, ServerConfig
+from serving.supervisor import STATUS_FILE
 
 
 def problems(url: str, management_url: str, models: list[str], work_dir: Path | None, server: str = "torchserve"
@@ -64,6 +69,17 @@ def kserve_problems(url: str, models: list[str], keys: Keys) -> list[str]:
     return found
 
 
+def process_gaps(work_dir: Path | None) -> list[str]:
+    """The KServe host's serving processes that are being replaced (its supervisor's status file in the working
+    directory): the host still answers, with fewer processes, while they are."""
+    try:
+        status = json.loads((work_dir / STATUS_FILE).read_text()) if work_dir is not None else {}
+    except (OSError, ValueError):
+        return []
+    return [f"process {gap['index']} being replaced for {time.time() - gap['since']:.1f} s ({gap['why']}); "
+            f"{status['serving']} of {status['processes']} serving" for gap in status.get("replacing", [])]
+
+
 def main(argv: list[str] | None = None) -> int:
     defaults = ServerConfig()
     parser = argparse.ArgumentParser(prog="python -m serving.health", description=__doc__,
@@ -75,7 +91,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--server", choices=("torchserve", "kserve"), default=defaults.server, help="the host")
     args = parser.parse_args(argv)
     found = problems(args.url.rstrip("/"), args.management_url.rstrip("/"), args.models, args.work_dir, args.server)
-    print("unhealthy: " + "; ".join(found) if found else f"healthy: {', '.join(args.models)} ready")
+    gaps = "".join(f"; {gap}" for gap in process_gaps(args.work_dir))
+    print("unhealthy: " + "; ".join(found) + gaps if found else f"healthy: {', '.join(args.models)} ready{gaps}")
     return 1 if found else 0
 
 

@@ -3,6 +3,7 @@ dir, the addresses and files a client or the health check reads, the keys, and a
 
 from __future__ import annotations
 
+import contextlib
 import shutil
 import subprocess
 import tempfile
@@ -96,29 +97,29 @@ class Host:
         raise NotImplementedError
 
     def release(self) -> None:
-        """Free what the host holds beside its process group (a key renewer, a listening socket), once the group
-        has stopped."""
+        """Free what the host holds beside its process group (a key renewer, a listening socket), after the drain
+        and before the group stops (a key renewal must not meet a stopping server)."""
 
     def stop(self, drain: bool = True) -> None:
-        """Drain (when asked and running), stop every process of the group, the exporter, and remove the temp dir.
-        Safe to call more than once."""
-        try:
+        """Drain (when asked and running), release, stop every process of the group, the exporter, and remove the
+        temp dir; each step runs even when one before it fails. Safe to call more than once."""
+        with contextlib.ExitStack() as steps:  # the callbacks run last in, first out
+            steps.callback(self._clean_up)
             if self.group is not None:
-                try:
-                    if drain and self.group.running():
-                        self.drain()
-                finally:
-                    self.group.stop()
-        finally:
-            self.release()
-            if self._output is not None:
-                self._output.join(timeout=5)
-            if self.exporter is not None:
-                self.exporter.shutdown()
-                self.exporter.server_close()
-                self.exporter = None
-            self.drain_file.unlink(missing_ok=True)
-            shutil.rmtree(self.tmp, ignore_errors=True)
+                steps.callback(self.group.stop)
+            steps.callback(self.release)
+            if drain and self.group is not None and self.group.running():
+                self.drain()
+
+    def _clean_up(self) -> None:
+        if self._output is not None:
+            self._output.join(timeout=5)
+        if self.exporter is not None:
+            self.exporter.shutdown()
+            self.exporter.server_close()
+            self.exporter = None
+        self.drain_file.unlink(missing_ok=True)
+        shutil.rmtree(self.tmp, ignore_errors=True)
 
     def __enter__(self) -> Host:
         return self.start()

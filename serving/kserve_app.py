@@ -2,8 +2,9 @@
 Python ModelServer (its FastAPI app, DataPlane and model repository, served by uvicorn).
 
 ``python -m serving.kserve_app --socket-fd FD --settings FILE [--processes N]`` is started by the launcher
-(``serving/kserve_host.py``) with the listening socket already bound: with ``--processes N`` it is the supervisor
-that starts N serving processes on that socket and forwards SIGTERM to them; without, it serves. A serving process
+(``serving/kserve_host.py``) with the listening socket already bound. It is the supervisor
+(``serving/supervisor.py``): it forks N serving processes that share that socket, replaces one that dies and
+forwards SIGTERM to them. A serving process
 loads each export once (``handlers.service``: the routes of one export share its artifacts and statistics) and
 answers:
 
@@ -33,20 +34,24 @@ import logging
 import os
 import signal
 import socket
-import subprocess
 import sys
 import time
+import warnings
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 from handlers import device
 from handlers.errors import SHUTTING_DOWN, RequestError
+from handlers.schema import PATH_PREFIX
 from handlers.service import Reply
+from serving.http_protocol import http_protocol
 from serving.inprocess import load_service
 from serving.keys import read_keys
-from serving.request_path import HostRules, Lane, Traffic, error_reply
+from serving.lane import Lane
+from serving.request_path import METHOD_NOT_ALLOWED, HostRules, Refusals, Traffic, error_reply
 from serving.settings import spec_from_document
+from serving.supervisor import supervise
 
 QUIET_SECONDS = 0.3  # a draining process exits once nothing was in flight or arrived for this long
 
@@ -74,6 +79,7 @@ class App:
         self.max_request_size = settings["max_request_size"]
         self.access_log = bool(settings.get("access_log"))
         self.traffic = Traffic()
+        self.refusals = Refusals()
 
     def authorized(self, header: str | None) -> bool:
         if self.key is None:
@@ -86,9 +92,8 @@ class App:
         if lane is None:
             return error_reply(RequestError("route", "unknown_route", f"no route {route!r} here (served: "
                                                                      f"{', '.join(self.routes)})", 404))
-        identity = lane.service.worker.identity
         if self.traffic.draining:
-            return error_reply(SHUTTING_DOWN, identity, {"Retry-After": "1", "Connection": "close"})
+            return lane.refuse(SHUTTING_DOWN, {"Connection": "close"})
         return await lane.submit(body)
 
 
@@ -98,6 +103,7 @@ def build(settings: dict, index: int = 0) -> tuple[Any, App]:
     from fastapi.responses import Response
     from kserve import Model, ModelServer
     from kserve.protocol.rest.server import RESTServer
+    from starlette.exceptions import HTTPException
 
     app_state = App(settings, index)
 
@@ -135,21 +141,37 @@ def build(settings: dict, index: int = 0) -> tuple[Any, App]:
     rest = RESTServer("kserve.model_server:app", server.dataplane, server.model_repository_extension, 0,
                       workers=1, grace_period=1, timeout_keep_alive=settings["idle_timeout"])
     rest.config.access_log = False  # the access lines are HostRules', with the request ID
+    rest.config.http = http_protocol()
     rest.create_application()
     from kserve.model_server import app
 
     async def refused(_: object, e: RequestError) -> Response:  # v1 predict's refusals: the one error shape
         reply = error_reply(e, headers={"Retry-After": "1"} if e.status == 503 else None)
         return Response(reply.body, reply.status, reply.headers, reply.content_type)
+
+    async def not_served(request: Any, e: HTTPException) -> Response:  # the framework's own 4xx: the one shape
+        path = request.url.path
+        error = {404: RequestError("path", "not_found", f"nothing is served at {path}: the API is POST "
+                                                        f"{PATH_PREFIX}<route>", 404),
+                 405: RequestError("method", METHOD_NOT_ALLOWED, f"{request.method} is not allowed on {path}", 405)
+                 }.get(e.status_code, RequestError("body", "invalid_value", str(e.detail), e.status_code))
+        reply = error_reply(error, headers=e.headers)
+        return Response(reply.body, reply.status, reply.headers, reply.content_type)
     app.add_exception_handler(RequestError, refused)
+    app.add_exception_handler(HTTPException, not_served)
     rest.config.app = HostRules(app, app_state)
     return rest, app_state
 
 
-def serve(sock: socket.socket, settings: dict, index: int = 0) -> None:
-    """Serve on ``sock`` until SIGTERM or SIGINT, then drain and exit."""
+def serve(sock: socket.socket, settings: dict, index: int, ready_fd: int) -> None:
+    """Serve on ``sock`` as process ``index`` until SIGTERM or SIGINT, then drain and return; once the routes are
+    loaded, say so on stdout and on ``ready_fd`` (the supervisor's pipe), with one byte."""
+    Path("/proc/self/comm").write_text(f"kserve-proc-{index}")  # what top and pgrep show: which process this is
     import uvicorn
+    from fastapi.exceptions import FastAPIDeprecationWarning
 
+    # KServe 0.21's own endpoints use FastAPI's deprecated ORJSONResponse: a warning in every process's log
+    warnings.filterwarnings("ignore", category=FastAPIDeprecationWarning)
     rest, app_state = build(settings, index)
     # The project's lines (fmvae.kserve: access and error lines; fmvae.worker: the workers') on the output the
     # launcher keeps; uvicorn's access line and KServe's timing lines are replaced by HostRules' access lines.
@@ -179,6 +201,7 @@ def serve(sock: socket.socket, settings: dict, index: int = 0) -> None:
             listener.close()
         while traffic.in_flight or time.monotonic() - traffic.last < QUIET_SECONDS:
             await asyncio.sleep(0.05)
+        app_state.refusals.flush()
         server.should_exit = True
 
     draining: list[asyncio.Task] = []  # kept: the loop holds its tasks only weakly
@@ -190,41 +213,17 @@ def serve(sock: socket.socket, settings: dict, index: int = 0) -> None:
         await server.serve(sockets=[sock])
 
     print(f"kserve process {os.getpid()}: ready, {len(app_state.routes)} routes", flush=True)
+    os.write(ready_fd, b"r")
+    os.close(ready_fd)
     asyncio.run(main())
 
 
-def supervise(fd: int, settings_file: Path, processes: int) -> int:
-    """Start ``processes`` serving processes on socket ``fd``, forward SIGTERM/SIGINT to them, and exit with the
-    first non-zero exit code once all have exited (a process that dies takes the others down)."""
-    cmd = [sys.executable, "-m", "serving.kserve_app", "--socket-fd", str(fd), "--settings", str(settings_file)]
-    children: list[subprocess.Popen] = []
-    try:
-        for i in range(processes):
-            children.append(subprocess.Popen([*cmd, "--index", str(i)], pass_fds=(fd,)))
-    except BaseException:  # a start failed: the ones started go too
-        for child in children:
-            child.kill()
-            child.wait()
-        raise
-    finally:
-        os.close(fd)  # the serving processes hold the socket; the launcher keeps its own copy
-
-    def forward(signum: int, frame: object) -> None:
-        for child in children:
-            if child.poll() is None:
-                child.send_signal(signal.SIGTERM)
-
-    signal.signal(signal.SIGTERM, forward)
-    signal.signal(signal.SIGINT, forward)
-    codes = []
-    while len(codes) < len(children):
-        for child in children:
-            if child.poll() is not None and child not in [c for c, _ in codes]:
-                codes.append((child, child.returncode))
-                if child.returncode != 0:
-                    forward(signal.SIGTERM, None)
-        time.sleep(0.05)
-    return next((code for _, code in codes if code != 0), 0)
+def preload() -> None:
+    """Import what a serving process needs beyond this module (the supervisor does, once, before it forks them)."""
+    import fastapi.responses  # noqa: F401
+    import kserve  # noqa: F401
+    import kserve.protocol.rest.server  # noqa: F401
+    import uvicorn  # noqa: F401
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -232,14 +231,16 @@ def main(argv: list[str] | None = None) -> int:
                                   formatter_class=argparse.RawDescriptionHelpFormatter)
     cli.add_argument("--socket-fd", type=int, required=True, help="the bound listening socket, inherited")
     cli.add_argument("--settings", type=Path, required=True, help="the launcher's settings for the processes (JSON)")
-    cli.add_argument("--processes", type=int, default=0, help="supervise this many serving processes")
-    cli.add_argument("--index", type=int, default=0, help="this serving process's number (its GPU: modulo the GPUs)")
+    cli.add_argument("--processes", type=int, default=1, help="serving processes (each with every route)")
     args = cli.parse_args(argv)
-    if args.processes:
-        return supervise(args.socket_fd, args.settings, args.processes)
-    serve(socket.socket(fileno=args.socket_fd), json.loads(args.settings.read_text()), args.index)
-    return 0
+    settings = json.loads(args.settings.read_text())
+    status = Path(settings["status_file"]) if settings.get("status_file") else None
+    preload()
+    return supervise(lambda index, ready_fd: serve(socket.socket(fileno=args.socket_fd), settings, index, ready_fd),
+                     args.socket_fd, args.processes, status)
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    code = main()
+    sys.stdout.flush()
+    os._exit(code)  # the interpreter's own teardown with these libraries loaded takes 1.5 s and frees nothing

@@ -19,6 +19,7 @@ import socket
 import sys
 import time
 from pathlib import Path
+from typing import IO
 
 from fmvae_client import ClientError, fetch
 from prometheus_client import CollectorRegistry, multiprocess
@@ -32,9 +33,11 @@ from serving.httpd import MetricsServer
 from serving.logs import RotatingFile, check_writable, copy_output
 from serving.process import ProcessGroup
 from serving.settings import MODELS, ModelSpec, ServerConfig, spec_document
+from serving.supervisor import STATUS_FILE
 
 READY_LINE = b": ready, "  # what a serving process prints once its routes are loaded (serving/kserve_app.py)
 OUTPUT = "kserve.out"  # the processes' output, in the log folder
+START_OUTPUT = "kserve-start.out"  # the same output until every process is ready, kept whole (one start's)
 
 
 def default_processes() -> int:
@@ -57,6 +60,7 @@ class KServe(Host):
         self.processes = self.config.processes or default_processes()
         self.sock: socket.socket | None = None
         self._ready = 0
+        self._start_lines: IO[bytes] | None = None
 
     def start(self, timeout: float = 180) -> KServe:
         """Check, bind, start the processes and the exporter; return once every process has loaded every route."""
@@ -89,6 +93,7 @@ class KServe(Host):
                 "model_store": str(self.config.export_store.resolve()),
                 "processes": self.processes, "batch_size": self.config.kserve_batch,
                 "key_file": str(self.key_file) if self.config.token_auth else None,
+                "status_file": str(self.status_file),
                 "max_request_size": self.config.max_request_size, "idle_timeout": self.config.idle_timeout,
                 "access_log": self.config.access_log}))
             env = os.environ | {"PROMETHEUS_MULTIPROC_DIR": str(multiproc), "TMPDIR": str(self.tmp)}
@@ -96,18 +101,32 @@ class KServe(Host):
             self.group = ProcessGroup([sys.executable, "-m", "serving.kserve_app", "--socket-fd", str(fd),
                                        "--settings", str(settings), "--processes", str(self.processes)],
                                       env, Path(__file__).resolve().parent.parent,
-                                      leftovers=[self.tmp, self.drain_file], pass_fds=(fd,))
+                                      leftovers=[self.tmp, self.drain_file, self.status_file], pass_fds=(fd,),
+                                      forwards=True)
             output = RotatingFile(self.log_dir / OUTPUT, self.config.log_max_bytes, self.config.log_backups)
-            self._output = copy_output(self.process.stdout, output, "kserve-output", self._count_ready)
+            self._start_lines = open(self.log_dir / START_OUTPUT, "wb")  # noqa: SIM115 - closed once ready
+            self._output = copy_output(self.process.stdout, output, "kserve-output", self._on_line)
             self.wait_ready(timeout)
         except BaseException:
             self.stop(drain=False)
             raise
         return self
 
-    def _count_ready(self, line: bytes) -> None:
-        if READY_LINE in line:
-            self._ready += 1
+    @property
+    def status_file(self) -> Path:
+        """The supervisor's account of its serving processes (``serving/supervisor.py``), for the health check."""
+        return self.work_dir / STATUS_FILE
+
+    def _on_line(self, line: bytes) -> None:
+        """Count the processes that are ready; until all are, keep the start's lines apart too (``START_OUTPUT``:
+        however much the host logs later, they are not rolled away)."""
+        if self._start_lines is None:
+            return
+        self._start_lines.write(line)
+        self._ready += READY_LINE in line
+        if self._ready >= self.processes:
+            self._start_lines.close()
+            self._start_lines = None
 
     def write_keys(self) -> None:
         """A key file in TorchServe's format, readable by this user only."""
@@ -166,3 +185,4 @@ class KServe(Host):
     def release(self) -> None:
         if self.sock is not None and self.sock.fileno() != -1:
             self.sock.close()
+        self.status_file.unlink(missing_ok=True)

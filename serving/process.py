@@ -22,9 +22,11 @@ class ProcessGroup:
     """One started command in a session of its own, with its watchdog. ``stop`` is safe to call more than once."""
 
     def __init__(self, cmd: list[str], env: dict[str, str], cwd: Path, leftovers: list[Path] = (),
-                 pass_fds: tuple[int, ...] = ()) -> None:
+                 pass_fds: tuple[int, ...] = (), forwards: bool = False) -> None:
         """``leftovers``: what the watchdog removes after stopping the group (the launcher's temp dir, its drain
-        mark), when the launcher could not; ``pass_fds``: file descriptors the command inherits."""
+        mark), when the launcher could not; ``pass_fds``: file descriptors the command inherits; ``forwards``: the
+        command passes SIGTERM on to its children itself (the KServe supervisor; TorchServe's wrapper does not)."""
+        self.forwards = forwards
         self.process = subprocess.Popen(cmd, env=env, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                         start_new_session=True, pass_fds=pass_fds)
         read, self._watchdog_pipe = os.pipe()  # the watchdog acts when the write end closes
@@ -55,15 +57,17 @@ class ProcessGroup:
 
     def stop_jvm(self) -> None:
         """SIGTERM to the wrapper's children alone (the JVM: its shutdown hook closes the listeners and stops the
-        workers); the wrapper exits with it. After JVM_STOP_S, or with no child found, the group gets SIGKILL."""
+        workers; the wrapper exits with it), or to the leader when it ``forwards``. After JVM_STOP_S, or with no
+        child found, the group gets SIGKILL."""
         try:
-            children = psutil.Process(self.process.pid).children()
+            leader = psutil.Process(self.process.pid)
+            targets = [leader] if self.forwards else leader.children()
         except psutil.Error:
-            children = []
-        for child in children:
-            child.send_signal(signal.SIGTERM)
+            targets = []
+        for target in targets:
+            target.send_signal(signal.SIGTERM)
         try:
-            self.process.wait(timeout=JVM_STOP_S if children else 0)
+            self.process.wait(timeout=JVM_STOP_S if targets else 0)
         except subprocess.TimeoutExpired:
             signal_group(self.process.pid, signal.SIGKILL, 10)
 

@@ -1,7 +1,7 @@
 """The KServe host's request path in each process: the ASGI rules every request passes (its request ID, token
 auth, the body limit, the drain's bookkeeping, the API's routes answered without a framework in between, the access
-and error log lines), and each route's queue (``Lane``): requests wait for the process's inference thread and go
-in batches of those waiting, the queue bounded like TorchServe's."""
+and error log lines, refusals counted rather than logged one by one). Each route's queue is ``serving/lane.py``'s
+``Lane``; the HTTP protocol under it, ``serving/http_protocol.py``'s."""
 
 from __future__ import annotations
 
@@ -10,63 +10,27 @@ import collections
 import json
 import logging
 import time
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from handlers.errors import RequestError
+from handlers.errors import RequestError, internal
 from handlers.schema import PATH_PREFIX, first_unparsable, load_json
-from handlers.service import MODEL_HEADER, REQUEST_ID, Reply, Service, request_id
-from serving.settings import ModelSpec
+from handlers.service import MODEL_HEADER, REQUEST_ID, Reply, request_id
 
-OVERLOADED = "overloaded"
+METHOD_NOT_ALLOWED = "method_not_allowed"
+ALLOW_POST = {"Allow": "POST"}
 BODILESS = ("GET", "HEAD", "OPTIONS")  # methods whose requests carry no body here
 LOG = logging.getLogger("fmvae.kserve")
+# A body over the limit is still read (and dropped) up to this many bytes, so that the client, which sends its
+# whole body before it reads, gets the 413; beyond it the connection is closed as it stands.
+DISCARD_BYTES = 64 * 2**20
+REFUSALS_LOG_S = 10.0  # 503 refusals are logged as one line per route and reason per this many seconds
 
 
 def error_reply(e: RequestError, identity: str | None = None, headers: dict[str, str] | None = None) -> Reply:
     """A reply of the host itself (no worker involved) in the one error shape."""
     named = {MODEL_HEADER: identity} if identity else {}
     return Reply(e.status, json.dumps(e.body()).encode(), "application/json", named | (headers or {}))
-
-
-class Lane:
-    """One route's queue in this process: requests wait for the process's inference thread; each call takes up to
-    ``batch_size`` of those waiting, and a request beyond ``queue_size`` waiting is refused at once (503)."""
-
-    def __init__(self, service: Service, spec: ModelSpec, batch_size: int, executor: ThreadPoolExecutor) -> None:
-        self.service, self.batch_size, self.executor = service, batch_size, executor
-        self.queue_size = spec.job_queue_size
-        self.waiting: collections.deque[tuple[bytes, asyncio.Future]] = collections.deque()
-        self.running = False
-        self.task: asyncio.Task | None = None
-
-    async def submit(self, body: bytes) -> Reply:
-        if len(self.waiting) >= self.queue_size:
-            return error_reply(RequestError("body", OVERLOADED, f"{self.service.worker.model}'s queue is full "
-                                                                f"({self.queue_size} requests): retry with backoff",
-                                            503), self.service.worker.identity, {"Retry-After": "1"})
-        future = asyncio.get_running_loop().create_future()
-        self.waiting.append((body, future))
-        if not self.running:
-            self.running = True
-            self.task = asyncio.create_task(self.run())  # kept: the loop holds its tasks only weakly
-        return await future
-
-    async def run(self) -> None:
-        loop = asyncio.get_running_loop()
-        try:
-            while self.waiting:
-                batch = [self.waiting.popleft() for _ in range(min(self.batch_size, len(self.waiting)))]
-                try:
-                    replies = await loop.run_in_executor(self.executor, self.service.answer, [b for b, _ in batch])
-                except Exception as e:  # answer() fails requests one by one; this is a last resort, never a hang
-                    replies = [error_reply(RequestError("body", "internal", f"internal error: {e}", 500))] * len(batch)
-                for (_, future), reply in zip(batch, replies, strict=True):
-                    if not future.done():
-                        future.set_result(reply)
-        finally:
-            self.running = False
 
 
 @dataclass
@@ -79,17 +43,54 @@ class Traffic:
 
 
 async def read_body(receive: Any, limit: int) -> bytes | None:
-    """The request body from ASGI messages, or None once it is over ``limit`` bytes (reading stops there)."""
+    """The request body from ASGI messages, or None once it is over ``limit`` bytes; the rest of such a body is
+    read and dropped up to ``DISCARD_BYTES`` in all, so that a client that sends it whole then reads the answer."""
     chunks, size, more = [], 0, True
     while more:
         message = await receive()
         chunk = message.get("body", b"")
         size += len(chunk)
+        more = message.get("more_body", False)
         if size > limit:
+            while more and size <= DISCARD_BYTES:
+                message = await receive()
+                size += len(message.get("body", b""))
+                more = message.get("more_body", False)
             return None
         chunks.append(chunk)
-        more = message.get("more_body", False)
     return b"".join(chunks)
+
+
+class Refusals:
+    """503 refusals (``overloaded``, ``shutting_down``) kept out of the error log line by line: counted per route
+    and reason, and written as one warning line per ``REFUSALS_LOG_S`` while they go on (an overload of thousands
+    of requests a second would otherwise write a line each and roll the log's start-up lines away)."""
+
+    def __init__(self) -> None:
+        self.counts: collections.Counter[tuple[str, str]] = collections.Counter()
+        self.since = 0.0
+        self.timer: asyncio.TimerHandle | None = None
+
+    def count(self, path: str, detail: bytes) -> None:
+        try:
+            reason = json.loads(detail)["reason"]
+        except (ValueError, KeyError, TypeError):
+            reason = "-"
+        if not self.counts:
+            self.since = time.monotonic()
+            self.timer = asyncio.get_running_loop().call_later(REFUSALS_LOG_S, self.flush)
+        self.counts[path.removeprefix(PATH_PREFIX), reason] += 1
+
+    def flush(self) -> None:
+        """Write the line for what was counted (at the interval's end, and when the process drains)."""
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+        if self.counts:
+            total = sum(self.counts.values())
+            each = ", ".join(f"{route} {reason} {n}" for (route, reason), n in sorted(self.counts.items()))
+            LOG.warning("refused %d requests with 503 in %.1f s: %s", total, time.monotonic() - self.since, each)
+            self.counts.clear()
 
 
 def replaying(body: bytes) -> Any:
@@ -122,6 +123,7 @@ class Routes(Protocol):
     """What the rules need of a process's routes (``serving.kserve_app.App``)."""
 
     traffic: Traffic
+    refusals: Refusals
     max_request_size: int
     access_log: bool
 
@@ -147,42 +149,58 @@ class HostRules:
         traffic = self.state.traffic
         traffic.in_flight += 1
         traffic.last = started = time.monotonic()
-        headers = dict(scope["headers"])
-        rid = request_id(headers.get(b"x-request-id"))
-        limit, body = self.state.max_request_size, b""
+        rid = request_id(dict(scope["headers"]).get(b"x-request-id"))
         answered = {"status": 0, "size": 0, "detail": b""}
+        sending = self.adding(send, {REQUEST_ID: rid}, answered)
         try:
-            if not self.state.authorized(headers.get(b"authorization", b"").decode("latin-1")):
-                reply = error_reply(RequestError("Authorization", "unauthorized",
-                                                 "send 'Authorization: Bearer <inference key>'", 401))
-            elif scope["method"] not in BODILESS and (body := await read_body(receive, limit)) is None:
-                reply = error_reply(RequestError("body", "body_too_large", "the body is over the server's limit of "
-                                                 f"{limit} bytes", 413))
-            elif scope["path"].startswith(PATH_PREFIX) and scope["method"] == "POST":
-                reply = await self.state.predictions(scope["path"].removeprefix(PATH_PREFIX), body)
-            elif (refused := strict_predict_body(scope, body)) is not None:
-                reply = refused
-            else:
-                extra = {REQUEST_ID: rid} | ({"Connection": "close"} if traffic.draining else {})
-                inner_receive = receive if scope["method"] in BODILESS else replaying(body)
-                await self.inner(scope, inner_receive, self.adding(send, extra, answered))
-                return
-            extra = {REQUEST_ID: rid} | ({"Connection": "close"} if traffic.draining else {})
-            answered.update(status=reply.status, size=len(reply.body), detail=reply.body)
-            await send({"type": "http.response.start", "status": reply.status,
-                        "headers": [(b"content-type", reply.content_type.encode()),
-                                    (b"content-length", str(len(reply.body)).encode()),
-                                    *((k.encode(), v.encode()) for k, v in (reply.headers | extra).items())]})
-            await send({"type": "http.response.body", "body": reply.body})
+            try:
+                reply = await self.answer(scope, receive, sending)
+            except Exception as e:  # a fault of this process's code: the one shape, unless the answer has begun
+                if answered["status"]:
+                    raise
+                LOG.exception("request %s: %s %s failed", rid, scope["method"], scope["path"])
+                reply = error_reply(internal(f"internal error: {type(e).__name__}: {e}"))
+            if reply is not None:
+                closing = {"Connection": "close"} if traffic.draining else {}
+                answered["detail"] = reply.body
+                await sending({"type": "http.response.start", "status": reply.status,
+                               "headers": [(b"content-type", reply.content_type.encode()),
+                                           (b"content-length", str(len(reply.body)).encode()),
+                                           *((k.encode(), v.encode()) for k, v in (reply.headers | closing).items())]})
+                await sending({"type": "http.response.body", "body": reply.body})
         finally:
             traffic.in_flight -= 1
             traffic.last = time.monotonic()
             self.log(scope, rid, answered, traffic.last - started)
 
+    async def answer(self, scope: dict, receive: Any, send: Any) -> Reply | None:
+        """The reply to send, or None when KServe's app has answered (through ``send``)."""
+        headers, method, path = dict(scope["headers"]), scope["method"], scope["path"]
+        limit, body = self.state.max_request_size, b""
+        if not self.state.authorized(headers.get(b"authorization", b"").decode("latin-1")):
+            return error_reply(RequestError("Authorization", "unauthorized",
+                                            "send 'Authorization: Bearer <inference key>'", 401))
+        if method not in BODILESS and (body := await read_body(receive, limit)) is None:
+            return error_reply(RequestError("body", "body_too_large", "the body is over the server's limit of "
+                                            f"{limit} bytes", 413), headers={"Connection": "close"})
+        if path.startswith(PATH_PREFIX):
+            if method == "POST":
+                return await self.state.predictions(path.removeprefix(PATH_PREFIX), body)
+            return error_reply(RequestError("method", METHOD_NOT_ALLOWED, f"{method} is not allowed on {path}: "
+                                            "send POST", 405), headers=ALLOW_POST)
+        if (refused := strict_predict_body(scope, body)) is not None:
+            return refused
+        if self.state.traffic.draining:
+            send = self.adding(send, {"Connection": "close"})
+        await self.inner(scope, receive if method in BODILESS else replaying(body), send)
+        return None
+
     def log(self, scope: dict, rid: str, answered: dict, seconds: float) -> None:
         """The request's error line (an answer of 500 or more) and access line (access log on)."""
         status, path = answered["status"], scope["path"]
-        if status >= 500:
+        if status == 503:
+            self.state.refusals.count(path, answered["detail"])
+        elif status >= 500:
             LOG.error("request %s: %s %s answered %d: %s", rid, scope["method"], path, status,
                       answered["detail"][:300].decode(errors="replace"))
         if self.state.access_log:
@@ -191,14 +209,16 @@ class HostRules:
                      status, answered["size"], seconds * 1e3)
 
     @staticmethod
-    def adding(send: Any, headers: dict[str, str], answered: dict) -> Any:
+    def adding(send: Any, headers: dict[str, str], answered: dict | None = None) -> Any:
         """``send`` that adds ``headers`` to the response and notes its status and size in ``answered``."""
+        noted = answered if answered is not None else {"status": 0, "size": 0}
+
         async def wrapped(message: dict) -> None:
             if message["type"] == "http.response.start":
-                answered["status"] = message["status"]
+                noted["status"] = message["status"]
                 message = message | {"headers": [*message.get("headers", []),
                                                  *((k.lower().encode(), v.encode()) for k, v in headers.items())]}
             elif message["type"] == "http.response.body":
-                answered["size"] += len(message.get("body", b""))
+                noted["size"] += len(message.get("body", b""))
             await send(message)
         return wrapped

@@ -66,9 +66,9 @@ class ModelSpec:
     @property
     def job_queue_size(self) -> int:
         """TorchServe's job queue for this model (jobQueueSize): the requests of ``request_images`` whose work fits
-        ``queue_images_per_worker`` per worker, at least one per worker."""
+        ``queue_images_per_worker`` per worker, at least ``MIN_QUEUE_REQUESTS`` per worker."""
         per_worker = self.queue_images_per_worker // (self.request_images + REQUEST_COST_IMAGES)
-        return max(1, per_worker) * self.workers
+        return max(MIN_QUEUE_REQUESTS, per_worker) * self.workers
 
 
 def spec_document(spec: ModelSpec) -> dict:
@@ -84,6 +84,9 @@ def spec_from_document(d: dict) -> ModelSpec:
 
 
 REQUEST_COST_IMAGES = 2  # a request's fixed cost (parsing, the frontend's round trip) in images' decoding and encoding
+# A queue holds at least this many requests per worker, however large each is: as many clients as one host is
+# sized for (docs/capacity) may each have a request of any route waiting without a refusal.
+MIN_QUEUE_REQUESTS = 16
 FULL_BATCH_IMAGES = 64  # a request this large fills a decoder call alone: batching it only delays its batch-mates
 
 

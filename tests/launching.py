@@ -7,6 +7,7 @@ import http.client
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -41,6 +42,35 @@ def wait_until(condition, seconds: float) -> bool:  # noqa: ANN001
 
 
 
+def exchange(port: int, request: bytes, then: bytes = b"", half_close: bool = False) -> tuple[int, dict, bytes]:
+    """Send raw ``request`` bytes (then ``then``; with ``half_close``, shut the sending side after it) on a new
+    connection to 127.0.0.1:``port`` and read one answer: (status, lower-case headers, body). A reset or a connection
+    closed before a whole answer raises ConnectionError."""
+    with socket.create_connection(("127.0.0.1", port), timeout=60) as conn:
+        conn.sendall(request + then)
+        if half_close:
+            conn.shutdown(socket.SHUT_WR)
+        answer = b""
+        while b"\r\n\r\n" not in answer or len(answer.partition(b"\r\n\r\n")[2]) < length(answer):
+            chunk = conn.recv(1 << 16)
+            if not chunk:
+                raise ConnectionError(f"closed after {len(answer)} bytes of an answer: {answer[:200]!r}")
+            answer += chunk
+    head, _, body = answer.partition(b"\r\n\r\n")
+    status_line, *lines = head.decode("latin-1").split("\r\n")
+    headers = {k.lower(): v.strip() for k, _, v in (line.partition(":") for line in lines)}
+    return int(status_line.split()[1]), headers, body
+
+
+def length(answer: bytes) -> int:
+    """The Content-Length of an answer's head (0 without one)."""
+    for line in answer.partition(b"\r\n\r\n")[0].split(b"\r\n")[1:]:
+        name, _, value = line.partition(b":")
+        if name.strip().lower() == b"content-length":
+            return int(value)
+    return 0
+
+
 class Launcher:
     """``python -m serving`` as `make serve` runs it, in a subprocess, on ``config``'s ports (default: free ones)."""
 
@@ -56,6 +86,7 @@ class Launcher:
             text=True)
         self.lines: list[str] = []
         self.group: int | None = None
+        self.leader: psutil.Process | None = None  # TorchServe's wrapper or the KServe host's supervisor
         self.reader = threading.Thread(target=self._read, daemon=True)
         self.reader.start()
         self.url = f"http://127.0.0.1:{self.config.inference_port}"
@@ -71,9 +102,9 @@ class Launcher:
         """The TorchServe process group, once the launcher says ready."""
         assert wait_until(lambda: "ready:" in self.output() or self.process.poll() is not None, 90), self.output()
         assert "ready:" in self.output(), self.output()
-        (wrapper,) = [c for c in psutil.Process(self.process.pid).children()
-                      if {"ts.model_server", "serving.kserve_app"} & set(c.cmdline())]
-        self.group = os.getpgid(wrapper.pid)
+        (self.leader,) = [c for c in psutil.Process(self.process.pid).children()
+                          if {"ts.model_server", "serving.kserve_app"} & set(c.cmdline())]
+        self.group = os.getpgid(self.leader.pid)
         return self.group
 
     def new_temp_dirs(self) -> set[Path]:

@@ -27,7 +27,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from serving import archive
 from serving.errors import ServerError
 from serving.server import TorchServe
-from serving.settings import MODELS, REQUEST_COST_IMAGES, ServerConfig
+from serving.settings import MIN_QUEUE_REQUESTS, MODELS, ServerConfig
 from tests.conftest import ARTIFACTS
 from tests.launching import FAULT_MODELS, NPY, Clients, group_alive, wait_until
 
@@ -208,17 +208,20 @@ def test_an_overload_burst_gets_prompt_503s_and_the_metrics_count_them(server):
 
 
 def test_an_accepted_request_waits_for_the_work_queued_not_for_a_count_of_requests(current_store):
-    """traverse's default request decodes 72 images: its queue holds 7 of them and a batch one (serving/settings.py),
-    so under a burst a request that gets in waits about 8 request times, not the 40 of four batches of 8."""
+    """traverse's default request decodes 72 images: its queue holds 16 of them (the floor of MIN_QUEUE_REQUESTS,
+    serving/settings.py) and a batch one, so under a burst a request that gets in waits about 17 request times, not
+    the 40 of four batches of 8; 16 clients that send at once are all served."""
     spec = MODELS["traverse"]
     with TorchServe(ServerConfig(model_store=current_store, models=("traverse",)).with_free_ports()) as ts:
         url, body = f"{ts.url}/predictions/traverse", {"start": {"seed": 3}, "format": "npy"}
         alone, results = burst(url, body, 40)
+        _, together = burst(url, body, MIN_QUEUE_REQUESTS)
     waits = sorted(t for code, t in results if code == 200)
     assert {code for code, _ in results} == {200, 503} and len(waits) >= spec.job_queue_size
-    # The docs' bound (docs/serving.md): the queued work, in requests of this size, and the one being answered.
-    work = spec.queue_images_per_worker // (spec.request_images + REQUEST_COST_IMAGES) + 1
+    # The docs' bound (docs/serving.md): the queued requests and the one being answered.
+    work = spec.job_queue_size // spec.workers + 1
     assert waits[-1] < 2 * work * alone, (waits[-1], alone, work)
+    assert {code for code, _ in together} == {200}
 
 
 def burst(url: str, body: dict, clients: int) -> tuple[float, list[tuple[int, float]]]:

@@ -138,20 +138,22 @@ def test_closing_a_child_process_listener_refuses_new_connections_and_keeps_open
 
 def test_a_lane_batches_what_waits_and_refuses_beyond_its_bound():
     """The KServe host's route queue: requests that wait go in calls of at most the batch size, in order; beyond the
-    queue's bound (traverse's: 7) a request gets 503 overloaded with Retry-After at once; a failing call fails its
-    batch with 500s and the lane goes on."""
+    queue's bound (traverse's: 16) a request gets 503 overloaded with Retry-After at once, counted in the handler
+    metrics; a failing call fails its batch with 500s and the lane goes on."""
     import asyncio
     from concurrent.futures import ThreadPoolExecutor
     from types import SimpleNamespace
 
     from handlers.service import Reply
-    from serving.request_path import Lane
-    from serving.settings import MODELS
+    from serving.lane import Lane
+    from serving.settings import MIN_QUEUE_REQUESTS, MODELS
 
     calls: list[list[bytes]] = []
+    counted: list[tuple] = []
 
     class Service:
-        worker = SimpleNamespace(model="traverse", identity="build")
+        worker = SimpleNamespace(model="traverse", identity="build", count_response="status", count_error="reason",
+                                 recorder=SimpleNamespace(submit=lambda *writes: counted.extend(writes)))
 
         def answer(self, bodies: list[bytes]) -> list[Reply]:
             calls.append(bodies)
@@ -160,20 +162,148 @@ def test_a_lane_batches_what_waits_and_refuses_beyond_its_bound():
             time.sleep(0.02)
             return [Reply(200, body, "application/json", {}) for body in bodies]
 
+    queue = MODELS["traverse"].job_queue_size
+
     async def burst() -> list[Reply]:
         lane = Lane(Service(), MODELS["traverse"], 4, ThreadPoolExecutor(1))
-        first = await asyncio.gather(*(lane.submit(str(i).encode()) for i in range(12)))
+        first = await asyncio.gather(*(lane.submit(str(i).encode()) for i in range(queue + 5)))
         failed = await lane.submit(b"boom")
         return [*first, failed, await lane.submit(b"after")]
 
     replies = asyncio.run(burst())
-    assert MODELS["traverse"].job_queue_size == 7
-    assert [r.status for r in replies[:12]] == [200] * 7 + [503] * 5
-    assert [r.body for r in replies[:7]] == [str(i).encode() for i in range(7)]
-    assert [len(c) for c in calls[:2]] == [4, 3]
-    refused = json.loads(replies[7].body)
-    assert refused["reason"] == "overloaded" and replies[7].headers["Retry-After"] == "1"
-    assert replies[12].status == 500 and replies[13].status == 200
+    assert queue == MIN_QUEUE_REQUESTS == 16  # traverse's 72-image requests: 576 images hold only 7
+    assert [r.status for r in replies[:queue + 5]] == [200] * queue + [503] * 5
+    assert [r.body for r in replies[:queue]] == [str(i).encode() for i in range(queue)]
+    assert [len(c) for c in calls[:4]] == [4, 4, 4, 4]
+    refused = json.loads(replies[queue].body)
+    assert refused["reason"] == "overloaded" and replies[queue].headers["Retry-After"] == "1"
+    assert counted == [("status", 503), ("reason", "overloaded")] * 5
+    assert replies[queue + 5].status == 500 and replies[queue + 6].status == 200
+
+
+def test_refusals_are_logged_as_one_line_per_interval_not_one_per_request(caplog):
+    """An overload's 503s write no error line each: one warning per route and reason per interval (and at a drain),
+    while other answers of 500 or more keep their own error line."""
+    import asyncio
+    from types import SimpleNamespace
+
+    from serving.request_path import HostRules, Refusals
+
+    overloaded = json.dumps({"code": 503, "reason": "overloaded", "message": "full", "field": "body"}).encode()
+    state = SimpleNamespace(refusals=Refusals(), access_log=False)
+    rules = HostRules(None, state)
+
+    async def traffic() -> None:
+        for i in range(5000):
+            rules.log({"method": "POST", "path": "/predictions/traverse"}, str(i),
+                      {"status": 503, "size": 0, "detail": overloaded}, 0.001)
+        rules.log({"method": "POST", "path": "/predictions/sample"}, "x",
+                  {"status": 500, "size": 0, "detail": b"boom"}, 0.001)
+        state.refusals.flush()
+
+    with caplog.at_level("INFO", logger="fmvae.kserve"):
+        asyncio.run(traffic())
+    lines = [(r.levelname, r.getMessage()) for r in caplog.records]
+    assert len(lines) == 2, lines
+    assert lines[0][0] == "ERROR" and "/predictions/sample answered 500" in lines[0][1]
+    assert lines[1][0] == "WARNING" and lines[1][1].startswith("refused 5000 requests with 503 in ")
+    assert lines[1][1].endswith(": traverse overloaded 5000")
+
+
+SUPERVISED = """
+import os, signal, sys, time
+from pathlib import Path
+import serving.supervisor as supervisor
+supervisor.RETRY_PAUSES_S = (0.1, 0.1, 0.1)
+mode, marks = sys.argv[1], Path(sys.argv[2])
+
+def serve(index, ready_fd):
+    starts = len(list(marks.glob(f"{index}-*")))
+    (marks / f"{index}-{os.getpid()}").touch()
+    if mode == "fails_at_start" and index == 1:
+        os._exit(3)
+    if mode == "replacements_fail" and index == 0 and starts:
+        raise RuntimeError("cannot load")
+    signal.signal(signal.SIGTERM, lambda *_: os._exit(0))
+    os.write(ready_fd, b"r")
+    time.sleep(60)
+
+fd = os.open("/dev/null", os.O_RDONLY)  # stands in for the listening socket: inherited, closed by the supervisor
+sys.exit(supervisor.supervise(serve, fd, 2, marks / "processes.json"))
+"""
+
+
+def supervised(mode: str, marks: Path) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-c", SUPERVISED, mode, str(marks)], cwd=Path(__file__).parent.parent,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def wait_for(condition, seconds: float = 20) -> None:  # noqa: ANN001
+    deadline = time.monotonic() + seconds
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.05)
+
+
+def test_the_supervisor_replaces_a_dead_process_and_says_so_in_its_status_file(tmp_path):
+    status = tmp_path / "processes.json"
+    process = supervised("serves", tmp_path)
+    try:
+        wait_for(lambda: status.exists() and json.loads(status.read_text())["serving"] == 2)
+        first = int(next(tmp_path.glob("0-*")).name.split("-")[1])
+        os.kill(first, 9)
+        wait_for(lambda: json.loads(status.read_text())["replacing"])
+        (gap,) = json.loads(status.read_text())["replacing"]
+        assert gap["index"] == 0 and gap["why"].startswith("killed by SIGKILL after ")
+        wait_for(lambda: json.loads(status.read_text()) == {"processes": 2, "serving": 2, "replacing": []})
+        assert len(list(tmp_path.glob("0-*"))) == 2 and len(list(tmp_path.glob("1-*"))) == 1
+        assert process.poll() is None
+        process.send_signal(15)
+        assert process.wait(timeout=20) == 0
+    finally:
+        process.kill()
+    output = process.stdout.read()
+    assert "process 0 (pid" in output and "starting a replacement" in output and "process 0 is back" in output
+    assert not status.exists()
+
+
+def test_a_process_that_fails_to_start_ends_the_supervisor_with_its_code(tmp_path):
+    process = supervised("fails_at_start", tmp_path)
+    try:
+        assert process.wait(timeout=20) == 3
+    finally:
+        process.kill()
+    output = process.stdout.read()
+    assert "process 1 (pid" in output and "ended before the host was ready: exit code 3" in output
+    assert not (tmp_path / "processes.json").exists()
+    for mark in tmp_path.glob("[01]-*"):  # the other process went too
+        with pytest.raises(ProcessLookupError):
+            os.kill(int(mark.name.split("-")[1]), 0)
+
+
+def test_replacements_that_keep_failing_end_the_supervisor_after_the_retries(tmp_path):
+    process = supervised("replacements_fail", tmp_path)
+    try:
+        wait_for(lambda: (tmp_path / "processes.json").exists()
+                 and json.loads((tmp_path / "processes.json").read_text())["serving"] == 2)
+        os.kill(int(next(tmp_path.glob("0-*")).name.split("-")[1]), 9)
+        assert process.wait(timeout=30) == 1
+    finally:
+        process.kill()
+    output = process.stdout.read()
+    assert output.count("ended before it was ready") == 3 and "4 replacements in a row" in output
+    assert "giving up" in output and len(list(tmp_path.glob("0-*"))) == 5
+
+
+def test_the_health_check_names_a_process_being_replaced(tmp_path):
+    from serving.health import process_gaps
+
+    assert process_gaps(tmp_path) == [] and process_gaps(None) == []
+    (tmp_path / "processes.json").write_text(json.dumps({"processes": 2, "serving": 1, "replacing": [
+        {"index": 0, "since": time.time() - 1.5, "why": "killed by SIGKILL after 35.2 s"}]}))
+    (gap,) = process_gaps(tmp_path)
+    assert gap.startswith("process 0 being replaced for 1.") and gap.endswith(
+        "s (killed by SIGKILL after 35.2 s); 1 of 2 serving")
 
 
 def test_the_launchers_flags_are_the_settings_fields():

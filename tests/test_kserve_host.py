@@ -6,6 +6,7 @@ takes ``api`` also runs through this host: tests/conftest.py.)"""
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import signal
 import socket
@@ -16,6 +17,7 @@ import urllib.error
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 
+import psutil
 import pytest
 
 from handlers.service import MODEL_HEADER
@@ -23,7 +25,7 @@ from serving.keys import read_keys
 from serving.routes import ROUTES, example
 from serving.settings import MODELS
 from tests.conftest import ARTIFACTS, post
-from tests.launching import FAULT_MODELS, NPY, Clients, Launcher, group_alive
+from tests.launching import FAULT_MODELS, NPY, Clients, Launcher, exchange, group_alive, wait_until
 
 pytestmark = pytest.mark.integration  # a real TorchServe and a real KServe host
 KSERVE = ("--server", "kserve", "--export-store", str(ARTIFACTS.parent), "--processes", "1")
@@ -126,6 +128,73 @@ def test_a_stop_under_constant_senders_resets_nothing(launcher, tmp_path, sender
     assert not group_alive(group) and not launched.new_temp_dirs()
 
 
+def test_a_killed_serving_process_is_replaced_while_the_others_answer(launcher, tmp_path):
+    """kill -9 of one of two serving processes under 8 clients: only requests on its own connections can fail, the
+    other process answers throughout, the supervisor starts a replacement (back within 10 s), the launcher stays."""
+    work = tmp_path / "work"
+    launched = launcher(*KSERVE[:-1], "2", "--work-dir", str(work))
+    launched.wait_ready()
+    clients = Clients(launched.url, NPY, 8)
+    try:
+        time.sleep(2)
+        (victim,) = [p for p in psutil.process_iter(["name"]) if p.info["name"] == "kserve-proc-0"
+                     and p.ppid() == launched.leader.pid]
+        answered = len(clients.outcomes)
+        victim.kill()
+        log = tmp_path / "logs" / "kserve.out"
+        assert wait_until(lambda: "process 0 is back" in log.read_text(), 20), log.read_text()[-3000:]
+        time.sleep(1)
+        after = len(clients.outcomes)
+        time.sleep(1)
+        assert len(clients.outcomes) > after  # still answering once it is back
+    finally:
+        clients.stop()
+    outcomes = clients.outcomes[answered:]
+    failed = [o for o in outcomes if o[:2] != ("http", 200)]
+    assert len(failed) <= 8 and all(kind == "error" for kind, _, _ in failed), failed  # its connections' requests
+    back = float(re.search(r"process 0 is back \(pid \d+\), ([\d.]+) s after it went", log.read_text()).group(1))
+    assert back < 10 and launched.process.poll() is None
+    for model in FAULT_MODELS:
+        assert post(launched, model, example(ROUTES[model].operation) | {"format": "npy"})[0] == 200
+    assert "process 0 (pid" in log.read_text() and "killed by SIGKILL" in log.read_text()
+
+
+def test_a_malformed_request_gets_the_one_error_shape(kserve_host):
+    """What uvicorn and FastAPI would answer themselves (a request that does not parse, a wrong method, no such
+    path) is a 4xx in the one shape; a body over the limit is read to its end so that the client gets the 413."""
+    port, body = kserve_host.config.inference_port, json.dumps(NPY).encode()
+    head = b"POST /predictions/sample HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+    cases = [
+        (head + b"Content-Length: abc\r\n\r\n" + body, b"", 400, "malformed_request", "body"),
+        (head + b"Transfer-Encoding: chunked\r\n\r\nZZZ\r\n" + body + b"\r\n0\r\n\r\n", b"", 400,
+         "malformed_request", "body"),
+        (b"GET /predictions/sample HTTP/1.1\r\nHost: x\r\n\r\n", b"", 405, "method_not_allowed", "method"),
+        (b"PUT /predictions/sample HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n\r\n{}", b"", 405,
+         "method_not_allowed", "method"),
+        (b"GET /no/such/path HTTP/1.1\r\nHost: x\r\n\r\n", b"", 404, "not_found", "path"),
+        (b"POST /v2/health/live HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n", b"", 405,
+         "method_not_allowed", "method"),
+    ]
+    for size in (5 * 2**20, 50 * 2**20):  # over the 1 MiB limit: answered once the whole body has been read
+        cases.append((head + b"Content-Length: %d\r\n\r\n" % size, b"x" * size, 413, "body_too_large", "body"))
+    for request, then, status, reason, field in cases:
+        code, headers, answer = exchange(port, request, then)
+        error = json.loads(answer)
+        assert (code, error["reason"], error["field"], error["code"]) == (status, reason, field, status), error
+        assert headers["content-type"] == "application/json" and set(error) == {"code", "reason", "message", "field"}
+        assert headers["x-request-id"]
+        if status == 405 and b"/predictions/" in request:
+            assert headers["allow"] == "POST"
+
+
+def test_a_request_followed_by_a_half_close_is_answered(kserve_host):
+    body = json.dumps(NPY).encode()
+    request = (b"POST /predictions/sample HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+               b"Content-Length: %d\r\n\r\n" % len(body) + body)
+    code, headers, answer = exchange(kserve_host.config.inference_port, request, half_close=True)
+    assert code == 200 and answer.startswith(b"\x93NUMPY") and headers["x-request-id"]
+
+
 def test_a_damaged_artifact_stops_the_start_at_once_naming_it(tmp_path, current_store):
     store = tmp_path / "store"
     shutil.copytree(ARTIFACTS.parent / "export", store / "export")
@@ -188,3 +257,15 @@ def test_an_overload_burst_gets_prompt_503s_with_retry_after(kserve_host):
     assert set(codes) == {200, 503} and codes.count(200) >= spec.job_queue_size
     assert {(r["code"], r["reason"]) for r in refused} == {(503, "overloaded")}
     assert post_raw(url, body, {})[0] == 200  # recovered at once
+    assert wait_until(lambda: counted(kserve_host, "fmvae_errors_total", reason="overloaded") == len(refused), 5)
+    start = (kserve_host.log_dir / "kserve-start.out").read_text()  # the start's lines, kept apart from the rest
+    assert "ready, " in start and "overloaded" not in start
+
+
+def counted(host, name: str, **labels: str) -> float:  # noqa: ANN001
+    """The sum of a metric's samples on the handlers' metrics port, over those with ``labels``."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    text = urllib.request.urlopen(host.metrics_url, timeout=30).read().decode()
+    return sum(sample.value for family in text_string_to_metric_families(text) for sample in family.samples
+               if sample.name == name and labels.items() <= sample.labels.items())

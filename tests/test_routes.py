@@ -18,7 +18,7 @@ from loadtest.mix import mix
 from runtime.artifacts import ARTIFACT_DIR
 from serving.inprocess import InProcessWorker
 from serving.routes import EXPLORER_OPERATIONS, OPERATIONS, PATH_PREFIX, ROUTES, example
-from serving.settings import HANDLERS, MODELS, REQUEST_COST_IMAGES
+from serving.settings import HANDLERS, MIN_QUEUE_REQUESTS, MODELS, REQUEST_COST_IMAGES
 from tests.conftest import ARTIFACTS, LATENT, MINIMAL
 
 
@@ -56,7 +56,8 @@ def test_the_default_images_of_an_operation_are_what_its_handler_decodes(operati
     assert work == OPERATIONS[operation].default_images
     spec = MODELS[operation]
     per_worker = spec.job_queue_size // spec.workers
-    assert per_worker * (spec.request_images + REQUEST_COST_IMAGES) <= spec.queue_images_per_worker or per_worker == 1
+    assert (per_worker * (spec.request_images + REQUEST_COST_IMAGES) <= spec.queue_images_per_worker
+            or per_worker == MIN_QUEUE_REQUESTS)
 
 
 def test_everything_else_derives_from_the_registry(monkeypatch):
