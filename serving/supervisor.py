@@ -3,7 +3,8 @@ when it dies, and a status file the health check reads.
 
 The supervisor imports what a serving process needs once and forks each serving process from itself, so a
 process (and a replacement) starts with its modules already loaded and only loads its routes (the pre-fork
-model of gunicorn's ``--preload``). Every serving process accepts from the same socket, so while one is gone the
+model of gunicorn's ``--preload``); it starts no thread and touches no CUDA device, which a forked child could not
+use, before it forks. Every serving process accepts from the same socket, so while one is gone the
 others take every new connection; only the requests on the dead process's own connections are lost. A serving
 process says it is ready through a pipe once its routes are loaded. Before every process has been ready once, a
 death ends the host (a start that fails is reported, not retried); after that, a dead process is replaced at once,
