@@ -145,9 +145,12 @@ def build(settings: dict, index: int = 0) -> tuple[Any, App]:
     rest.create_application()
     from kserve.model_server import app
 
-    async def refused(_: object, e: RequestError) -> Response:  # v1 predict's refusals: the one error shape
-        reply = error_reply(e, headers={"Retry-After": "1"} if e.status == 503 else None)
+    def response(e: RequestError, headers: dict[str, str] | None) -> Response:
+        reply = error_reply(e, headers=headers)
         return Response(reply.body, reply.status, reply.headers, reply.content_type)
+
+    async def refused(_: object, e: RequestError) -> Response:  # v1 predict's refusals: the one error shape
+        return response(e, {"Retry-After": "1"} if e.status == 503 else None)
 
     async def not_served(request: Any, e: HTTPException) -> Response:  # the framework's own 4xx: the one shape
         path = request.url.path
@@ -155,8 +158,7 @@ def build(settings: dict, index: int = 0) -> tuple[Any, App]:
                                                         f"{PATH_PREFIX}<route>", 404),
                  405: RequestError("method", METHOD_NOT_ALLOWED, f"{request.method} is not allowed on {path}", 405)
                  }.get(e.status_code, RequestError("body", "invalid_value", str(e.detail), e.status_code))
-        reply = error_reply(error, headers=e.headers)
-        return Response(reply.body, reply.status, reply.headers, reply.content_type)
+        return response(error, e.headers)
     app.add_exception_handler(RequestError, refused)
     app.add_exception_handler(HTTPException, not_served)
     rest.config.app = HostRules(app, app_state)
