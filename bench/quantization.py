@@ -1,40 +1,51 @@
-"""PyTorch dynamic quantization of the decoder, qconfig by qconfig: ``python -m bench.quantization``.
+"""The TorchScript int8 decoder: its qconfig, and its parity gate on both kinds of CPU:
+``python -m bench.quantization [--samples 10000] [--threads 1] [--skip-qconfigs]``.
 
-For each released model, the decoder's Linear layer quantized under each qconfig (per-tensor int8 weights, the
-default; per-channel int8 weights, what the export uses; per-channel with 8-bit instead of 7-bit activations),
-against the fp32 decoder of the same graph: PSNR of the
-images of the test set's posterior means and of fixed prior draws, with the latents sent in batches of 1, 64 and
-500 (activations are quantized per call from the batch's range, so the batch matters; the parity gate sends 500),
-the change of the test -ELBO on posterior draws (the gate's bar: 0.1 nats), and the speed-up over fp32 at batch 64
-in the same run. The CPU's int8 instructions (VNNI or not) are recorded: fbgemm's kernels differ between them.
-Writes ``runs/bench/quantization.json`` and prints a table.
+1. qconfigs, on this CPU: for each released model, the export's static int8 decoder (``export.build.static_int8``)
+   built under each qconfig and gated like an export (``export/parity.py``, on the first ``--samples`` test images
+   and prior draws), with its speed-up over the TorchScript fp32 decoder at batch 64 in the same run.
+2. CPU kinds: the gate of each release's exported ``torchscript-int8`` artifact in a child process per kind of CPU:
+   this one, and AVX2 only (this CPU's kernels limited to AVX2 by ATEN_CPU_CAPABILITY, FBGEMM_ENABLE_INSTRUCTIONS
+   and ONEDNN_MAX_CPU_ISA: what a CPU without VNNI runs), each under both quantized engines, x86 (PyTorch's
+   default: oneDNN's convolutions on a CPU with AVX-512 VNNI, fbgemm's elsewhere) and fbgemm. A probe tells
+   whether the engine's int8 kernels add products in saturating int16 pairs, as they do without VNNI, so the
+   limit is seen to hold.
+
+Writes ``runs/bench/quantization.json`` and prints a table of each.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
 import time
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
-from torch.ao.nn.quantized.dynamic import Linear as DynamicLinear
-from torch.ao.quantization import default_dynamic_qconfig, per_channel_dynamic_qconfig
+from torch.ao import quantization as tq
+from torch.ao.nn import quantized as nnq
 
-from export.build import dynamic_int8
-from export.config import RELEASES
+from export import build, parity
+from export.config import RELEASES, ExportConfig
 from export.lowres import LowResDecoder
-from export.parity import psnr
-from training import checkpoint, data
+from runtime.artifacts import DECODERS
+from training import checkpoint, classifier, data
 
-# name: (qconfig, 7-bit activations). torch's dynamic Linear quantizes its input to 7 bits (reduce_range) unless the
-# module says version < 4; 8 bits is what saturates fbgemm's 16-bit sums on CPUs without VNNI.
-QCONFIGS = {"per-tensor (default)": (default_dynamic_qconfig, True),
-            "per-channel (export)": (per_channel_dynamic_qconfig, True),
-            "per-channel, 8-bit activations": (per_channel_dynamic_qconfig, False)}
-BATCHES = (1, 64, 500)
-SAMPLES = 2000  # latents of each set
+QCONFIGS = {
+    "8-bit activations, 7-bit weights (the export's)": build.INT8_QCONFIG,
+    "7-bit activations, 8-bit weights (torch's x86 default)": tq.get_default_qconfig("x86"),
+    "8-bit activations and weights (int16 pairs can overflow without VNNI)": tq.QConfig(
+        activation=tq.HistogramObserver.with_args(reduce_range=False),
+        weight=tq.default_per_channel_weight_observer),
+}
+ENGINES = ("x86", "fbgemm")
+AVX2_ONLY = {"ATEN_CPU_CAPABILITY": "avx2", "FBGEMM_ENABLE_INSTRUCTIONS": "AVX2", "ONEDNN_MAX_CPU_ISA": "AVX2"}
+CPU_KINDS = {"this CPU": {}, "AVX2 only": AVX2_ONLY}
 
 
 def cpu_int8() -> str:
@@ -47,78 +58,128 @@ def cpu_int8() -> str:
     return ", ".join(found) or "none of avx2, avx512bw, vnni"
 
 
-def batched(fn, z: torch.Tensor, batch: int) -> torch.Tensor:  # noqa: ANN001
-    with torch.no_grad():
-        return torch.cat([fn(z[i:i + batch]) for i in range(0, len(z), batch)])
+def pairs_saturate() -> bool:
+    """Whether the current engine's int8 convolution adds uint8 x int8 products in saturating int16 pairs: inputs of
+    255 and weights of 127 at every tap sum to about half the exact 255 * 64 (in units of the weights' scale) when
+    it does."""
+    conv = nnq.Conv2d(64, 1, 1)
+    weight = torch.quantize_per_channel(torch.ones(1, 64, 1, 1), torch.tensor([1 / 127]), torch.tensor([0]), 0,
+                                        torch.qint8)
+    conv.set_weight_bias(weight, torch.zeros(1))
+    conv.scale, conv.zero_point = 100.0, 0
+    out = conv(torch.quantize_per_tensor(torch.full((1, 64, 1, 1), 255.0), 1.0, 0, torch.quint8))
+    return float(out.dequantize().max()) < 0.75 * 255 * 64
 
 
-def recon(logits: torch.Tensor, x: torch.Tensor) -> float:
-    """Mean BCE in nats per image: the -ELBO's part that a decoder changes (the gate's -ELBO change)."""
-    return float(F.binary_cross_entropy_with_logits(logits.double(), x.double(), reduction="none").flatten(1)
-                 .sum(1).mean())
+def gate(ckpt: Path, paths: dict[str, Path], x_test: torch.Tensor) -> dict:
+    """export/parity.py's report for the decoders ``paths`` of the model in ``ckpt`` on the images ``x_test`` and as
+    many prior draws."""
+    model, _ = checkpoint.load_model(ckpt)
+    return parity.check(model, paths, x_test, classifier.load(classifier.DEFAULT_PATH)[0],
+                        ExportConfig(prior_samples=len(x_test)))
 
 
-def seconds_per_call(fn, z: torch.Tensor, repeats: int = 50) -> float:  # noqa: ANN001
-    with torch.no_grad():
-        fn(z)
-        start = time.perf_counter()
-        for _ in range(repeats):
-            fn(z)
-    return (time.perf_counter() - start) / repeats
+def seconds_per_call(module: torch.jit.ScriptModule, z: torch.Tensor, seconds: float = 0.5) -> float:
+    """Mean seconds per call of ``module`` on ``z`` over at least ``seconds``, after one warm-up call."""
+    with torch.inference_mode():
+        module(z)
+        calls, start = 0, time.perf_counter()
+        while calls < 3 or time.perf_counter() - start < seconds:
+            module(z)
+            calls += 1
+    return (time.perf_counter() - start) / calls
 
 
-def measure(ckpt: Path, x_test: torch.Tensor) -> list[dict]:
-    """One row per qconfig for the model in ``ckpt``."""
+def speedup(fp32: Path, int8: Path, z: torch.Tensor, rounds: int = 5) -> float:
+    """Median over ``rounds`` of the fp32 decoder's time per call over the int8 one's, timed in turn."""
+    modules = torch.jit.load(str(fp32)), torch.jit.load(str(int8))
+    return statistics.median(seconds_per_call(modules[0], z) / seconds_per_call(modules[1], z) for _ in range(rounds))
+
+
+def qconfig_rows(ckpt: Path, x_test: torch.Tensor) -> list[dict]:
+    """One row per qconfig for the model in ``ckpt``: its gate row and its speed-up over fp32 at batch 64."""
     model, _ = checkpoint.load_model(ckpt)
     decoder = LowResDecoder(model.eval().decoder).eval()
-    x = x_test[:SAMPLES]
-    with torch.no_grad():
-        mu, logvar = model.encode(x)
-        posterior = mu + torch.randn(mu.shape, generator=torch.Generator().manual_seed(1)) * torch.exp(0.5 * logvar)
-        sets = {"test means": mu,
-                "prior": torch.randn(SAMPLES, model.latent_dim, generator=torch.Generator().manual_seed(0))}
-    reference = {name: torch.sigmoid(batched(decoder, z, 500)) for name, z in sets.items()}
-    reference_recon = recon(batched(decoder, posterior, 500), x)
+    cfg = ExportConfig()
+    calibration = build.prior_latents(model, cfg.calibration_samples, cfg.seed + 1)
+    z64 = torch.from_numpy(calibration[:64])
+    with tempfile.TemporaryDirectory() as tmp:
+        paths = {f"decoder/{name}": Path(tmp) / f"{i}.pt" for i, name in enumerate(QCONFIGS)}
+        fp32 = Path(tmp) / "fp32.pt"
+        build.torchscript(decoder, z64, fp32)
+        for name, qconfig in QCONFIGS.items():
+            build.torchscript(build.static_int8(decoder, calibration, qconfig), z64, paths[f"decoder/{name}"])
+        report = gate(ckpt, paths, x_test)
+        ratios = {key.split("/", 1)[1]: speedup(fp32, path, z64) for key, path in paths.items()}
+    return [{"model": ckpt.parent.name, "qconfig": name, **row,
+             "speedup_vs_torchscript_fp32_batch64": round(ratios[name], 3)} for name, row in report["decoders"].items()]
+
+
+def child(x_test: torch.Tensor) -> None:
+    """Gate each release's torchscript-int8 artifact under each engine in this process: JSON rows on stdout."""
     rows = []
-    for name, (qconfig, reduce_range) in QCONFIGS.items():
-        quantized = dynamic_int8(decoder, qconfig)
-        for module in quantized.modules():
-            if isinstance(module, DynamicLinear) and not reduce_range:
-                module.version = 3  # the forward of torch <= 1.x modules: 8-bit activations
-        row = {"model": ckpt.parent.name, "latent_dim": model.latent_dim, "qconfig": name, "psnr_db": {}}
-        for batch in BATCHES:
-            row["psnr_db"][str(batch)] = {set_name: round(psnr(torch.sigmoid(batched(quantized, z, batch)).numpy(),
-                                                               reference[set_name].numpy()), 2)
-                                          for set_name, z in sets.items()}
-        row["neg_elbo_change_batch500"] = round(abs(recon(batched(quantized, posterior, 500), x) - reference_recon), 4)
-        z64 = sets["prior"][:64]
-        row["speedup_batch64"] = round(seconds_per_call(decoder, z64) / seconds_per_call(quantized, z64), 3)
-        rows.append(row)
+    for engine in ENGINES:
+        torch.backends.quantized.engine = engine  # before the artifact loads: loading packs its weights for it
+        saturates = pairs_saturate()
+        for ckpt, folder in RELEASES.items():
+            path = Path("model_store") / folder / DECODERS["torchscript-int8"].artifact
+            row = gate(ckpt, {"decoder/torchscript-int8": path}, x_test)["decoders"]["torchscript-int8"]
+            rows.append({"model": ckpt.parent.name, "engine": engine, "int16_pairs_saturate": saturates,
+                         "aten_capability": torch.backends.cpu.get_cpu_capability(), **row})
+    print(json.dumps(rows))
+
+
+def cpu_kind_rows(samples: int) -> list[dict]:
+    """The child's rows for each kind of CPU, each run in a process of its own (the kernels read the limits once)."""
+    rows = []
+    for kind, env in CPU_KINDS.items():
+        result = subprocess.run([sys.executable, "-m", "bench.quantization", "--child", "--samples", str(samples)],
+                                capture_output=True, text=True, env=os.environ | env, check=False)
+        if result.returncode != 0:
+            raise RuntimeError(f"the {kind} child failed: {result.stderr[-2000:]}")
+        rows += [{"cpu": kind, **row} for row in json.loads(result.stdout.splitlines()[-1])]
     return rows
+
+
+def db(value: float | None) -> str:
+    return "identical" if value is None else f"{value:.2f}"
 
 
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(prog="python -m bench.quantization", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", type=Path, default=Path("runs/bench/quantization.json"))
-    p.add_argument("--threads", type=int, default=1)
-    p.add_argument("--data-dir", default=None)
+    p.add_argument("--threads", type=int, default=1, help="intra-op threads for the speed-ups (default: 1)")
+    p.add_argument("--samples", type=int, default=10000, help="test images and prior draws gated (default: all)")
+    p.add_argument("--skip-qconfigs", action="store_true", help="only the gate on both kinds of CPU")
+    p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
-    x_test = data.load(args.data_dir).test.tensor()
-    rows = [row for ckpt in RELEASES for row in measure(ckpt, x_test)]
-    report = {"cpu_int8": cpu_int8(), "engine": torch.backends.quantized.engine, "torch": torch.__version__,
-              "threads": args.threads, "samples": SAMPLES, "rows": rows}
+    x_test = data.load().test.tensor()[:args.samples]
+    if args.child:
+        child(x_test)
+        return
+    qconfigs = [] if args.skip_qconfigs else [row for ckpt in RELEASES for row in qconfig_rows(ckpt, x_test)]
+    kinds = cpu_kind_rows(args.samples)
+    report = {"cpu_int8": cpu_int8(), "torch": torch.__version__, "threads": args.threads, "samples": len(x_test),
+              "qconfigs": qconfigs, "cpu_kinds": kinds}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2) + "\n")
-    print(f"CPU int8 instructions: {report['cpu_int8']}; engine {report['engine']}; torch {report['torch']}")
-    print("| model | qconfig | " + " | ".join(f"PSNR batch {b} (means / prior)" for b in BATCHES)
-          + " | -ELBO change, batch 500 (nats) | speed-up over fp32, batch 64 |")
-    print("| --- | --- | " + " | ".join("---" for _ in BATCHES) + " | --- | --- |")
-    for r in rows:
-        cells = [f"{r['psnr_db'][str(b)]['test means']:.1f} / {r['psnr_db'][str(b)]['prior']:.1f}" for b in BATCHES]
-        print(f"| {r['model']} | {r['qconfig']} | " + " | ".join(cells)
-              + f" | {r['neg_elbo_change_batch500']:.3f} | {r['speedup_batch64']:.2f}x |")
+    print(f"CPU int8 instructions: {report['cpu_int8']}; torch {report['torch']}; {len(x_test)} test images and "
+          f"prior draws; threads {args.threads}")
+    if qconfigs:
+        print("\n| model | qconfig | PSNR test means (dB) | PSNR prior (dB) | -ELBO change (nats) | gate | "
+              "speed-up over TorchScript fp32, batch 64 |\n| --- | --- | --- | --- | --- | --- | --- |")
+        for r in qconfigs:
+            print(f"| {r['model']} | {r['qconfig']} | {db(r['psnr_test_means_db'])} | {db(r['psnr_prior_db'])} | "
+                  f"{r['neg_elbo_delta']:.4f} | {'pass' if r['passed'] else 'FAIL'} | "
+                  f"{r['speedup_vs_torchscript_fp32_batch64']:.2f}x |")
+    print("\n| CPU | engine | int16 pairs saturate | model | PSNR test means (dB) | PSNR prior (dB) | "
+          "-ELBO change (nats) | label agreement | gate |\n| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+    for r in kinds:
+        print(f"| {r['cpu']} | {r['engine']} | {'yes' if r['int16_pairs_saturate'] else 'no'} | {r['model']} | "
+              f"{db(r['psnr_test_means_db'])} | {db(r['psnr_prior_db'])} | {r['neg_elbo_delta']:.4f} | "
+              f"{100 * r['label_agreement']:.2f}% | {'pass' if r['passed'] else 'FAIL'} |")
     print(f"wrote {args.out}")
 
 

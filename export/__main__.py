@@ -152,7 +152,8 @@ def export(ckpt_path: Path, out: Path, cfg: ExportConfig, force: bool = False,
             shapes=Shapes(model.latent_dim, IMAGE_SHAPE),
             export_config=cfg.to_dict(),
             versions=versions(cfg),
-            artifacts={name: Artifact(p.name, checkpoint.file_sha256(p), p.stat().st_size)
+            artifacts={name: Artifact(p.name, checkpoint.file_sha256(p), p.stat().st_size,
+                                      DECODERS[name.split("/")[1]].quantized if name.startswith("decoder/") else "")
                        for name, p in paths.items()},
             parity=report,
             fallback=Fallback(fallback, "decoders failed the parity gate: " + ", ".join(sorted(fallback))
@@ -192,7 +193,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--prior-samples", type=int, default=defaults.prior_samples,
                    help="prior samples the parity gate decodes and classifies (default %(default)s)")
     p.add_argument("--calibration-samples", type=int, default=defaults.calibration_samples,
-                   help="prior samples that calibrate the int8 decoder (default %(default)s)")
+                   help="prior samples that calibrate the int8 decoders (default %(default)s)")
     p.add_argument("--data-dir", default=None, help="folder with the four IDX .gz files")
     p.add_argument("--classifier", type=Path, default=classifier.DEFAULT_PATH)
     args = p.parse_args(argv)

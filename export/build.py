@@ -6,11 +6,10 @@ the GPU hosts this project measures on have no CUDA provider, so it could neithe
 There is no bf16 decoder: fp16 is closer to fp32 (80 against 62 dB PSNR) and no GPU run has shown bf16 faster;
 ``bench.gpu`` measures a bf16 cast of the fp32 decoder in process.
 
-The TorchScript int8 decoder is PyTorch's dynamic quantization (``torch.ao.quantization.quantize_dynamic``) of the
-one Linear layer, the only kind of layer it quantizes: per-channel int8 weights, activations quantized per call
-from their range in the batch (fbgemm's kernels use 7 of the 8 bits on CPUs without VNNI, so they cannot
-saturate). Its outputs therefore depend a little on the batch. ``python -m bench.quantization`` compares the
-qconfigs; docs/export.md says why this API and what a move to torchao would take.
+The TorchScript int8 decoder is PyTorch's static int8 (eager mode) of the two middle convolutions, which hold
+most of the decoder's multiply-adds: per-channel 7-bit weights, 8-bit activations calibrated on prior draws. The
+Linear that reads the latent and the last convolution, which writes the logits, stay fp32 (``static_int8``).
+``python -m bench.quantization`` compares the qconfigs and gates the artifact on both kinds of CPU.
 """
 
 from __future__ import annotations
@@ -26,7 +25,8 @@ import torch
 from onnxruntime.quantization import CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType, quantize_static
 from onnxruntime.quantization.shape_inference import quant_pre_process
 from torch import Tensor, nn
-from torch.ao.quantization import QConfig, per_channel_dynamic_qconfig, quantize_dynamic
+from torch.ao import quantization as tq
+from torch.ao.nn.intrinsic import ConvReLU2d
 
 from export.config import ExportConfig
 from export.lowres import LowResDecoder
@@ -116,11 +116,46 @@ def onnx_int8(fp32_path: Path, path: Path, model: VAE, cfg: ExportConfig) -> Non
     prepared.unlink()
 
 
-def dynamic_int8(decoder: nn.Module, qconfig: QConfig = per_channel_dynamic_qconfig) -> nn.Module:
-    """``decoder`` with its Linear layers dynamically quantized to int8 under ``qconfig`` (a copy)."""
-    with warnings.catch_warnings():  # torch.ao's eager quantization warns that it moves to torchao (docs/export.md)
+# 7-bit weights: on CPUs without VNNI fbgemm's and oneDNN's int8 kernels add pairs of uint8 x int8 products in
+# int16, which 8-bit activations times 7-bit weights cannot overflow (255 * 64 * 2 < 2**15), so the int8 decoder
+# computes the same on both kinds of CPU. 8-bit activations (not torch's x86 default of 7) because the activations'
+# rounding costs more than the weights' (bench/quantization.py).
+INT8_QCONFIG = tq.QConfig(activation=tq.HistogramObserver.with_args(reduce_range=False),
+                          weight=tq.PerChannelMinMaxObserver.with_args(dtype=torch.qint8, quant_min=-64, quant_max=63,
+                                                                       qscheme=torch.per_channel_symmetric))
+
+
+class StaticInt8Decoder(nn.Module):
+    """``LowResDecoder`` prepared for static quantization: the Linear, the first ReLU and the last convolution (to
+    the logits) run fp32; between a QuantStub and a DeQuantStub, the two middle convolutions fused with their ReLUs
+    are what ``prepare``/``convert`` quantize."""
+
+    def __init__(self, decoder: LowResDecoder) -> None:
+        super().__init__()
+        relu, conv7, relu7, conv14, relu14, conv_out, shuffle = (copy.deepcopy(m) for m in decoder.conv)
+        self.channels = decoder.channels
+        self.fc = copy.deepcopy(decoder.fc)
+        self.relu = relu
+        self.int8 = nn.Sequential(tq.QuantStub(), ConvReLU2d(conv7, relu7), ConvReLU2d(conv14, relu14),
+                                  tq.DeQuantStub())
+        self.out = nn.Sequential(conv_out, shuffle)
+
+    def forward(self, z: Tensor) -> Tensor:
+        return self.out(self.int8(self.relu(self.fc(z).view(-1, self.channels, 7, 7))))
+
+
+def static_int8(decoder: LowResDecoder, calibration: np.ndarray, qconfig: tq.QConfig = INT8_QCONFIG,
+                batch: int = 64) -> nn.Module:
+    """``decoder`` with its middle convolutions in static int8 under ``qconfig``, the activations' ranges observed
+    on ``calibration`` latents in batches of ``batch`` (a copy)."""
+    model = StaticInt8Decoder(decoder).eval()
+    model.int8.qconfig = qconfig
+    with warnings.catch_warnings(), torch.no_grad():  # torch.ao's eager quantization warns that it moves to torchao
         warnings.simplefilter("ignore")
-        return quantize_dynamic(copy.deepcopy(decoder).eval(), {nn.Linear: qconfig}, dtype=torch.qint8)
+        tq.prepare(model, inplace=True)
+        for part in torch.from_numpy(calibration).split(batch):
+            model(part)
+        return tq.convert(model)
 
 
 def build(model: VAE, out: Path, cfg: ExportConfig) -> dict[str, Path]:
@@ -133,7 +168,8 @@ def build(model: VAE, out: Path, cfg: ExportConfig) -> dict[str, Path]:
     paths |= {f"encoder/{k}": out / v.artifact for k, v in ENCODERS.items()}
     torchscript(decoder, z, paths["decoder/torchscript-fp32"])
     torchscript(CastDecoder(decoder, torch.float16), z, paths["decoder/torchscript-fp16"])
-    torchscript(dynamic_int8(decoder), z, paths["decoder/torchscript-int8"])
+    calibration = prior_latents(model, cfg.calibration_samples, cfg.seed + 1)  # the ONNX int8 decoder's too
+    torchscript(static_int8(decoder, calibration), z, paths["decoder/torchscript-int8"])
     onnx_fp32(decoder, z, paths["decoder/onnx-fp32"], "z", ["logits"], cfg.opset)
     onnx_int8(paths["decoder/onnx-fp32"], paths["decoder/onnx-int8"], model, cfg)
     torchscript(model.encoder, x, paths["encoder/torchscript-fp32"])  # images -> (mu, logvar)

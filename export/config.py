@@ -17,7 +17,7 @@ class ExportConfig:
     """Knobs of one export; recorded in the manifest, part of what decides whether artifacts are current."""
 
     opset: int = 17
-    calibration_samples: int = 1024  # prior samples for ONNX Runtime static quantization
+    calibration_samples: int = 1024  # prior samples that calibrate both int8 decoders (static quantization)
     prior_samples: int = 10000  # fixed-seed prior samples the parity gate decodes
     # Half-precision decoders run slowly on the CPU the gate runs on: they are gated on the first this many of each
     # set (docs/export.md: their margin over the bars is tens of dB, far beyond what the smaller sample can move).

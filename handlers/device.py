@@ -1,6 +1,7 @@
 """Where a worker runs: the device TorchServe gives it (a ``Placement``), the backend it picks for that device from
-its model config (skipping, with a log line, backends whose artifact or runtime provider is missing), its thread
-count, and whether it captures CUDA graphs."""
+its model config (skipping, with a log line, backends whose artifact or runtime provider is missing; env
+FMVAE_CPU_DECODER names a decoder a CPU worker tries first), its thread count, and whether it captures CUDA
+graphs."""
 
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ from runtime.cpus import available_cpus
 
 LOG = logging.getLogger("fmvae.worker")
 ARTIFACTS = {"decoder": DECODERS, "encoder": ENCODERS}
+CPU_DECODER = "FMVAE_CPU_DECODER"  # env: a decoder backend CPU workers try before their model config's
 
 
 @dataclass(frozen=True)
@@ -83,11 +85,15 @@ def runnable(backend: Backend, device: str) -> str | None:
 def choose_backend(config: dict, part: str, model: str, where: Placement, model_dir: Path,
                    log: Callable[..., None] = LOG.warning) -> str:
     """The first backend the model config names for ``part`` ("decoder" or "encoder") on this device kind whose
-    artifact is in ``model_dir`` and that this process can run; each one skipped is logged with the reason."""
+    artifact is in ``model_dir`` and that this process can run; each one skipped is logged with the reason. A CPU
+    worker's decoder tries env FMVAE_CPU_DECODER's backend first, when set."""
     choices = (config.get(part) or {}).get(where.kind)
     if not choices:
         raise ConfigError(f"model {model}: its model config names no {part} for {where.kind} workers "
                           f"(handler.{part}.{where.kind} in model-config.yaml; serving/settings.py writes it)")
+    first = os.environ.get(CPU_DECODER) if (part, where.kind) == ("decoder", "cpu") else None
+    if first:
+        choices = [first, *(b for b in choices if b != first)]
     reasons = []
     for backend in choices:
         record = ARTIFACTS[part].get(backend)

@@ -25,9 +25,10 @@ DEFAULT_DIR = Path("model_store") / ARTIFACT_DIR
 class Backend:
     """One way to run an exported network, defined once: ``name`` (runtime-precision), its ``artifact`` file in the
     export folder, the ``runtime`` that opens it (``runtime/backends.py``), the ``precision`` of its arithmetic, the
-    device kinds it is meant for, and whether it is ``optional`` (no route serves it by default; one that fails the
-    parity gate is dropped into the manifest's fallback instead of stopping the export). The export builds every
-    backend, the gate checks them, workers choose among them by device, archives pack the ones a route names."""
+    device kinds it is meant for, whether it is ``optional`` (no route serves it by default; one that fails the
+    parity gate is dropped into the manifest's fallback instead of stopping the export), and for a quantized one
+    what is ``quantized`` and how (the manifest and the model cards repeat it). The export builds every backend, the
+    gate checks them, workers choose among them by device, archives pack the ones a route names."""
 
     name: str
     artifact: str
@@ -35,6 +36,7 @@ class Backend:
     precision: str  # "fp32" | "fp16" | "int8"
     devices: tuple[str, ...]  # "cpu", "cuda"
     optional: bool = False
+    quantized: str = ""
 
     @property
     def twin(self) -> str:
@@ -50,14 +52,22 @@ def table(*backends: Backend) -> dict[str, Backend]:
     return {b.name: b for b in backends}
 
 
-# Decoders: float32 latents in, float32 logits out whatever the precision inside. fp16 is for GPUs; the TorchScript
-# int8 decoder is PyTorch's dynamic quantization of the Linear layer (CPU kernels only), optional.
+# Decoders: float32 latents in, float32 logits out whatever the precision inside. fp16 is for GPUs; both int8
+# decoders quantize the first two of the three convolutions (most of the multiply-adds) and are CPU-only. CPU
+# workers take onnx-int8, then torchscript-int8 (serving/settings.py, DECODER, says why).
 DECODERS = table(
     Backend("torchscript-fp32", "decoder_fp32.pt", "torchscript", "fp32", ("cpu", "cuda")),
     Backend("torchscript-fp16", "decoder_fp16.pt", "torchscript", "fp16", ("cuda",)),
-    Backend("torchscript-int8", "decoder_int8.pt", "torchscript", "int8", ("cpu",), optional=True),
+    Backend("torchscript-int8", "decoder_int8.pt", "torchscript", "int8", ("cpu",), optional=True,
+            quantized="static int8 (PyTorch eager mode, x86 or fbgemm engine) of the first two of the three 3x3 "
+                      "convolutions, each fused with its ReLU: per-channel symmetric 7-bit weights, 8-bit "
+                      "activations calibrated (histogram) on prior draws; the Linear that reads the latent and the "
+                      "last convolution, which writes the logits, stay fp32"),
     Backend("onnx-fp32", "decoder_fp32.onnx", "onnx", "fp32", ("cpu", "cuda")),
-    Backend("onnx-int8", "decoder_int8.onnx", "onnx", "int8", ("cpu",)),
+    Backend("onnx-int8", "decoder_int8.onnx", "onnx", "int8", ("cpu",),
+            quantized="static int8 (ONNX Runtime QOperator QLinearConv) of the first two of the three 3x3 "
+                      "convolutions: per-channel 8-bit weights, 8-bit activations calibrated (percentile) on prior "
+                      "draws; the Linear (Gemm) and the last convolution, which writes the logits, stay fp32"),
 )
 ENCODERS = table(  # images -> (posterior mean, log-variance)
     Backend("torchscript-fp32", "encoder_fp32.pt", "torchscript", "fp32", ("cpu", "cuda")),

@@ -41,11 +41,12 @@ class Source:
 
 @dataclass(frozen=True)
 class Artifact:
-    """One file of the export, with its hash and size."""
+    """One file of the export, with its hash and size, and for a quantized decoder what is quantized and how."""
 
     file: str
     sha256: str
     bytes: int
+    quantized: str = ""
 
 
 @dataclass(frozen=True)
@@ -87,6 +88,9 @@ class Manifest:
         d = asdict(self)
         d["source_checkpoint"] = d.pop("source")
         d["shapes"]["image_shape"] = list(self.shapes.image_shape)
+        for artifact in d["artifacts"].values():
+            if not artifact["quantized"]:
+                del artifact["quantized"]
         if self.fallback is None:
             del d["fallback"]
         return {"format": FORMAT, "version": VERSION, **d}

@@ -91,12 +91,13 @@ def start_explorer(server: TorchServe, config: ServerConfig) -> tuple[subprocess
 
 def fallback_warnings(config: ServerConfig) -> list[str]:
     """A line per served model that serves fp32 decoders in place of ones that failed the parity gate (a dropped
-    decoder that the model does not name in its settings, e.g. an optional one, changes nothing it serves)."""
+    decoder that is not the first its settings name for a device, e.g. the optional torchscript-int8, changes
+    nothing it serves)."""
     lines = []
     for model in config.models:
         fallback = (Manifest.read(config.export_store / MODELS[model].export) if config.server == "kserve"
                     else packed_manifest(config.model_store / f"{model}.mar")).fallback
-        named = {b for backends in MODELS[model].decoder.values() for b in backends} if model in MODELS else None
+        named = {backends[0] for backends in MODELS[model].decoder.values() if backends} if model in MODELS else None
         swapped = {a: b for a, b in (fallback.backends if fallback else {}).items() if named is None or a in named}
         if swapped:
             swaps = ", ".join(f"{a} -> {b}" for a, b in swapped.items())

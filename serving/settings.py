@@ -23,10 +23,13 @@ SERVING = Path(__file__).resolve().parent
 
 # Backend per device kind, in order of preference: a worker runs the first one whose artifact it has and that it
 # can run (an ONNX backend on CUDA needs onnxruntime's CUDAExecutionProvider), and logs why it skipped the others.
-# CPU: static int8 ONNX, 1.47-1.74x over fp32 ONNX at batch 64 on CPUs with VNNI, 0.84x on AVX2-only ones
-# (docs/export.md). CUDA: the fp16 TorchScript
-# decoder (gated on CPU like the int8 one), then fp32; the int8 kernels are CPU-only (docs/gpu.md).
-DECODER = {"cpu": ("onnx-int8",), "cuda": ("torchscript-fp16", "onnx-fp32", "torchscript-fp32")}
+# CPU: static int8 ONNX, 1.4-2.1x over fp32 ONNX at batch 64 on CPUs with VNNI, 0.84x on AVX2-only ones; then
+# static int8 TorchScript, the TorchScript backend a CPU worker takes (FMVAE_CPU_DECODER=torchscript-int8 puts it
+# first, handlers/device.py), 2.2x over TorchScript fp32 at batch 64. ONNX first: with one thread (what a worker
+# gets on a small host) it is 2x as fast at batch 1, as fast at 16 and 0.93x at 64, 2 dB closer to fp32, and the
+# only one the ONNX-only KServe image runs (docs/export.md). CUDA: the fp16 TorchScript decoder (gated on CPU like
+# the int8 ones), then fp32; the int8 kernels are CPU-only (docs/gpu.md).
+DECODER = {"cpu": ("onnx-int8", "torchscript-int8"), "cuda": ("torchscript-fp16", "onnx-fp32", "torchscript-fp32")}
 ENCODER = {"cpu": ("onnx-fp32",), "cuda": ("onnx-fp32", "torchscript-fp32")}
 # Batch sizes (latents per decoder call) a CUDA worker captures as CUDA graphs at start; a call of n latents replays
 # the smallest that holds n, larger ones run uncaptured (runtime/backends.py, GraphedDecoder).

@@ -169,6 +169,7 @@ TEST_MODELS = {
     # Long batch delay so that concurrent requests surely share a batch.
     "batched": replace(MODELS["sample"], workers=1, max_batch_delay_ms=500),
     "sample_ts": replace(MODELS["sample"], workers=1, decoder={"cpu": ("torchscript-fp32",)}),
+    "sample_ts8": replace(MODELS["sample"], workers=1, decoder={"cpu": ("torchscript-int8",)}),
 }
 
 

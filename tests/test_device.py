@@ -117,6 +117,19 @@ def test_a_cpu_worker_with_a_missing_artifact_says_so(tmp_path):
         choose_backend({"decoder": {"cpu": ["onnx-int8"]}}, "decoder", "m", CPU, tmp_path, lambda *a: None)
 
 
+def test_the_env_puts_a_decoder_first_on_cpu_workers_only(monkeypatch):
+    config = {"decoder": {kind: list(order) for kind, order in DECODER.items()}, "encoder": {"cpu": ["onnx-fp32"]}}
+    assert choose_backend(config, "decoder", "m", CPU, ARTIFACTS) == "onnx-int8"
+    monkeypatch.setenv(device.CPU_DECODER, "torchscript-int8")
+    assert choose_backend(config, "decoder", "m", CPU, ARTIFACTS) == "torchscript-int8"
+    assert choose_backend(config, "encoder", "m", CPU, ARTIFACTS) == "onnx-fp32"  # decoders only
+    assert choose_backend(config, "decoder", "m", PRETEND_GPU, ARTIFACTS) == "torchscript-fp16"  # CPU workers only
+    logged: list[str] = []
+    monkeypatch.setenv(device.CPU_DECODER, "int4")  # a backend it cannot run: skipped and logged, the config's next
+    assert choose_backend(config, "decoder", "m", CPU, ARTIFACTS, lambda m, *a: logged.append(m % a)) == "onnx-int8"
+    assert logged == ["model m: decoder int4 skipped on cpu: unknown backend int4"]
+
+
 @pytest.mark.parametrize("backend", ["torchscript-fp16"])
 def test_half_precision_decoders_take_and_give_float32_and_match_fp32(backend):
     z = seeded_latents(3, 32, LATENT).astype(np.float32)

@@ -31,6 +31,7 @@ from runtime.manifest import Manifest
 from serving import archive
 from serving.__main__ import fallback_warnings
 from serving.errors import ServerError
+from serving.routes import example
 from serving.server import TorchServe
 from serving.settings import MODELS, ROOT, STORE_WORKERS, ServerConfig
 from tests.conftest import ARTIFACTS, LATENT, b64png, fast_check_passes, npy, png, post
@@ -253,6 +254,18 @@ def test_backend_is_chosen_by_the_model_config(api):
     assert 10 * np.log10(1 / np.mean((ts - onnx) ** 2)) > 35  # fp32 and int8 decoders of one model agree
 
 
+def test_a_route_served_by_the_torchscript_int8_decoder_answers_its_example_in_every_format(api):
+    types = {"png": "image/png", "json": "application/json", "npy": "application/x-npy"}
+    for fmt, content_type in types.items():
+        code, headers, _ = post(api, "sample_ts8", example("sample") | {"format": fmt})
+        assert (code, headers["content-type"]) == (200, content_type), fmt
+    reply = json.loads(post(api, "sample_ts8", {"n": 4, "seed": 9, "format": "json"})[2])
+    assert (reply["backend"], reply["device"]) == ("torchscript-int8", "cpu")
+    int8 = npy(post(api, "sample_ts8", {"n": 4, "seed": 9, "format": "npy"})[2])
+    fp32 = npy(post(api, "sample_ts", {"n": 4, "seed": 9, "format": "npy"})[2])
+    assert 10 * np.log10(1 / np.mean((int8 - fp32) ** 2)) > 40  # the gate's bar, on four prior draws
+
+
 def test_metrics_are_exported_and_increase(server):
     before = settled_scrape(server)
     assert post(server, "sample", {"n": 6, "seed": 1, "format": "npy"})[0] == 200
@@ -347,7 +360,8 @@ def test_archives_pack_the_worker_folders_and_only_the_artifacts_they_name(curre
         assert code <= packed and not packed & host and not any(m.startswith("serving/") for m in packed)
         files = packed - code - {"MAR-INF/MANIFEST.json", "model-config.yaml", spec.handler.name, MANIFEST}
         assert files == set(archive.artifact_files(spec, archive.packed_manifest(current_store / f"{name}.mar")))
-    decoders = ["decoder_fp16.pt", "decoder_fp32.onnx", "decoder_fp32.pt", "decoder_int8.onnx"]  # CPU and GPU
+    decoders = ["decoder_fp16.pt", "decoder_fp32.onnx", "decoder_fp32.pt", "decoder_int8.onnx",
+                "decoder_int8.pt"]  # CPU and GPU
     manifest = Manifest.read(ARTIFACTS)
     assert archive.artifact_files(MODELS["decode"], manifest) == [*decoders, artifacts.STATS]  # class probabilities
     assert archive.artifact_files(MODELS["encode"], manifest) == [*decoders, "encoder_fp32.onnx", "encoder_fp32.pt",
@@ -357,7 +371,7 @@ def test_archives_pack_the_worker_folders_and_only_the_artifacts_they_name(curre
     with zipfile.ZipFile(current_store / "interpolate.mar") as z:
         config = yaml.safe_load(z.read("model-config.yaml"))
         assert z.read(MANIFEST) == (ARTIFACTS / MANIFEST).read_bytes()
-    assert config["handler"]["decoder"]["cpu"] == ["onnx-int8"] and config["maxWorkers"] == 1
+    assert config["handler"]["decoder"]["cpu"] == ["onnx-int8", "torchscript-int8"] and config["maxWorkers"] == 1
 
 
 def test_bodies_over_torchserve_limit_get_its_empty_413_or_a_reset(server):

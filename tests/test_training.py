@@ -14,6 +14,7 @@ import pytest
 import torch
 from PIL import Image
 
+from runtime.artifacts import DECODERS
 from tests.conftest import run_module
 from training import checkpoint, data, evaluate, release, train
 from training.config import TrainConfig
@@ -197,6 +198,7 @@ def test_release_publishes_small_checkpoint_with_card(tmp_path, trained, dataset
     card = (out / "MODEL_CARD.md").read_text()
     report = json.loads((out / "report.json").read_text())
     assert f"{report['test']['neg_elbo']:.2f}" in card and report["checkpoint_sha256"] in card
+    assert DECODERS["torchscript-int8"].quantized in card and DECODERS["onnx-int8"].quantized in card
     assert (out / "curves.png").is_file() and (out / "history.csv").read_text() == (trained / "history.csv").read_text()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["release"]  # no staging folder left
 

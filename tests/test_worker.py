@@ -12,11 +12,12 @@ import numpy as np
 import pytest
 from ts.context import Context as TorchServeContext
 
+from handlers.device import CPU_DECODER
 from handlers.service import MODEL_HEADER, REQUEST_ID, Service, quiet_batches, request_id
 from runtime.manifest import Manifest
 from serving.archive import model_config
 from serving.inprocess import InProcessWorker
-from serving.routes import ROUTES, example
+from serving.routes import ROUTES, example, route_example
 from serving.settings import MODELS
 from tests.conftest import ARTIFACTS, npy
 
@@ -100,6 +101,16 @@ def test_every_answer_names_the_model_that_made_it(route):
     assert good.status == 200 and bad.status == 400
     assert good.headers[MODEL_HEADER.lower()] == bad.headers[MODEL_HEADER.lower()] == identity
     assert len(identity) == 12 and set(identity) <= set("0123456789abcdef")
+
+
+@pytest.mark.parametrize("route", sorted(ROUTES))
+def test_every_route_answers_its_example_from_the_torchscript_int8_decoder_when_the_env_puts_it_first(
+        route, monkeypatch):
+    monkeypatch.setenv(CPU_DECODER, "torchscript-int8")
+    worker = InProcessWorker(route, ARTIFACTS.parent)
+    assert (worker.worker.backend, worker.worker.device) == ("torchscript-int8", "cpu")
+    reply = worker([route_example(route, ARTIFACTS.parent)])[0]
+    assert reply.status == 200, reply.body[:200]
 
 
 def test_the_body_limit_comes_from_the_settings(sample):

@@ -11,6 +11,7 @@ import argparse
 import shutil
 from pathlib import Path
 
+from runtime.artifacts import DECODERS
 from training import checkpoint, classifier, evaluate
 from training.config import TrainConfig
 from training.errors import TrainingError
@@ -59,6 +60,21 @@ def ancestry(parent: dict | None) -> list[str]:
                      f"{parent['epoch']}) with {fresh}; that checkpoint was trained with `{command}`.")
         parent, child = parent.get("init_from"), "That one"
     return lines
+
+
+def quantized_decoders() -> str:
+    """The model card's section on the int8 decoders ``make export`` builds from the checkpoint: what each one
+    quantizes, and how (``runtime/artifacts.py``)."""
+    lines = "\n".join(f"- `{b.name}` (`{b.artifact}`): {b.quantized}." for b in DECODERS.values() if b.quantized)
+    return f"""## Quantized decoders (`make export`)
+
+The export serves this checkpoint through decoders gated against it (the export folder's `export_report.md`). Its
+int8 decoders, for CPUs:
+
+{lines}
+
+The other decoders are fp32 (`torchscript-fp32`, `onnx-fp32`) and fp16 (`torchscript-fp16`, for GPUs).
+"""
 
 
 def model_card(report: dict, state: dict, source: Path) -> str:
@@ -111,7 +127,8 @@ def model_card(report: dict, state: dict, source: Path) -> str:
 
 Training curves: [curves.png](curves.png) ([history.csv](history.csv)).
 Full report with figures: [report.md](report.md).
-"""
+
+{quantized_decoders()}"""
 
 
 def main(argv: list[str] | None = None) -> None:
