@@ -41,7 +41,7 @@ COPY serving/ serving/
 COPY model_store/export/ model_store/export/
 COPY model_store/export-2d/ model_store/export-2d/
 RUN if [ "${HOST}" = torchserve ]; then \
-        python -m serving.archive --store model_store --out /opt/model_store; \
+        python -m serving.torchserve.archive --store model_store --out /opt/model_store; \
     else \
         cp -r model_store /opt/model_store; \
     fi

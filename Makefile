@@ -82,7 +82,7 @@ export: setup  ## released models -> quantized decoders, parity gate, model_stor
 	$(PY) -m export $(if $(filter command line,$(origin CHECKPOINT)),$(CHECKPOINT) --name $(EXPORT_NAME)) $(EXPORT_ARGS)
 
 archives: setup  ## TorchServe archives from model_store/export*/ and the worker code, into build/model_store/
-	$(PY) -m serving.archive --out $(ARCHIVES)
+	$(PY) -m serving.torchserve.archive --out $(ARCHIVES)
 
 experiments: setup  ## the beta, latent-size, KL warm-up and lever sweeps into docs/experiments/ (SWEEP=beta, EXPERIMENT_ARGS)
 	$(PY) -m experiments $(SWEEP) $(EXPERIMENT_ARGS)

@@ -28,8 +28,8 @@ import psutil
 from fmvae_client import Client, ClientError, fetch
 
 from runtime import artifacts
+from serving.kserve.supervisor import STATUS_FILE
 from serving.settings import ARCHIVE_DIR, ServerConfig
-from serving.supervisor import STATUS_FILE
 
 ROOT = Path(__file__).resolve().parent.parent
 MODELS = ("sample", "interpolate")
@@ -103,7 +103,7 @@ def sample_workers(management_url: str) -> list[tuple[int, str]]:
 def kill_and_time(host: str, launcher: subprocess.Popen, config: ServerConfig, folder: Path) -> float:
     """Kill one serving process with SIGKILL; seconds until its replacement serves."""
     (leader,) = [c for c in psutil.Process(launcher.pid).children()
-                 if {"ts.model_server", "serving.kserve_app"} & set(c.cmdline())]
+                 if {"ts.model_server", "serving.kserve.app"} & set(c.cmdline())]
     if host == "torchserve":
         management = f"http://127.0.0.1:{config.management_port}"
         victim = sample_workers(management)[0][0]

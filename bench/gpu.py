@@ -51,8 +51,8 @@ from runtime.artifacts import ARTIFACT_DIR
 from runtime.manifest import Manifest
 from serving.inprocess import InProcessWorker
 from serving.routes import ROUTES, route_example
-from serving.server import java
 from serving.settings import CUDA_GRAPH_BATCHES, MODELS
+from serving.torchserve.host import java
 from training import checkpoint
 
 PARTS = ("decoders", "worker", "context", "server")

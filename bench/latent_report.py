@@ -41,10 +41,10 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 from runtime import artifacts
 from runtime.images import png_bytes, tile, to_uint8
-from serving import archive
 from serving.routes import EXPORT_2D, ROUTES, example
-from serving.server import TorchServe
 from serving.settings import MODELS, ServerConfig
+from serving.torchserve import archive
+from serving.torchserve.host import TorchServe
 from training import classifier, data
 
 EVALUATION = Path("model_store/release/report.json")

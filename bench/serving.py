@@ -39,11 +39,11 @@ from bench.peers import PATHS as PEERS
 from handlers.device import worker_threads
 from runtime import artifacts, backends
 from runtime.manifest import Manifest
-from serving import archive
-from serving.kserve_host import KServe
+from serving.kserve.host import KServe
 from serving.routes import PATH_PREFIX, ROUTES, example
-from serving.server import TorchServe
 from serving.settings import DECODER, MODELS, STORE_WORKERS, ModelSpec, ServerConfig
+from serving.torchserve import archive
+from serving.torchserve.host import TorchServe
 
 BENCH = Path(__file__).resolve().parent
 TARGET_ROWS = {  # name -> (route, body): the rows the serving targets are about

@@ -34,8 +34,8 @@ from bench.serving import (
 )
 from handlers.device import worker_threads
 from runtime import artifacts
-from serving.server import TorchServe
 from serving.settings import MODELS, STORE_WORKERS
+from serving.torchserve.host import TorchServe
 
 GAP = 0.003  # seconds between calls: about the gap a worker waits between requests at concurrency 1
 UNSORTED = np.random.default_rng(0).standard_normal(32768).astype(np.float32)  # ~ one decoder call of numpy work

@@ -21,10 +21,10 @@ from pathlib import Path
 import psutil
 
 from runtime import artifacts
-from serving import archive
-from serving.kserve_host import KServe
-from serving.server import TorchServe
+from serving.kserve.host import KServe
 from serving.settings import MODELS, ServerConfig
+from serving.torchserve import archive
+from serving.torchserve.host import TorchServe
 
 LAYOUTS = {"every route (served)": tuple(MODELS), "sample and interpolate only": ("sample", "interpolate")}
 
@@ -33,7 +33,7 @@ def measure(server: TorchServe | KServe, idle: float) -> dict:
     """Memory per serving process and idle CPU of the whole group."""
     group = [p for p in psutil.process_iter() if _in_group(p, server.process.pid)]
     workers = [p for p in group if "model_service_worker" in " ".join(p.cmdline())
-               or ("serving.kserve_app" in p.cmdline() and p.ppid() == server.process.pid)]
+               or ("serving.kserve.app" in p.cmdline() and p.ppid() == server.process.pid)]
     memory = [p.memory_full_info() for p in workers]
     cpu_before = {p.pid: sum(p.cpu_times()[:2]) for p in group}
     time.sleep(idle)

@@ -27,8 +27,8 @@ from fmvae_client import ClientError, request
 
 from loadtest.mix import RETRIED, mix
 from monitoring.prometheus import Prometheus
-from serving.server import TorchServe
 from serving.settings import ServerConfig
+from serving.torchserve.host import TorchServe
 
 LOCUSTFILE = Path(__file__).resolve().parent / "locustfile.py"
 DEFAULT_HOST = f"http://{ServerConfig.host}:{ServerConfig.inference_port}"

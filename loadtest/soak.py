@@ -26,9 +26,9 @@ from fmvae_client import Client, ClientError, fetch
 from prometheus_client.parser import text_string_to_metric_families
 
 from serving.__main__ import HOSTS
-from serving.kserve_host import KServe
-from serving.server import TorchServe
+from serving.kserve.host import KServe
 from serving.settings import ServerConfig
+from serving.torchserve.host import TorchServe
 
 BODIES = [("sample", {"n": n, "format": fmt}) for n in (1, 4, 16, 64) for fmt in ("png", "json", "npy")]
 BODIES += [("interpolate", {"seeds": [1, 2], "steps": 10, "format": fmt}) for fmt in ("png", "json", "npy")]

@@ -20,12 +20,12 @@ from pathlib import Path
 
 from runtime.errors import ManifestError
 from runtime.manifest import Manifest
-from serving.archive import packed_manifest
 from serving.errors import ServerError
-from serving.kserve_host import KServe
+from serving.kserve.host import KServe
 from serving.logs import RotatingFile, copy_output
-from serving.server import TorchServe
 from serving.settings import MODELS, ROOT, ServerConfig
+from serving.torchserve.archive import packed_manifest
+from serving.torchserve.host import TorchServe
 
 EXPLORER_START_S = 30.0
 HOSTS = {host.kind: host for host in (TorchServe, KServe)}  # --server's choices

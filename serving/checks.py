@@ -1,16 +1,13 @@
-"""What the launcher checks before a host starts, so that a bad archive or export, or a busy port, fails at once,
-named."""
+"""What the launcher checks before a host starts, so that a bad export or a busy port fails at once, named
+(TorchServe's archives: ``serving/torchserve/archive.py``, ``check_archive``)."""
 
 from __future__ import annotations
 
 import hashlib
-import json
 import socket
-import zipfile
 from pathlib import Path
 
 from runtime.errors import ManifestError
-from runtime.manifest import FILE as MANIFEST
 from runtime.manifest import Manifest
 from serving.errors import ServerError
 from serving.settings import ServerConfig
@@ -19,37 +16,6 @@ PORT_ROLES = {"inference_port": "inference", "management_port": "management",
               "torchserve_metrics_port": "TorchServe metrics", "metrics_port": "handler metrics",
               "grpc_inference_port": "gRPC inference", "grpc_management_port": "gRPC management",
               "explorer_port": "explorer page"}
-
-
-def check_archive(path: Path) -> None:
-    """Raise ServerError unless ``path`` is a readable model archive: a zip whose every member passes its CRC,
-    with TorchServe's MAR-INF/MANIFEST.json and the handler file it names, and whose packed artifacts have the
-    SHA-256 the packed export manifest gives them (a damaged artifact in a sound zip fails here, named)."""
-    def damaged(reason: str) -> ServerError:
-        return ServerError(f"{path}: not a usable model archive ({reason}); rebuild it with `make archives`")
-
-    try:
-        with zipfile.ZipFile(path) as archive:
-            bad = archive.testzip()
-            if bad is not None:
-                raise damaged(f"member {bad} is corrupt")
-            manifest = json.loads(archive.read("MAR-INF/MANIFEST.json"))
-            handler = manifest["model"]["handler"]
-            if handler not in archive.namelist():
-                raise damaged(f"its handler {handler} is missing")
-            export = Manifest.loads(archive.read(MANIFEST), f"{path}:{MANIFEST}")
-            for artifact in export.artifacts.values():
-                if artifact.file in archive.namelist():
-                    digest = hashlib.sha256(archive.read(artifact.file)).hexdigest()
-                    if digest != artifact.sha256:
-                        raise damaged(f"member {artifact.file} has SHA-256 {digest[:16]}..., its manifest says "
-                                      f"{artifact.sha256[:16]}...")
-    except zipfile.BadZipFile as e:
-        raise damaged(f"not a zip file: {e}") from None
-    except ManifestError as e:
-        raise damaged(str(e)) from None
-    except (KeyError, ValueError, OSError, EOFError, zipfile.LargeZipFile) as e:
-        raise damaged(f"{type(e).__name__}: {e}") from None
 
 
 def check_export(folder: Path) -> None:

@@ -19,8 +19,8 @@ from pathlib import Path
 
 from fmvae_client import ClientError, Keys, fetch
 
+from serving.kserve.supervisor import STATUS_FILE
 from serving.settings import DRAIN_FILE, KEY_FILE, MODELS, ServerConfig
-from serving.supervisor import STATUS_FILE
 
 
 def problems(url: str, management_url: str, models: list[str], work_dir: Path | None, server: str = "torchserve"

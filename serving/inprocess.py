@@ -13,8 +13,8 @@ from typing import Any
 
 from handlers.service import Service
 from runtime.manifest import Manifest
-from serving.archive import model_config
 from serving.settings import MODELS, ModelSpec
+from serving.torchserve.archive import model_config
 
 MODEL_STORE = Path("model_store")
 

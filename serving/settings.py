@@ -167,7 +167,7 @@ class ServerConfig:
                                                 "them at a third of it")
     work_dir: Path | None = setting(None, "the host's working directory: key_file.json and the drain mark "
                                           "(default: the private temp dir)")
-    # Logs: every file rolls over at log_max_mb and keeps log_backups old copies (serving/log4j2.xml);
+    # Logs: every file rolls over at log_max_mb and keeps log_backups old copies (serving/torchserve/log4j2.xml);
     # one line per request only with access_log on.
     log_max_mb: float = setting(10.0, "size at which each log file rolls over, in MB")
     log_backups: int = setting(2, "rolled-over copies kept per log file")
@@ -196,29 +196,3 @@ class ServerConfig:
         for s in socks:
             s.close()
         return replace(self, **chosen)
-
-    def properties(self, model_store: Path) -> str:
-        """TorchServe's config.properties."""
-        return "\n".join([
-            f"inference_address=http://{self.host}:{self.inference_port}",
-            f"management_address=http://127.0.0.1:{self.management_port}",
-            f"metrics_address=http://{self.metrics_host}:{self.torchserve_metrics_port}",
-            f"grpc_inference_address={self.host if self.grpc else '127.0.0.1'}",
-            "grpc_management_address=127.0.0.1",
-            f"grpc_inference_port={self.grpc_inference_port}",
-            f"grpc_management_port={self.grpc_management_port}",
-            f"model_store={model_store}",
-            "load_models=" + ",".join(f"{m}={m}.mar" for m in self.models),
-            f"max_request_size={self.max_request_size}",
-            f"allowed_urls=file://{model_store}/.*",  # models come from the local store only
-            f"disable_token_authorization={str(not self.token_auth).lower()}",
-            f"token_expiration_min={self.token_expiration_min}",
-            "enable_model_api=false",
-            "install_py_dep_per_model=false",
-            "metrics_mode=prometheus",
-            "decode_input_request=false",  # the handlers parse JSON bodies themselves, strictly
-            f"vmargs={f'-Xmx{self.jvm_heap_mb}m ' if self.jvm_heap_mb else ''}-XX:+ExitOnOutOfMemoryError"
-            f" -Dlog4j.configurationFile=file://{SERVING / 'log4j2.xml'} -Dfmvae.log.size={self.log_max_bytes}"
-            f" -Dfmvae.log.backups={self.log_backups} -Dfmvae.log.access={'info' if self.access_log else 'off'}",
-            "",
-        ])

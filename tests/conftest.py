@@ -37,11 +37,11 @@ from PIL import Image
 from monitoring.prometheus import Prometheus
 from runtime.artifacts import ARTIFACT_DIR
 from runtime.manifest import Manifest
-from serving import archive
 from serving.inprocess import InProcessWorker
-from serving.kserve_host import KServe
-from serving.server import TorchServe
+from serving.kserve.host import KServe
 from serving.settings import MODELS, ServerConfig
+from serving.torchserve import archive
+from serving.torchserve.host import TorchServe
 from tests.launching import Launcher
 from training import classifier, data, train
 

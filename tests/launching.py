@@ -103,7 +103,7 @@ class Launcher:
         assert wait_until(lambda: "ready:" in self.output() or self.process.poll() is not None, 90), self.output()
         assert "ready:" in self.output(), self.output()
         (self.leader,) = [c for c in psutil.Process(self.process.pid).children()
-                          if {"ts.model_server", "serving.kserve_app"} & set(c.cmdline())]
+                          if {"ts.model_server", "serving.kserve.app"} & set(c.cmdline())]
         self.group = os.getpgid(self.leader.pid)
         return self.group
 

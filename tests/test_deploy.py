@@ -19,10 +19,10 @@ from deploy.errors import ImageError
 from runtime.artifacts import ARTIFACT_DIR
 from runtime.manifest import Manifest
 from serving.__main__ import HOSTS, parser
-from serving.archive import CODE_DIRS
 from serving.checks import PORT_ROLES
 from serving.routes import ROUTES
 from serving.settings import MODELS, ServerConfig
+from serving.torchserve.archive import CODE_DIRS
 
 ROOT = Path(__file__).resolve().parent.parent
 DEPLOY = ROOT / "deploy"
@@ -67,7 +67,7 @@ def test_dockerfile_copies_folders_that_exist():
     exports = {ROOT / "model_store" / spec.export for spec in MODELS.values()}
     assert {ROOT / folder for folder in CODE_DIRS} | exports <= copied
     assert ROOT / "model_store" / ARTIFACT_DIR in exports
-    build_step = next(args for name, args in DOCKERFILE if name == "RUN" and "serving.archive" in args)
+    build_step = next(args for name, args in DOCKERFILE if name == "RUN" and "serving.torchserve.archive" in args)
     assert "--store model_store" in build_step  # archives are built in the image, not copied in
     assert ROOT / "serving" in copied  # the launcher
 

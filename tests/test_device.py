@@ -22,10 +22,10 @@ from runtime import artifacts, backends, cpus
 from runtime.latent import seeded_latents
 from runtime.manifest import FILE as MANIFEST
 from runtime.manifest import Manifest
-from serving import archive
 from serving.inprocess import InProcessWorker
 from serving.routes import ROUTES
 from serving.settings import CUDA_GRAPH_BATCHES, DECODER, GPU_ROUTES, MODELS
+from serving.torchserve import archive
 from tests.conftest import ARTIFACTS, LATENT, npy
 
 CUDA_CONFIG = {"decoder": {"cpu": ["onnx-int8"], "cuda": list(DECODER["cuda"])}}
@@ -203,7 +203,7 @@ def test_the_gpu_layout_reaches_the_model_configs():
 def test_each_kserve_process_serves_its_gpu_routes_from_one_device(monkeypatch):
     """The KServe host on a pretend two-GPU machine: process 3 puts every GPU route on cuda:1 (3 modulo 2), the
     2-d routes on the CPU, and the routes of one export share its networks there (one CUDA context per process)."""
-    from serving.kserve_app import App
+    from serving.kserve.app import App
     from serving.settings import spec_document
 
     monkeypatch.setattr(device, "cuda_devices", lambda: 2)

@@ -31,8 +31,8 @@ from runtime.artifacts import ARTIFACT_DIR, DECODERS
 from runtime.errors import ManifestError
 from runtime.manifest import FILE as MANIFEST
 from runtime.manifest import Manifest, Shapes
-from serving import archive
 from serving.settings import MODELS
+from serving.torchserve import archive
 from tests.conftest import SMALL_EXPORT, export_cli, run_module
 from training import checkpoint, classifier, data, train
 from training.model import VAE, VAEConfig

@@ -24,10 +24,10 @@ import pytest
 from fmvae_client import fetch
 from prometheus_client.parser import text_string_to_metric_families
 
-from serving import archive
 from serving.errors import ServerError
-from serving.server import TorchServe
 from serving.settings import MIN_QUEUE_REQUESTS, MODELS, ServerConfig
+from serving.torchserve import archive
+from serving.torchserve.host import TorchServe
 from tests.conftest import ARTIFACTS
 from tests.launching import FAULT_MODELS, NPY, Clients, group_alive, wait_until
 

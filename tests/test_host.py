@@ -15,10 +15,13 @@ from pathlib import Path
 import pytest
 from fmvae_client import TransportError
 
-from serving import drain, listener
+from serving import listener
 from serving.errors import ServerError
-from serving.logs import RotatingFile, check_writable, copy_output, exception_line
+from serving.logs import RotatingFile, check_writable, copy_output
 from serving.settings import ServerConfig
+from serving.torchserve import drain
+from serving.torchserve.host import config_properties
+from serving.torchserve.logs import exception_line
 
 
 def test_the_output_of_a_child_is_read_to_the_end_while_the_disk_is_full(capsys):
@@ -66,7 +69,7 @@ def test_an_unwritable_log_folder_is_named(tmp_path):
 
 @pytest.mark.parametrize(("grpc", "address"), [(False, "127.0.0.1"), (True, "0.0.0.0")])
 def test_grpc_inference_is_on_loopback_unless_asked_for(grpc, address, tmp_path):
-    properties = ServerConfig(host="0.0.0.0", grpc=grpc).properties(tmp_path).splitlines()
+    properties = config_properties(ServerConfig(host="0.0.0.0", grpc=grpc), tmp_path).splitlines()
     assert f"grpc_inference_address={address}" in properties
     assert "grpc_management_address=127.0.0.1" in properties
 
@@ -145,7 +148,7 @@ def test_a_lane_batches_what_waits_and_refuses_beyond_its_bound():
     from types import SimpleNamespace
 
     from handlers.service import Reply
-    from serving.lane import Lane
+    from serving.kserve.lane import Lane
     from serving.settings import MIN_QUEUE_REQUESTS, MODELS
 
     calls: list[list[bytes]] = []
@@ -187,7 +190,7 @@ def test_refusals_are_logged_as_one_line_per_interval_not_one_per_request(caplog
     import asyncio
     from types import SimpleNamespace
 
-    from serving.request_path import HostRules, Refusals
+    from serving.kserve.request_path import HostRules, Refusals
 
     overloaded = json.dumps({"code": 503, "reason": "overloaded", "message": "full", "field": "body"}).encode()
     state = SimpleNamespace(refusals=Refusals(), access_log=False)
@@ -213,7 +216,7 @@ def test_refusals_are_logged_as_one_line_per_interval_not_one_per_request(caplog
 SUPERVISED = """
 import os, signal, sys, time
 from pathlib import Path
-import serving.supervisor as supervisor
+import serving.kserve.supervisor as supervisor
 supervisor.RETRY_PAUSES_S = (0.1, 0.1, 0.1)
 mode, marks = sys.argv[1], Path(sys.argv[2])
 
@@ -325,8 +328,8 @@ def test_the_launchers_flags_are_the_settings_fields():
 
 @pytest.mark.parametrize("host", ["torchserve", "kserve"])
 def test_a_failed_drain_still_stops_the_process_group_and_removes_the_temp_dir(host, monkeypatch):
-    from serving.kserve_host import KServe
-    from serving.server import TorchServe
+    from serving.kserve.host import KServe
+    from serving.torchserve.host import TorchServe
 
     server = TorchServe() if host == "torchserve" else KServe()
     stopped = []

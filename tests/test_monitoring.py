@@ -17,8 +17,8 @@ import pytest
 import torch
 
 from monitoring.prometheus import MONITORING, Prometheus
-from serving.server import TorchServe
 from serving.settings import MODELS, ServerConfig
+from serving.torchserve.host import TorchServe
 
 pytestmark = pytest.mark.integration  # a real TorchServe (Java) or Prometheus
 

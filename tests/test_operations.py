@@ -30,8 +30,8 @@ from runtime.manifest import Artifact, Manifest
 from serving.errors import ServerError
 from serving.health import problems
 from serving.routes import ROUTES
-from serving.server import TorchServe
 from serving.settings import ServerConfig
+from serving.torchserve.host import TorchServe, config_properties
 from tests.conftest import ARTIFACTS
 from tests.launching import NPY, Clients, Launcher, group_alive, wait_until
 
@@ -308,7 +308,7 @@ def test_slow_and_idle_clients_are_cut_off(current_store):
 
 def test_the_soak_reports_the_jvm_under_its_heap_bound(current_store):
     config = ServerConfig(model_store=current_store, models=("sample", "interpolate")).with_free_ports()
-    assert f"-Xmx{config.jvm_heap_mb}m" in config.properties(current_store)
+    assert f"-Xmx{config.jvm_heap_mb}m" in config_properties(config, current_store)
     report = soak.run(config, 0.15, 2)  # one short "minute"
     assert report["errors"] == 0 and report["requests"] > 20
     assert 0 < report["jvm_memory_max_mb"] < 4 * config.jvm_heap_mb and report["jvm_heap_bound_mb"] == 256

@@ -14,9 +14,9 @@ from dataclasses import replace
 import pytest
 from fmvae_client import APIError, Client
 
-from serving.kserve_host import KServe
-from serving.server import TorchServe
+from serving.kserve.host import KServe
 from serving.settings import ServerConfig
+from serving.torchserve.host import TorchServe
 from tests.conftest import ARTIFACTS
 
 pytestmark = pytest.mark.integration

@@ -11,8 +11,8 @@ import urllib.request
 
 import pytest
 
-from serving.server import TorchServe
 from serving.settings import ServerConfig
+from serving.torchserve.host import TorchServe, config_properties
 
 pytestmark = pytest.mark.integration  # a real TorchServe (Java) or Prometheus
 
@@ -50,7 +50,7 @@ def test_requests_need_the_inference_key(secured):
 
 
 def test_management_api_is_internal_and_registration_is_off(secured):
-    properties = secured.config.properties(secured.config.model_store)
+    properties = config_properties(secured.config, secured.config.model_store)
     assert f"management_address=http://127.0.0.1:{secured.config.management_port}" in properties
     # the inference port does not serve management routes, whatever the key
     for token in (secured.key("inference"), secured.key("management")):

@@ -28,12 +28,12 @@ from runtime import artifacts, backends
 from runtime.latent import seeded_latents
 from runtime.manifest import FILE as MANIFEST
 from runtime.manifest import Manifest
-from serving import archive
 from serving.__main__ import fallback_warnings
 from serving.errors import ServerError
 from serving.routes import example
-from serving.server import TorchServe
 from serving.settings import MODELS, ROOT, STORE_WORKERS, ServerConfig
+from serving.torchserve import archive
+from serving.torchserve.host import TorchServe
 from tests.conftest import ARTIFACTS, LATENT, b64png, fast_check_passes, npy, png, post
 
 STATS = artifacts.read_stats(ARTIFACTS / artifacts.STATS)  # a seed's point is the model's prior draw

@@ -15,10 +15,10 @@ from ts.context import Context as TorchServeContext
 from handlers.device import CPU_DECODER
 from handlers.service import MODEL_HEADER, REQUEST_ID, Service, quiet_batches, request_id
 from runtime.manifest import Manifest
-from serving.archive import model_config
 from serving.inprocess import InProcessWorker
 from serving.routes import ROUTES, example, route_example
 from serving.settings import MODELS
+from serving.torchserve.archive import model_config
 from tests.conftest import ARTIFACTS, npy
 
 

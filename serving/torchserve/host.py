@@ -27,15 +27,20 @@ from pathlib import Path
 from fmvae_client import ClientError, fetch
 from prometheus_client import CollectorRegistry, multiprocess
 
-from serving import drain, listener
-from serving.checks import PORT_ROLES, check_archive, check_ports
+from serving import listener
+from serving.checks import PORT_ROLES, check_ports
 from serving.errors import ServerError
 from serving.host import Host, reach
 from serving.httpd import MetricsServer
-from serving.keys import KeyRenewer
-from serving.logs import RotatingFile, ServerLogs, check_writable, copy_output
+from serving.logs import RotatingFile, check_writable, copy_output
 from serving.process import ProcessGroup
 from serving.settings import ServerConfig
+from serving.torchserve import drain
+from serving.torchserve.archive import check_archive
+from serving.torchserve.keys import KeyRenewer
+from serving.torchserve.logs import ServerLogs
+
+LOG4J2 = Path(__file__).resolve().parent / "log4j2.xml"  # TorchServe's logging configuration
 
 
 def java() -> str | None:
@@ -44,6 +49,33 @@ def java() -> str | None:
     if home:
         return str(Path(home) / "bin" / "java") if (Path(home) / "bin" / "java").is_file() else None
     return shutil.which("java")
+
+
+def config_properties(config: ServerConfig, model_store: Path) -> str:
+    """TorchServe's config.properties for ``config``."""
+    return "\n".join([
+        f"inference_address=http://{config.host}:{config.inference_port}",
+        f"management_address=http://127.0.0.1:{config.management_port}",
+        f"metrics_address=http://{config.metrics_host}:{config.torchserve_metrics_port}",
+        f"grpc_inference_address={config.host if config.grpc else '127.0.0.1'}",
+        "grpc_management_address=127.0.0.1",
+        f"grpc_inference_port={config.grpc_inference_port}",
+        f"grpc_management_port={config.grpc_management_port}",
+        f"model_store={model_store}",
+        "load_models=" + ",".join(f"{m}={m}.mar" for m in config.models),
+        f"max_request_size={config.max_request_size}",
+        f"allowed_urls=file://{model_store}/.*",  # models come from the local store only
+        f"disable_token_authorization={str(not config.token_auth).lower()}",
+        f"token_expiration_min={config.token_expiration_min}",
+        "enable_model_api=false",
+        "install_py_dep_per_model=false",
+        "metrics_mode=prometheus",
+        "decode_input_request=false",  # the handlers parse JSON bodies themselves, strictly
+        f"vmargs={f'-Xmx{config.jvm_heap_mb}m ' if config.jvm_heap_mb else ''}-XX:+ExitOnOutOfMemoryError"
+        f" -Dlog4j.configurationFile=file://{LOG4J2} -Dfmvae.log.size={config.log_max_bytes}"
+        f" -Dfmvae.log.backups={config.log_backups} -Dfmvae.log.access={'info' if config.access_log else 'off'}",
+        "",
+    ])
 
 
 class TorchServe(Host):
@@ -87,7 +119,7 @@ class TorchServe(Host):
             self.logs.mark()
             self.drain_file.unlink(missing_ok=True)  # left by a launcher that was killed while draining
             properties = self.tmp / "config.properties"
-            properties.write_text(self.config.properties(store))
+            properties.write_text(config_properties(self.config, store))
             env = os.environ | {
                 "TMPDIR": str(self.tmp), "TEMP": str(self.tmp),  # pid file (Python) and java.io.tmpdir (sockets)
                 "LOG_LOCATION": str(self.log_dir), "METRICS_LOCATION": str(self.log_dir),

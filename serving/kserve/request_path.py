@@ -120,7 +120,7 @@ def strict_predict_body(scope: dict, body: bytes) -> Reply | None:
 
 
 class Routes(Protocol):
-    """What the rules need of a process's routes (``serving.kserve_app.App``)."""
+    """What the rules need of a process's routes (``serving.kserve.app.App``)."""
 
     traffic: Traffic
     refusals: Refusals

@@ -9,7 +9,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 from handlers.errors import RequestError
 from handlers.service import Reply, Service
-from serving.request_path import error_reply
+from serving.kserve.request_path import error_reply
 from serving.settings import ModelSpec
 
 OVERLOADED = "overloaded"

@@ -1,5 +1,6 @@
-"""TorchServe model archives (.mar), built from the exported artifacts and the worker code:
-``python -m serving.archive [--store model_store] [--out build/model_store]`` (``make archives``).
+"""TorchServe model archives (.mar), built from the exported artifacts and the worker code, and checked before a
+start (``check_archive``):
+``python -m serving.torchserve.archive [--store model_store] [--out build/model_store]`` (``make archives``).
 
 An archive holds its handler, the folders ``handlers/`` and ``runtime/`` (everything a worker imports, and
 nothing of the host side), the artifacts its settings name from its export folder (``model_store/<export>/``),
@@ -11,6 +12,8 @@ the export manifest (the model's shapes and identity) and a model-config YAML wr
 from __future__ import annotations
 
 import argparse
+import hashlib
+import json
 import os
 import shutil
 import subprocess
@@ -27,7 +30,7 @@ from runtime import artifacts
 from runtime.errors import ManifestError
 from runtime.manifest import FILE as MANIFEST
 from runtime.manifest import Manifest
-from serving.errors import ArchiveError
+from serving.errors import ArchiveError, ServerError
 from serving.settings import ARCHIVE_DIR, MODELS, ROOT, STORE_WORKERS, ModelSpec
 
 CODE_DIRS = ("handlers", "runtime")  # the packages a worker imports (tests/test_layout.py checks the rule)
@@ -120,8 +123,40 @@ def packed_manifest(mar: Path) -> Manifest:
     return Manifest.loads(text, f"{mar}:{MANIFEST}")
 
 
+def check_archive(path: Path) -> None:
+    """Raise ServerError unless ``path`` is a readable model archive: a zip whose every member passes its CRC,
+    with TorchServe's MAR-INF/MANIFEST.json and the handler file it names, and whose packed artifacts have the
+    SHA-256 the packed export manifest gives them (a damaged artifact in a sound zip fails here, named)."""
+    def damaged(reason: str) -> ServerError:
+        return ServerError(f"{path}: not a usable model archive ({reason}); rebuild it with `make archives`")
+
+    try:
+        with zipfile.ZipFile(path) as archive:
+            bad = archive.testzip()
+            if bad is not None:
+                raise damaged(f"member {bad} is corrupt")
+            manifest = json.loads(archive.read("MAR-INF/MANIFEST.json"))
+            handler = manifest["model"]["handler"]
+            if handler not in archive.namelist():
+                raise damaged(f"its handler {handler} is missing")
+            export = Manifest.loads(archive.read(MANIFEST), f"{path}:{MANIFEST}")
+            for artifact in export.artifacts.values():
+                if artifact.file in archive.namelist():
+                    digest = hashlib.sha256(archive.read(artifact.file)).hexdigest()
+                    if digest != artifact.sha256:
+                        raise damaged(f"member {artifact.file} has SHA-256 {digest[:16]}..., its manifest says "
+                                      f"{artifact.sha256[:16]}...")
+    except zipfile.BadZipFile as e:
+        raise damaged(f"not a zip file: {e}") from None
+    except ManifestError as e:
+        raise damaged(str(e)) from None
+    except (KeyError, ValueError, OSError, EOFError, zipfile.LargeZipFile) as e:
+        raise damaged(f"{type(e).__name__}: {e}") from None
+
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m serving.archive", description=__doc__,
+    parser = argparse.ArgumentParser(prog="python -m serving.torchserve.archive", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--store", type=Path, default=artifacts.DEFAULT_DIR.parent,
                         help="the model store with the export folders (default %(default)s)")

@@ -30,10 +30,10 @@ from serving.checks import check_export, check_ports
 from serving.errors import ServerError
 from serving.host import Host
 from serving.httpd import MetricsServer
+from serving.kserve.supervisor import STATUS_FILE
 from serving.logs import RotatingFile, check_writable, copy_output
 from serving.process import ProcessGroup
 from serving.settings import MODELS, ModelSpec, ServerConfig, spec_document
-from serving.supervisor import STATUS_FILE
 
 READY_LINE = b": ready, "  # what a serving process prints once its routes are loaded (serving/kserve_app.py)
 OUTPUT = "kserve.out"  # the processes' output, in the log folder
@@ -98,7 +98,7 @@ class KServe(Host):
                 "access_log": self.config.access_log}))
             env = os.environ | {"PROMETHEUS_MULTIPROC_DIR": str(multiproc), "TMPDIR": str(self.tmp)}
             fd = self.sock.fileno()
-            self.group = ProcessGroup([sys.executable, "-m", "serving.kserve_app", "--socket-fd", str(fd),
+            self.group = ProcessGroup([sys.executable, "-m", "serving.kserve.app", "--socket-fd", str(fd),
                                        "--settings", str(settings), "--processes", str(self.processes)],
                                       env, Path(__file__).resolve().parent.parent,
                                       leftovers=[self.tmp, self.drain_file, self.status_file], pass_fds=(fd,),

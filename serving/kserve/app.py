@@ -1,7 +1,7 @@
 """What each process of the KServe host runs: every route of ``serving/routes.py`` in one process, behind KServe's
 Python ModelServer (its FastAPI app, DataPlane and model repository, served by uvicorn).
 
-``python -m serving.kserve_app --socket-fd FD --settings FILE [--processes N]`` is started by the launcher
+``python -m serving.kserve.app --socket-fd FD --settings FILE [--processes N]`` is started by the launcher
 (``serving/kserve_host.py``) with the listening socket already bound. It is the supervisor
 (``serving/supervisor.py``): it forks N serving processes that share that socket, replaces one that dies and
 forwards SIGTERM to them. A serving process
@@ -45,13 +45,13 @@ from handlers import device
 from handlers.errors import SHUTTING_DOWN, RequestError
 from handlers.schema import PATH_PREFIX
 from handlers.service import Reply
-from serving.http_protocol import http_protocol
 from serving.inprocess import load_service
 from serving.keys import read_keys
-from serving.lane import Lane
-from serving.request_path import METHOD_NOT_ALLOWED, HostRules, Refusals, Traffic, error_reply
+from serving.kserve.http_protocol import http_protocol
+from serving.kserve.lane import Lane
+from serving.kserve.request_path import METHOD_NOT_ALLOWED, HostRules, Refusals, Traffic, error_reply
+from serving.kserve.supervisor import supervise
 from serving.settings import spec_from_document
-from serving.supervisor import supervise
 
 QUIET_SECONDS = 0.3  # a draining process exits once nothing was in flight or arrived for this long
 
@@ -229,7 +229,7 @@ def preload() -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    cli = argparse.ArgumentParser(prog="python -m serving.kserve_app", description=__doc__,
+    cli = argparse.ArgumentParser(prog="python -m serving.kserve.app", description=__doc__,
                                   formatter_class=argparse.RawDescriptionHelpFormatter)
     cli.add_argument("--socket-fd", type=int, required=True, help="the bound listening socket, inherited")
     cli.add_argument("--settings", type=Path, required=True, help="the launcher's settings for the processes (JSON)")
