@@ -37,7 +37,7 @@ IMAGE_TOOLS = command -v buildah >/dev/null && command -v podman >/dev/null && c
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
 
-setup: $(VENV)/.installed  ## venv from requirements.lock (hash-checked), Debian packages (dataset, Java 17, prometheus, chromium)
+setup: $(VENV)/.installed node_modules/.installed  ## venv from requirements.lock (hash-checked), Debian packages (dataset, Java 17, prometheus, chromium), npm ci
 
 $(VENV)/.installed: pyproject.toml client/pyproject.toml requirements.lock
 	@pkgs=""; \
@@ -52,6 +52,13 @@ $(VENV)/.installed: pyproject.toml client/pyproject.toml requirements.lock
 	python3.11 -m venv $(VENV) 2>/dev/null || python3 -m venv $(VENV)
 	$(PY) -m pip install -q --require-hashes -r requirements.lock
 	$(PY) -m pip install -q --no-deps --no-build-isolation -e . -e ./client
+	touch $@
+
+# ONNX Runtime Web for the explorer page's in-page decoder (explorer/server.py serves two of its files): exactly the
+# lock file's versions and hashes, no install scripts.
+node_modules/.installed: package.json package-lock.json
+	@command -v npm >/dev/null || { echo "error: npm not found: the explorer's in-page decoder is installed with npm (7 or later; Node.js 20 ships npm 10; Debian: apt-get install npm), then run make setup again" >&2; exit 1; }
+	npm ci --ignore-scripts --no-audit --no-fund
 	touch $@
 
 lock: $(VENV)/.installed  ## recompile requirements.lock (pip-compile, hashes); the images' locks follow it (deploy/lock.py)
@@ -96,7 +103,7 @@ serve: archives  ## TorchServe on 127.0.0.1:8080 with every route (HOST=kserve: 
 serve-bench: setup  ## both hosts side by side with their echo floors and the 40-line peers (runs/serve-bench)
 	$(PY) -m bench.serving --out runs/serve-bench $(SERVE_BENCH_ARGS)
 
-explorer-bench: archives  ## the explorer's round trip and fps in chromium over scripted drags (runs/bench/explorer.json)
+explorer-bench: archives  ## the explorer's in-page decode and server round trip per move, fps, in chromium (runs/bench/explorer.json)
 	$(PY) -m bench.explorer $(EXPLORER_BENCH_ARGS)
 
 loadtest: archives  ## Locust, 50 users for 60 s, p50 gates (80 ms); starts a server if none answers (LOADTEST_ARGS)
@@ -139,5 +146,5 @@ lint: setup  ## ruff, and hadolint on the Dockerfile (fails on any finding)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/hadolint --failure-threshold info Dockerfile
 
-clean:  ## remove the venv, runs/ and build/
-	rm -rf $(VENV) runs build .pytest_cache .ruff_cache
+clean:  ## remove the venv, node_modules, runs/ and build/
+	rm -rf $(VENV) node_modules runs build .pytest_cache .ruff_cache

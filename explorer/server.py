@@ -2,16 +2,22 @@
 inference API.
 
 - ``GET /`` and ``/static/*``: the page (``explorer/static``), no build step.
+- ``GET /vendor/ort/*``: the two files of ONNX Runtime Web the page decodes with (its WebAssembly-only bundle and
+  its ``.wasm``), from ``node_modules`` (``make setup`` runs ``npm ci``): the page loads nothing from another origin.
 - ``GET /api/spaces``: per served latent space (one export folder whose routes serve every operation the page
   calls, ``serving/routes.py``), the routes that serve it and, from the export manifest and
   ``latent_stats.npz`` packed in the served archives, the latent size, class names, the test posterior means
-  to scatter with their labels, the leading principal directions and the most active dimensions.
+  to scatter with their labels, the leading principal directions, the most active dimensions, the in-page
+  decoder's sha256 and the parity gate's largest pixel difference per decoder backend.
+- ``GET /api/spaces/<space>/decoder.onnx``: the space's fp32 ONNX decoder, which the page checks against that
+  sha256 and runs itself (``decoder_artifact`` says where it comes from).
 - ``POST /api/predictions/<model>``: forwarded to TorchServe's inference API for the models of those spaces
   only. The proxy sends no CORS headers, takes ``application/json`` bodies only (another origin cannot send one
   without a preflight, which is refused) and refuses a request whose ``Origin`` is not its own.
-- With token auth on, the page and the proxy obey it: ``/api/spaces`` and the proxy answer 401 until the client
-  opens a session with the inference key (``POST /api/session {"key": ...}``: an HttpOnly, SameSite=Strict
-  cookie, valid for 12 hours and across key renewals); the proxy then adds TorchServe's current key upstream.
+- With token auth on, the page and the proxy obey it: ``/api/spaces``, the decoders and the proxy answer 401 until
+  the client opens a session with the inference key (``POST /api/session {"key": ...}``: an HttpOnly,
+  SameSite=Strict cookie, valid for 12 hours and across key renewals); the proxy then adds TorchServe's current key
+  upstream.
 
 Its own errors are the project's one error shape (``runtime/errors.py``), as the API's are; a malformed request
 (a bad Content-Length, a chunked body) gets a 4xx and a fault a 500, never a connection closed unanswered. An answer
@@ -43,13 +49,18 @@ from fmvae_client import Client, ClientError
 from explorer.errors import NoSpace
 from runtime import artifacts
 from runtime.errors import ManifestError, error_body
-from serving import archive
 from serving.httpd import IDLE_TIMEOUT_S, REQUEST_TIMEOUT_S, DeadlineHandler, DeadlineServer
 from serving.keys import read_keys
 from serving.routes import EXPLORER_OPERATIONS, ROUTES
-from serving.settings import MODELS
+from serving.settings import MODELS, ROOT
+from serving.torchserve import archive
 
 STATIC = Path(__file__).resolve().parent / "static"
+# ONNX Runtime Web as `make setup` installs it (package.json, package-lock.json): the files the page loads, with
+# their content types (a module script and WebAssembly streaming compilation need the right ones).
+VENDOR = ROOT / "node_modules" / "onnxruntime-web" / "dist"
+VENDOR_FILES = {"ort.wasm.bundle.min.mjs": "text/javascript", "ort-wasm-simd-threaded.wasm": "application/wasm"}
+LOCAL_DECODER = "onnx-fp32"  # the decoder backend the page runs (fp32: the served int8 one is checked against it)
 PRINCIPAL_DIRECTIONS = 8
 SESSION_COOKIE = "fmvae_session"
 SESSION_SECONDS = 12 * 3600
@@ -75,9 +86,24 @@ def spaces(models: tuple[str, ...]) -> list[Space]:
     return found
 
 
-def space_document(space: Space, model_store: Path) -> tuple[str, dict]:
+def decoder_artifact(space: Space, model_store: Path) -> tuple[bytes, str] | None:
+    """The bytes of the decoder the page runs for ``space`` and their sha256 from the export manifest, or None
+    when there is none: the one place that says where they come from (the archive of the space's ``decode``
+    route, which packs the fp32 ONNX decoder for CUDA workers)."""
+    mar = model_store / f"{space.routes['decode']}.mar"
+    artifact = archive.packed_manifest(mar).artifacts.get(f"decoder/{LOCAL_DECODER}")
+    if artifact is None:
+        return None
+    try:
+        return archive.packed(mar, artifact.file), artifact.sha256
+    except KeyError:  # listed in the manifest, not packed
+        return None
+
+
+def space_document(space: Space, model_store: Path, decoder: tuple[bytes, str] | None) -> tuple[str, dict]:
     """The space's name and what the page needs of it, from the archive of its ``edit`` route (which packs the
-    manifest and the latent statistics): what is served, whatever is in the export folders now."""
+    manifest and the latent statistics): what is served, whatever is in the export folders now; with the in-page
+    ``decoder`` (``decoder_artifact``) its backend, sha256 and size."""
     mar = model_store / f"{space.routes['edit']}.mar"
     manifest = archive.packed_manifest(mar)
     try:
@@ -89,12 +115,17 @@ def space_document(space: Space, model_store: Path) -> tuple[str, dict]:
     def rounded(a: np.ndarray) -> list:
         return np.round(a.astype(np.float64), 4).tolist()
 
+    # The largest pixel difference from the fp32 eager decoder that the parity gate measured, per decoder backend
+    # (export/parity.py): what the page compares its own image and the served one against.
+    parity = {backend: max(r["max_abs_test_means"], r["max_abs_prior"])
+              for backend, r in manifest.parity.get("decoders", {}).items()}
     return f"{latent_dim}-d", {
         "export": space.export, "routes": space.routes, "latent_dim": latent_dim,
         "class_names": list(stats.class_names), "scatter_means": rounded(stats.scatter_means),
         "scatter_labels": stats.scatter_labels.tolist(),
         "principal_directions": rounded(stats.principal_directions[:PRINCIPAL_DIRECTIONS]),
-        "active_order": stats.active_order.tolist()}
+        "active_order": stats.active_order.tolist(), "parity_max_abs": parity,
+        "decoder": decoder and {"backend": LOCAL_DECODER, "sha256": decoder[1], "bytes": len(decoder[0])}}
 
 
 class Explorer(DeadlineServer):
@@ -105,11 +136,15 @@ class Explorer(DeadlineServer):
     def __init__(self, api: str, models: tuple[str, ...], model_store: Path, port: int = 0,
                  key_file: Path | None = None, idle_timeout: float = IDLE_TIMEOUT_S,
                  request_timeout: float = REQUEST_TIMEOUT_S) -> None:
-        documents = dict(space_document(s, model_store) for s in spaces(models))
-        if not documents:
+        found = spaces(models)
+        if not found:
             raise NoSpace(f"none of the models {', '.join(models)} serve a whole latent space "
                           f"({', '.join(EXPLORER_OPERATIONS)})")
+        decoders = [decoder_artifact(s, model_store) for s in found]
+        documents = dict(space_document(s, model_store, d) for s, d in zip(found, decoders, strict=True))
         self.spaces_json = json.dumps(documents).encode()
+        # {space name: the in-page decoder's bytes} (the page fetches each once and checks its sha256)
+        self.decoders = {name: d[0] for name, d in zip(documents, decoders, strict=True) if d}
         self.allowed = {route for d in documents.values() for route in d["routes"].values()}
         self.max_body = max(MODELS[route].max_body_bytes for route in self.allowed)  # the handlers' own limit
         self.key_file = key_file
@@ -221,11 +256,11 @@ class ExplorerHandler(DeadlineHandler):
 
     def get(self) -> None:
         path = urllib.parse.urlsplit(self.path).path
-        if path == "/api/spaces":
-            if self.server.authorized(self.headers.get("Cookie")):
-                self.send(200, "application/json", self.server.spaces_json)
-            else:
-                self.error(401, "unauthorized", "open a session with the inference key: POST /api/session", "key")
+        if path.startswith("/api/"):
+            self.get_api(path)
+            return
+        if path.startswith("/vendor/ort/"):
+            self.get_vendor(path.removeprefix("/vendor/ort/"))
             return
         name = "index.html" if path in ("/", "/index.html") else path.removeprefix("/static/")
         file = (STATIC / name).resolve()
@@ -234,6 +269,30 @@ class ExplorerHandler(DeadlineHandler):
             self.error(404, "not_found", f"{path}: not found", "path")
             return
         self.send(200, mimetypes.guess_type(file.name)[0] or "application/octet-stream", file.read_bytes())
+
+    def get_api(self, path: str) -> None:
+        """``/api/spaces`` and ``/api/spaces/<space>/decoder.onnx``, for a client with a session when auth is on."""
+        space = path.removeprefix("/api/spaces/").removesuffix("/decoder.onnx")
+        if path != "/api/spaces" and path != f"/api/spaces/{space}/decoder.onnx":
+            self.error(404, "not_found", f"{path}: not found", "path")
+        elif not self.server.authorized(self.headers.get("Cookie")):
+            self.error(401, "unauthorized", "open a session with the inference key: POST /api/session", "key")
+        elif path == "/api/spaces":
+            self.send(200, "application/json", self.server.spaces_json)
+        elif space in self.server.decoders:
+            self.send(200, "application/octet-stream", self.server.decoders[space])
+        else:
+            self.error(404, "no_decoder", f"{space}: no in-page decoder (spaces with one: "
+                                          f"{', '.join(self.server.decoders) or 'none'})", "space")
+
+    def get_vendor(self, name: str) -> None:
+        """One of ONNX Runtime Web's files that the page loads, from node_modules."""
+        if name not in VENDOR_FILES:
+            self.error(404, "not_found", f"/vendor/ort/{name}: not found", "path")
+        elif not (VENDOR / name).is_file():
+            self.error(404, "not_installed", f"{VENDOR / name} is missing: run `make setup` (npm ci)", "path")
+        else:
+            self.send(200, VENDOR_FILES[name], (VENDOR / name).read_bytes())
 
     def body(self) -> bytes | None:
         """The request's body, read whole; None (answered, the connection closed: ``send``) when it is not one

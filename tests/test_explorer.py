@@ -1,9 +1,13 @@
 """The explorer page in a real browser (Debian's chromium driven by Playwright) against the session TorchServe,
-and its proxy: same origin only, JSON only, the served models only, the inference key added server-side. The proxy's
-own refusals on a kept-alive connection need neither (fast tier)."""
+and its proxy: same origin only, JSON only, the served models only, the inference key added server-side; the
+in-page decoder (ONNX Runtime Web) against the server's decode, and the page's fallback to the server. The proxy's
+own refusals on a kept-alive connection and the files it serves for the in-page decoder need neither (fast
+tier)."""
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import http.client
 import io
 import json
@@ -17,11 +21,13 @@ import pytest
 from PIL import Image
 from playwright.sync_api import sync_playwright
 
+from explorer import server as explorer_server
 from explorer.errors import NoSpace
-from explorer.server import Explorer
-from serving.server import TorchServe
+from explorer.server import VENDOR, VENDOR_FILES, Explorer
+from runtime.manifest import Manifest
 from serving.settings import MODELS, ServerConfig
-from tests.conftest import running
+from serving.torchserve.host import TorchServe
+from tests.conftest import ARTIFACTS, running
 from training.data import CLASS_NAMES
 
 CHROMIUM = shutil.which("chromium")
@@ -152,6 +158,164 @@ def test_the_page_drives_every_control_through_the_api(explorer, browser):
     page.wait_for_function("() => document.getElementById('status').textContent.startsWith('decode2d')")
     assert page.is_hidden("#plane-controls")
     assert errors == []
+    page.close()
+
+
+PAGE_IMAGE = """() => { const d = document.getElementById('decoded-page').getContext('2d').getImageData(0, 0, 28, 28)
+  .data; return Array.from({ length: 784 }, (_, i) => d[4 * i]); }"""
+
+
+def hover(page, moves: int, start: float = 0.35) -> None:
+    """Pointer moves over the middle of the pad (latents near the data, where the parity figures were measured)."""
+    box = page.locator("#pad").bounding_box()
+    for i in range(moves):
+        page.mouse.move(box["x"] + box["width"] * (start + 0.008 * i), box["y"] + box["height"] * (0.4 + 0.005 * i))
+
+
+def decoder_ready(page, state: str) -> None:
+    """Wait until the page's in-page decoder settles, and check that it settled in ``state``."""
+    page.wait_for_function("() => ['in_page', 'failed', 'off'].includes(document.body.dataset.decoder)", timeout=60000)
+    assert page.evaluate("() => document.body.dataset.decoder") == state, page.text_content("#decoder-state")
+
+
+def parity_bound(export: str, backend: str) -> float:
+    """The largest difference between the served decoder's image and the page's that the export's parity report
+    allows: each decoder's largest pixel difference from the fp32 eager decoder on the report's two latent sets
+    (10,000 test posterior means and 10,000 prior draws), the served one's and the page's (the same fp32 ONNX file),
+    plus 1/255 for the rounding of both images to 8 bits."""
+    decoders = json.loads((ARTIFACTS.parent / export / "export_report.json").read_text())["decoders"]
+    worst = {name: max(r["max_abs_test_means"], r["max_abs_prior"]) for name, r in decoders.items()}
+    return worst[backend] + worst["onnx-fp32"] + 1 / 255
+
+
+@pytest.mark.integration  # a real TorchServe and a browser
+@NEEDS_CHROMIUM
+def test_the_page_decodes_in_place_and_its_images_match_the_servers_decode(explorer, browser):
+    """The page loads each space's decoder once, from its own origin only; a drag draws in-page images with no
+    request per move; the server's decode of the resting point differs from the page's image by no more than the
+    export's parity report allows, and the page shows that difference. The switch puts the server back on every
+    move."""
+    page = browser.new_page(viewport={"width": 1400, "height": 1000})
+    requests: list[str] = []
+    page.on("request", lambda r: requests.append(r.url))
+    errors: list[str] = []
+    page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+    page.on("pageerror", lambda e: errors.append(str(e)))
+    page.add_init_script(f"({IN_FLIGHT})()")  # counts the pad's pointer moves
+    page.goto(explorer.url)
+    spaces = json.loads(urllib.request.urlopen(f"{explorer.url}/api/spaces", timeout=10).read())
+    for name in ("64-d", "2-d"):
+        page.select_option("#space", name)
+        decoder_ready(page, "in_page")
+        assert "sha256 checked" in page.text_content("#decoder-state")
+        page.wait_for_function("d => window.explorerStats.checks.some(c => c.z.length === d)",  # the first point
+                               arg=spaces[name]["latent_dim"], timeout=15000)
+        page.evaluate("() => { Object.assign(window.explorerStats, {decodes: [], dropped: {}, checks: []}); "
+                      "window.padMoves = 0; }")
+        asked = len(requests)
+        hover(page, 30)
+        page.wait_for_function("() => { const c = window.explorerStats.checks.at(-1); "  # the resting point checked
+                               "return c !== undefined && c.z.join() === currentLatent().join(); }", timeout=15000)
+        stats = page.evaluate("() => window.explorerStats")
+        moves = page.evaluate("() => window.padMoves")  # every move drawn in the page, or dropped as stale
+        assert stats["path"] == "in_page" and len(stats["decodes"]) + stats["dropped"].get("decode", 0) == moves > 1
+        decodes = [u for u in requests[asked:] if u.endswith(f"/api/predictions/{spaces[name]['routes']['decode']}")]
+        assert len(decodes) <= 3, decodes  # the resting point's check (and any pause's), not one per move
+        pixels = np.array(page.evaluate(PAGE_IMAGE), dtype=float)
+        z = stats["checks"][-1]["z"]
+        code, served = request(f"{explorer.url}/api/predictions/{spaces[name]['routes']['decode']}",
+                               json.dumps({"latents": [z], "format": "json"}).encode(), JSON)
+        assert code == 200
+        server_pixels = png_pixels(served["images"][0]).ravel()
+        diff = np.abs(pixels - server_pixels).max() / 255
+        assert pixels.std() > 20  # a garment, not a blank canvas
+        assert diff <= parity_bound(spaces[name]["export"], served["backend"]), (name, diff)
+        check = stats["checks"][-1]
+        assert check["backend"] == served["backend"] and check["diff"] == pytest.approx(diff, abs=1e-9)
+        assert page.text_content("#local-diff") == f"server \u0394 {diff:.3f}" and page.is_visible("#decoded")
+    # Off: the server decodes every move again.
+    page.uncheck("#local-decode")
+    decoder_ready(page, "off")
+    page.evaluate("() => Object.assign(window.explorerStats, {decodes: [], dropped: {}, checks: []})")
+    hover(page, 10, start=0.45)
+    page.wait_for_function("() => window.explorerStats.decodes.length > 0", timeout=15000)
+    assert page.evaluate("() => window.explorerStats.path") == "server" and page.is_hidden("#decoded-page")
+    # Everything came from the explorer, and each file of the decoder once.
+    assert requests and all(u.startswith(explorer.url + "/") for u in requests), requests
+    paths = [u.removeprefix(explorer.url) for u in requests]
+    for path in ("/vendor/ort/ort.wasm.bundle.min.mjs", "/vendor/ort/ort-wasm-simd-threaded.wasm",
+                 "/api/spaces/64-d/decoder.onnx", "/api/spaces/2-d/decoder.onnx"):
+        assert paths.count(path) == 1, path
+    assert errors == []
+    page.close()
+
+
+def png_pixels(b64: str) -> np.ndarray:
+    return np.asarray(Image.open(io.BytesIO(base64.b64decode(b64))), dtype=float)
+
+
+def drag_on_the_server(page) -> None:
+    """After a failed decoder load: the page says so, and a drag is decoded by the server."""
+    assert page.is_visible("#decoder-state") and "error" in page.get_attribute("#decoder-state", "class")
+    assert "decoding on the server" in page.text_content("#decoder-state")
+    page.evaluate("() => Object.assign(window.explorerStats, {decodes: [], dropped: {}})")
+    hover(page, 10)
+    page.wait_for_function("() => window.explorerStats.decodes.length > 0", timeout=15000)
+    assert page.evaluate("() => window.explorerStats.path") == "server"
+    assert src(page, "#decoded").startswith("data:image/png;base64,") and page.is_hidden("#decoded-page")
+
+
+@pytest.mark.integration  # a real TorchServe and a browser
+@NEEDS_CHROMIUM
+def test_without_webassembly_the_page_decodes_on_the_server_and_says_so(explorer, browser):
+    """V8 without its JIT (as browsers' hardened modes run it) has no WebAssembly."""
+    jitless = browser.browser_type.launch(executable_path=CHROMIUM, args=["--no-sandbox", "--js-flags=--jitless"])
+    try:
+        page = jitless.new_page(viewport={"width": 1400, "height": 1000})
+        page.goto(explorer.url)
+        assert page.evaluate("() => typeof WebAssembly") == "undefined"
+        decoder_ready(page, "failed")
+        assert "WebAssembly is not available" in page.text_content("#decoder-state")
+        drag_on_the_server(page)
+    finally:
+        jitless.close()
+
+
+def tampered(route) -> None:
+    """The decoder with one byte changed."""
+    response = route.fetch()
+    body = bytearray(response.body())
+    body[len(body) // 2] ^= 0xFF
+    route.fulfill(response=response, body=bytes(body))
+
+
+NOT_A_MODEL = b"not an onnx model"
+
+
+def claims_not_a_model(route) -> None:
+    """/api/spaces whose decoders' sha256 is that of NOT_A_MODEL (which the decoder route then sends)."""
+    response = route.fetch()
+    spaces = response.json()
+    for space in spaces.values():
+        space["decoder"]["sha256"] = hashlib.sha256(NOT_A_MODEL).hexdigest()
+    route.fulfill(response=response, body=json.dumps(spaces))
+
+
+@pytest.mark.integration  # a real TorchServe and a browser
+@NEEDS_CHROMIUM
+@pytest.mark.parametrize(("routes", "message"), [
+    ({"**/decoder.onnx": tampered}, "is not the manifest's"),
+    ({"**/api/spaces": claims_not_a_model, "**/decoder.onnx": lambda route: route.fulfill(body=NOT_A_MODEL)},
+     "the decoder did not load in ONNX Runtime Web"),
+], ids=["hash-mismatch", "load-failure"])
+def test_a_decoder_the_page_cannot_use_is_reported_and_the_server_decodes(explorer, browser, routes, message):
+    page = browser.new_page(viewport={"width": 1400, "height": 1000})
+    for pattern, handler in routes.items():
+        page.route(pattern, handler)
+    page.goto(explorer.url)
+    decoder_ready(page, "failed")
+    assert message in page.text_content("#decoder-state")
+    drag_on_the_server(page)
     page.close()
 
 
@@ -300,5 +464,64 @@ def test_a_session_request_is_answered_in_the_one_error_shape_whatever_its_json(
             assert error == {"code": status, "reason": reason, "field": "key", "message": error["message"]}
         response, error = answer(conn, "GET", "/api/spaces", None, {})  # no cookie jar here: still no session
         assert (response.status, error["reason"]) == (401, "unauthorized")
+    finally:
+        conn.close()
+
+
+def get(conn: http.client.HTTPConnection, path: str, headers: dict | None = None
+        ) -> tuple[http.client.HTTPResponse, bytes]:
+    conn.request("GET", path, headers=headers or {})
+    response = conn.getresponse()
+    return response, response.read()
+
+
+def test_the_decoders_need_a_session_and_are_the_manifests(guarded):
+    """Each space's in-page decoder is the export's fp32 ONNX decoder, byte for byte what its manifest hashes, and
+    its document carries that hash and the parity report's largest pixel difference per decoder."""
+    conn = http.client.HTTPConnection("127.0.0.1", guarded.server_address[1], timeout=10)
+    try:
+        response, body = get(conn, "/api/spaces/2-d/decoder.onnx")
+        assert (response.status, json.loads(body)["reason"]) == (401, "unauthorized")
+        conn.request("POST", "/api/session", json.dumps({"key": "secret"}), JSON)
+        response = conn.getresponse()
+        response.read()
+        cookie = {"Cookie": response.getheader("Set-Cookie").split(";")[0]}
+        spaces = json.loads(get(conn, "/api/spaces", cookie)[1])
+        assert sorted(spaces) == ["2-d", "64-d"]
+        for name, space in spaces.items():
+            response, body = get(conn, f"/api/spaces/{name}/decoder.onnx", cookie)
+            assert (response.status, response.getheader("Content-Type")) == (200, "application/octet-stream")
+            manifest = Manifest.read(ARTIFACTS.parent / space["export"])
+            assert hashlib.sha256(body).hexdigest() == space["decoder"]["sha256"] \
+                == manifest.artifacts["decoder/onnx-fp32"].sha256
+            assert space["decoder"] == {"backend": "onnx-fp32", "sha256": space["decoder"]["sha256"],
+                                        "bytes": len(body)}
+            report = json.loads((ARTIFACTS.parent / space["export"] / "export_report.json").read_text())["decoders"]
+            assert space["parity_max_abs"] == {b: max(r["max_abs_test_means"], r["max_abs_prior"])
+                                               for b, r in report.items()}
+        response, body = get(conn, "/api/spaces/3-d/decoder.onnx", cookie)
+        assert (response.status, json.loads(body)["reason"], json.loads(body)["field"]) == (404, "no_decoder", "space")
+        response, body = get(conn, "/api/spaces/2-d/encoder.onnx", cookie)
+        assert (response.status, json.loads(body)["reason"]) == (404, "not_found")
+    finally:
+        conn.close()
+
+
+def test_the_page_gets_onnx_runtime_web_from_node_modules_and_nothing_else(guarded, monkeypatch, tmp_path):
+    """The two files the page loads, as `make setup` installed them, with no session needed; no other file of the
+    package or the tree; a clear 404 when they are not installed."""
+    conn = http.client.HTTPConnection("127.0.0.1", guarded.server_address[1], timeout=10)
+    try:
+        for name, content_type in VENDOR_FILES.items():
+            response, body = get(conn, f"/vendor/ort/{name}")
+            assert (response.status, response.getheader("Content-Type")) == (200, content_type), name
+            assert body == (VENDOR / name).read_bytes()
+        for path in ("/vendor/ort/ort.min.js", "/vendor/ort/../../package.json", "/vendor/ort/"):
+            response, body = get(conn, path)
+            assert (response.status, json.loads(body)["reason"]) == (404, "not_found"), path
+        monkeypatch.setattr(explorer_server, "VENDOR", tmp_path)
+        response, body = get(conn, "/vendor/ort/ort-wasm-simd-threaded.wasm")
+        error = json.loads(body)
+        assert (response.status, error["reason"]) == (404, "not_installed") and "make setup" in error["message"]
     finally:
         conn.close()

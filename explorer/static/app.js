@@ -1,6 +1,9 @@
 // The latent explorer: a client of the inference API (through the explorer's same-origin proxy, /api/...).
 // Each control keeps at most one request in flight; a newer pointer position replaces a waiting one (stale
-// positions are dropped, never queued). No build step, no dependencies.
+// positions are dropped, never queued). The pad and the sliders decode in the page (local.js) while they move;
+// the server's decode answers for the point once it rests or is released: its class probabilities, its image
+// beside the page's, and the largest difference between the two. No build step; the one dependency, ONNX Runtime
+// Web, is served by the explorer itself.
 "use strict";
 
 const COLORS = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f",
@@ -8,10 +11,13 @@ const COLORS = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b"
 const SLIDERS = 6;       // most active dimensions offered as sliders
 const STRIP_STEPS = 8;   // images in the interpolation strip
 const SAMPLES = 8;
+const CHECK_AFTER_MS = 150;  // the server decodes the point once the pointer or a slider has rested this long
 const $ = (id) => document.getElementById(id);
 
-// Round trips of the pad's decode requests, and per control the arguments dropped as stale (bench/explorer.py).
-window.explorerStats = { decodes: [], dropped: {} };
+// For bench/explorer.py and the tests: the time of each decode that drew the pad's image (ms; in the page or the
+// server's round trip, as ``path`` says), per control the arguments dropped as stale, and the server's checks of
+// in-page images ({z, ms, diff: largest pixel difference in [0, 1], backend}).
+window.explorerStats = { decodes: [], path: "server", dropped: {}, checks: [] };
 
 const state = {
   spaces: {},    // from /api/spaces: per model, its routes, latent size, classes, scatter, directions
@@ -25,6 +31,10 @@ const state = {
   offsets: [],   // slider offsets along the most active dimensions
   ends: [],      // clicked interpolation endpoints (latents)
   encoded: null, // plane coordinates of the last drawn image's encoding
+  decoder: null, // the current space's in-page decoder, once loaded and checked
+  shown: null,   // the last in-page image: {key, pixels}
+  checked: null, // the key of the last point the server decoded
+  checkTimer: null,
 };
 
 class ApiError extends Error {
@@ -172,14 +182,141 @@ function marker([u, v], color, text) {
   }
 }
 
+// The server decodes every position (the in-page decoder is off or unavailable).
 const decodePoint = latest("decode", async (z) => {
   const { data, ms } = await api("decode", { latents: [z], format: "json" });
   window.explorerStats.decodes.push(ms);
+  window.explorerStats.path = "server";
   $("decoded").src = png(data.images[0]);
   $("point").textContent = `|z| = ${Math.hypot(...z).toFixed(2)}`;
   showClasses(data.class_probabilities[0]);
   requestEdit();
 });
+
+// ---- in-page decoding (local.js), checked by the server's decode once the point rests ---------------------------
+const keyOf = (z) => `${state.space.latent_dim}:${z.join(",")}`;
+const pageImage = $("decoded-page").getContext("2d");
+
+// The point decoded in the page, drawn on the big canvas; timed from the latent to the pixels drawn.
+const decodeLocal = latest("decode", async ({ decoder, z }) => {
+  const started = performance.now();
+  const { pixels, width, height } = await inPage.decode(decoder, z);
+  const rgba = new ImageData(width, height);
+  pixels.forEach((v, i) => {
+    rgba.data[4 * i] = v;
+    rgba.data[4 * i + 1] = v;
+    rgba.data[4 * i + 2] = v;
+    rgba.data[4 * i + 3] = 255;
+  });
+  pageImage.putImageData(rgba, 0, 0);
+  window.explorerStats.decodes.push(performance.now() - started);
+  window.explorerStats.path = "in_page";
+  state.shown = { key: keyOf(z), pixels };
+  $("point").textContent = `|z| = ${Math.hypot(...z).toFixed(2)}`;
+});
+
+async function pngPixels(b64) {
+  const img = new Image();
+  img.src = png(b64);
+  await img.decode();
+  const canvas = document.createElement("canvas");
+  canvas.width = img.width;
+  canvas.height = img.height;
+  const g = canvas.getContext("2d", { willReadFrequently: true });
+  g.drawImage(img, 0, 0);
+  const rgba = g.getImageData(0, 0, img.width, img.height).data;
+  return Uint8Array.from({ length: img.width * img.height }, (_, i) => rgba[4 * i]);
+}
+
+// The server's decode of the point the page decoded: its class probabilities, its image (the served decoder, int8
+// on CPU) beside the page's (fp32), and the largest difference between the two, against the export's parity figure.
+const checkPoint = latest("check", async (z) => {
+  const key = keyOf(z);
+  const { data, ms } = await api("decode", { latents: [z], format: "json" });
+  showClasses(data.class_probabilities[0]);
+  requestEdit();
+  $("decoded").src = png(data.images[0]);
+  const served = await pngPixels(data.images[0]);
+  const badge = $("local-diff");
+  if (state.shown && state.shown.key === key) {
+    const diff = served.reduce((m, v, i) => Math.max(m, Math.abs(v - state.shown.pixels[i])), 0) / 255;
+    // What the export's parity report allows: each decoder's largest difference from the fp32 eager decoder, the
+    // server's and the page's, plus the rounding of both images to 8 bits.
+    const parity = state.space.parity_max_abs;
+    const bound = parity[data.backend] + parity[state.space.decoder.backend] + 1 / 255;
+    window.explorerStats.checks.push({ z, ms, diff, backend: data.backend });
+    badge.textContent = `server Δ ${diff.toFixed(3)}`;
+    badge.title = `the server's image (${data.backend}) of this point; Δ: its largest pixel difference from the ` +
+      `page's (${state.space.decoder.backend}), in [0, 1]. The export's parity report allows up to ` +
+      `${bound.toFixed(3)}: both decoders' largest difference from the fp32 eager decoder, 8-bit rounding included`;
+    badge.classList.toggle("over", diff > bound);
+    badge.hidden = false;
+  }
+});
+
+function checkNow() {
+  clearTimeout(state.checkTimer);
+  if (!localOn()) return;
+  const z = currentLatent();
+  if (keyOf(z) === state.checked) return;
+  state.checked = keyOf(z);
+  checkPoint(z);
+}
+
+const localOn = () => $("local-decode").checked && state.decoder !== null;
+
+// The current point decoded: in the page while it moves (the server once it rests), or by the server.
+function decodeHere() {
+  const z = currentLatent();
+  if (!localOn()) {
+    decodePoint(z);
+    return;
+  }
+  decodeLocal({ decoder: state.decoder, z });
+  clearTimeout(state.checkTimer);
+  state.checkTimer = setTimeout(checkNow, CHECK_AFTER_MS);
+}
+
+function decoderState(text, failed) {
+  const line = $("decoder-state");
+  line.textContent = text;
+  line.classList.toggle("error", failed);
+}
+
+// Load (once) and check the space's in-page decoder, then decode the current point; on failure the page says why
+// and decodes on the server.
+async function prepareLocal(name) {
+  state.decoder = null;
+  state.checked = null;
+  $("local-diff").hidden = true;
+  $("decoded-view").classList.remove("in-page");
+  $("decoded").removeAttribute("src");
+  if (!$("local-decode").checked) {
+    decoderState("decoding on the server (in-page decoding is off)", false);
+    document.body.dataset.decoder = "off";
+    decodeHere();
+    return;
+  }
+  decoderState("loading the in-page decoder ...", false);
+  document.body.dataset.decoder = "loading";
+  const space = state.spaces[name];
+  try {
+    const decoder = await inPage.load(name, space);
+    if (state.space !== space) return;  // another space was chosen meanwhile
+    state.decoder = decoder;
+    $("decoded-view").classList.add("in-page");
+    decoderState(`decoding in the page: ${space.decoder.backend}, ${(space.decoder.bytes / 1e6).toFixed(1)} MB, ` +
+      "sha256 checked (ONNX Runtime Web); the server decodes each resting point", false);
+    document.body.dataset.decoder = "in_page";
+  } catch (e) {
+    if (state.space !== space) return;
+    decoderState(`in-page decoding unavailable: ${e.message || e}; decoding on the server`, true);
+    document.body.dataset.decoder = "failed";
+  }
+  decodeHere();
+}
+
+$("local-decode").addEventListener("change", () => prepareLocal($("space").value));
 
 // The class model's three most probable classes at the decoded point, with bars.
 function showClasses(probabilities) {
@@ -204,8 +341,9 @@ function pointerAt(event) {
 pad.addEventListener("pointermove", (event) => {
   state.uv = pointerAt(event);
   drawPad();
-  decodePoint(currentLatent());
+  decodeHere();
 });
+pad.addEventListener("pointerup", checkNow);
 
 pad.addEventListener("click", (event) => {
   state.uv = pointerAt(event);
@@ -233,8 +371,9 @@ function buildSliders() {
     input.addEventListener("input", () => {
       state.offsets[i] = Number(input.value);
       out.textContent = Number(input.value).toFixed(2);
-      decodePoint(currentLatent());
+      decodeHere();
     });
+    input.addEventListener("change", checkNow);  // released
     label.append(input, out);
     box.append(label);
   });
@@ -242,7 +381,7 @@ function buildSliders() {
 
 $("reset-sliders").addEventListener("click", () => {
   buildSliders();
-  decodePoint(currentLatent());
+  decodeHere();
 });
 
 const requestEdit = (() => {
@@ -431,11 +570,11 @@ function chooseSpace(name) {
   buildSliders();
   setPlane();
   fillStrip($("strip"), []);
-  decodePoint(currentLatent());
+  prepareLocal(name);
 }
 
 for (const id of ["axis-x", "axis-y"]) {
-  $(id).addEventListener("change", () => { setPlane(); decodePoint(currentLatent()); });
+  $(id).addEventListener("change", () => { setPlane(); decodeHere(); });
 }
 $("space").addEventListener("change", () => chooseSpace($("space").value));
 
