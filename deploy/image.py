@@ -36,10 +36,10 @@ from fmvae_client import Keys, request
 from fmvae_client.client import refused_for_key
 
 from deploy.errors import ImageError
-from serving.__main__ import HOSTS
 from serving.checks import PORT_ROLES
+from serving.host import host_class
 from serving.routes import ROUTES, route_example
-from serving.settings import KEY_FILE, ServerConfig
+from serving.settings import HOSTS, KEY_FILE, ServerConfig
 
 ROOT = Path(__file__).resolve().parent.parent
 BASE = "localhost/fmvae-base:bookworm"
@@ -50,7 +50,7 @@ CPU_TORCH = "torch==2.13.0+cpu"
 CPU_INDEX = "https://download.pytorch.org/whl/cpu"
 # Each host's ports in its image: the server's defaults (the explorer is off in the container).
 PORTS = {host: {PORT_ROLES[field]: getattr(ServerConfig, field) for field in cls.ports if field != "explorer_port"}
-         for host, cls in HOSTS.items()}
+         for host, cls in ((kind, host_class(kind)) for kind in HOSTS)}
 # Every route, with its example (the OpenAPI document's, latents cut to the route's model).
 EXAMPLES = {name: route_example(name, ROOT / "model_store") for name in ROUTES}
 

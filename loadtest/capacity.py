@@ -30,8 +30,8 @@ import psutil
 
 from loadtest.__main__ import endpoints, locust_command, locust_stats, targets
 from runtime.cpus import available_cpus
-from serving.__main__ import HOSTS
-from serving.settings import ARCHIVE_DIR, ServerConfig
+from serving.host import host_class
+from serving.settings import ARCHIVE_DIR, HOSTS, ServerConfig
 
 SAMPLE_S = 1.0  # how often the CPU counters are read
 
@@ -162,7 +162,7 @@ def start(host: str, archives: Path, export_store: Path, logs: Path) -> Iterator
     """A fresh server of ``host`` with every route on free ports, its logs in ``logs``."""
     config = ServerConfig(server=host, model_store=archives, export_store=export_store,
                           log_dir=logs).with_free_ports()
-    with HOSTS[host](config) as server:
+    with host_class(host)(config) as server:
         yield Served(server.url, lambda: group(server.process.pid))
 
 

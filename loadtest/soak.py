@@ -25,7 +25,7 @@ import psutil
 from fmvae_client import Client, ClientError, fetch
 from prometheus_client.parser import text_string_to_metric_families
 
-from serving.__main__ import HOSTS
+from serving.host import host_class
 from serving.kserve.host import KServe
 from serving.settings import ServerConfig
 from serving.torchserve.host import TorchServe
@@ -72,7 +72,7 @@ def run(config: ServerConfig, minutes: float, clients: int) -> dict:
                 with lock:
                     minute_of.append((int((start - started) // 60), time.monotonic() - start, failed))
 
-    with HOSTS[config.server](config) as server:
+    with host_class(config.server)(config) as server:
         log_dir, started = server.log_dir, time.monotonic()  # minutes count from ready
         threads = [threading.Thread(target=client, args=(i, server.url), daemon=True) for i in range(clients)]
         rows = []

@@ -1,5 +1,5 @@
-"""``python -m serving`` (``make serve``): serve the routes with TorchServe (``--server torchserve``, the default: its
-archives) or KServe's ModelServer (``--server kserve``: the export folders) until Ctrl-C or SIGTERM, with the
+"""``python -m serving`` (``make serve``): serve the routes with a host (``--server``: TorchServe, the default, from
+its archives; KServe's ModelServer from the export folders; ``settings.HOSTS``) until Ctrl-C or SIGTERM, with the
 explorer page (``python -m explorer``, on loopback) beside it unless ``--no-explorer``.
 
 The first Ctrl-C or SIGTERM drains: new connections are refused, requests on open ones get 503 shutting_down,
@@ -19,16 +19,12 @@ from dataclasses import fields
 from pathlib import Path
 
 from runtime.errors import ManifestError
-from runtime.manifest import Manifest
 from serving.errors import ServerError
-from serving.kserve.host import KServe
+from serving.host import Host, host_class
 from serving.logs import RotatingFile, copy_output
 from serving.settings import MODELS, ROOT, ServerConfig
-from serving.torchserve.archive import packed_manifest
-from serving.torchserve.host import TorchServe
 
 EXPLORER_START_S = 30.0
-HOSTS = {host.kind: host for host in (TorchServe, KServe)}  # --server's choices
 
 
 def parser() -> argparse.ArgumentParser:
@@ -62,7 +58,7 @@ def config_of(args: argparse.Namespace) -> ServerConfig:
                            for f in fields(ServerConfig)})
 
 
-def start_explorer(server: TorchServe, config: ServerConfig) -> tuple[subprocess.Popen | None, str]:
+def start_explorer(server: Host, config: ServerConfig) -> tuple[subprocess.Popen | None, str]:
     """``python -m explorer`` for the served models on ``config.explorer_port``: (process, its URL), or (None,
     "off (why)") when the served models cover no whole latent space. It exits when this launcher does; with token
     auth it reads the inference key itself (the page never sees it), and asks the browser for it once. Its
@@ -89,14 +85,13 @@ def start_explorer(server: TorchServe, config: ServerConfig) -> tuple[subprocess
     return process, line.removeprefix("explorer: ")
 
 
-def fallback_warnings(config: ServerConfig) -> list[str]:
+def fallback_warnings(server: Host) -> list[str]:
     """A line per served model that serves fp32 decoders in place of ones that failed the parity gate (a dropped
     decoder that is not the first its settings name for a device, e.g. the optional torchscript-int8, changes
     nothing it serves)."""
     lines = []
-    for model in config.models:
-        fallback = (Manifest.read(config.export_store / MODELS[model].export) if config.server == "kserve"
-                    else packed_manifest(config.model_store / f"{model}.mar")).fallback
+    for model in server.config.models:
+        fallback = server.served_manifest(model).fallback
         named = {backends[0] for backends in MODELS[model].decoder.values() if backends} if model in MODELS else None
         swapped = {a: b for a, b in (fallback.backends if fallback else {}).items() if named is None or a in named}
         if swapped:
@@ -109,7 +104,7 @@ class Stopper:
     """Signal handler: the first SIGINT/SIGTERM asks for a draining stop, the second for an immediate one.
     It only sets events (and writes a line), so a signal never interrupts the cleanup itself."""
 
-    def __init__(self, server: TorchServe, drain_timeout: float) -> None:
+    def __init__(self, server: Host, drain_timeout: float) -> None:
         self.server, self.drain_timeout, self.signals = server, drain_timeout, 0
 
     def __call__(self, signum: int, frame: object) -> None:
@@ -129,13 +124,11 @@ def say(line: str) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     config = config_of(parser().parse_args(argv))
-    server = HOSTS[config.server](config)
+    server = host_class(config.server)(config)
     stopper = Stopper(server, config.drain_timeout)
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, stopper)
-    kserve = config.server == "kserve"
-    name = f"KServe's ModelServer ({server.processes} processes)" if kserve else "TorchServe"
-    say(f"starting {name} on {server.url} (logs: {server.log_dir}) ...")
+    say(f"starting {server.description} on {server.url} (logs: {server.log_dir}) ...")
     try:
         server.start()
     except ServerError as e:  # start() has already stopped what it started
@@ -149,22 +142,19 @@ def main(argv: list[str] | None = None) -> int:
         if config.explorer:
             explorer, url = start_explorer(server, config)
             explorer_line = f"  explorer: {url}\n"
-        warnings = fallback_warnings(config)
+        warnings = fallback_warnings(server)
     except (ServerError, ManifestError, OSError, ValueError) as e:
         say(f"error: {e}")
         server.stop(drain=False)
         return 1
     auth = f"off (listening on {config.host}; the container turns it on)"
     if config.token_auth:
-        renewal = ("they do not expire" if kserve else f"renewed every {server.renewer.interval / 60:.3g} min (read "
-                   "the inference key for each request; on 400 InvalidKeyException read it again and retry once)")
-        auth = f"on: keys in {server.key_file}, {renewal}; send 'Authorization: Bearer <inference key>'"
-    metrics = f"{server.url}/metrics (KServe)" if kserve else f"{server.torchserve_metrics_url} (TorchServe)"
+        auth = f"on: keys in {server.key_file}, {server.key_note}; send 'Authorization: Bearer <inference key>'"
     say(f"ready: {', '.join(config.models)}\n"
         f"  curl -s -X POST {server.url}/predictions/sample -H 'Content-Type: application/json' "
         f"-d '{{\"n\": 16, \"seed\": 1}}' -o samples.png\n"
         f"{explorer_line}"
-        f"  metrics: {server.metrics_url} (handlers), {metrics}\n"
+        f"  metrics: {server.metrics_url} (handlers), {server.own_metrics}\n"
         f"  token auth: {auth}; model API: off; access log: {'on' if config.access_log else 'off'}\n"
         + "".join(warnings) + "Ctrl-C stops.")
     code = 0

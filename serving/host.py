@@ -1,22 +1,64 @@
-"""What both hosts share (``serving/server.py``'s TorchServe, ``serving/kserve_host.py``'s KServe): a private temp
-dir, the addresses and files a client or the health check reads, the keys, and a stop that always cleans up."""
+"""The one interface of a host (``Host``) and what every host shares: a private temp dir, the addresses and files a
+client or the health check reads, the keys, the handlers' metrics exporter, the drain's rule and its words, and a
+stop that always cleans up. The launcher (``serving/__main__.py``) and the health check (``serving/health.py``)
+call a host only through it; ``host_class`` finds the class of a ``ServerConfig.server`` (``settings.HOSTS``)."""
 
 from __future__ import annotations
 
 import contextlib
+import importlib
 import shutil
 import subprocess
 import tempfile
 import threading
+from dataclasses import dataclass
 from pathlib import Path
 
 from fmvae_client import Keys
-from prometheus_client import CollectorRegistry
+from prometheus_client import CollectorRegistry, multiprocess
 
+from runtime.manifest import Manifest
 from serving.httpd import MetricsServer
 from serving.keys import read_keys
 from serving.process import ProcessGroup
-from serving.settings import DRAIN_FILE, KEY_FILE, ServerConfig
+from serving.settings import DRAIN_FILE, HOSTS, KEY_FILE, ServerConfig
+
+# The drain's rule on every host: a host stops once nothing is in flight and nothing was answered (or arrived) for
+# this long, every open connection having had its last answer.
+QUIET_SECONDS = 0.3
+
+
+def drained(seconds: float, how: str = "new connections refused") -> str:
+    """The operator's line for a drain that ended as it should."""
+    return f"drained in {seconds:.1f} s: accepted work answered, nothing more for {QUIET_SECONDS:g} s ({how})"
+
+
+def cut_short(seconds: float) -> str:
+    return f"drain cut short after {seconds:.1f} s (asked to stop now)"
+
+
+def timed_out(timeout: float, detail: str = "") -> str:
+    return f"drain timed out after {timeout:g} s" + (f" {detail}" if detail else "")
+
+
+@dataclass(frozen=True)
+class Probe:
+    """Where a health check looks: the inference URL, the routes that must be served, the host's working directory
+    (key file, drain mark, status files; None: none given) and TorchServe's management URL."""
+
+    url: str
+    models: tuple[str, ...]
+    work_dir: Path | None = None
+    management_url: str = ""
+
+    def keys(self, kind: str) -> Keys:
+        """The ``kind`` key from the key file in the working directory, when there is one."""
+        key_file = self.work_dir / KEY_FILE if self.work_dir is not None else None
+        return Keys(key_file=key_file if key_file is not None and key_file.is_file() else None, kind=kind)
+
+    @property
+    def draining(self) -> bool:
+        return self.work_dir is not None and (self.work_dir / DRAIN_FILE).exists()
 
 
 def reach(host: str) -> str:
@@ -24,12 +66,22 @@ def reach(host: str) -> str:
     return "127.0.0.1" if host in ("0.0.0.0", "::", "") else host
 
 
+def host_class(kind: str) -> type[Host]:
+    """The class of the host ``kind`` (a key of ``settings.HOSTS``)."""
+    module, _, name = HOSTS[kind].partition(":")
+    return getattr(importlib.import_module(module), name)
+
+
 class Host:
     """One host's process group and metrics exporter; a context manager that always cleans up. ``interrupted``
-    aborts a start in progress; ``hurry`` cuts a drain short. A host defines ``start``, ``drain`` and
-    ``log_tail``; ``release`` frees what it holds beside its process group."""
+    aborts a start in progress; ``hurry`` cuts a drain short.
 
-    kind: str  # "torchserve" or "kserve": ServerConfig.server
+    A host defines: ``start`` (returns once ``problems`` of its own ``probe`` is empty), ``problems`` (its health
+    rule, also its readiness), ``drain``, ``log_tail``, ``served_manifest`` (the export manifest a route serves),
+    the banner's words (``description``, ``key_note``, ``own_metrics``); optionally ``notes`` (what the health
+    check reports beside a healthy answer) and ``release`` (what it holds beside its process group)."""
+
+    kind: str  # ServerConfig.server, a key of settings.HOSTS
     title: str  # how its messages name it
     ports: tuple[str, ...]  # the ServerConfig ports it listens on
 
@@ -89,6 +141,48 @@ class Host:
         if self.process is not None and self.process.poll() is not None:
             return f"{self.title} exited with code {self.process.returncode}\n{self.log_tail()}"
         return None
+
+    @property
+    def description(self) -> str:
+        """What the launcher's first line says it starts."""
+        return self.title
+
+    @property
+    def key_note(self) -> str:
+        """How the keys live (token auth on), for the banner."""
+        raise NotImplementedError
+
+    @property
+    def own_metrics(self) -> str:
+        """The host's own metrics endpoint (beside the handlers'), for the banner."""
+        raise NotImplementedError
+
+    def probe(self) -> Probe:
+        """This host's ``Probe``."""
+        return Probe(self.url, tuple(self.config.models), self.work_dir)
+
+    @staticmethod
+    def problems(probe: Probe) -> list[str]:
+        """What keeps the host at ``probe`` from serving every route (empty: healthy and ready)."""
+        raise NotImplementedError
+
+    @staticmethod
+    def notes(probe: Probe) -> list[str]:
+        """What the health check says beside a healthy answer (e.g. a process being replaced)."""
+        return []
+
+    def served_manifest(self, model: str) -> Manifest:
+        raise NotImplementedError
+
+    def start_exporter(self) -> Path:
+        """The handlers' metrics exporter over a new multiprocess folder (returned: the processes write there)."""
+        multiproc = self.tmp / "prometheus"
+        multiproc.mkdir()
+        self.registry = CollectorRegistry()
+        multiprocess.MultiProcessCollector(self.registry, path=str(multiproc))
+        self.exporter = MetricsServer(self.config.metrics_host, self.config.metrics_port, self.registry,
+                                      self.config.idle_timeout, self.config.request_timeout)
+        return multiproc
 
     def log_tail(self, lines: int = 40) -> str:
         raise NotImplementedError

@@ -115,6 +115,8 @@ WORKERS = {"sample": 2}
 GPU_ROUTES = tuple(name for name, route in ROUTES.items() if route.export == ARTIFACT_DIR)
 MODELS = {name: model_spec(route, WORKERS.get(name, 1), name in GPU_ROUTES) for name, route in ROUTES.items()}
 STORE_WORKERS = sum(spec.workers for spec in MODELS.values())  # among which threads "auto" divides the CPUs
+# The hosts (--server): each a package of serving/ whose class implements serving/host.py's Host.
+HOSTS = {"torchserve": "serving.torchserve.host:TorchServe", "kserve": "serving.kserve.host:KServe"}
 ARCHIVE_DIR = Path("build/model_store")  # where `make archives` writes the .mar files that `make serve` serves
 # In TorchServe's working directory: its key file (token auth on), and the launcher's mark while it drains.
 KEY_FILE = "key_file.json"
@@ -133,8 +135,7 @@ class ServerConfig:
     logs. Every field is a flag of ``python -m serving`` (``serving/__main__.py`` derives them)."""
 
     server: str = setting("torchserve", "the host: TorchServe (the design card's) or KServe's ModelServer "
-                          "(maintained; every route in each of --processes processes)",
-                          choices=("torchserve", "kserve"))
+                          "(maintained; every route in each of --processes processes)", choices=tuple(HOSTS))
     host: str = setting("127.0.0.1", "inference API address")
     metrics_host: str = setting("127.0.0.1", "metrics addresses")
     inference_port: int = setting(8080, "inference API port")

@@ -18,10 +18,11 @@ from deploy import image, lock
 from deploy.errors import ImageError
 from runtime.artifacts import ARTIFACT_DIR
 from runtime.manifest import Manifest
-from serving.__main__ import HOSTS, parser
+from serving.__main__ import parser
 from serving.checks import PORT_ROLES
+from serving.host import host_class
 from serving.routes import ROUTES
-from serving.settings import MODELS, ServerConfig
+from serving.settings import HOSTS, MODELS, ServerConfig
 from serving.torchserve.archive import CODE_DIRS
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -121,7 +122,7 @@ def test_entrypoint_is_make_serve_with_container_flags(host):
     assert health[health.index("--work-dir") + 1] == str(args.work_dir)  # it finds the key file
     assert ("--server" in health) == (host != "torchserve") and host in health + ["torchserve"]
     exposed = {int(p) for name, ports in stage(f"host-{host}") if name == "EXPOSE" for p in ports.split()}
-    public = {PORT_ROLES[field] for field in HOSTS[host].ports} - {"management", "explorer page", "gRPC inference",
+    public = {PORT_ROLES[field] for field in host_class(host).ports} - {"management", "explorer page", "gRPC inference",
                                                                      "gRPC management"}
     assert exposed == {getattr(args, field) for field, role in PORT_ROLES.items() if role in public}
 

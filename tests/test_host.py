@@ -299,12 +299,16 @@ def test_replacements_that_keep_failing_end_the_supervisor_after_the_retries(tmp
 
 
 def test_the_health_check_names_a_process_being_replaced(tmp_path):
-    from serving.health import process_gaps
+    from serving.host import Probe
+    from serving.kserve.host import KServe
 
-    assert process_gaps(tmp_path) == [] and process_gaps(None) == []
+    def gaps(work_dir: Path | None) -> list[str]:
+        return KServe.notes(Probe("http://127.0.0.1:1", ("sample",), work_dir))
+
+    assert gaps(tmp_path) == [] and gaps(None) == []
     (tmp_path / "processes.json").write_text(json.dumps({"processes": 2, "serving": 1, "replacing": [
         {"index": 0, "since": time.time() - 1.5, "why": "killed by SIGKILL after 35.2 s"}]}))
-    (gap,) = process_gaps(tmp_path)
+    (gap,) = gaps(tmp_path)
     assert gap.startswith("process 0 being replaced for 1.") and gap.endswith(
         "s (killed by SIGKILL after 35.2 s); 1 of 2 serving")
 

@@ -259,7 +259,7 @@ def test_soak_stops_its_clients_when_a_measurement_raises(monkeypatch, tmp_path)
     def scrape_fails(url: str) -> float:
         raise RuntimeError("the metrics endpoint is gone")
 
-    monkeypatch.setattr(soak, "HOSTS", {"torchserve": Host})
+    monkeypatch.setattr(soak, "host_class", lambda kind: Host)
     monkeypatch.setattr(soak, "Client", User)
     monkeypatch.setattr(soak, "worker_memory", scrape_fails)
     before = set(threading.enumerate())

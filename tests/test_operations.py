@@ -94,7 +94,7 @@ def test_keys_are_renewed_before_they_expire_under_load(current_store, tmp_path,
             t.start()
         deadline = time.monotonic() + 30  # five key lifetimes
         while time.monotonic() < deadline:
-            health.append(problems(ts.url, ts.management_url, list(config.models), ts.work_dir))
+            health.append(problems(ts.probe()))
             proxied.append(call(f"{page.url}/api/predictions/decode2d", DECODE_2D, cookie)[0])
             time.sleep(1)
         stop.set()

@@ -45,6 +45,7 @@ from handlers import device
 from handlers.errors import SHUTTING_DOWN, RequestError
 from handlers.schema import PATH_PREFIX
 from handlers.service import Reply
+from serving.host import QUIET_SECONDS
 from serving.inprocess import load_service
 from serving.keys import read_keys
 from serving.kserve.http_protocol import http_protocol
@@ -52,8 +53,6 @@ from serving.kserve.lane import Lane
 from serving.kserve.request_path import METHOD_NOT_ALLOWED, HostRules, Refusals, Traffic, error_reply
 from serving.kserve.supervisor import supervise
 from serving.settings import spec_from_document
-
-QUIET_SECONDS = 0.3  # a draining process exits once nothing was in flight or arrived for this long
 
 
 class App:

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import os
-import secrets
 import signal
 import socket
 import sys
@@ -22,18 +21,18 @@ from pathlib import Path
 from typing import IO
 
 from fmvae_client import ClientError, fetch
-from prometheus_client import CollectorRegistry, multiprocess
 
 from runtime.cpus import available_cpus
+from runtime.manifest import Manifest
 from serving import listener
 from serving.checks import check_export, check_ports
 from serving.errors import ServerError
-from serving.host import Host
-from serving.httpd import MetricsServer
+from serving.host import Host, Probe, cut_short, drained, timed_out
+from serving.keys import write_keys
 from serving.kserve.supervisor import STATUS_FILE
 from serving.logs import RotatingFile, check_writable, copy_output
 from serving.process import ProcessGroup
-from serving.settings import MODELS, ModelSpec, ServerConfig, spec_document
+from serving.settings import MODELS, ROOT, ModelSpec, ServerConfig, spec_document
 
 READY_LINE = b": ready, "  # what a serving process prints once its routes are loaded (serving/kserve_app.py)
 OUTPUT = "kserve.out"  # the processes' output, in the log folder
@@ -75,18 +74,13 @@ class KServe(Host):
             self.work_dir.mkdir(parents=True, exist_ok=True)
             self.drain_file.unlink(missing_ok=True)
             if self.config.token_auth:
-                self.write_keys()
+                write_keys(self.key_file)
             self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
             self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             self.sock.bind((self.config.host, self.config.inference_port))
             self.sock.listen(1024)
             self.sock.set_inheritable(True)
-            multiproc = self.tmp / "prometheus"
-            multiproc.mkdir()
-            self.registry = CollectorRegistry()
-            multiprocess.MultiProcessCollector(self.registry, path=str(multiproc))
-            self.exporter = MetricsServer(self.config.metrics_host, self.config.metrics_port, self.registry,
-                                          self.config.idle_timeout, self.config.request_timeout)
+            multiproc = self.start_exporter()
             settings = self.tmp / "kserve.json"
             settings.write_text(json.dumps({
                 "models": {m: spec_document(self.specs[m]) for m in self.config.models},
@@ -100,7 +94,7 @@ class KServe(Host):
             fd = self.sock.fileno()
             self.group = ProcessGroup([sys.executable, "-m", "serving.kserve.app", "--socket-fd", str(fd),
                                        "--settings", str(settings), "--processes", str(self.processes)],
-                                      env, Path(__file__).resolve().parent.parent,
+                                      env, ROOT,
                                       leftovers=[self.tmp, self.drain_file, self.status_file], pass_fds=(fd,),
                                       forwards=True)
             output = RotatingFile(self.log_dir / OUTPUT, self.config.log_max_bytes, self.config.log_backups)
@@ -128,18 +122,10 @@ class KServe(Host):
             self._start_lines.close()
             self._start_lines = None
 
-    def write_keys(self) -> None:
-        """A key file in TorchServe's format, readable by this user only."""
-        keys = {kind: {"key": secrets.token_urlsafe(16)} for kind in ("management", "inference", "API")}
-        tmp = self.key_file.with_suffix(".tmp")
-        tmp.touch(mode=0o600)
-        tmp.write_text(json.dumps(keys))
-        os.replace(tmp, self.key_file)
-
     def wait_ready(self, timeout: float) -> None:
-        """Until every serving process says it is ready and the readiness endpoint agrees for every route."""
+        """Until every serving process says it is ready and the host answers for every route (``problems``)."""
         deadline = time.monotonic() + timeout
-        while self._ready < self.processes or not self.routes_ready():
+        while self._ready < self.processes or self.problems(self.probe()):
             if self.interrupted.is_set():
                 raise ServerError("interrupted while starting")
             if (gone := self.died()) is not None:
@@ -148,12 +134,49 @@ class KServe(Host):
                 raise ServerError(f"not ready after {timeout:.0f} s\n{self.log_tail()}")
             time.sleep(0.1)
 
-    def routes_ready(self) -> bool:
+    @staticmethod
+    def problems(probe: Probe) -> list[str]:
+        """KServe's liveness (/v2/health/live) and each route's readiness (/v2/models/<route>/ready)."""
+        keys = probe.keys("inference")
         try:
-            return all(fetch(f"{self.url}/v2/models/{m}/ready", self.keys("inference")).get("ready")
-                       for m in self.config.models)
-        except (ClientError, ValueError):
-            return False
+            fetch(f"{probe.url}/v2/health/live", keys)
+        except (ClientError, ValueError) as e:
+            return [f"/v2/health/live: {e}"]
+        found = []
+        for model in probe.models:
+            try:
+                if not fetch(f"{probe.url}/v2/models/{model}/ready", keys).get("ready"):
+                    found.append(f"{model}: not ready")
+            except (ClientError, ValueError) as e:
+                found.append(f"{model}: {e}")
+        return found
+
+    @staticmethod
+    def notes(probe: Probe) -> list[str]:
+        """The serving processes being replaced (the supervisor's status file in the working directory): the host
+        still answers, with fewer processes, while they are."""
+        try:
+            status = json.loads((probe.work_dir / STATUS_FILE).read_text()) if probe.work_dir is not None else {}
+        except (OSError, ValueError):
+            return []
+        return [f"process {gap['index']} being replaced for {time.time() - gap['since']:.1f} s ({gap['why']}); "
+                f"{status['serving']} of {status['processes']} serving" for gap in status.get("replacing", [])]
+
+    @property
+    def description(self) -> str:
+        return f"KServe's ModelServer ({self.processes} processes)"
+
+    @property
+    def key_note(self) -> str:
+        return "they do not expire"
+
+    @property
+    def own_metrics(self) -> str:
+        return f"{self.url}/metrics (KServe)"
+
+    def served_manifest(self, model: str) -> Manifest:
+        """The export manifest of the route's export folder."""
+        return Manifest.read(self.config.export_store / self.specs[model].export)
 
     def log_tail(self, lines: int = 40) -> str:
         """The last lines of the processes' output."""
@@ -176,11 +199,9 @@ class KServe(Host):
             time.sleep(0.05)
         elapsed = time.monotonic() - started
         if self.process.poll() is None:
-            self.drained = (f"drain cut short after {elapsed:.1f} s (asked to stop now)" if self.hurry.is_set()
-                            else f"drain timed out after {self.config.drain_timeout:g} s")
+            self.drained = cut_short(elapsed) if self.hurry.is_set() else timed_out(self.config.drain_timeout)
         else:
-            self.drained = (f"drained in {elapsed:.1f} s: accepted work answered, nothing more for 0.3 s "
-                            "(new connections refused)")
+            self.drained = drained(elapsed)
 
     def release(self) -> None:
         if self.sock is not None and self.sock.fileno() != -1:

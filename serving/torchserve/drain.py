@@ -20,7 +20,7 @@ from pathlib import Path
 from fmvae_client import ClientError, Keys, fetch
 from prometheus_client import CollectorRegistry
 
-QUIET_SECONDS = 0.3
+from serving.host import QUIET_SECONDS, cut_short, drained, timed_out
 
 
 @dataclass(frozen=True)
@@ -77,9 +77,8 @@ def drain(drain_file: Path, state: Callable[[], Load], timeout: float, hurry: th
         if not settled:
             last, quiet_since = now, time.monotonic()
         elif time.monotonic() - quiet_since >= QUIET_SECONDS:
-            return (f"drained in {time.monotonic() - started:.1f} s: accepted work answered, nothing more for "
-                    f"{QUIET_SECONDS:g} s ({how})")
+            return drained(time.monotonic() - started, how)
         time.sleep(0.05)
     if hurry.is_set():
-        return f"drain cut short after {time.monotonic() - started:.1f} s (asked to stop now)"
-    return f"drain timed out after {timeout:g} s with {last.queued} request(s) still queued ({how})"
+        return cut_short(time.monotonic() - started)
+    return timed_out(timeout, f"with {last.queued} request(s) still queued ({how})")

@@ -22,21 +22,21 @@ import os
 import shutil
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 from fmvae_client import ClientError, fetch
-from prometheus_client import CollectorRegistry, multiprocess
 
+from runtime.manifest import Manifest
 from serving import listener
 from serving.checks import PORT_ROLES, check_ports
 from serving.errors import ServerError
-from serving.host import Host, reach
-from serving.httpd import MetricsServer
+from serving.host import Host, Probe, reach
 from serving.logs import RotatingFile, check_writable, copy_output
 from serving.process import ProcessGroup
 from serving.settings import ServerConfig
 from serving.torchserve import drain
-from serving.torchserve.archive import check_archive
+from serving.torchserve.archive import check_archive, packed_manifest
 from serving.torchserve.keys import KeyRenewer
 from serving.torchserve.logs import ServerLogs
 
@@ -113,23 +113,18 @@ class TorchServe(Host):
                 check_archive(store / f"{model}.mar")
             check_ports(self.config, self.ports)
             check_writable(self.log_dir)
-            multiproc = self.tmp / "prometheus"
-            multiproc.mkdir()
             self.work_dir.mkdir(parents=True, exist_ok=True)
             self.logs.mark()
             self.drain_file.unlink(missing_ok=True)  # left by a launcher that was killed while draining
             properties = self.tmp / "config.properties"
             properties.write_text(config_properties(self.config, store))
+            multiproc = self.start_exporter()
             env = os.environ | {
                 "TMPDIR": str(self.tmp), "TEMP": str(self.tmp),  # pid file (Python) and java.io.tmpdir (sockets)
                 "LOG_LOCATION": str(self.log_dir), "METRICS_LOCATION": str(self.log_dir),
                 "PROMETHEUS_MULTIPROC_DIR": str(multiproc), "FMVAE_DRAIN_FILE": str(self.drain_file),
                 "FMVAE_ACCESS_LOG": "1" if self.config.access_log else "0",  # the workers' lines with request IDs
             }
-            self.registry = CollectorRegistry()
-            multiprocess.MultiProcessCollector(self.registry, path=str(multiproc))
-            self.exporter = MetricsServer(self.config.metrics_host, self.config.metrics_port, self.registry,
-                                          self.config.idle_timeout, self.config.request_timeout)
             # TorchServe's own entry point run by this interpreter (what its `torchserve` script runs), so that a
             # TorchServe installed with `pip --target` starts too.
             self.group = ProcessGroup([sys.executable, "-m", "ts.model_server", "--start", "--foreground", "--ncs",
@@ -146,31 +141,62 @@ class TorchServe(Host):
         return self
 
     def wait_ready(self, timeout: float) -> None:
-        """Poll until each model has a READY worker that belongs to this server; fail fast on load failures."""
+        """Poll until every model has a READY worker (``problems``) that belongs to this server; fail fast on load
+        failures."""
         deadline = time.monotonic() + timeout
-        pending = set(self.config.models)
-        while pending:
+        while found := self.problems(self.probe()):
             if self.interrupted.is_set():
                 raise ServerError("interrupted while starting")
             if (gone := self.died()) is not None:
                 raise ServerError(gone)
-            failure = self.logs.load_failure(pending, self.config.model_store)
+            failure = self.logs.load_failure(set(self.config.models), self.config.model_store)
             if failure:
                 raise ServerError(failure)
             if time.monotonic() > deadline:
-                raise ServerError(f"models {sorted(pending)} not ready after {timeout:.0f} s\n{self.log_tail()}")
-            for model in sorted(pending):
-                try:
-                    described = fetch(f"{self.management_url}/models/{model}", self.keys("management"))
-                except (ClientError, ValueError, KeyError):
-                    continue
-                ready = [w["pid"] for d in described for w in d.get("workers", []) if w.get("status") == "READY"]
-                if ready and not all(self.group.owns(pid) for pid in ready):
-                    raise ServerError(f"the management API on port {self.config.management_port} answers for "
-                                      f"workers this launcher did not start (pids {ready}): another server?")
-                if ready:
-                    pending.discard(model)
+                raise ServerError(f"not ready after {timeout:.0f} s: {'; '.join(found)}\n{self.log_tail()}")
             time.sleep(0.2)
+        for model in self.config.models:
+            ready = [w["pid"] for d in fetch(f"{self.management_url}/models/{model}", self.keys("management"))
+                     for w in d.get("workers", []) if w.get("status") == "READY"]
+            if not all(self.group.owns(pid) for pid in ready):
+                raise ServerError(f"the management API on port {self.config.management_port} answers for "
+                                  f"workers this launcher did not start (pids {ready}): another server?")
+
+    def probe(self) -> Probe:
+        return replace(super().probe(), management_url=self.management_url)
+
+    @staticmethod
+    def problems(probe: Probe) -> list[str]:
+        """TorchServe answers /ping "Healthy" and every model has at least one READY worker (its own /ping stays
+        "Healthy" for a model it failed to load, and only says "Partial Healthy" once all its workers are down)."""
+        try:
+            status = fetch(f"{probe.url}/ping", probe.keys("inference")).get("status")
+        except (ClientError, ValueError) as e:
+            return [f"/ping: {e}"]
+        found = [] if status == "Healthy" else [f"/ping says {status!r}"]
+        for model in probe.models:
+            try:
+                workers = [w for d in fetch(f"{probe.management_url}/models/{model}", probe.keys("management"))
+                           for w in d.get("workers", [])]
+            except (ClientError, ValueError) as e:
+                found.append(f"{model}: {e}")
+                continue
+            if not any(w.get("status") == "READY" for w in workers):
+                found.append(f"{model}: no READY worker (0 of {len(workers)})")
+        return found
+
+    @property
+    def key_note(self) -> str:
+        return (f"renewed every {self.renewer.interval / 60:.3g} min (read the inference key for each request; on "
+                "400 InvalidKeyException read it again and retry once)")
+
+    @property
+    def own_metrics(self) -> str:
+        return f"{self.torchserve_metrics_url} (TorchServe)"
+
+    def served_manifest(self, model: str) -> Manifest:
+        """The export manifest packed in the model's archive."""
+        return packed_manifest(self.config.model_store / f"{model}.mar")
 
     def log_tail(self, lines: int = 40) -> str:
         """The last lines of TorchServe's logs, for error messages."""
