@@ -30,7 +30,7 @@ from bench.errors import BenchError
 from explorer.server import Explorer
 from runtime import artifacts
 from runtime.errors import FmvaeError
-from serving.settings import ServerConfig
+from serving.settings import ServerConfig, TorchServeConfig
 from serving.torchserve import archive
 from serving.torchserve.host import TorchServe
 
@@ -113,7 +113,7 @@ def run(moves: int, gap_ms: float, rounds: int, artifact_dir: Path, screenshot: 
     """Serve everything, drag each space ``rounds`` times along each path; the report."""
     with tempfile.TemporaryDirectory() as store:
         archive.build_store(artifact_dir.parent, Path(store))
-        config = ServerConfig(model_store=Path(store)).with_free_ports()
+        config = ServerConfig(torchserve=TorchServeConfig(model_store=Path(store))).with_free_ports()
         with TorchServe(config) as ts:
             explorer = Explorer(ts.url, config.models, Path(store))
             threading.Thread(target=explorer.serve_forever, daemon=True).start()

@@ -21,7 +21,6 @@ import sys
 import tempfile
 import threading
 import time
-from dataclasses import fields
 from pathlib import Path
 
 import psutil
@@ -68,8 +67,7 @@ class Senders:
 def launch(host: str, store: Path, folder: Path) -> tuple[subprocess.Popen, ServerConfig]:
     """``python -m serving`` for ``host``, once it says it is ready."""
     config = ServerConfig().with_free_ports()
-    ports = [a for f in fields(ServerConfig) if f.name.endswith("_port")
-             for a in (f"--{f.name.replace('_', '-')}", str(getattr(config, f.name)))]
+    ports = config.port_flags()
     cmd = [sys.executable, "-m", "serving", "--server", host, "--model-store", str(store), "--export-store",
            str(artifacts.DEFAULT_DIR.parent), "--models", *MODELS, "--no-explorer", "--log-dir", str(folder / "logs"),
            "--work-dir", str(folder / "work"), *ports]
@@ -105,7 +103,7 @@ def kill_and_time(host: str, launcher: subprocess.Popen, config: ServerConfig, f
     (leader,) = [c for c in psutil.Process(launcher.pid).children()
                  if {"ts.model_server", "serving.kserve.app"} & set(c.cmdline())]
     if host == "torchserve":
-        management = f"http://127.0.0.1:{config.management_port}"
+        management = f"http://127.0.0.1:{config.torchserve.management_port}"
         victim = sample_workers(management)[0][0]
         os.kill(victim, signal.SIGKILL)
         start = time.monotonic()

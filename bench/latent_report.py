@@ -42,7 +42,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 from runtime import artifacts
 from runtime.images import png_bytes, tile, to_uint8
 from serving.routes import EXPORT_2D, ROUTES, example
-from serving.settings import MODELS, ServerConfig
+from serving.settings import MODELS, ServerConfig, TorchServeConfig
 from serving.torchserve import archive
 from serving.torchserve.host import TorchServe
 from training import classifier, data
@@ -314,7 +314,8 @@ def main(argv: list[str] | None = None) -> None:
     start = time.monotonic()
     with tempfile.TemporaryDirectory() as store:
         archive.build_store(args.artifacts.parent, Path(store))
-        with TorchServe(ServerConfig(model_store=Path(store), models=tuple(MODELS)).with_free_ports()) as server:
+        with TorchServe(ServerConfig(torchserve=TorchServeConfig(model_store=Path(store)),
+                                     models=tuple(MODELS)).with_free_ports()) as server:
             client = Api(Client(server.url, timeout=300))
             report = {"per_class": args.per_class, "edits_per_class": args.edits, "pairs": args.pairs,
                       "class_samples": class_samples(client, clf, test, args.per_class),

@@ -41,7 +41,7 @@ from runtime import artifacts, backends
 from runtime.manifest import Manifest
 from serving.kserve.host import KServe
 from serving.routes import PATH_PREFIX, ROUTES, example
-from serving.settings import DECODER, MODELS, STORE_WORKERS, ModelSpec, ServerConfig
+from serving.settings import DECODER, MODELS, STORE_WORKERS, KServeConfig, ModelSpec, ServerConfig, TorchServeConfig
 from serving.torchserve import archive
 from serving.torchserve.host import TorchServe
 
@@ -161,7 +161,8 @@ def bench_server(artifact_dir: Path, references: tuple[str, ...], served: dict[s
     with tempfile.TemporaryDirectory() as tmp:
         models = (MODELS if served is None else served) | {name: REFERENCE_MODELS[name] for name in references}
         archive.build_store(artifact_dir.parent, Path(tmp), models)
-        config = ServerConfig(model_store=Path(tmp), models=tuple(models)).with_free_ports()
+        config = ServerConfig(torchserve=TorchServeConfig(model_store=Path(tmp)),
+                              models=tuple(models)).with_free_ports()
         with TorchServe(config) as server:
             def serve(model: str, body: dict, concurrency: int) -> Callable[[float], Tally]:
                 return lambda s: load(config.host, config.inference_port, model, body, concurrency, s)
@@ -175,8 +176,8 @@ def bench_kserve(artifact_dir: Path, processes: int = 0, batch: int = 0, models:
     """The KServe host with the ``models`` routes of ``artifact_dir``'s store (``processes``: 0, its default of one
     per CPU; ``batch``: requests per inference call, 0 each route's batch size), and ``serve(model, body,
     concurrency) -> (seconds -> Tally)``."""
-    config = ServerConfig(server="kserve", export_store=artifact_dir.parent, processes=processes,
-                          kserve_batch=batch, models=models).with_free_ports()
+    config = ServerConfig(server="kserve", export_store=artifact_dir.parent,
+                          kserve=KServeConfig(processes=processes, batch_size=batch), models=models).with_free_ports()
     with KServe(config) as host:
         def serve(model: str, body: dict, concurrency: int) -> Callable[[float], Tally]:
             return lambda s: load("127.0.0.1", config.inference_port, model, body, concurrency, s)

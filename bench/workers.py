@@ -22,7 +22,7 @@ import psutil
 
 from runtime import artifacts
 from serving.kserve.host import KServe
-from serving.settings import MODELS, ServerConfig
+from serving.settings import MODELS, KServeConfig, ServerConfig, TorchServeConfig
 from serving.torchserve import archive
 from serving.torchserve.host import TorchServe
 
@@ -63,11 +63,13 @@ def main(argv: list[str] | None = None) -> None:
     with tempfile.TemporaryDirectory() as store:
         archive.build_store(args.artifacts.parent, Path(store))
         for name, models in LAYOUTS.items():
-            with TorchServe(ServerConfig(model_store=Path(store), models=models).with_free_ports()) as server:
+            with TorchServe(ServerConfig(torchserve=TorchServeConfig(model_store=Path(store)),
+                                         models=models).with_free_ports()) as server:
                 time.sleep(5)  # let start-up work finish
                 rows[f"TorchServe, {name}"] = measure(server, args.idle) | {"routes": len(models)}
     for processes in (1, 0):
-        config = ServerConfig(server="kserve", export_store=args.artifacts.parent, processes=processes)
+        config = ServerConfig(server="kserve", export_store=args.artifacts.parent,
+                              kserve=KServeConfig(processes=processes))
         with KServe(config.with_free_ports()) as host:
             time.sleep(5)
             rows[f"KServe host, {host.processes} process(es) of every route"] = measure(host, args.idle) | {

@@ -49,7 +49,7 @@ WHEELS = ROOT / "deploy" / "wheels"
 CPU_TORCH = "torch==2.13.0+cpu"
 CPU_INDEX = "https://download.pytorch.org/whl/cpu"
 # Each host's ports in its image: the server's defaults (the explorer is off in the container).
-PORTS = {host: {PORT_ROLES[field]: getattr(ServerConfig, field) for field in cls.ports if field != "explorer_port"}
+PORTS = {host: {PORT_ROLES[field]: ServerConfig().ports()[field] for field in cls.ports if field != "explorer_port"}
          for host, cls in ((kind, host_class(kind)) for kind in HOSTS)}
 # Every route, with its example (the OpenAPI document's, latents cut to the route's model).
 EXAMPLES = {name: route_example(name, ROOT / "model_store") for name in ROUTES}

@@ -27,7 +27,7 @@ from fmvae_client import ClientError, request
 
 from loadtest.mix import RETRIED, mix
 from monitoring.prometheus import Prometheus
-from serving.settings import ServerConfig
+from serving.settings import ServerConfig, TorchServeConfig
 from serving.torchserve.host import TorchServe
 
 LOCUSTFILE = Path(__file__).resolve().parent / "locustfile.py"
@@ -127,14 +127,15 @@ def main(argv: list[str] | None = None) -> int:
             host = urlparse(args.host).hostname
             handler_metrics = urlparse(args.metrics_url).netloc if args.metrics_url else \
                 f"{host}:{ServerConfig.metrics_port}"
-            scrape = {"fmvae-handlers": handler_metrics, "torchserve": f"{host}:{ServerConfig.torchserve_metrics_port}"}
+            scrape = {"fmvae-handlers": handler_metrics,
+                      "torchserve": f"{host}:{TorchServeConfig.torchserve_metrics_port}"}
             print(f"using the server at {args.host}")
         elif args.host == DEFAULT_HOST:
-            print(f"nothing answers at {args.host}: starting TorchServe with {ServerConfig.model_store}/ for this run",
-                  flush=True)
+            print(f"nothing answers at {args.host}: starting TorchServe with {TorchServeConfig.model_store}/ for this "
+                  "run", flush=True)
             config = stack.enter_context(TorchServe(ServerConfig())).config
             scrape = {"fmvae-handlers": f"{config.host}:{config.metrics_port}",
-                      "torchserve": f"{config.host}:{config.torchserve_metrics_port}"}
+                      "torchserve": f"{config.host}:{config.torchserve.torchserve_metrics_port}"}
         else:
             print(f"error: nothing answers at {args.host}/ping")
             return 2

@@ -31,7 +31,7 @@ import psutil
 from loadtest.__main__ import endpoints, locust_command, locust_stats, targets
 from runtime.cpus import available_cpus
 from serving.host import host_class
-from serving.settings import ARCHIVE_DIR, HOSTS, ServerConfig
+from serving.settings import ARCHIVE_DIR, HOSTS, ServerConfig, TorchServeConfig
 
 SAMPLE_S = 1.0  # how often the CPU counters are read
 
@@ -160,7 +160,7 @@ def held(rounds: list[dict]) -> int:
 @contextlib.contextmanager
 def start(host: str, archives: Path, export_store: Path, logs: Path) -> Iterator[Served]:
     """A fresh server of ``host`` with every route on free ports, its logs in ``logs``."""
-    config = ServerConfig(server=host, model_store=archives, export_store=export_store,
+    config = ServerConfig(server=host, torchserve=TorchServeConfig(model_store=archives), export_store=export_store,
                           log_dir=logs).with_free_ports()
     with host_class(host)(config) as server:
         yield Served(server.url, lambda: group(server.process.pid))

@@ -4,7 +4,7 @@ Starts a TorchServe with the archives of ``make archives`` (``--server kserve``:
 folders) and the default log settings (logs in ``OUT/logs``), then runs ``--clients`` keep-alive clients back to
 back for ``--minutes``, mixing sample (n 1, 4, 16, 64) and interpolate (seeds, 10 steps) in png, json and npy.
 Per minute it records requests, errors, p50 and p99, the workers' resident memory (the handlers' gauge), the JVM's
-resident memory (its heap is bounded by ``ServerConfig.jvm_heap_mb``; none on the KServe host) and the size of the
+resident memory (its heap is bounded by ``TorchServeConfig.jvm_heap_mb``; none on the KServe host) and the size of the
 log folder. Exits 1 when a request failed, the log folder went over its bound (4 files x (backups + 1) x the size
 cap), or the last minute's p50 is over twice the first's.
 Writes ``OUT/soak.json`` and ``OUT/soak.md``.
@@ -27,7 +27,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from serving.host import host_class
 from serving.kserve.host import KServe
-from serving.settings import ServerConfig
+from serving.settings import ServerConfig, TorchServeConfig
 from serving.torchserve.host import TorchServe
 
 BODIES = [("sample", {"n": n, "format": fmt}) for n in (1, 4, 16, 64) for fmt in ("png", "json", "npy")]
@@ -98,7 +98,8 @@ def run(config: ServerConfig, minutes: float, clients: int) -> dict:
     return {"clients": clients, "minutes": minutes, "log_bound_mb": bound, "rows": rows,
             "requests": len(minute_of), "errors": sum(failed for *_, failed in minute_of),
             "memory_growth": rows[-1]["worker_memory_mb"] / rows[0]["worker_memory_mb"] - 1,
-            "jvm_heap_bound_mb": config.jvm_heap_mb, "jvm_memory_max_mb": max(row["jvm_memory_mb"] for row in rows),
+            "jvm_heap_bound_mb": config.torchserve.jvm_heap_mb,
+            "jvm_memory_max_mb": max(row["jvm_memory_mb"] for row in rows),
             "jvm_memory_growth": rows[-1]["jvm_memory_mb"] / rows[0]["jvm_memory_mb"] - 1 if rows[0]["jvm_memory_mb"]
             else 0.0,
             "p50_last_over_first": rows[-1]["p50_ms"] / rows[0]["p50_ms"],
@@ -130,12 +131,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--clients", type=int, default=8)
     parser.add_argument("--out", type=Path, default=Path("runs/soak"))
     parser.add_argument("--server", choices=("torchserve", "kserve"), default=ServerConfig.server, help="the host")
-    parser.add_argument("--jvm-heap-mb", type=int, default=ServerConfig.jvm_heap_mb,
+    parser.add_argument("--jvm-heap-mb", type=int, default=TorchServeConfig.jvm_heap_mb,
                         help="the JVM's heap bound (default %(default)d; 0: none, the JVM's default)")
     args = parser.parse_args(argv)
     out = args.out / datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
     out.mkdir(parents=True, exist_ok=True)
-    config = ServerConfig(server=args.server, log_dir=out / "logs", jvm_heap_mb=args.jvm_heap_mb).with_free_ports()
+    config = ServerConfig(server=args.server, log_dir=out / "logs",
+                          torchserve=TorchServeConfig(jvm_heap_mb=args.jvm_heap_mb)).with_free_ports()
     report = run(config, args.minutes, args.clients)
     text = markdown(report)
     (out / "soak.json").write_text(json.dumps(report, indent=2) + "\n")

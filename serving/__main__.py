@@ -15,7 +15,7 @@ import select
 import signal
 import subprocess
 import sys
-from dataclasses import fields
+from dataclasses import Field, fields, is_dataclass
 from pathlib import Path
 
 from runtime.errors import ManifestError
@@ -27,35 +27,48 @@ from serving.settings import MODELS, ROOT, ServerConfig
 EXPLORER_START_S = 30.0
 
 
+def flags() -> list[tuple[str | None, Field]]:
+    """Every field a flag stands for: (the nested part's name, or None for ``ServerConfig``'s own; the field)."""
+    nested = [f.name for f in fields(ServerConfig) if is_dataclass(f.default_factory)]
+    own = [(None, f) for f in fields(ServerConfig) if f.name not in nested]
+    return own + [(part, f) for part in nested for f in fields(getattr(ServerConfig(), part))]
+
+
 def parser() -> argparse.ArgumentParser:
     """The command line of ``python -m serving`` (also what the Dockerfile's CMD passes): one flag per
-    ``ServerConfig`` field, named after it, with its default and help (``serving/settings.py``)."""
+    ``ServerConfig`` field, the hosts' own nested ones included, named after it (or its ``flag``), with its default
+    and help (``serving/settings.py``)."""
     cli = argparse.ArgumentParser(prog="python -m serving", description=__doc__,
                                   formatter_class=argparse.RawDescriptionHelpFormatter)
     defaults = ServerConfig()
-    for f in fields(ServerConfig):
-        flag, meta = f"--{f.name.replace('_', '-')}", dict(f.metadata)
-        default = meta.pop("launcher_default", getattr(defaults, f.name))
-        text = meta.pop("help")
+    for part, f in flags():
+        meta = dict(f.metadata)
+        name = meta.pop("flag", f.name.replace("_", "-"))
+        default = meta.pop("launcher_default", getattr(getattr(defaults, part) if part else defaults, f.name))
+        text, dest = meta.pop("help"), f"{part}.{f.name}" if part else f.name
         if f.type == "bool":
             if default:
-                cli.add_argument(f"--no-{f.name.replace('_', '-')}", dest=f.name, action="store_false", help=text)
+                cli.add_argument(f"--no-{name}", dest=dest, action="store_false", help=text)
             else:
-                cli.add_argument(flag, action="store_true", help=text)
+                cli.add_argument(f"--{name}", dest=dest, action="store_true", help=text)
             continue
         kind = {"int": int, "float": float, "str": str}.get(f.type, Path)
         if f.type.startswith("tuple"):
-            cli.add_argument(flag, nargs="+", type=str, default=list(default), help=f"{text}", **meta)
+            cli.add_argument(f"--{name}", dest=dest, nargs="+", type=str, default=list(default), help=text, **meta)
         else:
             shown = "" if default is None else " (default %(default)s)"
-            cli.add_argument(flag, type=kind, default=default, help=text + shown, **meta)
+            cli.add_argument(f"--{name}", dest=dest, type=kind, default=default, help=text + shown, **meta)
     return cli
 
 
 def config_of(args: argparse.Namespace) -> ServerConfig:
     """The ServerConfig the parsed flags describe."""
-    return ServerConfig(**{f.name: tuple(getattr(args, f.name)) if f.type.startswith("tuple") else getattr(args, f.name)
-                           for f in fields(ServerConfig)})
+    values: dict[str | None, dict] = {}
+    for part, f in flags():
+        value = getattr(args, f"{part}.{f.name}" if part else f.name)
+        values.setdefault(part, {})[f.name] = tuple(value) if f.type.startswith("tuple") else value
+    nested = {part: type(getattr(ServerConfig(), part))(**given) for part, given in values.items() if part}
+    return ServerConfig(**values[None], **nested)
 
 
 def start_explorer(server: Host, config: ServerConfig) -> tuple[subprocess.Popen | None, str]:
@@ -65,7 +78,7 @@ def start_explorer(server: Host, config: ServerConfig) -> tuple[subprocess.Popen
     output, after the line saying where it listens, goes to ``explorer.log`` in the log folder (rolled over like
     the others) for as long as it runs."""
     cmd = [sys.executable, "-m", "explorer", "--api", server.url, "--port", str(config.explorer_port),
-           "--model-store", str(config.model_store.resolve()), "--parent", str(os.getpid()),
+           "--model-store", str(config.torchserve.model_store.resolve()), "--parent", str(os.getpid()),
            "--idle-timeout", str(config.idle_timeout), "--request-timeout", str(config.request_timeout),
            "--models", *config.models]
     if config.token_auth:

@@ -38,7 +38,8 @@ def check_export(folder: Path) -> None:
 
 def listen_host(config: ServerConfig, field: str) -> str:
     """The address the server listens on for the port ``field``: management and explorer stay on loopback."""
-    if "management" in field or field == "explorer_port" or (field == "grpc_inference_port" and not config.grpc):
+    grpc_on_loopback = field == "grpc_inference_port" and not config.torchserve.grpc
+    if "management" in field or field == "explorer_port" or grpc_on_loopback:
         return "127.0.0.1"
     return config.metrics_host if "metrics" in field else config.host
 
@@ -47,7 +48,7 @@ def check_ports(config: ServerConfig, fields: tuple[str, ...] = tuple(PORT_ROLES
     """Raise ServerError naming the first of the server's ports (``fields``) that something already listens on."""
     for field in fields:
         role = PORT_ROLES[field]
-        port, host = getattr(config, field), listen_host(config, field)
+        port, host = config.ports()[field], listen_host(config, field)
         with socket.socket() as probe:
             probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the servers do: TIME_WAIT is free
             try:

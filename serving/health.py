@@ -27,7 +27,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m serving.health", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--url", default=f"http://127.0.0.1:{defaults.inference_port}", help="inference API")
-    parser.add_argument("--management-url", default=f"http://127.0.0.1:{defaults.management_port}")
+    parser.add_argument("--management-url", default=f"http://127.0.0.1:{defaults.torchserve.management_port}")
     parser.add_argument("--models", nargs="+", default=list(MODELS), help="the models that must be served")
     parser.add_argument("--work-dir", type=Path, help="the host's working directory (key file, drain mark)")
     parser.add_argument("--server", choices=tuple(HOSTS), default=defaults.server, help="the host")

@@ -125,23 +125,18 @@ DRAIN_FILE = "draining"
 
 def setting(default: object, help: str, **cli: object) -> Any:  # noqa: A002
     """A ServerConfig field: its default and its help, from which `python -m serving` makes its flag
-    (``cli``: argparse overrides, e.g. ``choices``, or ``launcher_default`` when the command's default differs)."""
+    (``cli``: argparse overrides, e.g. ``choices``; ``launcher_default`` when the command's default differs;
+    ``flag`` when the flag is not the field's name)."""
     return field(default=default, metadata={"help": help, **cli})
 
 
 @dataclass(frozen=True)
-class ServerConfig:
-    """One server, on either host: addresses, ports, the archives or exports it serves, limits, authentication and
-    logs. Every field is a flag of ``python -m serving`` (``serving/__main__.py`` derives them)."""
+class TorchServeConfig:
+    """What only the TorchServe host reads (``ServerConfig.torchserve``); each field a flag of ``python -m serving``
+    under its own name."""
 
-    server: str = setting("torchserve", "the host: TorchServe (the design card's) or KServe's ModelServer "
-                          "(maintained; every route in each of --processes processes)", choices=tuple(HOSTS))
-    host: str = setting("127.0.0.1", "inference API address")
-    metrics_host: str = setting("127.0.0.1", "metrics addresses")
-    inference_port: int = setting(8080, "inference API port")
     management_port: int = setting(8081, "TorchServe's management API port (loopback only)")
     torchserve_metrics_port: int = setting(8082, "TorchServe's own metrics port")
-    metrics_port: int = setting(8083, "the handlers' metrics port (latency histograms, images, errors)")
     # TorchServe 0.12 always starts its gRPC servers; they answer a rejected request with gRPC status OK and the
     # error inside, and nothing here is tested against them, so gRPC inference listens on loopback unless this is
     # on (docs/operations.md, gRPC).
@@ -149,23 +144,47 @@ class ServerConfig:
                                 "docs/operations.md)")
     grpc_inference_port: int = setting(7070, "TorchServe's gRPC inference port")
     grpc_management_port: int = setting(7071, "TorchServe's gRPC management port")
+    model_store: Path = setting(ARCHIVE_DIR, "TorchServe: the folder with the .mar archives (`make archives`)")
+    token_expiration_min: float = setting(60.0, "TorchServe: lifetime of the keys in minutes; the launcher renews "
+                                                "them at a third of it")
+    # The JVM's heap bound (-Xmx; 0: none, the JVM's default of a quarter of the machine's memory); measured use
+    # under load is in docs/operations.md (the JVM's memory).
+    jvm_heap_mb: int = setting(256, "TorchServe: the JVM's heap bound in MB (0: the JVM's default)")
+
+
+@dataclass(frozen=True)
+class KServeConfig:
+    """What only the KServe host reads (``ServerConfig.kserve``)."""
+
+    processes: int = setting(0, "KServe: serving processes, each with every route (0: one per CPU)")
+    batch_size: int = setting(0, "KServe: requests per inference call (0: each route's batch size; 1: no "
+                                 "batching)", flag="kserve-batch")
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    """One server, on either host: addresses, ports, the exports it serves, limits, authentication and logs; what
+    only one host reads is nested under it (``torchserve``, ``kserve``). Every field is a flag of ``python -m
+    serving`` (``serving/__main__.py`` derives them, the nested ones under their own names)."""
+
+    server: str = setting("torchserve", "the host: TorchServe (the design card's) or KServe's ModelServer "
+                          "(maintained; every route in each of --processes processes)", choices=tuple(HOSTS))
+    host: str = setting("127.0.0.1", "inference API address")
+    metrics_host: str = setting("127.0.0.1", "metrics addresses")
+    inference_port: int = setting(8080, "inference API port")
+    metrics_port: int = setting(8083, "the handlers' metrics port (latency histograms, images, errors)")
     explorer: bool = setting(True, "the explorer page beside the API")
     explorer_port: int = setting(8084, "the explorer page's port (loopback only)")
-    model_store: Path = setting(ARCHIVE_DIR, "TorchServe: the folder with the .mar archives (`make archives`)")
-    export_store: Path = setting(Path("model_store"), "KServe: the folder with the export folders (`make export`)")
+    export_store: Path = setting(Path("model_store"), "the folder with the export folders (`make export`): what "
+                                 "the KServe host and the explorer read")
     models: tuple[str, ...] = setting(tuple(MODELS), "the routes to serve (default: all of serving/routes.py)",
                                       metavar="MODEL")
-    processes: int = setting(0, "KServe: serving processes, each with every route (0: one per CPU)")
-    kserve_batch: int = setting(0, "KServe: requests per inference call (0: each route's batch size; 1: no "
-                                   "batching)")
     # bytes: TorchServe's own limit (an empty 413), above max_body_bytes; the KServe host answers 413 body_too_large
     max_request_size: int = setting(1024 * 1024, "the largest request body the host takes, in bytes")
     log_dir: Path | None = setting(None, "the log folder (in a library use: logs/ in the private temp dir)",
                                    launcher_default=Path("runs/serve/logs"))
     token_auth: bool = setting(False, "require bearer keys (TorchServe's; the KServe host writes a key file in the "
                                       "same format)")
-    token_expiration_min: float = setting(60.0, "TorchServe: lifetime of the keys in minutes; the launcher renews "
-                                                "them at a third of it")
     work_dir: Path | None = setting(None, "the host's working directory: key_file.json and the drain mark "
                                           "(default: the private temp dir)")
     # Logs: every file rolls over at log_max_mb and keeps log_backups old copies (serving/torchserve/log4j2.xml);
@@ -174,26 +193,41 @@ class ServerConfig:
     log_backups: int = setting(2, "rolled-over copies kept per log file")
     access_log: bool = setting(False, "one line per request in the access log")
     drain_timeout: float = setting(20.0, "seconds a stop waits for accepted requests (docs/operations.md)")
-    # The JVM's heap bound (-Xmx; 0: none, the JVM's default of a quarter of the machine's memory); measured use
-    # under load is in docs/operations.md (the JVM's memory).
-    jvm_heap_mb: int = setting(256, "TorchServe: the JVM's heap bound in MB (0: the JVM's default)")
     # Deadlines of the ports this project serves itself (the handlers' metrics, the explorer; serving/httpd.py):
     # a request must arrive whole within request_timeout, a kept-alive connection idles at most idle_timeout.
     idle_timeout: float = setting(30.0, "seconds a kept-alive connection to the metrics or explorer port (and "
                                         "KServe's API) may idle")
     request_timeout: float = setting(10.0, "seconds a request to the metrics or explorer port may take to arrive")
+    torchserve: TorchServeConfig = field(default_factory=TorchServeConfig)
+    kserve: KServeConfig = field(default_factory=KServeConfig)
 
     @property
     def log_max_bytes(self) -> int:
         return int(self.log_max_mb * 2**20)
 
+    def ports(self) -> dict[str, int]:
+        """Every port field's value by its name, the hosts' own included."""
+        return {f.name: getattr(part, f.name) for part in (self, self.torchserve, self.kserve)
+                for f in fields(part) if f.name.endswith("_port")}
+
+    def port_flags(self) -> list[str]:
+        """The flags that give ``python -m serving`` these ports."""
+        return [a for name, port in self.ports().items() for a in (f"--{name.replace('_', '-')}", str(port))]
+
+    def with_ports(self, **ports: int) -> ServerConfig:
+        """A copy with the ports named (any of ``ports()``) set."""
+        parts = {name: replace(getattr(self, name), **{k: v for k, v in ports.items()
+                                                       if k in {f.name for f in fields(getattr(self, name))}})
+                 for name in ("torchserve", "kserve")}
+        return replace(self, **{k: v for k, v in ports.items() if k in {f.name for f in fields(self)}}, **parts)
+
     def with_free_ports(self) -> ServerConfig:
         """A copy whose ports are free on the loopback interface now."""
-        ports = [f.name for f in fields(self) if f.name.endswith("_port")]
-        socks = [socket.socket() for _ in ports]
+        names = list(self.ports())
+        socks = [socket.socket() for _ in names]
         for s in socks:
             s.bind(("127.0.0.1", 0))
-        chosen = {name: s.getsockname()[1] for name, s in zip(ports, socks, strict=True)}
+        chosen = {name: s.getsockname()[1] for name, s in zip(names, socks, strict=True)}
         for s in socks:
             s.close()
-        return replace(self, **chosen)
+        return self.with_ports(**chosen)

@@ -39,7 +39,7 @@ from runtime.artifacts import ARTIFACT_DIR
 from runtime.manifest import Manifest
 from serving.inprocess import InProcessWorker
 from serving.kserve.host import KServe
-from serving.settings import MODELS, ServerConfig
+from serving.settings import MODELS, KServeConfig, ServerConfig, TorchServeConfig
 from serving.torchserve import archive
 from serving.torchserve.host import TorchServe
 from tests.launching import Launcher
@@ -182,7 +182,8 @@ def server(current_store, artifacts_2d, fallback_2d):
     archive.build("interpolate_2d", MODELS["interpolate"], artifacts_2d, current_store)  # a 2-d latent model
     archive.build("decode_fallback", MODELS["decode"], fallback_2d, current_store)
     models = (*MODELS, *TEST_MODELS, "interpolate_2d", "decode_fallback")
-    ts = TorchServe(ServerConfig(model_store=current_store, models=models).with_free_ports())
+    ts = TorchServe(ServerConfig(torchserve=TorchServeConfig(model_store=current_store),
+                                 models=models).with_free_ports())
     with ts:
         yield ts
     group = ts.process.pid
@@ -221,7 +222,7 @@ def kserve_host(artifacts_2d, fallback_2d):
     specs = MODELS | TEST_MODELS | {"interpolate_2d": replace(MODELS["interpolate"], export=str(artifacts_2d)),
                                     "decode_fallback": replace(MODELS["decode"], export=str(fallback_2d))}
     host = KServe(ServerConfig(server="kserve", export_store=ARTIFACTS.parent, models=tuple(specs),
-                               processes=1).with_free_ports(), specs)
+                               kserve=KServeConfig(processes=1)).with_free_ports(), specs)
     with host:
         yield host
     group = host.process.pid

@@ -12,12 +12,11 @@ import subprocess
 import sys
 import threading
 import time
-from dataclasses import fields
 from pathlib import Path
 
 import psutil
 
-from serving.settings import ServerConfig
+from serving.settings import ServerConfig, TorchServeConfig
 
 ROOT = Path(__file__).resolve().parent.parent
 NPY = {"n": 4, "seed": 1, "format": "npy"}
@@ -76,9 +75,8 @@ class Launcher:
 
     def __init__(self, store: Path, tmp_path: Path, *extra: str, config: ServerConfig | None = None,
                  models: tuple[str, ...] = FAULT_MODELS) -> None:
-        self.config = config or ServerConfig(model_store=store).with_free_ports()
-        ports = [a for f in fields(ServerConfig) if f.name.endswith("_port")
-                 for a in (f"--{f.name.replace('_', '-')}", str(getattr(self.config, f.name)))]
+        self.config = config or ServerConfig(torchserve=TorchServeConfig(model_store=store)).with_free_ports()
+        ports = self.config.port_flags()
         self.temp_before = set(Path("/tmp").glob("fmvae-serve-*"))
         self.process = subprocess.Popen(
             [sys.executable, "-m", "serving", "--model-store", str(store), "--log-dir", str(tmp_path / "logs"),

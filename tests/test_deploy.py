@@ -18,7 +18,7 @@ from deploy import image, lock
 from deploy.errors import ImageError
 from runtime.artifacts import ARTIFACT_DIR
 from runtime.manifest import Manifest
-from serving.__main__ import parser
+from serving.__main__ import config_of, parser
 from serving.checks import PORT_ROLES
 from serving.host import host_class
 from serving.routes import ROUTES
@@ -124,7 +124,8 @@ def test_entrypoint_is_make_serve_with_container_flags(host):
     exposed = {int(p) for name, ports in stage(f"host-{host}") if name == "EXPOSE" for p in ports.split()}
     public = {PORT_ROLES[field] for field in host_class(host).ports} - {"management", "explorer page", "gRPC inference",
                                                                      "gRPC management"}
-    assert exposed == {getattr(args, field) for field, role in PORT_ROLES.items() if role in public}
+    ports = config_of(args).ports()
+    assert exposed == {ports[field] for field, role in PORT_ROLES.items() if role in public}
 
 
 @pytest.mark.parametrize("host", sorted(HOSTS))

@@ -25,7 +25,7 @@ from explorer import server as explorer_server
 from explorer.errors import NoSpace
 from explorer.server import VENDOR, VENDOR_FILES, Explorer
 from runtime.manifest import Manifest
-from serving.settings import MODELS, ServerConfig
+from serving.settings import MODELS, ServerConfig, TorchServeConfig
 from serving.torchserve.host import TorchServe
 from tests.conftest import ARTIFACTS, running
 from training.data import CLASS_NAMES
@@ -359,7 +359,7 @@ def test_the_proxy_takes_json_from_its_own_origin_for_the_served_models_only(exp
 def test_with_token_auth_the_page_asks_for_the_key_and_the_proxy_refuses_without_it(current_store, tmp_path,
                                                                                    browser):
     models = tuple(m for m in MODELS if MODELS[m].export == "export-2d")
-    config = ServerConfig(model_store=current_store, models=models, token_auth=True,
+    config = ServerConfig(torchserve=TorchServeConfig(model_store=current_store), models=models, token_auth=True,
                           work_dir=tmp_path).with_free_ports()
     with TorchServe(config) as ts:
         page_server = serve(Explorer(ts.url, models, current_store, key_file=ts.key_file))

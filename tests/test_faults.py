@@ -25,7 +25,7 @@ from fmvae_client import fetch
 from prometheus_client.parser import text_string_to_metric_families
 
 from serving.errors import ServerError
-from serving.settings import MIN_QUEUE_REQUESTS, MODELS, ServerConfig
+from serving.settings import MIN_QUEUE_REQUESTS, MODELS, ServerConfig, TorchServeConfig
 from serving.torchserve import archive
 from serving.torchserve.host import TorchServe
 from tests.conftest import ARTIFACTS
@@ -60,7 +60,8 @@ def test_a_damaged_archive_fails_the_start_at_once(current_store, tmp_path, dama
     store = copy_store(current_store, tmp_path)
     mar = store / "sample.mar"
     mar.write_bytes(mar.read_bytes()[: mar.stat().st_size // 2] if damage == "truncated" else b"")
-    server = TorchServe(ServerConfig(model_store=store, models=FAULT_MODELS).with_free_ports())
+    server = TorchServe(ServerConfig(torchserve=TorchServeConfig(model_store=store),
+                                     models=FAULT_MODELS).with_free_ports())
     start = time.monotonic()
     usable = rf"{mar}: not a usable model archive \(.+\); rebuild it with `make archives`"
     with pytest.raises(ServerError, match=usable):
@@ -85,7 +86,8 @@ def test_a_model_whose_workers_die_while_loading_fails_the_start_with_their_reas
     store = tmp_path / "store"
     store.mkdir()
     archive.build("broken", replace(MODELS["sample"], workers=1, decoder={}), ARTIFACTS, store)
-    server = TorchServe(ServerConfig(model_store=store, models=("broken",), log_dir=tmp_path / "logs")
+    server = TorchServe(ServerConfig(torchserve=TorchServeConfig(model_store=store), models=("broken",),
+                                     log_dir=tmp_path / "logs")
                         .with_free_ports())
     start = time.monotonic()
     with pytest.raises(ServerError) as failed:
@@ -103,7 +105,8 @@ def test_a_port_conflict_names_the_port(launcher, current_store):
         busy.bind(("127.0.0.1", 0))
         busy.listen()
         port = busy.getsockname()[1]
-        server = TorchServe(replace(ServerConfig(model_store=current_store, models=FAULT_MODELS).with_free_ports(),
+        server = TorchServe(replace(ServerConfig(torchserve=TorchServeConfig(model_store=current_store),
+                                                 models=FAULT_MODELS).with_free_ports(),
                                     metrics_port=port))
         with pytest.raises(ServerError, match=rf"^port {port} \(handler metrics, on 127.0.0.1\) is in use"):
             server.start()
@@ -119,7 +122,7 @@ def test_a_port_conflict_names_the_port(launcher, current_store):
 
 @pytest.fixture(scope="module")
 def server(current_store, tmp_path_factory):
-    config = ServerConfig(model_store=current_store, models=FAULT_MODELS,
+    config = ServerConfig(torchserve=TorchServeConfig(model_store=current_store), models=FAULT_MODELS,
                           log_dir=tmp_path_factory.mktemp("fault-logs")).with_free_ports()
     with TorchServe(config) as ts:
         yield ts
@@ -212,7 +215,8 @@ def test_an_accepted_request_waits_for_the_work_queued_not_for_a_count_of_reques
     serving/settings.py) and a batch one, so under a burst a request that gets in waits about 17 request times, not
     the 40 of four batches of 8; 16 clients that send at once are all served."""
     spec = MODELS["traverse"]
-    with TorchServe(ServerConfig(model_store=current_store, models=("traverse",)).with_free_ports()) as ts:
+    with TorchServe(ServerConfig(torchserve=TorchServeConfig(model_store=current_store),
+                                 models=("traverse",)).with_free_ports()) as ts:
         url, body = f"{ts.url}/predictions/traverse", {"start": {"seed": 3}, "format": "npy"}
         alone, results = burst(url, body, 40)
         _, together = burst(url, body, MIN_QUEUE_REQUESTS)
@@ -242,7 +246,8 @@ def test_logs_of_a_busy_server_stay_under_their_cap(current_store, tmp_path):
     under (files x 2 x cap); with the defaults (access log off) nothing is written per request."""
     cap = 64 * 1024
     logs = tmp_path / "logs"
-    config = ServerConfig(model_store=current_store, models=("sample",), log_dir=logs, log_max_mb=cap / 2**20,
+    config = ServerConfig(torchserve=TorchServeConfig(model_store=current_store), models=("sample",), log_dir=logs,
+                          log_max_mb=cap / 2**20,
                           log_backups=1, access_log=True).with_free_ports()
     with TorchServe(config) as ts:
         clients = Clients(ts.url, NPY, 4)

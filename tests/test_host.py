@@ -18,7 +18,7 @@ from fmvae_client import TransportError
 from serving import listener
 from serving.errors import ServerError
 from serving.logs import RotatingFile, check_writable, copy_output
-from serving.settings import ServerConfig
+from serving.settings import ServerConfig, TorchServeConfig
 from serving.torchserve import drain
 from serving.torchserve.host import config_properties
 from serving.torchserve.logs import exception_line
@@ -69,7 +69,8 @@ def test_an_unwritable_log_folder_is_named(tmp_path):
 
 @pytest.mark.parametrize(("grpc", "address"), [(False, "127.0.0.1"), (True, "0.0.0.0")])
 def test_grpc_inference_is_on_loopback_unless_asked_for(grpc, address, tmp_path):
-    properties = config_properties(ServerConfig(host="0.0.0.0", grpc=grpc), tmp_path).splitlines()
+    config = ServerConfig(host="0.0.0.0", torchserve=TorchServeConfig(grpc=grpc))
+    properties = config_properties(config, tmp_path).splitlines()
     assert f"grpc_inference_address={address}" in properties
     assert "grpc_management_address=127.0.0.1" in properties
 
@@ -314,20 +315,28 @@ def test_the_health_check_names_a_process_being_replaced(tmp_path):
 
 
 def test_the_launchers_flags_are_the_settings_fields():
-    """Every ServerConfig field is a flag of `python -m serving`, named after it, with its help and default: the
-    command line is derived from the settings, never restated (a new field is a new flag)."""
+    """Every ServerConfig field, the hosts' nested ones included, is a flag of `python -m serving`, named after it,
+    with its help and default: the command line is derived from the settings, never restated (a new field is a new
+    flag)."""
     from dataclasses import fields
 
     from serving.__main__ import config_of, parser
+    from serving.settings import KServeConfig
     cli = parser()
     flags = {a.dest: a for a in cli._actions if a.dest != "help"}
-    assert set(flags) == {f.name for f in fields(ServerConfig)}
+    nested = {f"{part}.{f.name}" for part, kind in (("torchserve", TorchServeConfig), ("kserve", KServeConfig))
+              for f in fields(kind)}
+    assert set(flags) == {f.name for f in fields(ServerConfig) if f.name not in ("torchserve", "kserve")} | nested
     assert all(a.help for a in flags.values())
+    assert flags["kserve.batch_size"].option_strings == ["--kserve-batch"]
+    assert flags["torchserve.management_port"].option_strings == ["--management-port"]
     assert config_of(cli.parse_args([])) == ServerConfig(log_dir=Path("runs/serve/logs"))
     given = config_of(cli.parse_args(["--server", "kserve", "--processes", "3", "--no-explorer", "--token-auth",
-                                      "--log-max-mb", "2.5", "--models", "sample", "decode2d"]))
-    assert (given.server, given.processes, given.explorer, given.token_auth) == ("kserve", 3, False, True)
+                                      "--log-max-mb", "2.5", "--models", "sample", "decode2d", "--kserve-batch", "1",
+                                      "--management-port", "9001"]))
+    assert (given.server, given.kserve, given.explorer, given.token_auth) == ("kserve", KServeConfig(3, 1), False, True)
     assert given.log_max_bytes == int(2.5 * 2**20) and given.models == ("sample", "decode2d")
+    assert given.torchserve.management_port == 9001 and given.ports()["management_port"] == 9001
 
 
 @pytest.mark.parametrize("host", ["torchserve", "kserve"])

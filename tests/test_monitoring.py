@@ -17,7 +17,7 @@ import pytest
 import torch
 
 from monitoring.prometheus import MONITORING, Prometheus
-from serving.settings import MODELS, ServerConfig
+from serving.settings import MODELS, ServerConfig, TorchServeConfig
 from serving.torchserve.host import TorchServe
 
 pytestmark = pytest.mark.integration  # a real TorchServe (Java) or Prometheus
@@ -75,10 +75,10 @@ def test_provisioning_points_at_the_dashboard():
 
 @pytest.fixture(scope="module")
 def stack(current_store):
-    config = ServerConfig(model_store=current_store).with_free_ports()
+    config = ServerConfig(torchserve=TorchServeConfig(model_store=current_store)).with_free_ports()
     with TorchServe(config) as server:
         scrape = {"fmvae-handlers": f"127.0.0.1:{config.metrics_port}",
-                  "torchserve": f"127.0.0.1:{config.torchserve_metrics_port}"}
+                  "torchserve": f"127.0.0.1:{config.torchserve.torchserve_metrics_port}"}
         with Prometheus(scrape) as prometheus:
             yield server, prometheus
 

@@ -30,7 +30,7 @@ from runtime.manifest import Artifact, Manifest
 from serving.errors import ServerError
 from serving.health import problems
 from serving.routes import ROUTES
-from serving.settings import ServerConfig
+from serving.settings import ServerConfig, TorchServeConfig
 from serving.torchserve.host import TorchServe, config_properties
 from tests.conftest import ARTIFACTS
 from tests.launching import NPY, Clients, Launcher, group_alive, wait_until
@@ -70,8 +70,9 @@ def session(page: Explorer, key: str) -> tuple[int, dict]:
 # 1. Keys: renewed before they expire; clients that read the key for each request never see a 4xx.
 
 def test_keys_are_renewed_before_they_expire_under_load(current_store, tmp_path, capfd):
-    config = ServerConfig(model_store=current_store, models=("sample", *SPACE_2D), token_auth=True,
-                          token_expiration_min=0.1, work_dir=tmp_path / "work").with_free_ports()  # keys live 6 s
+    config = ServerConfig(torchserve=TorchServeConfig(model_store=current_store, token_expiration_min=0.1),
+                          models=("sample", *SPACE_2D), token_auth=True,
+                          work_dir=tmp_path / "work").with_free_ports()  # keys live 6 s
     with TorchServe(config) as ts:
         first_key = ts.key("inference")
         page = serve_in_thread(Explorer(ts.url, config.models, current_store, key_file=ts.key_file))
@@ -144,7 +145,8 @@ def damaged_store(current_store: Path, tmp_path: Path, rehash: bool) -> tuple[Pa
 
 def test_a_damaged_artifact_fails_the_start_at_once_naming_archive_and_member(current_store, tmp_path):
     store, model = damaged_store(current_store, tmp_path, rehash=False)
-    server = TorchServe(ServerConfig(model_store=store, models=("sample", model)).with_free_ports())
+    server = TorchServe(ServerConfig(torchserve=TorchServeConfig(model_store=store),
+                                     models=("sample", model)).with_free_ports())
     start = time.monotonic()
     with pytest.raises(ServerError, match=rf"{store / 'decode.mar'}: not a usable model archive \(member "
                                           r"decoder_int8.onnx has SHA-256 .*, its manifest says"):
@@ -154,7 +156,8 @@ def test_a_damaged_artifact_fails_the_start_at_once_naming_archive_and_member(cu
 
 def test_a_worker_load_failure_is_named_with_its_real_cause(current_store, tmp_path):
     store, model = damaged_store(current_store, tmp_path, rehash=True)  # passes the hash check: the worker fails
-    server = TorchServe(ServerConfig(model_store=store, models=(model,), log_dir=tmp_path / "logs").with_free_ports())
+    server = TorchServe(ServerConfig(torchserve=TorchServeConfig(model_store=store), models=(model,),
+                                     log_dir=tmp_path / "logs").with_free_ports())
     with pytest.raises(ServerError) as failed:
         server.start()
     message = str(failed.value)
@@ -232,7 +235,7 @@ def test_a_second_signal_cuts_a_stuck_drain_short_and_still_cleans_up(launcher, 
     Ctrl-C."""
     launched = launcher("--drain-timeout", "60")
     group = launched.wait_ready()
-    management = f"http://127.0.0.1:{launched.config.management_port}"
+    management = f"http://127.0.0.1:{launched.config.torchserve.management_port}"
     workers = [w["pid"] for w in fetch(f"{management}/models/sample")[0]["workers"]]
     os.kill(workers[0], signal.SIGSTOP)
     clients = Clients(launched.url, NPY, 6)
@@ -282,7 +285,7 @@ def trickle(port: int, stop: threading.Event, closed: list[float]) -> None:
 
 
 def test_slow_and_idle_clients_are_cut_off(current_store):
-    config = ServerConfig(model_store=current_store, models=SPACE_2D, request_timeout=2,
+    config = ServerConfig(torchserve=TorchServeConfig(model_store=current_store), models=SPACE_2D, request_timeout=2,
                           idle_timeout=3).with_free_ports()
     with TorchServe(config) as ts:
         page = serve_in_thread(Explorer(ts.url, SPACE_2D, current_store, idle_timeout=3, request_timeout=2))
@@ -307,10 +310,11 @@ def test_slow_and_idle_clients_are_cut_off(current_store):
 # 8. The JVM: a bounded heap, and the soak reports its memory.
 
 def test_the_soak_reports_the_jvm_under_its_heap_bound(current_store):
-    config = ServerConfig(model_store=current_store, models=("sample", "interpolate")).with_free_ports()
-    assert f"-Xmx{config.jvm_heap_mb}m" in config_properties(config, current_store)
+    config = ServerConfig(torchserve=TorchServeConfig(model_store=current_store),
+                          models=("sample", "interpolate")).with_free_ports()
+    assert f"-Xmx{config.torchserve.jvm_heap_mb}m" in config_properties(config, current_store)
     report = soak.run(config, 0.15, 2)  # one short "minute"
     assert report["errors"] == 0 and report["requests"] > 20
-    assert 0 < report["jvm_memory_max_mb"] < 4 * config.jvm_heap_mb and report["jvm_heap_bound_mb"] == 256
+    assert 0 < report["jvm_memory_max_mb"] < 4 * config.torchserve.jvm_heap_mb and report["jvm_heap_bound_mb"] == 256
     assert "JVM memory at most" in soak.markdown(report)
 

@@ -9,13 +9,12 @@ import re
 import time
 import urllib.error
 import urllib.request
-from dataclasses import replace
 
 import pytest
 from fmvae_client import APIError, Client
 
 from serving.kserve.host import KServe
-from serving.settings import ServerConfig
+from serving.settings import KServeConfig, ServerConfig, TorchServeConfig
 from serving.torchserve.host import TorchServe
 from tests.conftest import ARTIFACTS
 
@@ -80,8 +79,9 @@ def wait_for(path, text: str, timeout: float = 20) -> str:
 
 @pytest.mark.parametrize("host", ["torchserve", "kserve"])
 def test_with_the_access_log_on_each_host_logs_the_request_id(current_store, tmp_path, host):
-    config = replace(ServerConfig(server=host, model_store=current_store, export_store=ARTIFACTS.parent,
-                                  models=("decode",), processes=1), access_log=True, log_dir=tmp_path).with_free_ports()
+    config = ServerConfig(server=host, torchserve=TorchServeConfig(model_store=current_store),
+                          export_store=ARTIFACTS.parent, models=("decode",), kserve=KServeConfig(processes=1),
+                          access_log=True, log_dir=tmp_path).with_free_ports()
     with (TorchServe if host == "torchserve" else KServe)(config) as served:
         with Client(served.url) as client:
             fine = client.call("decode", {"latents": [[0.0] * 64], "format": "npy"}, request_id="logged-4")

@@ -11,7 +11,7 @@ import urllib.request
 
 import pytest
 
-from serving.settings import ServerConfig
+from serving.settings import ServerConfig, TorchServeConfig
 from serving.torchserve.host import TorchServe, config_properties
 
 pytestmark = pytest.mark.integration  # a real TorchServe (Java) or Prometheus
@@ -19,7 +19,7 @@ pytestmark = pytest.mark.integration  # a real TorchServe (Java) or Prometheus
 
 @pytest.fixture(scope="module")
 def secured(current_store, tmp_path_factory):
-    config = ServerConfig(model_store=current_store, models=("sample",), token_auth=True,
+    config = ServerConfig(torchserve=TorchServeConfig(model_store=current_store), models=("sample",), token_auth=True,
                           work_dir=tmp_path_factory.mktemp("work")).with_free_ports()
     with TorchServe(config) as server:
         yield server
@@ -50,13 +50,13 @@ def test_requests_need_the_inference_key(secured):
 
 
 def test_management_api_is_internal_and_registration_is_off(secured):
-    properties = config_properties(secured.config, secured.config.model_store)
-    assert f"management_address=http://127.0.0.1:{secured.config.management_port}" in properties
+    properties = config_properties(secured.config, secured.config.torchserve.model_store)
+    assert f"management_address=http://127.0.0.1:{secured.config.torchserve.management_port}" in properties
     # the inference port does not serve management routes, whatever the key
     for token in (secured.key("inference"), secured.key("management")):
         code, text = call(f"{secured.url}/models", token=token)
         assert code in (400, 404, 405) and '"models"' not in text
-    management = f"http://127.0.0.1:{secured.config.management_port}"
+    management = f"http://127.0.0.1:{secured.config.torchserve.management_port}"
     code, text = call(f"{management}/models", token=secured.key("management"))
     assert code == 200 and "sample" in text  # the management API itself works, on loopback, with its key
     code, _ = call(f"{management}/models?url=sample.mar", b"", secured.key("management"), "POST")

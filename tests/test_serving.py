@@ -31,7 +31,7 @@ from runtime.manifest import Manifest
 from serving.__main__ import fallback_warnings
 from serving.errors import ServerError
 from serving.routes import example
-from serving.settings import MODELS, ROOT, STORE_WORKERS, ServerConfig
+from serving.settings import MODELS, ROOT, STORE_WORKERS, ServerConfig, TorchServeConfig
 from serving.torchserve import archive
 from serving.torchserve.host import TorchServe
 from tests.conftest import ARTIFACTS, LATENT, b64png, fast_check_passes, npy, png, post
@@ -217,7 +217,7 @@ def test_bad_input_gets_a_json_4xx_naming_the_field(api, model, body, status, fi
 
 
 def test_worker_survives_bad_input(server):
-    management = f"http://127.0.0.1:{server.config.management_port}"
+    management = f"http://127.0.0.1:{server.config.torchserve.management_port}"
     before = [w["pid"] for w in fetch(f"{management}/models/sample")[0]["workers"]]
     for _, body, *_ in BAD_INPUTS[:8]:
         post(server, "sample", body)
@@ -421,7 +421,7 @@ def test_a_stopped_recorder_writes_what_was_flushed_before_the_stop():
 
 @pytest.mark.integration  # the start checks for Java first
 def test_start_without_archives_fails_clearly_and_cleans_up(tmp_path):
-    ts = TorchServe(ServerConfig(model_store=tmp_path).with_free_ports())
+    ts = TorchServe(ServerConfig(torchserve=TorchServeConfig(model_store=tmp_path)).with_free_ports())
     with pytest.raises(ServerError, match=f"no archive for {', '.join(MODELS)}; run `make archives`"):
         ts.start()
     assert not ts.tmp.exists()
@@ -430,6 +430,7 @@ def test_start_without_archives_fails_clearly_and_cleans_up(tmp_path):
 def test_a_fallback_export_serves_fp32_decoders_and_the_banner_says_so(server, current_store):
     code, _, body = post(server, "decode_fallback", {"latents": [[0.5, -0.5]], "format": "json"})
     assert code == 200 and json.loads(body)["backend"] == "onnx-fp32"
-    lines = fallback_warnings(ServerConfig(model_store=current_store, models=("decode", "decode_fallback")))
+    lines = fallback_warnings(ServerConfig(torchserve=TorchServeConfig(model_store=current_store),
+                                           models=("decode", "decode_fallback")))
     assert len(lines) == 1 and "WARNING: decode_fallback serves fp32 decoders (" in lines[0]
     assert "onnx-int8 -> onnx-fp32" in lines[0] and "failed the parity gate" in lines[0]

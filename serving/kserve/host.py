@@ -56,7 +56,7 @@ class KServe(Host):
         """``specs``: how each route is served (default: ``MODELS``' for ``config.models``; tests add others)."""
         super().__init__(config or ServerConfig(server="kserve"))
         self.specs = specs or {m: MODELS[m] for m in self.config.models if m in MODELS}
-        self.processes = self.config.processes or default_processes()
+        self.processes = self.config.kserve.processes or default_processes()
         self.sock: socket.socket | None = None
         self._ready = 0
         self._start_lines: IO[bytes] | None = None
@@ -85,7 +85,7 @@ class KServe(Host):
             settings.write_text(json.dumps({
                 "models": {m: spec_document(self.specs[m]) for m in self.config.models},
                 "model_store": str(self.config.export_store.resolve()),
-                "processes": self.processes, "batch_size": self.config.kserve_batch,
+                "processes": self.processes, "batch_size": self.config.kserve.batch_size,
                 "key_file": str(self.key_file) if self.config.token_auth else None,
                 "status_file": str(self.status_file),
                 "max_request_size": self.config.max_request_size, "idle_timeout": self.config.idle_timeout,

@@ -53,25 +53,26 @@ def java() -> str | None:
 
 def config_properties(config: ServerConfig, model_store: Path) -> str:
     """TorchServe's config.properties for ``config``."""
+    ts = config.torchserve
     return "\n".join([
         f"inference_address=http://{config.host}:{config.inference_port}",
-        f"management_address=http://127.0.0.1:{config.management_port}",
-        f"metrics_address=http://{config.metrics_host}:{config.torchserve_metrics_port}",
-        f"grpc_inference_address={config.host if config.grpc else '127.0.0.1'}",
+        f"management_address=http://127.0.0.1:{ts.management_port}",
+        f"metrics_address=http://{config.metrics_host}:{ts.torchserve_metrics_port}",
+        f"grpc_inference_address={config.host if ts.grpc else '127.0.0.1'}",
         "grpc_management_address=127.0.0.1",
-        f"grpc_inference_port={config.grpc_inference_port}",
-        f"grpc_management_port={config.grpc_management_port}",
+        f"grpc_inference_port={ts.grpc_inference_port}",
+        f"grpc_management_port={ts.grpc_management_port}",
         f"model_store={model_store}",
         "load_models=" + ",".join(f"{m}={m}.mar" for m in config.models),
         f"max_request_size={config.max_request_size}",
         f"allowed_urls=file://{model_store}/.*",  # models come from the local store only
         f"disable_token_authorization={str(not config.token_auth).lower()}",
-        f"token_expiration_min={config.token_expiration_min}",
+        f"token_expiration_min={ts.token_expiration_min}",
         "enable_model_api=false",
         "install_py_dep_per_model=false",
         "metrics_mode=prometheus",
         "decode_input_request=false",  # the handlers parse JSON bodies themselves, strictly
-        f"vmargs={f'-Xmx{config.jvm_heap_mb}m ' if config.jvm_heap_mb else ''}-XX:+ExitOnOutOfMemoryError"
+        f"vmargs={f'-Xmx{ts.jvm_heap_mb}m ' if ts.jvm_heap_mb else ''}-XX:+ExitOnOutOfMemoryError"
         f" -Dlog4j.configurationFile=file://{LOG4J2} -Dfmvae.log.size={config.log_max_bytes}"
         f" -Dfmvae.log.backups={config.log_backups} -Dfmvae.log.access={'info' if config.access_log else 'off'}",
         "",
@@ -93,11 +94,11 @@ class TorchServe(Host):
 
     @property
     def management_url(self) -> str:
-        return f"http://127.0.0.1:{self.config.management_port}"
+        return f"http://127.0.0.1:{self.config.torchserve.management_port}"
 
     @property
     def torchserve_metrics_url(self) -> str:
-        return f"http://{reach(self.config.metrics_host)}:{self.config.torchserve_metrics_port}/metrics"
+        return f"http://{reach(self.config.metrics_host)}:{self.config.torchserve.torchserve_metrics_port}/metrics"
 
     def start(self, timeout: float = 180) -> TorchServe:
         """Start TorchServe and the exporter; return once every model has a ready worker of this server."""
@@ -105,7 +106,7 @@ class TorchServe(Host):
             if java() is None:
                 raise ServerError("java not found: TorchServe needs a Java 17 runtime "
                                   "(Debian: apt-get install openjdk-17-jre-headless; or set JAVA_HOME)")
-            store = self.config.model_store.resolve()
+            store = self.config.torchserve.model_store.resolve()
             missing = [m for m in self.config.models if not (store / f"{m}.mar").is_file()]
             if missing:
                 raise ServerError(f"{store}: no archive for {', '.join(missing)}; run `make archives`")
@@ -133,7 +134,8 @@ class TorchServe(Host):
             output = RotatingFile(self.log_dir / "torchserve.out", self.config.log_max_bytes, self.config.log_backups)
             self._output = copy_output(self.process.stdout, output)
             if self.config.token_auth:  # from the start: a slow start must not outlive the first keys
-                self.renewer = KeyRenewer(self.management_url, self.key_file, self.config.token_expiration_min * 60)
+                self.renewer = KeyRenewer(self.management_url, self.key_file,
+                                          self.config.torchserve.token_expiration_min * 60)
             self.wait_ready(timeout)
         except BaseException:
             self.stop(drain=False)
@@ -149,7 +151,7 @@ class TorchServe(Host):
                 raise ServerError("interrupted while starting")
             if (gone := self.died()) is not None:
                 raise ServerError(gone)
-            failure = self.logs.load_failure(set(self.config.models), self.config.model_store)
+            failure = self.logs.load_failure(set(self.config.models), self.config.torchserve.model_store)
             if failure:
                 raise ServerError(failure)
             if time.monotonic() > deadline:
@@ -159,7 +161,7 @@ class TorchServe(Host):
             ready = [w["pid"] for d in fetch(f"{self.management_url}/models/{model}", self.keys("management"))
                      for w in d.get("workers", []) if w.get("status") == "READY"]
             if not all(self.group.owns(pid) for pid in ready):
-                raise ServerError(f"the management API on port {self.config.management_port} answers for "
+                raise ServerError(f"the management API on port {self.config.torchserve.management_port} answers for "
                                   f"workers this launcher did not start (pids {ready}): another server?")
 
     def probe(self) -> Probe:
@@ -196,7 +198,7 @@ class TorchServe(Host):
 
     def served_manifest(self, model: str) -> Manifest:
         """The export manifest packed in the model's archive."""
-        return packed_manifest(self.config.model_store / f"{model}.mar")
+        return packed_manifest(self.config.torchserve.model_store / f"{model}.mar")
 
     def log_tail(self, lines: int = 40) -> str:
         """The last lines of TorchServe's logs, for error messages."""
