@@ -97,7 +97,7 @@ experiments: setup  ## the beta, latent-size, KL warm-up and lever sweeps into d
 bench: setup  ## decoder speed per artifact vs fp32 eager (runs/bench/decoders.json)
 	$(PY) -m bench.decoders --out runs/bench/decoders.json $(BENCH_ARGS)
 
-serve: archives  ## TorchServe on 127.0.0.1:8080 with every route (HOST=kserve: KServe's ModelServer), the explorer on :8084; metrics on :8083
+serve: setup $(if $(filter torchserve,$(HOST)),archives)  ## TorchServe on 127.0.0.1:8080 with every route (HOST=kserve: KServe's ModelServer), the explorer on :8084; metrics on :8083
 	$(PY) -m serving --server $(HOST) --model-store $(ARCHIVES) $(SERVE_ARGS)
 
 serve-bench: setup  ## both hosts side by side with their echo floors and the 40-line peers (runs/serve-bench)
@@ -112,7 +112,7 @@ loadtest: archives  ## Locust, 50 users for 60 s, p50 gates (80 ms); starts a se
 capacity: archives  ## the users each host holds under the all-route mix (p50 <= 80 ms, no failures): docs/capacity/ (CAPACITY_ARGS)
 	$(PY) -m loadtest.capacity $(CAPACITY_ARGS)
 
-soak: archives  ## 10 minutes of mixed load on a fresh server (HOST=kserve too): errors, p50 drift, memory, log bound (SOAK_ARGS)
+soak: setup $(if $(filter torchserve,$(HOST)),archives)  ## 10 minutes of mixed load on a fresh server (HOST=kserve too): errors, p50 drift, memory, log bound (SOAK_ARGS)
 	$(PY) -m loadtest.soak --server $(HOST) $(SOAK_ARGS)
 
 gpu-bench: setup  ## the one-shot GPU benchmark into runs/gpu (docs/gpu.md; on a CPU too: GPU_BENCH_ARGS=--smoke)

@@ -10,6 +10,7 @@ from typing import Any
 
 import numpy as np
 
+from handlers.config import WorkerConfig
 from handlers.device import worker_threads
 from runtime import artifacts, backends
 from runtime.images import npy_bytes
@@ -22,11 +23,11 @@ _model: list = []  # the worker's (decoder, latent size), loaded on the initiali
 def handle(data: list | None, context: Any) -> list | None:
     """Each request ``{"n": int, "seed": int}`` decoded on its own, as npy."""
     if not _model:
-        config = context.model_yaml_config["handler"]
+        config = WorkerConfig.from_dict(context.model_yaml_config["handler"])
         model_dir = Path(context.system_properties["model_dir"])
-        threads = worker_threads(config["threads"], config["store_workers"])
-        decoder = artifacts.DECODERS[config["decoder"]["cpu"][0]].artifact
-        _model.append((backends.load(model_dir / decoder, "cpu", threads), Manifest.read(model_dir).shapes.latent_dim))
+        threads = worker_threads(config.threads, config.store_workers)
+        decoder = artifacts.DECODERS[config.decoder["cpu"][0]]
+        _model.append((backends.load(decoder, model_dir, "cpu", threads), Manifest.read(model_dir).shapes.latent_dim))
     if data is None:
         return None
     decode, latent_dim = _model[0]

@@ -61,7 +61,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     began = time.monotonic()
     stats = artifacts.read_stats(EXPORT / artifacts.STATS)
-    decoder = backends.load(EXPORT / artifacts.DECODERS["onnx-fp32"].artifact)
+    decoder = backends.load(artifacts.DECODERS["onnx-fp32"], EXPORT)
     clf, _ = classifier.load(classifier.DEFAULT_PATH)
 
     def judge(z: np.ndarray) -> np.ndarray:

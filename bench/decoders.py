@@ -56,7 +56,7 @@ def candidates(ckpt: Path, artifact_dir: Path, device: str, threads: int) -> dic
         if not (artifact_dir / file).is_file():
             raise ManifestError(f"{artifact_dir / file} not found; run `make export` first")
         if device == "cpu" or device in backend.devices:
-            fns[name] = backends.load(artifact_dir / file, device=device, threads=threads)
+            fns[name] = backends.load(backend, artifact_dir, device=device, threads=threads)
     return fns
 
 

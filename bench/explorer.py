@@ -115,7 +115,7 @@ def run(moves: int, gap_ms: float, rounds: int, artifact_dir: Path, screenshot: 
         archive.build_store(artifact_dir.parent, Path(store))
         config = ServerConfig(torchserve=TorchServeConfig(model_store=Path(store))).with_free_ports()
         with TorchServe(config) as ts:
-            explorer = Explorer(ts.url, config.models, Path(store))
+            explorer = Explorer(ts.url, config.models, artifacts.DEFAULT_DIR.parent)
             threading.Thread(target=explorer.serve_forever, daemon=True).start()
             try:
                 with sync_playwright() as pw:

@@ -28,7 +28,7 @@ PATHS = {"kserve": "/v1/models/{model}:predict", "starlette": "/predictions/{mod
 
 def decoder(artifact_dir: Path):  # noqa: ANN201
     """decode(request) -> npy bytes of the images of ``{"n", "seed"}``, with the CPU route's decoder on 1 thread."""
-    decode = backends.load(artifact_dir / artifacts.DECODERS["onnx-int8"].artifact, threads=1)
+    decode = backends.load(artifacts.DECODERS["onnx-int8"], artifact_dir, threads=1)
     latent_dim = Manifest.read(artifact_dir).shapes.latent_dim
 
     def answer(request: dict) -> bytes:

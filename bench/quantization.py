@@ -75,8 +75,9 @@ def gate(ckpt: Path, paths: dict[str, Path], x_test: torch.Tensor) -> dict:
     """export/parity.py's report for the decoders ``paths`` of the model in ``ckpt`` on the images ``x_test`` and as
     many prior draws."""
     model, _ = checkpoint.load_model(ckpt)
+    candidates = {key.removeprefix("decoder/"): DECODERS["torchscript-int8"] for key in paths}  # TorchScript int8 each
     return parity.check(model, paths, x_test, classifier.load(classifier.DEFAULT_PATH)[0],
-                        ExportConfig(prior_samples=len(x_test)))
+                        ExportConfig(prior_samples=len(x_test)), candidates)
 
 
 def seconds_per_call(module: torch.jit.ScriptModule, z: torch.Tensor, seconds: float = 0.5) -> float:

@@ -37,10 +37,11 @@ from fmvae_client import Client
 
 from bench.peers import PATHS as PEERS
 from handlers.device import worker_threads
+from handlers.schema import PATH_PREFIX
 from runtime import artifacts, backends
 from runtime.manifest import Manifest
 from serving.kserve.host import KServe
-from serving.routes import PATH_PREFIX, ROUTES, example
+from serving.routes import ROUTES, example
 from serving.settings import DECODER, MODELS, STORE_WORKERS, KServeConfig, ModelSpec, ServerConfig, TorchServeConfig
 from serving.torchserve import archive
 from serving.torchserve.host import TorchServe
@@ -147,7 +148,7 @@ def alternate(sides: dict[str, Callable[[float], Tally]], seconds: float, rounds
 def in_process_decoder(artifact_dir: Path, threads: int) -> tuple[Callable[[np.ndarray], np.ndarray], int]:
     """The decoder the CPU workers serve, loaded here with ``threads`` threads and warmed; and the latent size."""
     latent_dim = Manifest.read(artifact_dir).shapes.latent_dim
-    decode = backends.load(artifact_dir / artifacts.DECODERS[DECODER["cpu"][0]].artifact, threads=threads)
+    decode = backends.load(artifacts.DECODERS[DECODER["cpu"][0]], artifact_dir, threads=threads)
     decode(np.zeros((IN_PROCESS_BATCH, latent_dim), np.float32))
     return decode, latent_dim
 

@@ -14,7 +14,7 @@ from explorer.errors import NoSpace
 from explorer.server import Explorer
 from runtime.errors import ManifestError
 from serving.httpd import IDLE_TIMEOUT_S, REQUEST_TIMEOUT_S
-from serving.settings import ARCHIVE_DIR, KEY_FILE, MODELS, ServerConfig
+from serving.settings import KEY_FILE, MODELS, ServerConfig
 
 
 def exit_with_parent(parent: int) -> None:
@@ -30,7 +30,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--port", type=int, default=ServerConfig.explorer_port, help="default %(default)s")
     p.add_argument("--key-file", type=Path, help=f"TorchServe's {KEY_FILE} when token auth is on")
     p.add_argument("--models", nargs="+", default=list(MODELS), help="the served models (default: all)")
-    p.add_argument("--model-store", type=Path, default=ARCHIVE_DIR, help="the served archives (default %(default)s)")
+    p.add_argument("--export-store", type=Path, default=ServerConfig().export_store,
+                   help="the folder with the served export folders (default %(default)s)")
     p.add_argument("--parent", type=int, help="exit when this process is gone (the launcher passes its pid)")
     p.add_argument("--idle-timeout", type=float, default=IDLE_TIMEOUT_S,
                    help="seconds a kept-alive connection may wait for its next request (default %(default)g)")
@@ -38,7 +39,7 @@ def main(argv: list[str] | None = None) -> None:
                    help="seconds a request's line, headers and body may take to arrive (default %(default)g)")
     args = p.parse_args(argv)
     try:
-        server = Explorer(args.api, tuple(args.models), args.model_store, args.port, args.key_file,
+        server = Explorer(args.api, tuple(args.models), args.export_store, args.port, args.key_file,
                           args.idle_timeout, args.request_timeout)
     except NoSpace as e:
         print(f"explorer: off ({e})", file=sys.stderr, flush=True)

@@ -5,8 +5,8 @@ inference API.
 - ``GET /vendor/ort/*``: the two files of ONNX Runtime Web the page decodes with (its WebAssembly-only bundle and
   its ``.wasm``), from ``node_modules`` (``make setup`` runs ``npm ci``): the page loads nothing from another origin.
 - ``GET /api/spaces``: per served latent space (one export folder whose routes serve every operation the page
-  calls, ``serving/routes.py``), the routes that serve it and, from the export manifest and
-  ``latent_stats.npz`` packed in the served archives, the latent size, class names, the test posterior means
+  calls, ``serving/routes.py``), the routes that serve it and, from its export folder's manifest and
+  ``latent_stats.npz``, the latent size, class names, the test posterior means
   to scatter with their labels, the leading principal directions, the most active dimensions, the in-page
   decoder's sha256 and the parity gate's largest pixel difference per decoder backend.
 - ``GET /api/spaces/<space>/decoder.onnx``: the space's fp32 ONNX decoder, which the page checks against that
@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import hmac
 import http.cookies
-import io
 import json
 import mimetypes
 import secrets
@@ -38,7 +37,6 @@ import sys
 import time
 import traceback
 import urllib.parse
-import zipfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -48,12 +46,12 @@ from fmvae_client import Client, ClientError
 
 from explorer.errors import NoSpace
 from runtime import artifacts
-from runtime.errors import ManifestError, error_body
+from runtime.errors import error_body
+from runtime.manifest import Manifest
 from serving.httpd import IDLE_TIMEOUT_S, REQUEST_TIMEOUT_S, DeadlineHandler, DeadlineServer
 from serving.keys import read_keys
 from serving.routes import EXPLORER_OPERATIONS, ROUTES
 from serving.settings import MODELS, ROOT
-from serving.torchserve import archive
 
 STATIC = Path(__file__).resolve().parent / "static"
 # ONNX Runtime Web as `make setup` installs it (package.json, package-lock.json): the files the page loads, with
@@ -86,30 +84,22 @@ def spaces(models: tuple[str, ...]) -> list[Space]:
     return found
 
 
-def decoder_artifact(space: Space, model_store: Path) -> tuple[bytes, str] | None:
+def decoder_artifact(space: Space, export_store: Path) -> tuple[bytes, str] | None:
     """The bytes of the decoder the page runs for ``space`` and their sha256 from the export manifest, or None
-    when there is none: the one place that says where they come from (the archive of the space's ``decode``
-    route, which packs the fp32 ONNX decoder for CUDA workers)."""
-    mar = model_store / f"{space.routes['decode']}.mar"
-    artifact = archive.packed_manifest(mar).artifacts.get(f"decoder/{LOCAL_DECODER}")
-    if artifact is None:
+    when there is none: the one place that says where they come from (the space's export folder)."""
+    folder = export_store / space.export
+    artifact = Manifest.read(folder).artifacts.get(f"decoder/{LOCAL_DECODER}")
+    if artifact is None or not (folder / artifact.file).is_file():
         return None
-    try:
-        return archive.packed(mar, artifact.file), artifact.sha256
-    except KeyError:  # listed in the manifest, not packed
-        return None
+    return (folder / artifact.file).read_bytes(), artifact.sha256
 
 
-def space_document(space: Space, model_store: Path, decoder: tuple[bytes, str] | None) -> tuple[str, dict]:
-    """The space's name and what the page needs of it, from the archive of its ``edit`` route (which packs the
-    manifest and the latent statistics): what is served, whatever is in the export folders now; with the in-page
-    ``decoder`` (``decoder_artifact``) its backend, sha256 and size."""
-    mar = model_store / f"{space.routes['edit']}.mar"
-    manifest = archive.packed_manifest(mar)
-    try:
-        stats = artifacts.read_stats(io.BytesIO(archive.packed(mar, artifacts.STATS)))
-    except (OSError, KeyError, zipfile.BadZipFile) as e:
-        raise ManifestError(f"{mar}: cannot read the packed statistics ({e})") from None
+def space_document(space: Space, export_store: Path, decoder: tuple[bytes, str] | None) -> tuple[str, dict]:
+    """The space's name and what the page needs of it, from its export folder (the manifest and the latent
+    statistics); with the in-page ``decoder`` (``decoder_artifact``) its backend, sha256 and size."""
+    folder = export_store / space.export
+    manifest = Manifest.read(folder)
+    stats = artifacts.read_stats(folder / artifacts.STATS)
     latent_dim = manifest.shapes.latent_dim
 
     def rounded(a: np.ndarray) -> list:
@@ -133,15 +123,15 @@ class Explorer(DeadlineServer):
     (TorchServe's, token auth on) a client needs a session: it proves it has the inference key once
     (``POST /api/session``) and gets an HttpOnly cookie that stays valid across key renewals."""
 
-    def __init__(self, api: str, models: tuple[str, ...], model_store: Path, port: int = 0,
+    def __init__(self, api: str, models: tuple[str, ...], export_store: Path, port: int = 0,
                  key_file: Path | None = None, idle_timeout: float = IDLE_TIMEOUT_S,
                  request_timeout: float = REQUEST_TIMEOUT_S) -> None:
         found = spaces(models)
         if not found:
             raise NoSpace(f"none of the models {', '.join(models)} serve a whole latent space "
                           f"({', '.join(EXPLORER_OPERATIONS)})")
-        decoders = [decoder_artifact(s, model_store) for s in found]
-        documents = dict(space_document(s, model_store, d) for s, d in zip(found, decoders, strict=True))
+        decoders = [decoder_artifact(s, export_store) for s in found]
+        documents = dict(space_document(s, export_store, d) for s, d in zip(found, decoders, strict=True))
         self.spaces_json = json.dumps(documents).encode()
         # {space name: the in-page decoder's bytes} (the page fetches each once and checks its sha256)
         self.decoders = {name: d[0] for name, d in zip(documents, decoders, strict=True) if d}

@@ -16,7 +16,8 @@ from __future__ import annotations
 
 import copy
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -98,9 +99,9 @@ def fp32_nodes(graph: onnx.GraphProto) -> list[str]:
     return [n.name for n in graph.node if n.op_type in ("Gemm", "Reshape", "DepthToSpace")] + convs[-1:]
 
 
-def onnx_int8(fp32_path: Path, path: Path, model: VAE, cfg: ExportConfig) -> None:
+def onnx_int8(fp32_path: Path, path: Path, calibration: np.ndarray) -> None:
     """Static int8 quantization of the convolutions (QOperator QLinearConv, per-channel weights), calibrated on
-    draws from the model's prior.
+    ``calibration`` latents (draws from the model's prior).
 
     Static rather than dynamic: dynamic quantization turns Conv into ConvInteger, which ran 8x slower than
     fp32 here; QLinearConv runs on the CPU's int8 dot-product instructions. Percentile calibration (clip
@@ -108,9 +109,8 @@ def onnx_int8(fp32_path: Path, path: Path, model: VAE, cfg: ExportConfig) -> Non
     """
     prepared = path.with_name(path.stem + ".prep.onnx")
     quant_pre_process(str(fp32_path), str(prepared), skip_symbolic_shape=True)
-    calibration = PriorCalibration(prior_latents(model, cfg.calibration_samples, cfg.seed + 1))
-    quantize_static(str(prepared), str(path), calibration, quant_format=QuantFormat.QOperator, per_channel=True,
-                    activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+    quantize_static(str(prepared), str(path), PriorCalibration(calibration), quant_format=QuantFormat.QOperator,
+                    per_channel=True, activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
                     nodes_to_exclude=fp32_nodes(onnx.load(str(prepared)).graph),
                     calibrate_method=CalibrationMethod.Percentile)
     prepared.unlink()
@@ -158,20 +158,43 @@ def static_int8(decoder: LowResDecoder, calibration: np.ndarray, qconfig: tq.QCo
         return tq.convert(model)
 
 
+@dataclass(frozen=True)
+class Sources:
+    """What the builders make the artifacts from: the model, its decoder as exported (``LowResDecoder``), example
+    inputs, the int8 decoders' calibration latents (prior draws), the settings, and the artifacts' paths (a builder
+    may start from an artifact built before it)."""
+
+    model: VAE
+    decoder: nn.Module
+    z: Tensor
+    x: Tensor
+    calibration: np.ndarray
+    cfg: ExportConfig
+    paths: dict[str, Path]
+
+
+# One builder per backend of runtime/artifacts.py, run in the records' order (onnx-int8 starts from onnx-fp32):
+# a new backend is its record, its runtime adapter (runtime/backends.py) and its builder here; the parity gate
+# (export/parity.py) checks every record's artifact.
+BUILDERS: dict[str, Callable[[Sources, Path], None]] = {
+    "decoder/torchscript-fp32": lambda s, path: torchscript(s.decoder, s.z, path),
+    "decoder/torchscript-fp16": lambda s, path: torchscript(CastDecoder(s.decoder, torch.float16), s.z, path),
+    "decoder/torchscript-int8": lambda s, path: torchscript(static_int8(s.decoder, s.calibration), s.z, path),
+    "decoder/onnx-fp32": lambda s, path: onnx_fp32(s.decoder, s.z, path, "z", ["logits"], s.cfg.opset),
+    "decoder/onnx-int8": lambda s, path: onnx_int8(s.paths["decoder/onnx-fp32"], path, s.calibration),
+    "encoder/torchscript-fp32": lambda s, path: torchscript(s.model.encoder, s.x, path),  # images -> (mu, logvar)
+    "encoder/onnx-fp32": lambda s, path: onnx_fp32(s.model.encoder, s.x, path, "x", ["mu", "logvar"], s.cfg.opset),
+}
+
+
 def build(model: VAE, out: Path, cfg: ExportConfig) -> dict[str, Path]:
-    """Write every artifact into ``out``; returns {"decoder/<backend>" or "encoder/<backend>": path}."""
+    """Write every backend's artifact into ``out``; returns {"decoder/<backend>" or "encoder/<backend>": path}."""
     model = model.eval()
-    z = torch.zeros(2, model.latent_dim)
-    x = torch.zeros(2, *IMAGE_SHAPE)
-    decoder = LowResDecoder(model.decoder).eval()  # same logits, every conv at 7x7: see export/lowres.py
     paths = {f"decoder/{k}": out / v.artifact for k, v in DECODERS.items()}
     paths |= {f"encoder/{k}": out / v.artifact for k, v in ENCODERS.items()}
-    torchscript(decoder, z, paths["decoder/torchscript-fp32"])
-    torchscript(CastDecoder(decoder, torch.float16), z, paths["decoder/torchscript-fp16"])
-    calibration = prior_latents(model, cfg.calibration_samples, cfg.seed + 1)  # the ONNX int8 decoder's too
-    torchscript(static_int8(decoder, calibration), z, paths["decoder/torchscript-int8"])
-    onnx_fp32(decoder, z, paths["decoder/onnx-fp32"], "z", ["logits"], cfg.opset)
-    onnx_int8(paths["decoder/onnx-fp32"], paths["decoder/onnx-int8"], model, cfg)
-    torchscript(model.encoder, x, paths["encoder/torchscript-fp32"])  # images -> (mu, logvar)
-    onnx_fp32(model.encoder, x, paths["encoder/onnx-fp32"], "x", ["mu", "logvar"], cfg.opset)
+    sources = Sources(model, LowResDecoder(model.decoder).eval(),  # same logits, every conv at 7x7: export/lowres.py
+                      torch.zeros(2, model.latent_dim), torch.zeros(2, *IMAGE_SHAPE),
+                      prior_latents(model, cfg.calibration_samples, cfg.seed + 1), cfg, paths)
+    for key, path in paths.items():
+        BUILDERS[key](sources, path)
     return paths

@@ -20,7 +20,7 @@ from tqdm import tqdm
 from export.build import prior_latents
 from export.config import ExportConfig
 from runtime import backends
-from runtime.artifacts import DECODERS
+from runtime.artifacts import DECODERS, ENCODERS, Backend
 from training.classifier import Classifier
 from training.model import VAE
 
@@ -57,9 +57,12 @@ def neg_elbo(logits: np.ndarray, x: torch.Tensor, kl: torch.Tensor) -> float:
     return (recon + kl.double()).mean().item()
 
 
-def check(model: VAE, artifacts: dict[str, Path], x_test: torch.Tensor, clf: Classifier, cfg: ExportConfig
-          ) -> dict:
-    """Compare each artifact with eager fp32; returns {"passed": bool, "decoders": {...}, "encoders": {...}}."""
+def check(model: VAE, artifacts: dict[str, Path], x_test: torch.Tensor, clf: Classifier, cfg: ExportConfig,
+          records: dict[str, Backend] | None = None) -> dict:
+    """Compare each artifact ({"decoder/<name>" or "encoder/<name>": path}) with eager fp32; returns {"passed":
+    bool, "decoders": {...}, "encoders": {...}}. An artifact runs as the ``Backend`` record of its name
+    (``runtime/artifacts.py``), or as ``records`` says for names of its own (a candidate being compared)."""
+    records = DECODERS | {f"encoder/{k}": b for k, b in ENCODERS.items()} | (records or {})
     model = model.eval()
     gen = torch.Generator().manual_seed(cfg.seed + 2)
     with torch.no_grad():
@@ -86,9 +89,9 @@ def check(model: VAE, artifacts: dict[str, Path], x_test: torch.Tensor, clf: Cla
     for name, path in tqdm([(k, v) for k, v in artifacts.items() if k.startswith("decoder/")],
                            desc="parity", unit="artifact", file=sys.stderr, disable=None, leave=False):
         backend = name.split("/", 1)[1]
-        half = backend in DECODERS and DECODERS[backend].half_precision
+        half = records[backend].half_precision
         n = cfg.half_precision_samples if half else None  # None: every latent of each set
-        fn = backends.load(path)
+        fn = backends.load(records[backend], path)
         out = {k: run_batched(fn, v[:n]) for k, v in inputs.items()}
         images = {k: sigmoid(v) for k, v in out.items()}
         refs = {k: v[:n] for k, v in ref_images.items()}
@@ -110,7 +113,7 @@ def check(model: VAE, artifacts: dict[str, Path], x_test: torch.Tensor, clf: Cla
         report["decoders"][backend] = row
     for name, path in artifacts.items():
         if name.startswith("encoder/"):
-            outputs = run_batched(backends.load(path), x_test.numpy())
+            outputs = run_batched(backends.load(records[name], path), x_test.numpy())
             errors = [float(np.abs(out - ref.numpy()).max()) for out, ref in zip(outputs, (mu, logvar), strict=True)]
             report["encoders"][name.split("/", 1)[1]] = {"max_abs_mu": float(f"{errors[0]:.4g}"),
                                                           "max_abs_logvar": float(f"{errors[1]:.4g}"),

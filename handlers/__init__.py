@@ -1,7 +1,8 @@
-"""What a TorchServe worker runs, and nothing else: one handler file per operation (``sample.py`` ...), the
-``Service`` they share (``service.py``), request validation against ``openapi.yaml`` (``schema.py``), device
-and backend choice (``device.py``), metrics (``metrics.py``) and errors (``errors.py``).
+"""What a worker runs, on any host, and nothing else: one handler file per operation (``sample.py`` ...), the
+``Service`` they share (``service.py``: ``load`` and ``answer``, the entry every host calls, and TorchServe's
+``handle`` adapter), the worker's typed config (``config.py``), request validation against ``openapi.yaml``
+(``schema.py``), device and backend choice (``device.py``), metrics (``metrics.py``) and errors (``errors.py``).
 
-An archive packs this folder and ``runtime/`` whole (``serving/archive.py``); this package imports only itself
-and ``runtime`` (tests/test_layout.py). The host side, which builds archives and runs TorchServe, is ``serving/``.
+This package imports only itself and ``runtime`` (tests/test_layout.py): a TorchServe archive packs both whole, and
+the KServe host's processes import them. The host side is ``serving/``.
 """

@@ -1,4 +1,4 @@
-"""TorchServe handler of ``analogy``: a is to b as c is to d, with z_d = z_c + (z_b - z_a).
+"""Handler of ``analogy``: a is to b as c is to d, with z_d = z_c + (z_b - z_a).
 
 The answer shows a, b, c and d decoded, in that order. Request: ``AnalogyRequest`` in openapi.yaml.
 """

@@ -1,4 +1,4 @@
-"""TorchServe handler of ``decode``: latent vectors to images, in the order given.
+"""Handler of ``decode``: latent vectors to images, in the order given.
 
 Request and response: ``DecodeRequest`` in handlers/openapi.yaml.
 """

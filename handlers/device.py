@@ -1,4 +1,4 @@
-"""Where a worker runs: the device TorchServe gives it (a ``Placement``), the backend it picks for that device from
+"""Where a worker runs: the device its host gives it (a ``Placement``), the backend it picks for that device from
 its model config (skipping, with a log line, backends whose artifact or runtime provider is missing; env
 FMVAE_CPU_DECODER names a decoder a CPU worker tries first), its thread count, and whether it captures CUDA
 graphs."""
@@ -11,11 +11,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-import onnxruntime as ort
-
+from handlers.config import WorkerConfig
 from handlers.errors import ConfigError
 from runtime.artifacts import DECODERS, ENCODERS, Backend
-from runtime.backends import TORCH_MISSING, GraphCapture, cuda_capture, torch
+from runtime.backends import RUNTIMES, TORCH_MISSING, GraphCapture, cuda_capture, torch
 from runtime.cpus import available_cpus
 
 LOG = logging.getLogger("fmvae.worker")
@@ -70,27 +69,22 @@ def worker_threads(setting: str | int, store_workers: int = 1, cpus: int | None 
 
 def runnable(backend: Backend, device: str) -> str | None:
     """Why this process cannot run ``backend`` on ``device``, or None when it can: the backend is meant for another
-    kind of device, it is TorchScript and torch is not installed, or it is ONNX on CUDA and onnxruntime has no CUDA
-    provider."""
+    kind of device, or its runtime cannot run there (``runtime/backends.py``, ``RUNTIMES``)."""
     kind = device.split(":")[0]
     if kind not in backend.devices:
         return f"it runs on {' and '.join(backend.devices)} only"
-    if backend.runtime == "torchscript" and TORCH_MISSING:
-        return TORCH_MISSING
-    if kind == "cpu" or backend.runtime != "onnx" or "CUDAExecutionProvider" in ort.get_available_providers():
-        return None
-    return f"onnxruntime has no CUDAExecutionProvider (providers: {', '.join(ort.get_available_providers())})"
+    return RUNTIMES[backend.runtime].unavailable(kind)
 
 
-def choose_backend(config: dict, part: str, model: str, where: Placement, model_dir: Path,
+def choose_backend(config: WorkerConfig, part: str, model: str, where: Placement, model_dir: Path,
                    log: Callable[..., None] = LOG.warning) -> str:
     """The first backend the model config names for ``part`` ("decoder" or "encoder") on this device kind whose
     artifact is in ``model_dir`` and that this process can run; each one skipped is logged with the reason. A CPU
     worker's decoder tries env FMVAE_CPU_DECODER's backend first, when set."""
-    choices = (config.get(part) or {}).get(where.kind)
+    choices = getattr(config, part).get(where.kind)
     if not choices:
-        raise ConfigError(f"model {model}: its model config names no {part} for {where.kind} workers "
-                          f"(handler.{part}.{where.kind} in model-config.yaml; serving/settings.py writes it)")
+        raise ConfigError(f"model {model}: its worker config names no {part} for {where.kind} workers "
+                          f"(WorkerConfig.{part}; serving/settings.py builds it)")
     first = os.environ.get(CPU_DECODER) if (part, where.kind) == ("decoder", "cpu") else None
     if first:
         choices = [first, *(b for b in choices if b != first)]

@@ -1,4 +1,4 @@
-"""TorchServe handler of ``edit``: move a point toward a class.
+"""Handler of ``edit``: move a point toward a class.
 
 ``"strength": "auto"`` (the default): the start moves on the straight line toward the nearest anchor of the target
 class (a training image of the class that the classifier recognises, from the latent statistics) and stops at the

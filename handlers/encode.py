@@ -1,4 +1,4 @@
-"""TorchServe handler of ``encode``: images to their posterior means and log-variances (no decoder call).
+"""Handler of ``encode``: images to their posterior means and log-variances (no decoder call).
 
 Request and response: ``EncodeRequest`` and ``EncodeResponse`` in handlers/openapi.yaml.
 """

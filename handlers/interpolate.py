@@ -1,4 +1,4 @@
-"""TorchServe handler of ``interpolate``: a lerp, slerp or constant-norm path between two latents, decoded.
+"""Handler of ``interpolate``: a lerp, slerp or constant-norm path between two latents, decoded.
 
 The endpoints come as two seeds (each the first latent of ``sample`` with that seed), two latent vectors, two
 images encoded to their posterior means, or two classes' means. Request and response: ``InterpolateRequest`` in

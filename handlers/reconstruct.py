@@ -33,7 +33,8 @@ def plan(request: dict, worker: Worker) -> Plan:
     def finish(logits: np.ndarray) -> Answer:
         recon = images_of(logits[:n])
         error = bce_nats(logits[n:].reshape(n, draws, -1), x.reshape(n, 1, -1).astype(np.float64)).mean(1)
-        kl = kl_to_prior(worker.stats, mu, logvar, z)
+        stats = worker.stats
+        kl = kl_to_prior(stats.prior_means, stats.prior_stds, stats.prior_weights, mu, logvar, z)
         cols = min(n, ROW)
 
         def row(images: np.ndarray) -> np.ndarray:  # a short last row padded with white

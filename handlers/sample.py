@@ -1,4 +1,4 @@
-"""TorchServe handler of ``sample``: latents from the prior, from a class's region, or around a point, decoded.
+"""Handler of ``sample``: latents from the prior, from a class's region, or around a point, decoded.
 
 Request and response: ``SampleRequest`` in handlers/openapi.yaml. Without a seed, one is drawn and returned.
 """

@@ -1,6 +1,6 @@
-"""What every TorchServe handler shares: the worker's model (shapes and identity from the export manifest, backend
-and device from the model config, latent statistics), points in latent space from requests, one decoder call per
-batch of requests, per-request errors, response encoding and metrics.
+"""What every operation's handler shares, on any host: the worker's model (shapes and identity from the export
+manifest, backend and device from its ``WorkerConfig``, latent statistics), points in latent space from requests,
+one decoder call per batch of requests, per-request errors, response encoding and metrics.
 
 A handler file is one operation, named by the file (``handlers/sample.py`` serves ``sample``): ``plan(request,
 worker) -> Plan`` turns a validated request into the latents it needs decoded and a ``finish`` that makes the
@@ -12,12 +12,9 @@ TorchServe a request's ID is TorchServe's, and the worker's log lines name it be
 Each answer of 500 or more is logged as an error line with the IDs; with env FMVAE_ACCESS_LOG=1 (the launcher's
 ``--access-log``) each request gets an access line.
 
-The model config (``handler:`` in the archive's model-config YAML, written from ``serving/settings.py``) names,
-per device kind ("cpu", "cuda"), the backends to run in order of preference: ``decoder`` (every model) and
-``encoder`` (models that take images), plus ``stats`` (models that use classes or directions), ``threads``
-("auto" or a number; env FMVAE_WORKER_THREADS overrides it), ``store_workers`` (the workers of all models in
-the store, among which "auto" divides the CPUs), ``max_body_bytes`` (the largest request body it parses) and
-``cuda_graph_batches`` (the batch sizes a CUDA worker captures as graphs; ``handlers/device.py``).
+The worker's settings are one ``WorkerConfig`` (``handlers/config.py``): the backends per device kind, statistics,
+threads, body limit and CUDA graph sizes; TorchServe hands it over as the ``handler:`` section of the archive's
+model-config YAML, the KServe host in its processes' settings.
 """
 
 from __future__ import annotations
@@ -42,6 +39,7 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from handlers import device, metrics
+from handlers.config import WorkerConfig
 from handlers.errors import SHUTTING_DOWN, RequestError, internal
 from handlers.schema import RequestSchema
 from runtime import artifacts, backends
@@ -124,10 +122,10 @@ def shared_stats(path: Path) -> artifacts.LatentStats:
 
 
 @cache
-def shared_network(path: Path, device: str, threads: int) -> backends.TorchScriptModule | backends.OnnxModule:
+def shared_network(backend: artifacts.Backend, model_dir: Path, device: str, threads: int) -> backends.Network:
     """An artifact loaded once per process for a device and thread count: routes of one export that run the same
     backend share it (a host that serves every route in one process loads each export once)."""
-    return backends.load(path, device, threads)
+    return backends.load(backend, model_dir, device, threads)
 
 
 class Worker:
@@ -135,7 +133,8 @@ class Worker:
     latent statistics), metrics. ``config`` is the ``handler:`` section of the route's model config
     (``serving/archive.py`` writes it from the settings); ``gpu_id`` the GPU the host gives it, if any."""
 
-    def __init__(self, route: str, operation: str, model_dir: Path, config: dict, gpu_id: int | None = None) -> None:
+    def __init__(self, route: str, operation: str, model_dir: Path, config: WorkerConfig,
+                 gpu_id: int | None = None) -> None:
         logging.getLogger().addFilter(quiet_batches)  # once per process: adding the same filter again is a no-op
         self.drain_file = os.environ.get("FMVAE_DRAIN_FILE")  # exists while the launcher drains the server
         model_dir = Path(model_dir).resolve()
@@ -143,22 +142,21 @@ class Worker:
         self.model, self.device = route, where.name
         manifest = Manifest.read(model_dir)
         self.shapes, self.identity = manifest.shapes, manifest.identity
-        self.stats = shared_stats(model_dir / artifacts.STATS) if config.get("stats") else None
+        self.stats = shared_stats(model_dir / artifacts.STATS) if config.stats else None
         self.schema = RequestSchema(self.shapes.latent_dim, self.stats.class_names if self.stats else None,
-                                    (operation,), config.get("max_body_bytes"))
-        self.threads = device.worker_threads(config.get("threads", "auto"), config.get("store_workers", 1),
+                                    (operation,), config.max_body_bytes)
+        self.threads = device.worker_threads(config.threads, config.store_workers,
                                              kind=where.kind)
         self.backend = device.choose_backend(config, "decoder", self.model, where, model_dir)
         self.artifact = artifacts.DECODERS[self.backend].artifact
-        self.decoder = shared_network(model_dir / self.artifact, where.device, self.threads)
-        batches = config.get("cuda_graph_batches") or []
+        self.decoder = shared_network(artifacts.DECODERS[self.backend], model_dir, where.device, self.threads)
+        batches = config.cuda_graph_batches
         if batches and where.graph_capture and isinstance(self.decoder, backends.TorchScriptModule):
             self.decoder = backends.GraphedDecoder(self.decoder, self.shapes.latent_dim, batches, where.graph_capture)
         self.encoder = None
-        if config.get("encoder"):
+        if config.encoder:
             backend = device.choose_backend(config, "encoder", self.model, where, model_dir)
-            self.encoder = shared_network(model_dir / artifacts.ENCODERS[backend].artifact, where.device,
-                                          self.threads)
+            self.encoder = shared_network(artifacts.ENCODERS[backend], model_dir, where.device, self.threads)
         self.warm_up()
         labels = {"model": self.model, "backend": self.backend, "device": self.device}
         metrics.BACKEND_INFO.labels(**labels, artifact=self.artifact, threads=str(self.threads)).set(1)
@@ -284,16 +282,16 @@ class Service:
         self.plan = plan
         self.worker: Worker | None = None
 
-    def load(self, route: str, model_dir: Path, config: dict, gpu_id: int | None = None) -> Service:
-        """Load the worker of ``route`` (its export folder, the ``handler:`` section of its model config)."""
+    def load(self, route: str, model_dir: Path, config: WorkerConfig, gpu_id: int | None = None) -> Service:
+        """Load the worker of ``route`` (its export folder, its ``WorkerConfig``)."""
         self.worker = Worker(route, self.operation, model_dir, config, gpu_id)
         return self
 
     def __call__(self, data: list | None, context: Any) -> list | None:
         if self.worker is None:
             properties = context.system_properties
-            self.load(context.model_name, Path(properties["model_dir"]),
-                      (context.model_yaml_config or {}).get("handler", {}), properties.get("gpu_id"))
+            config = WorkerConfig.from_dict((context.model_yaml_config or {}).get("handler"))
+            self.load(context.model_name, Path(properties["model_dir"]), config, properties.get("gpu_id"))
         if data is None:  # TorchServe's initialization call
             return None
         start = time.perf_counter()

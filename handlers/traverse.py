@@ -1,4 +1,4 @@
-"""TorchServe handler of ``traverse``: from a start, straight along latent directions.
+"""Handler of ``traverse``: from a start, straight along latent directions.
 
 A direction is a step: the unit vector of a latent dimension or of a principal direction of the test set's
 posterior means, or a class's step (``class_step``). Without directions: the most active dimensions, as in the

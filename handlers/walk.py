@@ -1,4 +1,4 @@
-"""TorchServe handler of ``walk``: a seeded random walk from a start, optionally kept on the prior's shell.
+"""Handler of ``walk``: a seeded random walk from a start, optionally kept on the prior's shell.
 
 z_{k+1} = z_k + step_size * eps_k, eps_k ~ N(0, I) from the seed (drawn and returned when not given). Request:
 ``WalkRequest`` in openapi.yaml.

@@ -33,8 +33,9 @@ from collections.abc import Callable
 from fmvae_client import retry
 from locust import HttpUser, between
 
+from handlers.schema import PATH_PREFIX
 from loadtest.mix import CONTENT_TYPES, RETRIED, choices, mix
-from serving.routes import PATH_PREFIX, ROUTES, Route
+from serving.routes import ROUTES, Route
 
 MIX = mix()
 SIZES = [int(n) for n in choices(os.environ.get("LOADTEST_N", "1,4,16,64"))]

@@ -10,11 +10,14 @@ without it (the KServe host's CPU image) opens ONNX artifacts, and ``TORCH_MISSI
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import onnxruntime as ort
+
+from runtime.artifacts import Backend
 
 try:
     import torch
@@ -112,12 +115,38 @@ class OnnxModule:
         return outputs[0] if len(outputs) == 1 else tuple(outputs)
 
 
-def load(path: str | Path, device: str = "cpu", threads: int | None = None
-         ) -> TorchScriptModule | OnnxModule:
-    """Open an artifact with the runtime its file extension names (.pt TorchScript, .onnx ONNX Runtime)."""
-    path = Path(path)
-    if path.suffix == ".onnx":
-        return OnnxModule(path, device, threads)
-    if path.suffix == ".pt":
-        return TorchScriptModule(path, device, threads)
-    raise ValueError(f"{path}: unknown artifact type (expected .pt or .onnx)")
+Network = TorchScriptModule | OnnxModule
+
+
+def torchscript_unavailable(kind: str) -> str | None:
+    """Why TorchScript cannot run on a ``kind`` device here (None: it can)."""
+    return TORCH_MISSING
+
+
+def onnx_unavailable(kind: str) -> str | None:
+    """Why ONNX Runtime cannot run on a ``kind`` device here (None: it can): on CUDA it needs its CUDA provider."""
+    if kind == "cuda" and "CUDAExecutionProvider" not in ort.get_available_providers():
+        return f"onnxruntime has no CUDAExecutionProvider (providers: {', '.join(ort.get_available_providers())})"
+    return None
+
+
+@dataclass(frozen=True)
+class Runtime:
+    """How one kind of artifact runs: ``open(path, device, threads)`` gives a network, ``unavailable(kind)`` says
+    why it cannot run on a kind of device ("cpu", "cuda") in this process (None: it can)."""
+
+    open: Callable[[Path, str, int | None], Network]
+    unavailable: Callable[[str], str | None]
+
+
+# The runtime adapters, by ``Backend.runtime``: a backend of a new kind is its record (runtime/artifacts.py), its
+# adapter here and its builder in export/build.py.
+RUNTIMES = {"torchscript": Runtime(TorchScriptModule, torchscript_unavailable),
+            "onnx": Runtime(OnnxModule, onnx_unavailable)}
+
+
+def load(backend: Backend, where: str | Path, device: str = "cpu", threads: int | None = None) -> Network:
+    """Open ``backend``'s artifact with the runtime its record names: ``where`` is the export folder that holds it
+    under its record's file name, or the artifact file itself."""
+    path = Path(where) / backend.artifact if Path(where).is_dir() else Path(where)
+    return RUNTIMES[backend.runtime].open(path, device, threads)

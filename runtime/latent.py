@@ -4,12 +4,7 @@ tensors."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 import numpy as np
-
-if TYPE_CHECKING:  # runtime.artifacts imports this module
-    from runtime.artifacts import LatentStats
 
 _LATENT_RNG = np.random.Generator(np.random.Philox(key=0))
 _NO_COUNTER = np.zeros(4, np.uint64)
@@ -104,14 +99,14 @@ def prior_log_density(means: np.ndarray, stds: np.ndarray, weights: np.ndarray, 
     return (top[:, 0] + np.log(np.exp(terms - top).sum(1))).reshape(z.shape[:-1])
 
 
-def kl_to_prior(stats: LatentStats, mu: np.ndarray, logvar: np.ndarray, z: np.ndarray) -> np.ndarray:
-    """KL(q(z|x) || p(z)) per image (N,), nats, for posteriors (N, D) and their draws z (N, S, D) against the
-    model's prior in ``stats``: analytic for N(0, I), else the Monte Carlo mean of log q(z|x) - log p(z) over the
-    S draws (the evaluation's estimate)."""
+def kl_to_prior(means: np.ndarray, stds: np.ndarray, weights: np.ndarray, mu: np.ndarray, logvar: np.ndarray,
+                z: np.ndarray) -> np.ndarray:
+    """KL(q(z|x) || p(z)) per image (N,), nats, for posteriors (N, D) and their draws z (N, S, D) against the prior
+    with mixture ``means``, ``stds`` (K, D) and ``weights`` (K,) (``LatentStats.prior_*``): analytic for N(0, I),
+    else the Monte Carlo mean of log q(z|x) - log p(z) over the S draws (the evaluation's estimate)."""
     mu, logvar = mu.astype(np.float64), logvar.astype(np.float64)
-    if len(stats.prior_weights) == 1 and not stats.prior_means.any() and (stats.prior_stds == 1).all():
+    if len(weights) == 1 and not means.any() and (stds == 1).all():
         return -0.5 * (1 + logvar - mu ** 2 - np.exp(logvar)).sum(1)
     z = z.astype(np.float64)
     log_q = -0.5 * (np.log(2 * np.pi) + logvar[:, None] + (z - mu[:, None]) ** 2 * np.exp(-logvar)[:, None]).sum(-1)
-    log_p = prior_log_density(stats.prior_means, stats.prior_stds, stats.prior_weights, z)
-    return (log_q - log_p).mean(1)
+    return (log_q - prior_log_density(means, stds, weights, z)).mean(1)

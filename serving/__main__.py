@@ -78,7 +78,7 @@ def start_explorer(server: Host, config: ServerConfig) -> tuple[subprocess.Popen
     output, after the line saying where it listens, goes to ``explorer.log`` in the log folder (rolled over like
     the others) for as long as it runs."""
     cmd = [sys.executable, "-m", "explorer", "--api", server.url, "--port", str(config.explorer_port),
-           "--model-store", str(config.torchserve.model_store.resolve()), "--parent", str(os.getpid()),
+           "--export-store", str(config.export_store.resolve()), "--parent", str(os.getpid()),
            "--idle-timeout", str(config.idle_timeout), "--request-timeout", str(config.request_timeout),
            "--models", *config.models]
     if config.token_auth:

@@ -13,7 +13,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from serving.host import Probe, host_class
+from serving.host import host_class
+from serving.probe import Probe
 from serving.settings import HOSTS, MODELS, ServerConfig
 
 

@@ -1,7 +1,6 @@
-"""The one interface of a host (``Host``) and what every host shares: a private temp dir, the addresses and files a
-client or the health check reads, the keys, the handlers' metrics exporter, the drain's rule and its words, and a
-stop that always cleans up. The launcher (``serving/__main__.py``) and the health check (``serving/health.py``)
-call a host only through it; ``host_class`` finds the class of a ``ServerConfig.server`` (``settings.HOSTS``)."""
+"""The one interface of a host (``Host``), which the launcher and the health check call it through, and what every
+host shares: a private temp dir, the addresses and files a client or the health check reads, the keys, the
+handlers' metrics exporter, the drain's rule and its words, a stop that always cleans up."""
 
 from __future__ import annotations
 
@@ -11,21 +10,24 @@ import shutil
 import subprocess
 import tempfile
 import threading
-from dataclasses import dataclass
+import time
 from pathlib import Path
 
 from fmvae_client import Keys
 from prometheus_client import CollectorRegistry, multiprocess
 
 from runtime.manifest import Manifest
+from serving.errors import ServerError
 from serving.httpd import MetricsServer
 from serving.keys import read_keys
+from serving.probe import Probe
 from serving.process import ProcessGroup
 from serving.settings import DRAIN_FILE, HOSTS, KEY_FILE, ServerConfig
 
 # The drain's rule on every host: a host stops once nothing is in flight and nothing was answered (or arrived) for
 # this long, every open connection having had its last answer.
 QUIET_SECONDS = 0.3
+READY_POLL_S = 0.1  # how often a start looks whether the host is ready
 
 
 def drained(seconds: float, how: str = "new connections refused") -> str:
@@ -38,27 +40,7 @@ def cut_short(seconds: float) -> str:
 
 
 def timed_out(timeout: float, detail: str = "") -> str:
-    return f"drain timed out after {timeout:g} s" + (f" {detail}" if detail else "")
-
-
-@dataclass(frozen=True)
-class Probe:
-    """Where a health check looks: the inference URL, the routes that must be served, the host's working directory
-    (key file, drain mark, status files; None: none given) and TorchServe's management URL."""
-
-    url: str
-    models: tuple[str, ...]
-    work_dir: Path | None = None
-    management_url: str = ""
-
-    def keys(self, kind: str) -> Keys:
-        """The ``kind`` key from the key file in the working directory, when there is one."""
-        key_file = self.work_dir / KEY_FILE if self.work_dir is not None else None
-        return Keys(key_file=key_file if key_file is not None and key_file.is_file() else None, kind=kind)
-
-    @property
-    def draining(self) -> bool:
-        return self.work_dir is not None and (self.work_dir / DRAIN_FILE).exists()
+    return f"drain timed out after {timeout:g} s {detail}".rstrip()
 
 
 def reach(host: str) -> str:
@@ -76,9 +58,9 @@ class Host:
     """One host's process group and metrics exporter; a context manager that always cleans up. ``interrupted``
     aborts a start in progress; ``hurry`` cuts a drain short.
 
-    A host defines: ``start`` (returns once ``problems`` of its own ``probe`` is empty), ``problems`` (its health
-    rule, also its readiness), ``drain``, ``log_tail``, ``served_manifest`` (the export manifest a route serves),
-    the banner's words (``description``, ``key_note``, ``own_metrics``); optionally ``notes`` (what the health
+    A host defines: ``launch`` and ``waiting`` (``start`` runs the one, then waits on the other), ``problems`` (its
+    health rule, which ``waiting`` uses), ``drain``, ``log_tail``, ``served_manifest`` (the export manifest a route
+    serves), the banner's words (``description``, ``key_note``, ``own_metrics``); optionally ``notes`` (what the health
     check reports beside a healthy answer) and ``release`` (what it holds beside its process group)."""
 
     kind: str  # ServerConfig.server, a key of settings.HOSTS
@@ -141,6 +123,33 @@ class Host:
         if self.process is not None and self.process.poll() is not None:
             return f"{self.title} exited with code {self.process.returncode}\n{self.log_tail()}"
         return None
+
+    def start(self, timeout: float = 180) -> Host:
+        """``launch``, then wait until nothing is ``waiting`` (at most ``timeout`` seconds, failing at once when the
+        host dies or the start is interrupted); on any failure everything started is stopped again."""
+        try:
+            self.launch()
+            deadline = time.monotonic() + timeout
+            while found := self.waiting():
+                if self.interrupted.is_set():
+                    raise ServerError("interrupted while starting")
+                if (gone := self.died()) is not None:
+                    raise ServerError(gone)
+                if time.monotonic() > deadline:
+                    raise ServerError(f"not ready after {timeout:.0f} s: {'; '.join(found)}\n{self.log_tail()}")
+                time.sleep(READY_POLL_S)
+        except BaseException:
+            self.stop(drain=False)
+            raise
+        return self
+
+    def launch(self) -> None:
+        """Check what the host serves and start its processes (and what it holds beside them)."""
+        raise NotImplementedError
+
+    def waiting(self) -> list[str]:
+        """What the start still waits for (empty: ready); raises ServerError for a start that cannot succeed."""
+        raise NotImplementedError
 
     @property
     def description(self) -> str:

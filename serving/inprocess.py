@@ -7,28 +7,14 @@ from __future__ import annotations
 
 import importlib
 import json
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from handlers.service import Service
+from handlers.service import Reply, Service
 from runtime.manifest import Manifest
-from serving.settings import MODELS, ModelSpec
-from serving.torchserve.archive import model_config
+from serving.settings import MODELS, ModelSpec, worker_config
 
 MODEL_STORE = Path("model_store")
-
-
-@dataclass
-class Reply:
-    """One request's answer: HTTP status, headers (lower-case names, the content type among them) and body."""
-
-    status: int
-    headers: dict[str, str]
-    body: bytes
-
-    def json(self) -> Any:
-        return json.loads(self.body)
 
 
 def load_service(route: str, model_store: Path, spec: ModelSpec, gpu_id: int | None = None,
@@ -36,11 +22,13 @@ def load_service(route: str, model_store: Path, spec: ModelSpec, gpu_id: int | N
     """The loaded handler of ``route`` served as ``spec`` says, over ``model_store/<export>/``; ``store_workers``
     overrides how many workers share the CPUs (a host that serves every route in one process has one)."""
     model_dir = Path(model_store) / spec.export
-    config = model_config(spec, Manifest.read(model_dir))["handler"]
-    if store_workers is not None:
-        config = config | {"store_workers": store_workers}
-    handler = importlib.import_module(f"handlers.{spec.handler.stem}")
-    return Service(handler.plan).load(route, model_dir, config, gpu_id)  # a worker of its own, not ``handle``'s
+    config = worker_config(spec, Manifest.read(model_dir), store_workers)
+    return service_of(spec.handler.stem).load(route, model_dir, config, gpu_id)
+
+
+def service_of(operation: str) -> Service:
+    """A new ``Service`` of ``operation``'s handler (a worker of its own, not the handler module's ``handle``)."""
+    return Service(importlib.import_module(f"handlers.{operation}").plan)
 
 
 class InProcessWorker:
@@ -57,6 +45,4 @@ class InProcessWorker:
         return self.service.worker
 
     def __call__(self, bodies: list[bytes | str | dict]) -> list[Reply]:
-        answers = self.service.answer([json.dumps(b).encode() if isinstance(b, dict) else b for b in bodies])
-        return [Reply(a.status, {k.lower(): v for k, v in a.headers.items()} | {"content-type": a.content_type},
-                      a.body) for a in answers]
+        return self.service.answer([json.dumps(b).encode() if isinstance(b, dict) else b for b in bodies])

@@ -17,11 +17,11 @@ from pathlib import Path
 
 import yaml
 
+from handlers.schema import PATH_PREFIX
 from runtime.artifacts import ARTIFACT_DIR
 from runtime.manifest import Manifest
 
 OPENAPI = Path(__file__).resolve().parent.parent / "handlers" / "openapi.yaml"
-PATH_PREFIX = "/predictions/"
 
 
 @dataclass(frozen=True)

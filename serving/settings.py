@@ -10,11 +10,13 @@ model's shapes are not settings: workers read them from the export manifest pack
 from __future__ import annotations
 
 import socket
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
+from handlers.config import WorkerConfig
 from runtime.artifacts import ARTIFACT_DIR
+from runtime.manifest import Manifest
 from serving.routes import ROUTES, Route
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -74,18 +76,6 @@ class ModelSpec:
         return max(MIN_QUEUE_REQUESTS, per_worker) * self.workers
 
 
-def spec_document(spec: ModelSpec) -> dict:
-    """``spec`` as plain JSON (a host started in another process receives its routes' specs this way)."""
-    return {**asdict(spec), "handler": str(spec.handler)}
-
-
-def spec_from_document(d: dict) -> ModelSpec:
-    """Inverse of ``spec_document``."""
-    return ModelSpec(**{**d, "handler": Path(d["handler"]), "decoder": {k: tuple(v) for k, v in d["decoder"].items()},
-                        "encoder": {k: tuple(v) for k, v in d["encoder"].items()},
-                        "cuda_graph_batches": tuple(d["cuda_graph_batches"])})
-
-
 REQUEST_COST_IMAGES = 2  # a request's fixed cost (parsing, the frontend's round trip) in images' decoding and encoding
 # A queue holds at least this many requests per worker, however large each is: as many clients as one host is
 # sized for (docs/capacity) may each have a request of any route waiting without a refusal.
@@ -117,6 +107,19 @@ MODELS = {name: model_spec(route, WORKERS.get(name, 1), name in GPU_ROUTES) for 
 STORE_WORKERS = sum(spec.workers for spec in MODELS.values())  # among which threads "auto" divides the CPUs
 # The hosts (--server): each a package of serving/ whose class implements serving/host.py's Host.
 HOSTS = {"torchserve": "serving.torchserve.host:TorchServe", "kserve": "serving.kserve.host:KServe"}
+
+
+def worker_config(spec: ModelSpec, manifest: Manifest, store_workers: int | None = None) -> WorkerConfig:
+    """What the worker of a route served as ``spec`` reads, over an export with ``manifest``: its decoders per
+    device after the export's fallback (``Manifest.serving_backends``), encoders, statistics, threads, body limit
+    and CUDA graph sizes; ``store_workers``: the workers sharing the CPUs (default: every route's,
+    ``STORE_WORKERS``)."""
+    return WorkerConfig(decoder={kind: manifest.serving_backends(b) for kind, b in spec.decoder.items()},
+                        encoder=dict(spec.encoder), stats=spec.stats, threads=spec.threads,
+                        store_workers=store_workers or STORE_WORKERS, max_body_bytes=spec.max_body_bytes,
+                        cuda_graph_batches=spec.cuda_graph_batches)
+
+
 ARCHIVE_DIR = Path("build/model_store")  # where `make archives` writes the .mar files that `make serve` serves
 # In TorchServe's working directory: its key file (token auth on), and the launcher's mark while it drains.
 KEY_FILE = "key_file.json"

@@ -212,7 +212,8 @@ class InProcessApi:
         if model not in self.workers:
             self.workers[model] = InProcessWorker(model, ARTIFACTS.parent, (MODELS | TEST_MODELS)[model])
         reply = self.workers[model]([body])[0]
-        return reply.status, reply.headers, reply.body
+        headers = {k.lower(): v for k, v in reply.headers.items()} | {"content-type": reply.content_type}
+        return reply.status, headers, reply.body
 
 
 @pytest.fixture(scope="session")

@@ -23,7 +23,8 @@ from fmvae_client import APIError, AsyncClient, Client, TransportError, retry
 from fmvae_client.client import Operations
 from PIL import Image
 
-from serving.routes import PATH_PREFIX, ROUTES, openapi, route_example
+from handlers.schema import PATH_PREFIX
+from serving.routes import ROUTES, openapi, route_example
 from tests.conftest import QuietHandler, running, send_answer
 
 METHOD_ONLY = {"self", "route", "request_id"}  # a method's parameters that are not request fields

@@ -16,6 +16,7 @@ import pytest
 import torch
 
 from handlers import device
+from handlers.config import WorkerConfig
 from handlers.device import CPU, Placement, choose_backend, placement, worker_threads
 from handlers.errors import ConfigError
 from runtime import artifacts, backends, cpus
@@ -28,7 +29,7 @@ from serving.settings import CUDA_GRAPH_BATCHES, DECODER, GPU_ROUTES, MODELS
 from serving.torchserve import archive
 from tests.conftest import ARTIFACTS, LATENT, npy
 
-CUDA_CONFIG = {"decoder": {"cpu": ["onnx-int8"], "cuda": list(DECODER["cuda"])}}
+CUDA_CONFIG = WorkerConfig.from_dict({"decoder": {"cpu": ["onnx-int8"], "cuda": list(DECODER["cuda"])}})
 
 
 def cpu_capture(forward, static):
@@ -103,22 +104,22 @@ def test_the_cuda_choice_skips_what_is_missing_and_says_why(tmp_path, monkeypatc
     monkeypatch.setattr("onnxruntime.get_available_providers", lambda: ["CPUExecutionProvider"])
     with pytest.raises(ConfigError, match=r"none of the decoder backends can run on cuda:0 here \(onnx-fp32: "
                                           r"onnxruntime has no CUDAExecutionProvider"):
-        choose_backend({"decoder": {"cuda": ["onnx-fp32"]}}, "decoder", "m", PRETEND_GPU, tmp_path, log)
+        choose_backend(WorkerConfig({"cuda": ("onnx-fp32",)}), "decoder", "m", PRETEND_GPU, tmp_path, log)
     with pytest.raises(ConfigError, match="bf8: unknown backend bf8"):
-        choose_backend({"decoder": {"cuda": ["bf8"]}}, "decoder", "m", PRETEND_GPU, tmp_path, log)
+        choose_backend(WorkerConfig({"cuda": ("bf8",)}), "decoder", "m", PRETEND_GPU, tmp_path, log)
     with pytest.raises(ConfigError, match="names no decoder for cuda workers"):
-        choose_backend({"decoder": {"cpu": ["onnx-int8"]}}, "decoder", "m", PRETEND_GPU, tmp_path, log)
+        choose_backend(WorkerConfig({"cpu": ("onnx-int8",)}), "decoder", "m", PRETEND_GPU, tmp_path, log)
 
 
 def test_a_cpu_worker_with_a_missing_artifact_says_so(tmp_path):
     for name in ("decoder_fp32.onnx", MANIFEST):
         shutil.copy(ARTIFACTS / name, tmp_path / name)
     with pytest.raises(ConfigError, match="onnx-int8: decoder_int8.onnx is not in the archive"):
-        choose_backend({"decoder": {"cpu": ["onnx-int8"]}}, "decoder", "m", CPU, tmp_path, lambda *a: None)
+        choose_backend(WorkerConfig({"cpu": ("onnx-int8",)}), "decoder", "m", CPU, tmp_path, lambda *a: None)
 
 
 def test_the_env_puts_a_decoder_first_on_cpu_workers_only(monkeypatch):
-    config = {"decoder": {kind: list(order) for kind, order in DECODER.items()}, "encoder": {"cpu": ["onnx-fp32"]}}
+    config = WorkerConfig(decoder=DECODER, encoder={"cpu": ("onnx-fp32",)})
     assert choose_backend(config, "decoder", "m", CPU, ARTIFACTS) == "onnx-int8"
     monkeypatch.setenv(device.CPU_DECODER, "torchscript-int8")
     assert choose_backend(config, "decoder", "m", CPU, ARTIFACTS) == "torchscript-int8"
@@ -133,8 +134,8 @@ def test_the_env_puts_a_decoder_first_on_cpu_workers_only(monkeypatch):
 @pytest.mark.parametrize("backend", ["torchscript-fp16"])
 def test_half_precision_decoders_take_and_give_float32_and_match_fp32(backend):
     z = seeded_latents(3, 32, LATENT).astype(np.float32)
-    half = backends.load(ARTIFACTS / artifacts.DECODERS[backend].artifact)
-    full = backends.load(ARTIFACTS / artifacts.DECODERS["torchscript-fp32"].artifact)
+    half = backends.load(artifacts.DECODERS[backend], ARTIFACTS)
+    full = backends.load(artifacts.DECODERS["torchscript-fp32"], ARTIFACTS)
     out, ref = half(z), full(z)
     assert out.dtype == np.float32 and out.shape == ref.shape == (32, 1, 28, 28)
     images, ref_images = 1 / (1 + np.exp(-out)), 1 / (1 + np.exp(-ref))
@@ -204,13 +205,14 @@ def test_each_kserve_process_serves_its_gpu_routes_from_one_device(monkeypatch):
     """The KServe host on a pretend two-GPU machine: process 3 puts every GPU route on cuda:1 (3 modulo 2), the
     2-d routes on the CPU, and the routes of one export share its networks there (one CUDA context per process)."""
     from serving.kserve.app import App
-    from serving.settings import spec_document
+    from serving.kserve.settings import ProcessSettings
+    from serving.settings import ServerConfig
 
     monkeypatch.setattr(device, "cuda_devices", lambda: 2)
     monkeypatch.setattr(device, "placement", lambda gpu_id: CPU if gpu_id is None else
                         Placement(f"cuda:{gpu_id}", "cpu", cpu_capture))
-    settings = {"models": {name: spec_document(spec) for name, spec in MODELS.items()},
-                "model_store": str(ARTIFACTS.parent), "processes": 4, "key_file": None, "max_request_size": 1 << 20}
+    config = ServerConfig(server="kserve", export_store=ARTIFACTS.parent)
+    settings = ProcessSettings.from_json(ProcessSettings.of(config, MODELS, 4, None, None).to_json())
     app = App(settings, index=3)
     workers = {route: lane.service.worker for route, lane in app.lanes.items()}
     assert {route: w.device for route, w in workers.items()} == {

@@ -33,7 +33,7 @@ def closed_port() -> int:
 @pytest.fixture(scope="module")
 def explorer(current_store):
     """The explorer in front of an inference API that is not there (its own errors need none)."""
-    server = Explorer(f"http://127.0.0.1:{closed_port()}", tuple(MODELS), current_store)
+    server = Explorer(f"http://127.0.0.1:{closed_port()}", tuple(MODELS), ARTIFACTS.parent)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     yield server
@@ -105,7 +105,7 @@ def test_expired_explorer_sessions_are_dropped(current_store, tmp_path, monkeypa
     from explorer import server as explorer_server
     key_file = tmp_path / "key_file.json"
     key_file.write_text(json.dumps({"management": {"key": "m"}, "inference": {"key": "secret"}, "API": {"key": "a"}}))
-    page = Explorer("http://127.0.0.1:1", tuple(MODELS), current_store, key_file=key_file)
+    page = Explorer("http://127.0.0.1:1", tuple(MODELS), ARTIFACTS.parent, key_file=key_file)
     try:
         clock = [1000.0]
         monkeypatch.setattr(explorer_server.time, "monotonic", lambda: clock[0])

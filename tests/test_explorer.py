@@ -49,7 +49,7 @@ def serve(explorer: Explorer):
 
 @pytest.fixture(scope="module")
 def explorer(server, current_store):
-    page_server = serve(Explorer(server.url, tuple(MODELS), current_store))
+    page_server = serve(Explorer(server.url, tuple(MODELS), ARTIFACTS.parent))
     yield page_server
     page_server.shutdown()
     page_server.server_close()
@@ -362,7 +362,7 @@ def test_with_token_auth_the_page_asks_for_the_key_and_the_proxy_refuses_without
     config = ServerConfig(torchserve=TorchServeConfig(model_store=current_store), models=models, token_auth=True,
                           work_dir=tmp_path).with_free_ports()
     with TorchServe(config) as ts:
-        page_server = serve(Explorer(ts.url, models, current_store, key_file=ts.key_file))
+        page_server = serve(Explorer(ts.url, models, ARTIFACTS.parent, key_file=ts.key_file))
         try:
             # Without a session: no spaces, no predictions (any local process could otherwise use the key).
             code, body = request(f"{page_server.url}/api/predictions/decode2d", BODY, JSON)
@@ -397,7 +397,7 @@ def test_with_token_auth_the_page_asks_for_the_key_and_the_proxy_refuses_without
             page_server.shutdown()
             page_server.server_close()
     with pytest.raises(NoSpace):
-        Explorer("http://127.0.0.1:1", ("sample", "interpolate"), current_store)
+        Explorer("http://127.0.0.1:1", ("sample", "interpolate"), ARTIFACTS.parent)
 
 
 @pytest.fixture(scope="module")
@@ -406,7 +406,7 @@ def guarded(current_store, tmp_path_factory):
     refusals need none."""
     key_file = tmp_path_factory.mktemp("keys") / "key_file.json"
     key_file.write_text(json.dumps({"management": {"key": "m"}, "inference": {"key": "secret"}, "API": {"key": "a"}}))
-    with running(Explorer("http://127.0.0.1:1", tuple(MODELS), current_store, key_file=key_file)) as page_server:
+    with running(Explorer("http://127.0.0.1:1", tuple(MODELS), ARTIFACTS.parent, key_file=key_file)) as page_server:
         yield page_server
 
 

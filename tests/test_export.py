@@ -99,14 +99,14 @@ def test_artifacts_run_in_their_runtimes_and_match_eager(small, exported):
     fp32_ts = torch.jit.load(str(art / "decoder_fp32.pt"))(torch.from_numpy(z)).detach().numpy()
     for logits in (fp32_onnx, fp32_ts):
         assert np.abs(parity.sigmoid(logits) - ref).max() < 1e-5
-    out_int8 = parity.sigmoid(backends.load(art / "decoder_int8.onnx")(z))
+    out_int8 = parity.sigmoid(backends.load(artifacts.DECODERS["onnx-int8"], art)(z))
     assert out_int8.shape == ref.shape and 25 < parity.psnr(out_int8, ref) < np.inf  # quantized: close, not equal
     ops = [n.op_type for n in onnx.load(str(art / "decoder_int8.onnx")).graph.node]
     # The first two convs run in int8; the Linear and the small last conv stay fp32 (see build.fp32_nodes).
     assert ops.count("QLinearConv") == 2 and ops.count("Conv") == 1 and ops.count("Gemm") == 1
     assert "QGemm" not in ops
-    for name in ("encoder_fp32.onnx", "encoder_fp32.pt"):
-        mu, logvar = backends.load(art / name)(x)
+    for backend in artifacts.ENCODERS.values():
+        mu, logvar = backends.load(backend, art)(x)
         assert np.abs(mu - ref_mu).max() < 1e-5 and np.abs(logvar - ref_logvar).max() < 1e-5
 
 
@@ -189,12 +189,12 @@ def check_latent_size(artifact_dir: Path, latent_dim: int) -> None:
     assert manifest.shapes == Shapes(latent_dim, (1, 28, 28))
     assert manifest.parity["passed"] and manifest.model_config["latent_dim"] == latent_dim
     z = np.random.default_rng(0).standard_normal((3, latent_dim)).astype(np.float32)
-    for name, artifact in manifest.artifacts.items():  # every decoder the gate kept
+    for name in manifest.artifacts:  # every decoder the gate kept
         if name.startswith("decoder/"):
-            assert backends.load(artifact_dir / artifact.file)(z).shape == (3, 1, 28, 28)
+            assert backends.load(artifacts.DECODERS[name.split("/")[1]], artifact_dir)(z).shape == (3, 1, 28, 28)
     x = np.random.default_rng(1).random((3, 1, 28, 28)).astype(np.float32)
-    for file in (b.artifact for b in artifacts.ENCODERS.values()):
-        assert [a.shape for a in backends.load(artifact_dir / file)(x)] == [(3, latent_dim)] * 2  # mu, logvar
+    for backend in artifacts.ENCODERS.values():
+        assert [a.shape for a in backends.load(backend, artifact_dir)(x)] == [(3, latent_dim)] * 2  # mu, logvar
     stats = artifacts.read_stats(artifact_dir / artifacts.STATS)
     assert stats.class_means.shape == (10, latent_dim) and stats.anchor_means.shape[::2] == (10, latent_dim)
     assert stats.principal_directions.shape == (latent_dim, latent_dim)
@@ -259,7 +259,8 @@ def test_the_gate_fails_a_coarse_int8_configuration():
         build.torchscript(build.static_int8(decoder, calibration, narrow), torch.zeros(2, 64), paths["decoder/coarse"])
         x_test = data.load().test.tensor()[:1000]
         report = parity.check(model, paths, x_test, classifier.load(classifier.DEFAULT_PATH)[0],
-                              ExportConfig(prior_samples=1000))
+                              ExportConfig(prior_samples=1000), dict.fromkeys(("export", "coarse"),
+                                                                             artifacts.DECODERS["torchscript-int8"]))
     good, bad = report["decoders"]["export"], report["decoders"]["coarse"]
     assert good["passed"] and not bad["passed"] and max(bad["psnr_test_means_db"], bad["psnr_prior_db"]) < 40
 
@@ -396,3 +397,14 @@ def test_statistics_errors_name_the_file(tmp_path):
     (tmp_path / "broken.npz").write_bytes(b"PK\x03\x04 truncated")
     with pytest.raises(ManifestError, match="not readable latent statistics"):
         artifacts.read_stats(tmp_path / "broken.npz")
+
+
+def test_every_backend_record_has_a_builder_and_a_runtime():
+    """A backend is its record, its runtime adapter and its builder: none of the three is missing for another."""
+    from export.build import BUILDERS
+    from runtime.backends import RUNTIMES
+
+    records = {f"decoder/{k}": b for k, b in artifacts.DECODERS.items()} | {
+        f"encoder/{k}": b for k, b in artifacts.ENCODERS.items()}
+    assert set(BUILDERS) == set(records)
+    assert {b.runtime for b in records.values()} == set(RUNTIMES)

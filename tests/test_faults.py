@@ -94,7 +94,7 @@ def test_a_model_whose_workers_die_while_loading_fails_the_start_with_their_reas
         server.start()
     assert time.monotonic() - start < 60
     assert str(failed.value).startswith("model broken: its workers die while loading: handlers.errors.ConfigError: "
-                                        "model broken: its model config names no decoder for cpu workers")
+                                        "model broken: its worker config names no decoder for cpu workers")
     assert not server.tmp.exists() and not group_alive(server.process.pid)
 
 

@@ -169,7 +169,7 @@ def test_a_lane_batches_what_waits_and_refuses_beyond_its_bound():
     queue = MODELS["traverse"].job_queue_size
 
     async def burst() -> list[Reply]:
-        lane = Lane(Service(), MODELS["traverse"], 4, ThreadPoolExecutor(1))
+        lane = Lane(Service(), queue, 4, ThreadPoolExecutor(1))
         first = await asyncio.gather(*(lane.submit(str(i).encode()) for i in range(queue + 5)))
         failed = await lane.submit(b"boom")
         return [*first, failed, await lane.submit(b"after")]
@@ -300,8 +300,8 @@ def test_replacements_that_keep_failing_end_the_supervisor_after_the_retries(tmp
 
 
 def test_the_health_check_names_a_process_being_replaced(tmp_path):
-    from serving.host import Probe
     from serving.kserve.host import KServe
+    from serving.probe import Probe
 
     def gaps(work_dir: Path | None) -> list[str]:
         return KServe.notes(Probe("http://127.0.0.1:1", ("sample",), work_dir))
@@ -362,3 +362,27 @@ def test_a_failed_drain_still_stops_the_process_group_and_removes_the_temp_dir(h
     with pytest.raises(RuntimeError, match="the drain broke"):
         server.stop()
     assert stopped == [True] and not server.tmp.exists()
+
+
+def test_the_worker_config_and_the_kserve_process_settings_travel_whole():
+    """One typed record per boundary: what the archive's YAML and the KServe host's settings file carry reads back
+    equal, and a key the worker does not know is refused, named."""
+    from handlers.config import WorkerConfig
+    from handlers.errors import ConfigError
+    from runtime.manifest import Manifest
+    from serving.kserve.settings import ProcessSettings
+    from serving.settings import MODELS, KServeConfig, worker_config
+    from tests.conftest import ARTIFACTS
+
+    config = worker_config(MODELS["reconstruct"], Manifest.read(ARTIFACTS))
+    assert WorkerConfig.from_dict(json.loads(json.dumps(config.to_dict()))) == config
+    assert config.encoder and config.stats and config.decoder["cpu"][0] == "onnx-int8"
+    with pytest.raises(ConfigError, match="unknown settings: batch"):
+        WorkerConfig.from_dict(config.to_dict() | {"batch": 4})
+    server = ServerConfig(server="kserve", export_store=ARTIFACTS.parent, models=("sample", "traverse"),
+                          kserve=KServeConfig(batch_size=1))
+    settings = ProcessSettings.of(server, MODELS, 3, None, tmp := Path("/nonexistent/processes.json"))
+    back = ProcessSettings.from_json(settings.to_json())
+    assert back == settings and back.status_file == str(tmp)
+    assert {name: (r.batch_size, r.queue_size, r.worker.store_workers) for name, r in back.routes.items()} == {
+        "sample": (1, MODELS["sample"].job_queue_size, 3), "traverse": (1, MODELS["traverse"].job_queue_size, 3)}

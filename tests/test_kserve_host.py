@@ -8,7 +8,6 @@ from __future__ import annotations
 import json
 import re
 import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -25,7 +24,7 @@ from serving.keys import read_keys
 from serving.routes import ROUTES, example
 from serving.settings import MODELS
 from tests.conftest import ARTIFACTS, post
-from tests.launching import FAULT_MODELS, NPY, Clients, Launcher, exchange, group_alive, wait_until
+from tests.launching import FAULT_MODELS, NPY, Clients, Launcher, exchange, wait_until
 
 pytestmark = pytest.mark.integration  # a real TorchServe and a real KServe host
 KSERVE = ("--server", "kserve", "--export-store", str(ARTIFACTS.parent), "--processes", "1")
@@ -102,30 +101,6 @@ def test_kserves_v1_predict_refuses_as_the_api_does(kserve_host):
             assert (code, error.get("reason"), error.get("field")) == (status, reason, field), (data[:60], error)
             assert set(error) == {"code", "reason", "message", "field"}
     assert v1_predict(url, json.dumps({"instances": [good, good]}).encode())[0] == 200
-
-
-@pytest.mark.parametrize("senders", [16, 8])
-def test_a_stop_under_constant_senders_resets_nothing(launcher, tmp_path, senders):
-    launched = launcher(*KSERVE, "--drain-timeout", "20", "--work-dir", str(tmp_path / "work"))
-    group = launched.wait_ready()
-    clients = Clients(launched.url, NPY, senders)
-    time.sleep(2)
-    signalled = time.monotonic()
-    launched.process.send_signal(signal.SIGTERM)
-    try:
-        assert launched.process.wait(timeout=40) == 0, launched.output()
-        stopped = time.monotonic() - signalled
-        clients.join(timeout=10)
-    finally:
-        clients.stop()
-    errors = [o for o in clients.outcomes if o[0] == "error"]
-    assert not errors, f"{len(errors)} request(s) reset or cut off: {errors[:3]}\n{launched.output()}"
-    kinds = {(kind, status) for kind, status, _ in clients.outcomes}
-    assert {("http", 200), ("refused", 0)} <= kinds <= {("http", 200), ("http", 503), ("refused", 0)}, kinds
-    refusals = [json.loads(body) for _, status, body in clients.outcomes if status == 503]
-    assert {r["reason"] for r in refusals} <= {"shutting_down"}  # a request that came in after the drain began
-    assert "stopped (drained in" in launched.output() and stopped < 10, launched.output()
-    assert not group_alive(group) and not launched.new_temp_dirs()
 
 
 def test_a_killed_serving_process_is_replaced_while_the_others_answer(launcher, tmp_path):

@@ -21,10 +21,11 @@ import pytest
 from fmvae_client import retry
 from PIL import Image
 
+from handlers.schema import PATH_PREFIX
 from loadtest import capacity, soak
 from loadtest.__main__ import targets
 from loadtest.mix import CONTENT_TYPES
-from serving.routes import EXPORT_2D, PATH_PREFIX, ROUTES
+from serving.routes import EXPORT_2D, ROUTES
 from serving.settings import ServerConfig
 from tests.conftest import QuietHandler, running, send_answer
 

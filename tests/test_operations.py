@@ -75,7 +75,7 @@ def test_keys_are_renewed_before_they_expire_under_load(current_store, tmp_path,
                           work_dir=tmp_path / "work").with_free_ports()  # keys live 6 s
     with TorchServe(config) as ts:
         first_key = ts.key("inference")
-        page = serve_in_thread(Explorer(ts.url, config.models, current_store, key_file=ts.key_file))
+        page = serve_in_thread(Explorer(ts.url, config.models, ARTIFACTS.parent, key_file=ts.key_file))
         status, cookie = session(page, ts.key("inference"))
         if status == 401:  # renewed since it was read (every 2 s): read it again, as the page's user would
             status, cookie = session(page, ts.key("inference"))
@@ -200,12 +200,17 @@ def test_an_unwritable_log_folder_is_named_at_once(tmp_path, current_store, fold
 
 # 6. Drain: clients that ignore the 503s lose nothing and no longer hold it to its timeout; nothing is left behind.
 
-@pytest.mark.parametrize("senders", [16, 16, 8, 8])  # several runs of each: a reset is a race, rare in one run
-def test_a_stop_under_constant_senders_resets_nothing_and_ends_with_the_accepted_work(launcher, tmp_path, senders):
+@pytest.mark.parametrize(("host", "senders"), [("torchserve", 16), ("torchserve", 16), ("torchserve", 8),
+                                               ("torchserve", 8), ("kserve", 16), ("kserve", 8)])
+def test_a_stop_under_constant_senders_resets_nothing_and_ends_with_the_accepted_work(launcher, tmp_path, host,
+                                                                                       senders):
     """Keep-alive clients that send again at once after every answer, 503s included, until their connection is
     refused: every request that went out is answered (200 or 503 shutting_down), none is reset or cut off, and
-    the drain ends on the accepted work, well inside its timeout."""
-    launched = launcher("--drain-timeout", "20", "--work-dir", str(tmp_path / "work"))
+    the drain ends on the accepted work, well inside its timeout (several runs of each: a reset is a race, rare in
+    one run)."""
+    kserve = ("--server", "kserve", "--export-store", str(ARTIFACTS.parent), "--processes", "1")
+    launched = launcher(*(kserve if host == "kserve" else ()), "--drain-timeout", "20", "--work-dir",
+                        str(tmp_path / "work"))
     group = launched.wait_ready()
     clients = Clients(launched.url, NPY, senders)
     time.sleep(2)
@@ -220,12 +225,13 @@ def test_a_stop_under_constant_senders_resets_nothing_and_ends_with_the_accepted
     errors = [o for o in clients.outcomes if o[0] == "error"]
     assert not errors, f"{len(errors)} request(s) reset or cut off: {errors[:3]}\n{launched.output()}"
     kinds = {(kind, status) for kind, status, _ in clients.outcomes}
-    assert kinds == {("http", 200), ("http", 503), ("refused", 0)}, kinds
+    assert {("http", 200), ("refused", 0)} <= kinds <= {("http", 200), ("http", 503), ("refused", 0)}, kinds
+    assert host == "kserve" or ("http", 503) in kinds  # TorchServe's handlers refuse what they take up draining
     refusals = [json.loads(body) for _, status, body in clients.outcomes if status == 503]
-    assert {r["reason"] for r in refusals} == {"shutting_down"}
+    assert {r["reason"] for r in refusals} <= {"shutting_down"}
     assert "(new connections refused)" in launched.output(), launched.output()
     assert "stopped (drained in" in launched.output(), launched.output()  # not "drain timed out after 20 s"
-    assert stopped < 10, launched.output()  # the drain and the JVM's stop
+    assert stopped < 10, launched.output()  # the drain and the processes' stop
     assert not group_alive(group) and not launched.new_temp_dirs()
     assert not (tmp_path / "work" / "draining").exists()
 
@@ -288,7 +294,7 @@ def test_slow_and_idle_clients_are_cut_off(current_store):
     config = ServerConfig(torchserve=TorchServeConfig(model_store=current_store), models=SPACE_2D, request_timeout=2,
                           idle_timeout=3).with_free_ports()
     with TorchServe(config) as ts:
-        page = serve_in_thread(Explorer(ts.url, SPACE_2D, current_store, idle_timeout=3, request_timeout=2))
+        page = serve_in_thread(Explorer(ts.url, SPACE_2D, ARTIFACTS.parent, idle_timeout=3, request_timeout=2))
         stop, closed = threading.Event(), []
         threads = [threading.Thread(target=trickle, args=(port, stop, closed))
                    for port in (config.metrics_port, page.server_address[1]) for _ in range(10)]

@@ -3,6 +3,7 @@ the settings, the load-test mix, the explorer, the serving benchmark and the ima
 
 from __future__ import annotations
 
+import importlib
 import json
 import os
 import subprocess
@@ -13,11 +14,12 @@ import pytest
 from bench.serving import SCENARIOS
 from deploy.image import EXAMPLES
 from explorer.server import spaces
-from handlers.schema import REQUESTS, SPEC, RequestSchema
+from handlers.schema import PATH_PREFIX, REQUESTS, SPEC, RequestSchema
+from handlers.service import Service
 from loadtest.mix import mix
 from runtime.artifacts import ARTIFACT_DIR
 from serving.inprocess import InProcessWorker
-from serving.routes import EXPLORER_OPERATIONS, OPERATIONS, PATH_PREFIX, ROUTES, example
+from serving.routes import EXPLORER_OPERATIONS, OPERATIONS, ROUTES, example
 from serving.settings import HANDLERS, MIN_QUEUE_REQUESTS, MODELS, REQUEST_COST_IMAGES
 from tests.conftest import ARTIFACTS, LATENT, MINIMAL
 
@@ -29,8 +31,9 @@ def test_the_openapi_paths_are_the_operations():
 
 @pytest.mark.parametrize("operation", sorted(OPERATIONS))
 def test_every_operation_has_a_handler_file_and_a_valid_example(operation):
-    handler = (HANDLERS / f"{operation}.py").read_text()
-    assert "handle = Service(plan)" in handler
+    module = importlib.import_module(f"handlers.{operation}")  # the handler file TorchServe's archive names
+    assert (HANDLERS / f"{operation}.py").is_file() and isinstance(module.handle, Service)
+    assert (module.handle.operation, module.handle.plan) == (operation, module.plan)
     schema = RequestSchema(LATENT, ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt",
                                     "Sneaker", "Bag", "Ankle boot"))
     assert schema.validators[operation].is_valid(example(operation)), operation

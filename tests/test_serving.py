@@ -16,10 +16,10 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import pytest
 import yaml
-from fmvae_client import fetch
 from prometheus_client.parser import text_string_to_metric_families
 
 from handlers import metrics
+from handlers.config import WorkerConfig
 from handlers.device import worker_threads
 from handlers.errors import ConfigError
 from handlers.schema import SPEC, RequestSchema
@@ -34,7 +34,7 @@ from serving.routes import example
 from serving.settings import MODELS, ROOT, STORE_WORKERS, ServerConfig, TorchServeConfig
 from serving.torchserve import archive
 from serving.torchserve.host import TorchServe
-from tests.conftest import ARTIFACTS, LATENT, b64png, fast_check_passes, npy, png, post
+from tests.conftest import ARTIFACTS, LATENT, b64png, npy, png, post
 
 STATS = artifacts.read_stats(ARTIFACTS / artifacts.STATS)  # a seed's point is the model's prior draw
 
@@ -156,7 +156,7 @@ def test_interpolate_from_images_uses_posterior_means(api):
     code, _, body = post(api, "interpolate", {"images": [b64png(p) for p in pixels], "steps": 5,
                                                  "format": "json"})
     assert code == 200
-    encoder = backends.load(ARTIFACTS / artifacts.ENCODERS["onnx-fp32"].artifact)
+    encoder = backends.load(artifacts.ENCODERS["onnx-fp32"], ARTIFACTS)
     mu, _ = encoder(pixels[:, None].astype(np.float32) / 255)
     z = np.array(json.loads(body)["latents"])
     assert np.allclose(z[0], mu[0], atol=1e-4) and np.allclose(z[-1], mu[1], atol=1e-4)
@@ -214,15 +214,6 @@ def test_bad_input_gets_a_json_4xx_naming_the_field(api, model, body, status, fi
     assert (code, headers["content-type"]) == (status, "application/json")
     assert (error["code"], error["field"], error["reason"]) == (status, field, reason)
     assert error["message"]
-
-
-def test_worker_survives_bad_input(server):
-    management = f"http://127.0.0.1:{server.config.torchserve.management_port}"
-    before = [w["pid"] for w in fetch(f"{management}/models/sample")[0]["workers"]]
-    for _, body, *_ in BAD_INPUTS[:8]:
-        post(server, "sample", body)
-    assert post(server, "sample", {"n": 1, "seed": 0, "format": "npy"})[0] == 200
-    assert [w["pid"] for w in fetch(f"{management}/models/sample")[0]["workers"]] == before
 
 
 def test_bad_request_in_a_batch_fails_alone(server):
@@ -297,12 +288,12 @@ def test_metrics_are_exported_and_increase(server):
 
 
 def test_a_worker_whose_config_names_no_decoder_fails_at_start():
-    with pytest.raises(ConfigError, match=r"model broken: its model config names no decoder for cpu workers "
-                                          r"\(handler.decoder.cpu in model-config.yaml"):
-        Worker("broken", "sample", ARTIFACTS, {"threads": 1})
+    with pytest.raises(ConfigError, match=r"model broken: its worker config names no decoder for cpu workers "
+                                          r"\(WorkerConfig.decoder"):
+        Worker("broken", "sample", ARTIFACTS, WorkerConfig(threads=1))
     with pytest.raises(ConfigError, match="names no decoder for cpu workers"):
-        Worker("broken", "sample", ARTIFACTS, {"decoder": {"cuda": ["onnx-fp32"]}, "threads": 1})
-    worker = Worker("broken", "sample", ARTIFACTS, {"decoder": {"cpu": ["onnx-fp32"]}, "threads": 1})  # configured
+        Worker("broken", "sample", ARTIFACTS, WorkerConfig({"cuda": ("onnx-fp32",)}, threads=1))
+    worker = Worker("broken", "sample", ARTIFACTS, WorkerConfig({"cpu": ("onnx-fp32",)}, threads=1))  # configured
     assert (worker.backend, worker.shapes.latent_dim, worker.encoder) == ("onnx-fp32", LATENT, None)
 
 
@@ -312,15 +303,6 @@ VALID_INPUTS = [
     ("interpolate", {"seeds": [0, 1]}), ("interpolate", {"latents": [[0.5] * LATENT] * 2, "steps": 64.0}),
     ("interpolate", {"images": [GOOD_PNG, GOOD_PNG], "method": "lerp", "format": "npy"}),
 ]
-
-
-def test_fast_check_agrees_with_the_reference_validator():
-    """fastjsonschema passes requests without building errors; jsonschema (the reference) explains rejections."""
-    schema = RequestSchema(LATENT)
-    cases = [(model, body) for model, body, *_ in BAD_INPUTS if isinstance(body, dict)] + VALID_INPUTS
-    for model, body in cases:
-        assert fast_check_passes(schema, model, body) == schema.validators[model].is_valid(body), (model, body)
-    assert all(schema.parse(json.dumps(body), model) for model, body in VALID_INPUTS)
 
 
 def test_openapi_latent_length_is_the_released_models():

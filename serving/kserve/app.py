@@ -46,13 +46,13 @@ from handlers.errors import SHUTTING_DOWN, RequestError
 from handlers.schema import PATH_PREFIX
 from handlers.service import Reply
 from serving.host import QUIET_SECONDS
-from serving.inprocess import load_service
+from serving.inprocess import service_of
 from serving.keys import read_keys
 from serving.kserve.http_protocol import http_protocol
 from serving.kserve.lane import Lane
 from serving.kserve.request_path import METHOD_NOT_ALLOWED, HostRules, Refusals, Traffic, error_reply
+from serving.kserve.settings import ProcessSettings
 from serving.kserve.supervisor import supervise
-from serving.settings import spec_from_document
 
 
 class App:
@@ -61,22 +61,19 @@ class App:
     (none: the CPU), so each process holds one CUDA context for all its routes, and the routes of one export share
     its networks there."""
 
-    def __init__(self, settings: dict, index: int = 0) -> None:
-        self.routes: tuple[str, ...] = tuple(settings["models"])
-        store = Path(settings["model_store"])
-        processes = settings["processes"]
+    def __init__(self, settings: ProcessSettings, index: int = 0) -> None:
+        self.routes: tuple[str, ...] = tuple(settings.routes)
         gpus = device.cuda_devices()
         self.executor = ThreadPoolExecutor(1, thread_name_prefix="inference")
         self.lanes = {}
-        for route, document in settings["models"].items():
-            spec = spec_from_document(document)
-            gpu_id = index % gpus if spec.gpu and gpus else None
-            service = load_service(route, store, spec, gpu_id, store_workers=processes)
-            self.lanes[route] = Lane(service, spec, settings.get("batch_size") or spec.batch_size, self.executor)
-        # The host's keys never expire (kserve_host.write_keys): read once, so no request waits on the file.
-        self.key = read_keys(Path(settings["key_file"]))["inference"] if settings.get("key_file") else None
-        self.max_request_size = settings["max_request_size"]
-        self.access_log = bool(settings.get("access_log"))
+        for name, route in settings.routes.items():
+            gpu_id = index % gpus if route.gpu and gpus else None
+            service = service_of(route.operation).load(name, Path(route.export_dir), route.worker, gpu_id)
+            self.lanes[name] = Lane(service, route.queue_size, route.batch_size, self.executor)
+        # The host's keys never expire (serving/keys.py, write_keys): read once, so no request waits on the file.
+        self.key = read_keys(Path(settings.key_file))["inference"] if settings.key_file else None
+        self.max_request_size = settings.max_request_size
+        self.access_log = settings.access_log
         self.traffic = Traffic()
         self.refusals = Refusals()
 
@@ -96,7 +93,7 @@ class App:
         return await lane.submit(body)
 
 
-def build(settings: dict, index: int = 0) -> tuple[Any, App]:
+def build(settings: ProcessSettings, index: int = 0) -> tuple[Any, App]:
     """KServe's ModelServer with every route registered as a model and the API's routes on its FastAPI app; returns
     (its REST server, the App)."""
     from fastapi.responses import Response
@@ -138,7 +135,7 @@ def build(settings: dict, index: int = 0) -> tuple[Any, App]:
     for route in app_state.routes:
         server.register_model(RouteModel(route))
     rest = RESTServer("kserve.model_server:app", server.dataplane, server.model_repository_extension, 0,
-                      workers=1, grace_period=1, timeout_keep_alive=settings["idle_timeout"])
+                      workers=1, grace_period=1, timeout_keep_alive=settings.idle_timeout)
     rest.config.access_log = False  # the access lines are HostRules', with the request ID
     rest.config.http = http_protocol()
     rest.create_application()
@@ -164,7 +161,7 @@ def build(settings: dict, index: int = 0) -> tuple[Any, App]:
     return rest, app_state
 
 
-def serve(sock: socket.socket, settings: dict, index: int, ready_fd: int) -> None:
+def serve(sock: socket.socket, settings: ProcessSettings, index: int, ready_fd: int) -> None:
     """Serve on ``sock`` as process ``index`` until SIGTERM or SIGINT, then drain and return; once the routes are
     loaded, say so on stdout and on ``ready_fd`` (the supervisor's pipe), with one byte."""
     Path("/proc/self/comm").write_text(f"kserve-proc-{index}")  # what top and pgrep show: which process this is
@@ -234,8 +231,8 @@ def main(argv: list[str] | None = None) -> int:
     cli.add_argument("--settings", type=Path, required=True, help="the launcher's settings for the processes (JSON)")
     cli.add_argument("--processes", type=int, default=1, help="serving processes (each with every route)")
     args = cli.parse_args(argv)
-    settings = json.loads(args.settings.read_text())
-    status = Path(settings["status_file"]) if settings.get("status_file") else None
+    settings = ProcessSettings.from_json(args.settings.read_text())
+    status = Path(settings.status_file) if settings.status_file else None
     preload()
     return supervise(lambda index, ready_fd: serve(socket.socket(fileno=args.socket_fd), settings, index, ready_fd),
                      args.socket_fd, args.processes, status)

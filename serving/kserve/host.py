@@ -27,12 +27,14 @@ from runtime.manifest import Manifest
 from serving import listener
 from serving.checks import check_export, check_ports
 from serving.errors import ServerError
-from serving.host import Host, Probe, cut_short, drained, timed_out
+from serving.host import Host, cut_short, drained, timed_out
 from serving.keys import write_keys
+from serving.kserve.settings import ProcessSettings
 from serving.kserve.supervisor import STATUS_FILE
 from serving.logs import RotatingFile, check_writable, copy_output
+from serving.probe import Probe
 from serving.process import ProcessGroup
-from serving.settings import MODELS, ROOT, ModelSpec, ServerConfig, spec_document
+from serving.settings import MODELS, ROOT, ModelSpec, ServerConfig
 
 READY_LINE = b": ready, "  # what a serving process prints once its routes are loaded (serving/kserve_app.py)
 OUTPUT = "kserve.out"  # the processes' output, in the log folder
@@ -61,50 +63,39 @@ class KServe(Host):
         self._ready = 0
         self._start_lines: IO[bytes] | None = None
 
-    def start(self, timeout: float = 180) -> KServe:
-        """Check, bind, start the processes and the exporter; return once every process has loaded every route."""
-        try:
-            unknown = [m for m in self.config.models if m not in self.specs]
-            if unknown:
-                raise ServerError(f"no route {', '.join(unknown)} in serving/routes.py")
-            for export in sorted({self.specs[m].export for m in self.config.models}):
-                check_export(self.config.export_store / export)
-            check_ports(self.config, self.ports)
-            check_writable(self.log_dir)
-            self.work_dir.mkdir(parents=True, exist_ok=True)
-            self.drain_file.unlink(missing_ok=True)
-            if self.config.token_auth:
-                write_keys(self.key_file)
-            self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-            self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            self.sock.bind((self.config.host, self.config.inference_port))
-            self.sock.listen(1024)
-            self.sock.set_inheritable(True)
-            multiproc = self.start_exporter()
-            settings = self.tmp / "kserve.json"
-            settings.write_text(json.dumps({
-                "models": {m: spec_document(self.specs[m]) for m in self.config.models},
-                "model_store": str(self.config.export_store.resolve()),
-                "processes": self.processes, "batch_size": self.config.kserve.batch_size,
-                "key_file": str(self.key_file) if self.config.token_auth else None,
-                "status_file": str(self.status_file),
-                "max_request_size": self.config.max_request_size, "idle_timeout": self.config.idle_timeout,
-                "access_log": self.config.access_log}))
-            env = os.environ | {"PROMETHEUS_MULTIPROC_DIR": str(multiproc), "TMPDIR": str(self.tmp)}
-            fd = self.sock.fileno()
-            self.group = ProcessGroup([sys.executable, "-m", "serving.kserve.app", "--socket-fd", str(fd),
-                                       "--settings", str(settings), "--processes", str(self.processes)],
-                                      env, ROOT,
-                                      leftovers=[self.tmp, self.drain_file, self.status_file], pass_fds=(fd,),
-                                      forwards=True)
-            output = RotatingFile(self.log_dir / OUTPUT, self.config.log_max_bytes, self.config.log_backups)
-            self._start_lines = open(self.log_dir / START_OUTPUT, "wb")  # noqa: SIM115 - closed once ready
-            self._output = copy_output(self.process.stdout, output, "kserve-output", self._on_line)
-            self.wait_ready(timeout)
-        except BaseException:
-            self.stop(drain=False)
-            raise
-        return self
+    def launch(self) -> None:
+        """Check the exports, the ports and the log folder; bind, start the exporter and the processes."""
+        unknown = [m for m in self.config.models if m not in self.specs]
+        if unknown:
+            raise ServerError(f"no route {', '.join(unknown)} in serving/routes.py")
+        for export in sorted({self.specs[m].export for m in self.config.models}):
+            check_export(self.config.export_store / export)
+        check_ports(self.config, self.ports)
+        check_writable(self.log_dir)
+        self.work_dir.mkdir(parents=True, exist_ok=True)
+        self.drain_file.unlink(missing_ok=True)
+        if self.config.token_auth:
+            write_keys(self.key_file)
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.sock.bind((self.config.host, self.config.inference_port))
+        self.sock.listen(1024)
+        self.sock.set_inheritable(True)
+        multiproc = self.start_exporter()
+        settings = self.tmp / "kserve.json"
+        settings.write_text(ProcessSettings.of(self.config, self.specs, self.processes,
+                                               self.key_file if self.config.token_auth else None,
+                                               self.status_file).to_json())
+        env = os.environ | {"PROMETHEUS_MULTIPROC_DIR": str(multiproc), "TMPDIR": str(self.tmp)}
+        fd = self.sock.fileno()
+        self.group = ProcessGroup([sys.executable, "-m", "serving.kserve.app", "--socket-fd", str(fd),
+                                   "--settings", str(settings), "--processes", str(self.processes)],
+                                  env, ROOT,
+                                  leftovers=[self.tmp, self.drain_file, self.status_file], pass_fds=(fd,),
+                                  forwards=True)
+        output = RotatingFile(self.log_dir / OUTPUT, self.config.log_max_bytes, self.config.log_backups)
+        self._start_lines = open(self.log_dir / START_OUTPUT, "wb")  # noqa: SIM115 - closed once ready
+        self._output = copy_output(self.process.stdout, output, "kserve-output", self._on_line)
 
     @property
     def status_file(self) -> Path:
@@ -122,17 +113,11 @@ class KServe(Host):
             self._start_lines.close()
             self._start_lines = None
 
-    def wait_ready(self, timeout: float) -> None:
-        """Until every serving process says it is ready and the host answers for every route (``problems``)."""
-        deadline = time.monotonic() + timeout
-        while self._ready < self.processes or self.problems(self.probe()):
-            if self.interrupted.is_set():
-                raise ServerError("interrupted while starting")
-            if (gone := self.died()) is not None:
-                raise ServerError(gone)
-            if time.monotonic() > deadline:
-                raise ServerError(f"not ready after {timeout:.0f} s\n{self.log_tail()}")
-            time.sleep(0.1)
+    def waiting(self) -> list[str]:
+        """What the start still waits for: every serving process ready, then ``problems``."""
+        if self._ready < self.processes:
+            return [f"{self._ready} of {self.processes} serving processes ready"]
+        return self.problems(self.probe())
 
     @staticmethod
     def problems(probe: Probe) -> list[str]:

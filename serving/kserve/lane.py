@@ -10,7 +10,6 @@ from concurrent.futures import ThreadPoolExecutor
 from handlers.errors import RequestError
 from handlers.service import Reply, Service
 from serving.kserve.request_path import error_reply
-from serving.settings import ModelSpec
 
 OVERLOADED = "overloaded"
 
@@ -19,9 +18,8 @@ class Lane:
     """One route's queue in this process: requests wait for the process's inference thread; each call takes up to
     ``batch_size`` of those waiting, and a request beyond ``queue_size`` waiting is refused at once (503)."""
 
-    def __init__(self, service: Service, spec: ModelSpec, batch_size: int, executor: ThreadPoolExecutor) -> None:
-        self.service, self.batch_size, self.executor = service, batch_size, executor
-        self.queue_size = spec.job_queue_size
+    def __init__(self, service: Service, queue_size: int, batch_size: int, executor: ThreadPoolExecutor) -> None:
+        self.service, self.queue_size, self.batch_size, self.executor = service, queue_size, batch_size, executor
         self.waiting: collections.deque[tuple[bytes, asyncio.Future]] = collections.deque()
         self.running = False
         self.task: asyncio.Task | None = None

@@ -31,36 +31,27 @@ from runtime.errors import ManifestError
 from runtime.manifest import FILE as MANIFEST
 from runtime.manifest import Manifest
 from serving.errors import ArchiveError, ServerError
-from serving.settings import ARCHIVE_DIR, MODELS, ROOT, STORE_WORKERS, ModelSpec
+from serving.settings import ARCHIVE_DIR, MODELS, ROOT, ModelSpec, worker_config
 
 CODE_DIRS = ("handlers", "runtime")  # the packages a worker imports (tests/test_layout.py checks the rule)
 
 
-def decoders(spec: ModelSpec, manifest: Manifest) -> dict[str, tuple[str, ...]]:
-    """The decoder backends per device that the archive serves: the spec's, after the export's fallback."""
-    return {device: manifest.serving_backends(b) for device, b in spec.decoder.items()}
-
-
 def artifact_files(spec: ModelSpec, manifest: Manifest) -> list[str]:
-    """The artifact files ``spec`` names, for any device, and the latent statistics if it uses them."""
-    named = [artifacts.DECODERS[b].artifact for backends in decoders(spec, manifest).values() for b in backends]
-    named += [artifacts.ENCODERS[b].artifact for backends in spec.encoder.values() for b in backends]
-    return sorted(set(named)) + ([artifacts.STATS] if spec.stats else [])
+    """The artifact files the route's worker may open, for any device, and the latent statistics if it uses them."""
+    config = worker_config(spec, manifest)
+    named = [artifacts.DECODERS[b].artifact for backends in config.decoder.values() for b in backends]
+    named += [artifacts.ENCODERS[b].artifact for backends in config.encoder.values() for b in backends]
+    return sorted(set(named)) + ([artifacts.STATS] if config.stats else [])
 
 
 def model_config(spec: ModelSpec, manifest: Manifest) -> dict:
-    """The archive's model-config YAML: TorchServe's worker and batching settings, and the ``handler:`` section
-    the worker reads (backend per device, threads, statistics, body limit)."""
-    handler = {"decoder": {device: list(b) for device, b in decoders(spec, manifest).items()}, "threads": spec.threads,
-               "store_workers": STORE_WORKERS, "stats": spec.stats, "max_body_bytes": spec.max_body_bytes,
-               "cuda_graph_batches": list(spec.cuda_graph_batches)}
-    if spec.encoder:
-        handler["encoder"] = {device: list(b) for device, b in spec.encoder.items()}
+    """The archive's model-config YAML: TorchServe's worker and batching settings, and under ``handler:`` the
+    worker's ``WorkerConfig`` (``handlers/config.py``)."""
     return {"minWorkers": spec.workers, "maxWorkers": spec.workers, "deviceType": "gpu" if spec.gpu else "cpu",
             "batchSize": spec.batch_size,
             "maxBatchDelay": spec.max_batch_delay_ms, "jobQueueSize": spec.job_queue_size,
             "responseTimeout": spec.response_timeout_s,
-            "handler": handler}
+            "handler": worker_config(spec, manifest).to_dict()}
 
 
 def build(name: str, spec: ModelSpec, artifact_dir: Path, out: Path) -> Path:

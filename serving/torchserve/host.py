@@ -21,7 +21,6 @@ from __future__ import annotations
 import os
 import shutil
 import sys
-import time
 from dataclasses import replace
 from pathlib import Path
 
@@ -31,8 +30,9 @@ from runtime.manifest import Manifest
 from serving import listener
 from serving.checks import PORT_ROLES, check_ports
 from serving.errors import ServerError
-from serving.host import Host, Probe, reach
+from serving.host import Host, reach
 from serving.logs import RotatingFile, check_writable, copy_output
+from serving.probe import Probe
 from serving.process import ProcessGroup
 from serving.settings import ServerConfig
 from serving.torchserve import drain
@@ -100,69 +100,58 @@ class TorchServe(Host):
     def torchserve_metrics_url(self) -> str:
         return f"http://{reach(self.config.metrics_host)}:{self.config.torchserve.torchserve_metrics_port}/metrics"
 
-    def start(self, timeout: float = 180) -> TorchServe:
-        """Start TorchServe and the exporter; return once every model has a ready worker of this server."""
-        try:  # a failure at any step must not leave the exporter, the JVM, the watchdog or the temp dir behind
-            if java() is None:
-                raise ServerError("java not found: TorchServe needs a Java 17 runtime "
-                                  "(Debian: apt-get install openjdk-17-jre-headless; or set JAVA_HOME)")
-            store = self.config.torchserve.model_store.resolve()
-            missing = [m for m in self.config.models if not (store / f"{m}.mar").is_file()]
-            if missing:
-                raise ServerError(f"{store}: no archive for {', '.join(missing)}; run `make archives`")
-            for model in self.config.models:
-                check_archive(store / f"{model}.mar")
-            check_ports(self.config, self.ports)
-            check_writable(self.log_dir)
-            self.work_dir.mkdir(parents=True, exist_ok=True)
-            self.logs.mark()
-            self.drain_file.unlink(missing_ok=True)  # left by a launcher that was killed while draining
-            properties = self.tmp / "config.properties"
-            properties.write_text(config_properties(self.config, store))
-            multiproc = self.start_exporter()
-            env = os.environ | {
-                "TMPDIR": str(self.tmp), "TEMP": str(self.tmp),  # pid file (Python) and java.io.tmpdir (sockets)
-                "LOG_LOCATION": str(self.log_dir), "METRICS_LOCATION": str(self.log_dir),
-                "PROMETHEUS_MULTIPROC_DIR": str(multiproc), "FMVAE_DRAIN_FILE": str(self.drain_file),
-                "FMVAE_ACCESS_LOG": "1" if self.config.access_log else "0",  # the workers' lines with request IDs
-            }
-            # TorchServe's own entry point run by this interpreter (what its `torchserve` script runs), so that a
-            # TorchServe installed with `pip --target` starts too.
-            self.group = ProcessGroup([sys.executable, "-m", "ts.model_server", "--start", "--foreground", "--ncs",
-                                       "--ts-config", str(properties), "--model-store", str(store)], env, self.work_dir,
-                                      leftovers=[self.tmp, self.drain_file])
-            output = RotatingFile(self.log_dir / "torchserve.out", self.config.log_max_bytes, self.config.log_backups)
-            self._output = copy_output(self.process.stdout, output)
-            if self.config.token_auth:  # from the start: a slow start must not outlive the first keys
-                self.renewer = KeyRenewer(self.management_url, self.key_file,
-                                          self.config.torchserve.token_expiration_min * 60)
-            self.wait_ready(timeout)
-        except BaseException:
-            self.stop(drain=False)
-            raise
-        return self
+    def launch(self) -> None:
+        """Check the archives, the ports and the log folder; start the exporter, TorchServe and the key renewer."""
+        if java() is None:
+            raise ServerError("java not found: TorchServe needs a Java 17 runtime "
+                              "(Debian: apt-get install openjdk-17-jre-headless; or set JAVA_HOME)")
+        store = self.config.torchserve.model_store.resolve()
+        missing = [m for m in self.config.models if not (store / f"{m}.mar").is_file()]
+        if missing:
+            raise ServerError(f"{store}: no archive for {', '.join(missing)}; run `make archives`")
+        for model in self.config.models:
+            check_archive(store / f"{model}.mar")
+        check_ports(self.config, self.ports)
+        check_writable(self.log_dir)
+        self.work_dir.mkdir(parents=True, exist_ok=True)
+        self.logs.mark()
+        self.drain_file.unlink(missing_ok=True)  # left by a launcher that was killed while draining
+        properties = self.tmp / "config.properties"
+        properties.write_text(config_properties(self.config, store))
+        multiproc = self.start_exporter()
+        env = os.environ | {
+            "TMPDIR": str(self.tmp), "TEMP": str(self.tmp),  # pid file (Python) and java.io.tmpdir (sockets)
+            "LOG_LOCATION": str(self.log_dir), "METRICS_LOCATION": str(self.log_dir),
+            "PROMETHEUS_MULTIPROC_DIR": str(multiproc), "FMVAE_DRAIN_FILE": str(self.drain_file),
+            "FMVAE_ACCESS_LOG": "1" if self.config.access_log else "0",  # the workers' lines with request IDs
+        }
+        # TorchServe's own entry point run by this interpreter (what its `torchserve` script runs), so that a
+        # TorchServe installed with `pip --target` starts too.
+        self.group = ProcessGroup([sys.executable, "-m", "ts.model_server", "--start", "--foreground", "--ncs",
+                                   "--ts-config", str(properties), "--model-store", str(store)], env, self.work_dir,
+                                  leftovers=[self.tmp, self.drain_file])
+        output = RotatingFile(self.log_dir / "torchserve.out", self.config.log_max_bytes, self.config.log_backups)
+        self._output = copy_output(self.process.stdout, output)
+        if self.config.token_auth:  # from the start: a slow start must not outlive the first keys
+            self.renewer = KeyRenewer(self.management_url, self.key_file,
+                                      self.config.torchserve.token_expiration_min * 60)
 
-    def wait_ready(self, timeout: float) -> None:
-        """Poll until every model has a READY worker (``problems``) that belongs to this server; fail fast on load
-        failures."""
-        deadline = time.monotonic() + timeout
-        while found := self.problems(self.probe()):
-            if self.interrupted.is_set():
-                raise ServerError("interrupted while starting")
-            if (gone := self.died()) is not None:
-                raise ServerError(gone)
-            failure = self.logs.load_failure(set(self.config.models), self.config.torchserve.model_store)
-            if failure:
-                raise ServerError(failure)
-            if time.monotonic() > deadline:
-                raise ServerError(f"not ready after {timeout:.0f} s: {'; '.join(found)}\n{self.log_tail()}")
-            time.sleep(0.2)
+    def waiting(self) -> list[str]:
+        """What the start still waits for (``problems``: a READY worker of every model); a model TorchServe could
+        not load, or whose workers die while loading, fails it at once, and so do READY workers that this
+        launcher did not start (another server on the same ports)."""
+        failure = self.logs.load_failure(set(self.config.models), self.config.torchserve.model_store)
+        if failure:
+            raise ServerError(failure)
+        if found := self.problems(self.probe()):
+            return found
         for model in self.config.models:
             ready = [w["pid"] for d in fetch(f"{self.management_url}/models/{model}", self.keys("management"))
                      for w in d.get("workers", []) if w.get("status") == "READY"]
             if not all(self.group.owns(pid) for pid in ready):
                 raise ServerError(f"the management API on port {self.config.torchserve.management_port} answers for "
                                   f"workers this launcher did not start (pids {ready}): another server?")
+        return []
 
     def probe(self) -> Probe:
         return replace(super().probe(), management_url=self.management_url)
