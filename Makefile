@@ -26,13 +26,16 @@ EXPLORER_BENCH_ARGS ?=
 LOADTEST_ARGS ?=
 SOAK_ARGS ?=
 CAPACITY_ARGS ?=
+EXPORT ?=
+ROLLOUT_ARGS ?=
+WORK_DIR ?= runs/serve/work
 GPU_BENCH_ARGS ?=
 IMAGE_KIND ?= gpu
 # buildah, podman and debootstrap from Debian for the image targets (no Docker engine needed)
 IMAGE_TOOLS = command -v buildah >/dev/null && command -v podman >/dev/null && command -v debootstrap >/dev/null \
 	|| { $(SUDO) apt-get update -q && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -q --no-install-recommends buildah podman debootstrap; }
 
-.PHONY: help setup lock train evaluate classifier release experiments export archives bench serve serve-bench explorer-bench loadtest capacity soak gpu-bench gpu-bundle image image-cpu image-test test test-fast lint clean
+.PHONY: help setup rollout rollback lock train evaluate classifier release experiments export archives bench serve serve-bench explorer-bench loadtest capacity soak gpu-bench gpu-bundle image image-cpu image-test test test-fast lint clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
@@ -99,6 +102,13 @@ bench: setup  ## decoder speed per artifact vs fp32 eager (runs/bench/decoders.j
 
 serve: setup $(if $(filter torchserve,$(HOST)),archives)  ## TorchServe on 127.0.0.1:8080 with every route (HOST=kserve: KServe's ModelServer), the explorer on :8084; metrics on :8083
 	$(PY) -m serving --server $(HOST) --model-store $(ARCHIVES) $(SERVE_ARGS)
+
+rollout: setup  ## send a new export to the running service without a lost request: EXPORT=<folder> (ROLLOUT_ARGS="--canary 10")
+	@[ -n "$(EXPORT)" ] || { echo "error: give the export folder: make rollout EXPORT=model_store/<name>" >&2; exit 2; }
+	$(PY) -m serving rollout $(EXPORT) --work-dir $(WORK_DIR) $(ROLLOUT_ARGS)
+
+rollback: setup  ## serve the build before the last roll-out again, the same way
+	$(PY) -m serving rollback --work-dir $(WORK_DIR) $(ROLLOUT_ARGS)
 
 serve-bench: setup  ## both hosts side by side with their echo floors and the 40-line peers (runs/serve-bench)
 	$(PY) -m bench.serving --out runs/serve-bench $(SERVE_BENCH_ARGS)

@@ -64,12 +64,13 @@ class Senders:
             thread.join(timeout=30)
 
 
-def launch(host: str, store: Path, folder: Path) -> tuple[subprocess.Popen, ServerConfig]:
-    """``python -m serving`` for ``host``, once it says it is ready."""
+def launch(host: str, store: Path, folder: Path, models: tuple[str, ...] = MODELS
+           ) -> tuple[subprocess.Popen, ServerConfig]:
+    """``python -m serving`` for ``host`` with ``models``, once it says it is ready."""
     config = ServerConfig().with_free_ports()
     ports = config.port_flags()
     cmd = [sys.executable, "-m", "serving", "--server", host, "--model-store", str(store), "--export-store",
-           str(artifacts.DEFAULT_DIR.parent), "--models", *MODELS, "--no-explorer", "--log-dir", str(folder / "logs"),
+           str(artifacts.DEFAULT_DIR.parent), "--models", *models, "--no-explorer", "--log-dir", str(folder / "logs"),
            "--work-dir", str(folder / "work"), *ports]
     process = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     for line in process.stdout:

@@ -30,7 +30,6 @@ import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from functools import cache
 from http import HTTPStatus
 from pathlib import Path
 from typing import Any
@@ -115,17 +114,22 @@ def images_of(logits: np.ndarray) -> np.ndarray:
         return (1 / (1 + np.exp(-logits)))[:, 0]
 
 
-@cache
-def shared_stats(path: Path) -> artifacts.LatentStats:
-    """The latent statistics of one export, read once per process (every route of the export shares them)."""
-    return artifacts.read_stats(path)
+_SHARED: dict[tuple, Any] = {}  # what the routes of one export share in a process, by (export folder, what)
 
 
-@cache
-def shared_network(backend: artifacts.Backend, model_dir: Path, device: str, threads: int) -> backends.Network:
-    """An artifact loaded once per process for a device and thread count: routes of one export that run the same
-    backend share it (a host that serves every route in one process loads each export once)."""
-    return backends.load(backend, model_dir, device, threads)
+def shared(model_dir: Path, key: tuple, make: Callable[[], Any]) -> Any:
+    """``make()`` once per process for ``model_dir`` and ``key``: the routes of one export share what it loads (a host
+    that serves every route in one process loads each export once) until ``forget``."""
+    if (model_dir, *key) not in _SHARED:
+        _SHARED[(model_dir, *key)] = make()
+    return _SHARED[(model_dir, *key)]
+
+
+def forget(model_dir: Path) -> None:
+    """Drop what the process shares of one export (a build it no longer serves: the workers that still hold it keep
+    theirs, and it is freed with them)."""
+    for key in [k for k in _SHARED if k[0] == model_dir]:
+        del _SHARED[key]
 
 
 class Worker:
@@ -142,21 +146,23 @@ class Worker:
         self.model, self.device = route, where.name
         manifest = Manifest.read(model_dir)
         self.shapes, self.identity = manifest.shapes, manifest.identity
-        self.stats = shared_stats(model_dir / artifacts.STATS) if config.stats else None
+        self.model_dir = model_dir
+        self.stats = (shared(model_dir, ("stats",), lambda: artifacts.read_stats(model_dir / artifacts.STATS))
+                      if config.stats else None)
         self.schema = RequestSchema(self.shapes.latent_dim, self.stats.class_names if self.stats else None,
                                     (operation,), config.max_body_bytes)
         self.threads = device.worker_threads(config.threads, config.store_workers,
                                              kind=where.kind)
         self.backend = device.choose_backend(config, "decoder", self.model, where, model_dir)
         self.artifact = artifacts.DECODERS[self.backend].artifact
-        self.decoder = shared_network(artifacts.DECODERS[self.backend], model_dir, where.device, self.threads)
+        self.decoder = self.network(artifacts.DECODERS[self.backend], where.device)
         batches = config.cuda_graph_batches
         if batches and where.graph_capture and isinstance(self.decoder, backends.TorchScriptModule):
             self.decoder = backends.GraphedDecoder(self.decoder, self.shapes.latent_dim, batches, where.graph_capture)
         self.encoder = None
         if config.encoder:
             backend = device.choose_backend(config, "encoder", self.model, where, model_dir)
-            self.encoder = shared_network(artifacts.ENCODERS[backend], model_dir, where.device, self.threads)
+            self.encoder = self.network(artifacts.ENCODERS[backend], where.device)
         self.warm_up()
         labels = {"model": self.model, "backend": self.backend, "device": self.device}
         metrics.BACKEND_INFO.labels(**labels, artifact=self.artifact, threads=str(self.threads)).set(1)
@@ -167,6 +173,12 @@ class Worker:
         self.batch_requests = metrics.BATCH_REQUESTS.labels(self.model)
         self.request_images = metrics.REQUEST_IMAGES.labels(self.model)
         self.recorder = metrics.Recorder.for_process(self.model)
+
+    def network(self, backend: artifacts.Backend, device: str) -> backends.Network:
+        """``backend``'s artifact of this export, loaded once per process for a device and thread count (routes of
+        one export that run the same backend share it)."""
+        return shared(self.model_dir, (backend, device, self.threads),
+                      lambda: backends.load(backend, self.model_dir, device, self.threads))
 
     def warm_up(self) -> None:
         """One call of each network before the first request: lazy initialisation (CUDA kernels, ONNX Runtime's

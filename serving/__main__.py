@@ -2,9 +2,10 @@
 its archives; KServe's ModelServer from the export folders; ``settings.HOSTS``) until Ctrl-C or SIGTERM, with the
 explorer page (``python -m explorer``, on loopback) beside it unless ``--no-explorer``.
 
-The first Ctrl-C or SIGTERM drains: new connections are refused, requests on open ones get 503 shutting_down,
-everything accepted is answered, then the host stops (at most ``--drain-timeout`` seconds). A second one stops at
-once. Either way nothing is left running and the temp dir is removed.
+``python -m serving rollout EXPORT`` and ``python -m serving rollback`` send a new export to the running launcher
+(``serving/rollout.py``). The first Ctrl-C or SIGTERM drains: new connections are refused, requests on open ones
+get 503 shutting_down, everything accepted is answered, then the host stops (at most ``--drain-timeout`` seconds).
+A second one stops at once. Either way nothing is left running and the temp dir is removed.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from dataclasses import Field, fields, is_dataclass
 from pathlib import Path
 
 from runtime.errors import ManifestError
+from serving import rollout, rollout_cli
 from serving.errors import ServerError
 from serving.host import Host, host_class
 from serving.logs import RotatingFile, copy_output
@@ -136,6 +138,9 @@ def say(line: str) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] in (["rollout"], ["rollback"]):
+        return rollout_cli.main(argv)
     config = config_of(parser().parse_args(argv))
     server = host_class(config.server)(config)
     stopper = Stopper(server, config.drain_timeout)
@@ -156,6 +161,8 @@ def main(argv: list[str] | None = None) -> int:
             explorer, url = start_explorer(server, config)
             explorer_line = f"  explorer: {url}\n"
         warnings = fallback_warnings(server)
+        rollouts = rollout.Launcher(server)
+        signal.signal(signal.SIGUSR1, rollouts.wake)
     except (ServerError, ManifestError, OSError, ValueError) as e:
         say(f"error: {e}")
         server.stop(drain=False)
@@ -168,10 +175,12 @@ def main(argv: list[str] | None = None) -> int:
         f"-d '{{\"n\": 16, \"seed\": 1}}' -o samples.png\n"
         f"{explorer_line}"
         f"  metrics: {server.metrics_url} (handlers), {server.own_metrics}\n"
-        f"  token auth: {auth}; model API: off; access log: {'on' if config.access_log else 'off'}\n"
+        f"  token auth: {auth}; access log: {'on' if config.access_log else 'off'}\n"
         + "".join(warnings) + "Ctrl-C stops.")
     code = 0
     while not server.interrupted.wait(0.5):
+        if rollouts.woken.is_set():
+            rollouts.handle()
         if (why := server.died()) is not None:
             say(why)
             server.stop(drain=False)
@@ -180,6 +189,7 @@ def main(argv: list[str] | None = None) -> int:
     else:
         server.stop()
         say(f"stopped ({server.drained})" if server.drained else "stopped")
+    rollouts.close()
     if explorer is not None:
         explorer.terminate()
         explorer.wait(10)

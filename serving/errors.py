@@ -15,3 +15,9 @@ class ArchiveError(FmvaeError):
     """An archive could not be built; the message says why (torch-model-archiver's output, a missing file)."""
 
     reason = "archive_failed"
+
+
+class RolloutError(ServerError):
+    """A roll-out that cannot be done, or failed and changed nothing: one line for the operator."""
+
+    reason = "rollout_failed"

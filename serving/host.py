@@ -11,17 +11,19 @@ import subprocess
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from fmvae_client import Keys
 from prometheus_client import CollectorRegistry, multiprocess
 
 from runtime.manifest import Manifest
-from serving.errors import ServerError
+from serving.errors import RolloutError, ServerError
 from serving.httpd import MetricsServer
 from serving.keys import read_keys
 from serving.probe import Probe
 from serving.process import ProcessGroup
+from serving.rollout import Request
 from serving.settings import DRAIN_FILE, HOSTS, KEY_FILE, ServerConfig
 
 # The drain's rule on every host: a host stops once nothing is in flight and nothing was answered (or arrived) for
@@ -182,6 +184,15 @@ class Host:
 
     def served_manifest(self, model: str) -> Manifest:
         raise NotImplementedError
+
+    def export_dir(self, model: str) -> Path:
+        """The export folder the route's build came from."""
+        raise NotImplementedError
+
+    def rollout(self, routes: dict[str, Path], request: Request, say: Callable[[str], None]) -> None:
+        """Serve each route of ``routes`` from its new export folder without a lost request (``serving/rollout.py``);
+        RolloutError, with nothing changed, when it cannot."""
+        raise RolloutError(f"{self.title} cannot roll out a new export")
 
     def start_exporter(self) -> Path:
         """The handlers' metrics exporter over a new multiprocess folder (returned: the processes write there)."""

@@ -97,11 +97,15 @@ def example(operation: str) -> dict:
     return copy.deepcopy(content["application/json"]["example"])
 
 
-def route_example(name: str, model_store: Path = Path("model_store")) -> dict:
-    """Route ``name``'s request example: its operation's, with the latents cut to the latent size of the route's
-    model (the document shows the 64-d model's)."""
-    body = example(ROUTES[name].operation)
+def example_for(operation: str, latent_dim: int) -> dict:
+    """``operation``'s request example with its latents cut to ``latent_dim`` numbers (the document shows the 64-d
+    model's)."""
+    body = example(operation)
     if "latents" in body:
-        latent_dim = Manifest.read(model_store / ROUTES[name].export).shapes.latent_dim
         body["latents"] = [latent[:latent_dim] for latent in body["latents"]]
     return body
+
+
+def route_example(name: str, model_store: Path = Path("model_store")) -> dict:
+    """Route ``name``'s request example, for the latent size of the route's model."""
+    return example_for(ROUTES[name].operation, Manifest.read(model_store / ROUTES[name].export).shapes.latent_dim)

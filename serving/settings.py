@@ -188,8 +188,10 @@ class ServerConfig:
                                    launcher_default=Path("runs/serve/logs"))
     token_auth: bool = setting(False, "require bearer keys (TorchServe's; the KServe host writes a key file in the "
                                       "same format)")
-    work_dir: Path | None = setting(None, "the host's working directory: key_file.json and the drain mark "
-                                          "(default: the private temp dir)")
+    work_dir: Path | None = setting(None, "the host's working directory: the key file, the drain mark, the builds "
+                                          "file and what `python -m serving rollout` talks to the launcher through "
+                                          "(in a library use: the private temp dir)",
+                                    launcher_default=Path("runs/serve/work"))
     # Logs: every file rolls over at log_max_mb and keeps log_backups old copies (serving/torchserve/log4j2.xml);
     # one line per request only with access_log on.
     log_max_mb: float = setting(10.0, "size at which each log file rolls over, in MB")

@@ -80,6 +80,7 @@ class Launcher:
         self.temp_before = set(Path("/tmp").glob("fmvae-serve-*"))
         self.process = subprocess.Popen(
             [sys.executable, "-m", "serving", "--model-store", str(store), "--log-dir", str(tmp_path / "logs"),
+             *(() if "--work-dir" in extra else ("--work-dir", str(tmp_path / "work"))),
              "--models", *models, *ports, *extra], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
             text=True)
         self.lines: list[str] = []
@@ -118,27 +119,31 @@ class Launcher:
 
 
 class Clients:
-    """Keep-alive clients sending one body to sample back to back until ``stop()`` (or, each on its own, until a
+    """Keep-alive clients sending one body to ``route`` back to back until ``stop()`` (or, each on its own, until a
     status in ``stop_on`` or a refused connection); ``outcomes``: ("http", status, body), ("refused", 0, b"") or
-    ("error", 0, exception name) for every request."""
+    ("error", 0, exception name) for every request; ``builds``: per client, the build (X-Model-Build) of each of
+    its answers in order."""
 
-    def __init__(self, url: str, body: dict, count: int, stop_on: tuple[int, ...] = ()) -> None:
+    def __init__(self, url: str, body: dict, count: int, stop_on: tuple[int, ...] = (), route: str = "sample") -> None:
         host, port = url.removeprefix("http://").split(":")
         self.address, self.payload, self.stop_on = (host, int(port)), json.dumps(body).encode(), stop_on
+        self.path = f"/predictions/{route}"
         self.outcomes: list[tuple[str, int, bytes]] = []
+        self.builds: list[list[str]] = [[] for _ in range(count)]
         self.lock, self.stopping = threading.Lock(), threading.Event()
-        self.threads = [threading.Thread(target=self._client) for _ in range(count)]
+        self.threads = [threading.Thread(target=self._client, args=(i,)) for i in range(count)]
         for t in self.threads:
             t.start()
 
-    def _client(self) -> None:
+    def _client(self, index: int) -> None:
         conn = None
         while not self.stopping.is_set():
             try:
                 conn = conn or http.client.HTTPConnection(*self.address, timeout=60)
-                conn.request("POST", "/predictions/sample", self.payload, {"Content-Type": "application/json"})
+                conn.request("POST", self.path, self.payload, {"Content-Type": "application/json"})
                 response = conn.getresponse()
                 outcome = ("http", response.status, response.read())
+                self.builds[index].append(response.getheader("X-Model-Build", ""))
                 if response.getheader("Connection", "").lower() == "close":
                     conn.close()
                     conn = None

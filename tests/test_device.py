@@ -201,10 +201,11 @@ def test_the_gpu_layout_reaches_the_model_configs():
         assert config["handler"]["decoder"]["cuda"][0] == "torchscript-fp16"
 
 
-def test_each_kserve_process_serves_its_gpu_routes_from_one_device(monkeypatch):
+def test_each_kserve_process_serves_its_gpu_routes_from_one_device(monkeypatch, tmp_path):
     """The KServe host on a pretend two-GPU machine: process 3 puts every GPU route on cuda:1 (3 modulo 2), the
     2-d routes on the CPU, and the routes of one export share its networks there (one CUDA context per process)."""
     from serving.kserve.app import App
+    from serving.kserve.builds import SWITCHBOARD, Switchboard
     from serving.kserve.settings import ProcessSettings
     from serving.settings import ServerConfig
 
@@ -212,9 +213,10 @@ def test_each_kserve_process_serves_its_gpu_routes_from_one_device(monkeypatch):
     monkeypatch.setattr(device, "placement", lambda gpu_id: CPU if gpu_id is None else
                         Placement(f"cuda:{gpu_id}", "cpu", cpu_capture))
     config = ServerConfig(server="kserve", export_store=ARTIFACTS.parent)
-    settings = ProcessSettings.from_json(ProcessSettings.of(config, MODELS, 4, None, None).to_json())
+    settings = ProcessSettings.from_json(ProcessSettings.of(config, MODELS, 4, tmp_path, None, None).to_json())
+    Switchboard.create(tmp_path / SWITCHBOARD, tuple(settings.routes))
     app = App(settings, index=3)
-    workers = {route: lane.service.worker for route, lane in app.lanes.items()}
+    workers = {route: app.builds.lane(route)[0].service.worker for route in app.routes}
     assert {route: w.device for route, w in workers.items()} == {
         route: "cuda:1" if route in GPU_ROUTES else "cpu" for route in MODELS}
     decoders = {w.decoder.decoder for route, w in workers.items() if route in GPU_ROUTES}

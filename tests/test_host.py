@@ -330,7 +330,8 @@ def test_the_launchers_flags_are_the_settings_fields():
     assert all(a.help for a in flags.values())
     assert flags["kserve.batch_size"].option_strings == ["--kserve-batch"]
     assert flags["torchserve.management_port"].option_strings == ["--management-port"]
-    assert config_of(cli.parse_args([])) == ServerConfig(log_dir=Path("runs/serve/logs"))
+    assert config_of(cli.parse_args([])) == ServerConfig(log_dir=Path("runs/serve/logs"),
+                                                         work_dir=Path("runs/serve/work"))
     given = config_of(cli.parse_args(["--server", "kserve", "--processes", "3", "--no-explorer", "--token-auth",
                                       "--log-max-mb", "2.5", "--models", "sample", "decode2d", "--kserve-batch", "1",
                                       "--management-port", "9001"]))
@@ -381,7 +382,7 @@ def test_the_worker_config_and_the_kserve_process_settings_travel_whole():
         WorkerConfig.from_dict(config.to_dict() | {"batch": 4})
     server = ServerConfig(server="kserve", export_store=ARTIFACTS.parent, models=("sample", "traverse"),
                           kserve=KServeConfig(batch_size=1))
-    settings = ProcessSettings.of(server, MODELS, 3, None, tmp := Path("/nonexistent/processes.json"))
+    settings = ProcessSettings.of(server, MODELS, 3, Path("/tmp"), None, tmp := Path("/nonexistent/processes.json"))
     back = ProcessSettings.from_json(settings.to_json())
     assert back == settings and back.status_file == str(tmp)
     assert {name: (r.batch_size, r.queue_size, r.worker.store_workers) for name, r in back.routes.items()} == {

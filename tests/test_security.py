@@ -49,7 +49,7 @@ def test_requests_need_the_inference_key(secured):
     assert code == 200 and len(json.loads(text)["images"]) == 1
 
 
-def test_management_api_is_internal_and_registration_is_off(secured):
+def test_management_api_is_internal_and_registers_only_the_stores_archives(secured):
     properties = config_properties(secured.config, secured.config.torchserve.model_store)
     assert f"management_address=http://127.0.0.1:{secured.config.torchserve.management_port}" in properties
     # the inference port does not serve management routes, whatever the key
@@ -59,8 +59,11 @@ def test_management_api_is_internal_and_registration_is_off(secured):
     management = f"http://127.0.0.1:{secured.config.torchserve.management_port}"
     code, text = call(f"{management}/models", token=secured.key("management"))
     assert code == 200 and "sample" in text  # the management API itself works, on loopback, with its key
-    code, _ = call(f"{management}/models?url=sample.mar", b"", secured.key("management"), "POST")
-    assert code == 405  # model API off: no registration
+    code, text = call(f"{management}/models?url=https://example.com/evil.mar", b"", secured.key("management"),
+                      "POST")
+    assert code >= 400 and "evil" not in call(f"{management}/models", token=secured.key("management"))[1]
+    code, _ = call(f"{management}/models?url=sample.mar", b"", secured.key("inference"), "POST")
+    assert code == 400  # registration needs the management key
 
 
 def test_oversized_bodies_are_refused(secured):

@@ -7,6 +7,7 @@ from __future__ import annotations
 import base64
 import http.client
 import json
+import shutil
 import time
 import urllib.error
 import urllib.request
@@ -412,7 +413,9 @@ def test_start_without_archives_fails_clearly_and_cleans_up(tmp_path):
 def test_a_fallback_export_serves_fp32_decoders_and_the_banner_says_so(server, current_store):
     code, _, body = post(server, "decode_fallback", {"latents": [[0.5, -0.5]], "format": "json"})
     assert code == 200 and json.loads(body)["backend"] == "onnx-fp32"
-    lines = fallback_warnings(ServerConfig(torchserve=TorchServeConfig(model_store=current_store),
-                                           models=("decode", "decode_fallback")))
+    host = TorchServe(ServerConfig(torchserve=TorchServeConfig(model_store=current_store),
+                                   models=("decode", "decode_fallback")))
+    lines = fallback_warnings(host)  # what each model's archive serves
+    shutil.rmtree(host.tmp)
     assert len(lines) == 1 and "WARNING: decode_fallback serves fp32 decoders (" in lines[0]
     assert "onnx-int8 -> onnx-fp32" in lines[0] and "failed the parity gate" in lines[0]

@@ -235,7 +235,7 @@ def test_workers_share_one_root_logger_filter():
 
 
 def test_the_routes_of_one_export_share_its_loaded_artifacts():
-    """A host that serves every route in one process loads each export once (handlers.service, shared_network)."""
+    """A host that serves every route in one process loads each export once (handlers.service, shared)."""
     sample, walk, decode2d = (InProcessWorker(r, ARTIFACTS.parent) for r in ("sample", "walk", "decode2d"))
     assert sample.worker.decoder is walk.worker.decoder and sample.worker.encoder is walk.worker.encoder
     assert sample.worker.stats is walk.worker.stats

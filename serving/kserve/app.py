@@ -1,26 +1,17 @@
-"""What each process of the KServe host runs: every route of ``serving/routes.py`` in one process, behind KServe's
-Python ModelServer (its FastAPI app, DataPlane and model repository, served by uvicorn).
+"""What each process of the KServe host runs: every route in one process, behind KServe's Python ModelServer (its
+FastAPI app, DataPlane and model repository, under uvicorn).
 
-``python -m serving.kserve.app --socket-fd FD --settings FILE [--processes N]`` is started by the launcher
-(``serving/kserve_host.py``) with the listening socket already bound. It is the supervisor
-(``serving/supervisor.py``): it forks N serving processes that share that socket, replaces one that dies and
-forwards SIGTERM to them. A serving process
-loads each export once (``handlers.service``: the routes of one export share its artifacts and statistics) and
-answers:
-
-- ``POST /predictions/<route>``: the API, as TorchServe's host answers it: the same bodies, answers, errors (the
-  one shape), headers and body limit; each route has a queue bounded in images like TorchServe's
-  (``ModelSpec.job_queue_size``), and one more request gets 503 ``overloaded`` with ``Retry-After``;
-- KServe's own endpoints: ``/`` (liveness), ``/v2/health/live``, ``/v2/health/ready``, ``/v1/models/<route>``
-  and ``/v2/models/<route>/ready`` (per-route readiness), ``/v2/models/<route>`` (metadata) and
-  ``/v1/models/<route>:predict`` with ``{"instances": [<request body>, ...]}``, answered as
-  ``{"predictions": [<json answer>, ...]}``.
-
-Requests of a route wait in its queue for the process's one inference thread; each call takes the requests that
-arrived meanwhile, up to the route's batch size (``--batch-size 1`` in the settings turns that off). With token
-auth, every request needs ``Authorization: Bearer <inference key>`` (the key file the launcher writes). SIGTERM
-drains: new requests on open connections get 503 ``shutting_down`` and a closed connection, the process stops
-taking new connections, and it exits once nothing is in flight and nothing arrived for QUIET_SECONDS.
+``python -m serving.kserve.app --socket-fd FD --settings FILE [--processes N]`` (started by ``host.py`` with the
+socket bound) is the supervisor (``supervisor.py``): it forks the serving processes that share that socket. One
+loads each export once and answers ``POST /predictions/<route>`` as TorchServe's host does (the same bodies,
+answers, errors, headers and limits; a queue per route bounded like TorchServe's, ``lane.py``; the build a request
+goes to, ``builds.py``) and KServe's own endpoints: ``/``, ``/v2/health/live``, ``/v2/health/ready``,
+``/v1/models/<route>``, ``/v2/models/<route>[/ready]`` and ``/v1/models/<route>:predict`` (``{"instances":
+[<request body>, ...]}`` -> ``{"predictions": [<json answer>, ...]}``). Requests wait for the process's one
+inference thread; each call takes those of a route that arrived meanwhile, up to its batch size. With token auth,
+every request needs ``Authorization: Bearer <inference key>``. SIGTERM drains: new requests on open connections get
+503 ``shutting_down`` and a closed connection, the process stops taking connections, and exits once nothing is in
+flight and nothing arrived for QUIET_SECONDS. SIGUSR1 is a roll-out message (``builds.py``).
 """
 
 from __future__ import annotations
@@ -35,6 +26,7 @@ import os
 import signal
 import socket
 import sys
+import threading
 import time
 import warnings
 from concurrent.futures import ThreadPoolExecutor
@@ -43,14 +35,12 @@ from typing import Any
 
 from handlers import device
 from handlers.errors import SHUTTING_DOWN, RequestError
-from handlers.schema import PATH_PREFIX
 from handlers.service import Reply
 from serving.host import QUIET_SECONDS
-from serving.inprocess import service_of
 from serving.keys import read_keys
+from serving.kserve.builds import SWITCHBOARD, Builds, Switchboard, answer_message
 from serving.kserve.http_protocol import http_protocol
-from serving.kserve.lane import Lane
-from serving.kserve.request_path import METHOD_NOT_ALLOWED, HostRules, Refusals, Traffic, error_reply
+from serving.kserve.request_path import HostRules, Refusals, Traffic, error_reply, shape_errors
 from serving.kserve.settings import ProcessSettings
 from serving.kserve.supervisor import supervise
 
@@ -63,13 +53,12 @@ class App:
 
     def __init__(self, settings: ProcessSettings, index: int = 0) -> None:
         self.routes: tuple[str, ...] = tuple(settings.routes)
+        self.index, self.control_dir = index, Path(settings.control_dir)
         gpus = device.cuda_devices()
         self.executor = ThreadPoolExecutor(1, thread_name_prefix="inference")
-        self.lanes = {}
-        for name, route in settings.routes.items():
-            gpu_id = index % gpus if route.gpu and gpus else None
-            service = service_of(route.operation).load(name, Path(route.export_dir), route.worker, gpu_id)
-            self.lanes[name] = Lane(service, route.queue_size, route.batch_size, self.executor)
+        gpu_of = {name: index % gpus if route.gpu and gpus else None for name, route in settings.routes.items()}
+        self.builds = Builds(settings.routes, Switchboard(self.control_dir / SWITCHBOARD, self.routes), gpu_of,
+                             self.executor)
         # The host's keys never expire (serving/keys.py, write_keys): read once, so no request waits on the file.
         self.key = read_keys(Path(settings.key_file))["inference"] if settings.key_file else None
         self.max_request_size = settings.max_request_size
@@ -84,22 +73,26 @@ class App:
 
     async def predictions(self, route: str, body: bytes) -> Reply:
         """The answer of ``POST /predictions/<route>``."""
-        lane = self.lanes.get(route)
-        if lane is None:
+        if route not in self.routes:
             return error_reply(RequestError("route", "unknown_route", f"no route {route!r} here (served: "
                                                                      f"{', '.join(self.routes)})", 404))
+        lane, generation = self.builds.lane(route)
         if self.traffic.draining:
             return lane.refuse(SHUTTING_DOWN, {"Connection": "close"})
-        return await lane.submit(body)
+        started = time.perf_counter()
+        reply = await lane.submit(body)
+        self.builds.tally(route, generation, reply.status, time.perf_counter() - started)
+        return reply
+
+
+COLLECT_S = 0.2  # how often a process drops the builds a roll-out left behind
 
 
 def build(settings: ProcessSettings, index: int = 0) -> tuple[Any, App]:
     """KServe's ModelServer with every route registered as a model and the API's routes on its FastAPI app; returns
     (its REST server, the App)."""
-    from fastapi.responses import Response
     from kserve import Model, ModelServer
     from kserve.protocol.rest.server import RESTServer
-    from starlette.exceptions import HTTPException
 
     app_state = App(settings, index)
 
@@ -108,7 +101,6 @@ def build(settings: ProcessSettings, index: int = 0) -> tuple[Any, App]:
 
         def __init__(self, route: str) -> None:
             super().__init__(route)
-            self.lane = app_state.lanes[route]
             self.ready = True
 
         async def predict(self, payload: dict | bytes, headers: dict[str, str] | None = None) -> dict:
@@ -123,7 +115,7 @@ def build(settings: ProcessSettings, index: int = 0) -> tuple[Any, App]:
             predictions = []
             for i, instance in enumerate(instances):
                 body = json.dumps(instance | {"format": "json"} if isinstance(instance, dict) else instance).encode()
-                reply = await self.lane.submit(body)
+                reply = await app_state.builds.lane(self.name)[0].submit(body)
                 if reply.status != 200:
                     error = reply.json()
                     raise RequestError(f"instances[{i}].{error['field']}", error["reason"], error["message"],
@@ -141,22 +133,7 @@ def build(settings: ProcessSettings, index: int = 0) -> tuple[Any, App]:
     rest.create_application()
     from kserve.model_server import app
 
-    def response(e: RequestError, headers: dict[str, str] | None) -> Response:
-        reply = error_reply(e, headers=headers)
-        return Response(reply.body, reply.status, reply.headers, reply.content_type)
-
-    async def refused(_: object, e: RequestError) -> Response:  # v1 predict's refusals: the one error shape
-        return response(e, {"Retry-After": "1"} if e.status == 503 else None)
-
-    async def not_served(request: Any, e: HTTPException) -> Response:  # the framework's own 4xx: the one shape
-        path = request.url.path
-        error = {404: RequestError("path", "not_found", f"nothing is served at {path}: the API is POST "
-                                                        f"{PATH_PREFIX}<route>", 404),
-                 405: RequestError("method", METHOD_NOT_ALLOWED, f"{request.method} is not allowed on {path}", 405)
-                 }.get(e.status_code, RequestError("body", "invalid_value", str(e.detail), e.status_code))
-        return response(error, e.headers)
-    app.add_exception_handler(RequestError, refused)
-    app.add_exception_handler(HTTPException, not_served)
+    shape_errors(app)
     rest.config.app = HostRules(app, app_state)
     return rest, app_state
 
@@ -204,10 +181,21 @@ def serve(sock: socket.socket, settings: ProcessSettings, index: int, ready_fd: 
 
     draining: list[asyncio.Task] = []  # kept: the loop holds its tasks only weakly
 
+    async def upkeep() -> None:  # drop the builds a roll-out left behind, once idle
+        while True:
+            app_state.builds.collect()
+            await asyncio.sleep(COLLECT_S)
+
+    def message() -> None:  # a roll-out message (SIGUSR1): loading a build takes seconds, off the event loop
+        threading.Thread(target=answer_message, args=(app_state.control_dir, index, app_state.builds),
+                         name="rollout", daemon=True).start()
+
     async def main() -> None:
         loop = asyncio.get_running_loop()
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, lambda: draining.append(asyncio.ensure_future(drain())))
+        loop.add_signal_handler(signal.SIGUSR1, message)
+        draining.append(asyncio.ensure_future(upkeep()))
         await server.serve(sockets=[sock])
 
     print(f"kserve process {os.getpid()}: ready, {len(app_state.routes)} routes", flush=True)
@@ -234,8 +222,12 @@ def main(argv: list[str] | None = None) -> int:
     settings = ProcessSettings.from_json(args.settings.read_text())
     status = Path(settings.status_file) if settings.status_file else None
     preload()
-    return supervise(lambda index, ready_fd: serve(socket.socket(fileno=args.socket_fd), settings, index, ready_fd),
-                     args.socket_fd, args.processes, status)
+
+    def serving(index: int, ready_fd: int) -> None:  # the settings as they are now: a roll-out rewrites them
+        serve(socket.socket(fileno=args.socket_fd), ProcessSettings.from_json(args.settings.read_text()), index,
+              ready_fd)
+
+    return supervise(serving, args.socket_fd, args.processes, status)
 
 
 if __name__ == "__main__":

@@ -17,6 +17,7 @@ import signal
 import socket
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import IO
 
@@ -29,11 +30,14 @@ from serving.checks import check_export, check_ports
 from serving.errors import ServerError
 from serving.host import Host, cut_short, drained, timed_out
 from serving.keys import write_keys
-from serving.kserve.settings import ProcessSettings
+from serving.kserve.builds import SWITCHBOARD, Switchboard
+from serving.kserve.rollout import rollout
+from serving.kserve.settings import SETTINGS_FILE, ProcessSettings
 from serving.kserve.supervisor import STATUS_FILE
 from serving.logs import RotatingFile, check_writable, copy_output
 from serving.probe import Probe
 from serving.process import ProcessGroup
+from serving.rollout import Request
 from serving.settings import MODELS, ROOT, ModelSpec, ServerConfig
 
 READY_LINE = b": ready, "  # what a serving process prints once its routes are loaded (serving/kserve_app.py)
@@ -82,10 +86,11 @@ class KServe(Host):
         self.sock.listen(1024)
         self.sock.set_inheritable(True)
         multiproc = self.start_exporter()
-        settings = self.tmp / "kserve.json"
-        settings.write_text(ProcessSettings.of(self.config, self.specs, self.processes,
-                                               self.key_file if self.config.token_auth else None,
-                                               self.status_file).to_json())
+        settings = self.tmp / SETTINGS_FILE
+        self.settings = ProcessSettings.of(self.config, self.specs, self.processes, self.tmp,
+                                           self.key_file if self.config.token_auth else None, self.status_file)
+        settings.write_text(self.settings.to_json())
+        self.switchboard = Switchboard.create(self.tmp / SWITCHBOARD, tuple(self.settings.routes))
         env = os.environ | {"PROMETHEUS_MULTIPROC_DIR": str(multiproc), "TMPDIR": str(self.tmp)}
         fd = self.sock.fileno()
         self.group = ProcessGroup([sys.executable, "-m", "serving.kserve.app", "--socket-fd", str(fd),
@@ -160,8 +165,16 @@ class KServe(Host):
         return f"{self.url}/metrics (KServe)"
 
     def served_manifest(self, model: str) -> Manifest:
-        """The export manifest of the route's export folder."""
-        return Manifest.read(self.config.export_store / self.specs[model].export)
+        """The export manifest of the folder the route's build comes from."""
+        return Manifest.read(self.export_dir(model))
+
+    def export_dir(self, model: str) -> Path:
+        return Path(self.settings.routes[model].export_dir) if self.settings else \
+            (self.config.export_store / self.specs[model].export).resolve()
+
+    def rollout(self, routes: dict[str, Path], request: Request, say: Callable[[str], None]) -> None:
+        """``serving/kserve/rollout.py``."""
+        rollout(self, routes, request, say)
 
     def log_tail(self, lines: int = 40) -> str:
         """The last lines of the processes' output."""

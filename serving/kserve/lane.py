@@ -24,6 +24,10 @@ class Lane:
         self.running = False
         self.task: asyncio.Task | None = None
 
+    def idle(self) -> bool:
+        """Nothing waits and nothing is being answered."""
+        return not self.waiting and not self.running
+
     def refuse(self, error: RequestError, headers: dict[str, str]) -> Reply:
         """A refusal of this route's (503, with ``Retry-After``), counted in the handler metrics as the handlers
         count theirs."""

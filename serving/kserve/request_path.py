@@ -222,3 +222,28 @@ class HostRules:
                 noted["size"] += len(message.get("body", b""))
             await send(message)
         return wrapped
+
+
+def shape_errors(app: Any) -> None:
+    """Have KServe's FastAPI ``app`` answer in the one error shape: its v1 ``:predict`` refusals (``RequestError``)
+    and the framework's own 4xx (no such path, not with this method)."""
+    from fastapi.responses import Response
+    from starlette.exceptions import HTTPException
+
+    def response(e: RequestError, headers: dict[str, str] | None) -> Response:
+        reply = error_reply(e, headers=headers)
+        return Response(reply.body, reply.status, reply.headers, reply.content_type)
+
+    async def refused(_: object, e: RequestError) -> Response:
+        return response(e, {"Retry-After": "1"} if e.status == 503 else None)
+
+    async def not_served(request: Any, e: HTTPException) -> Response:
+        path = request.url.path
+        error = {404: RequestError("path", "not_found", f"nothing is served at {path}: the API is POST "
+                                                        f"{PATH_PREFIX}<route>", 404),
+                 405: RequestError("method", METHOD_NOT_ALLOWED, f"{request.method} is not allowed on {path}", 405)
+                 }.get(e.status_code, RequestError("body", "invalid_value", str(e.detail), e.status_code))
+        return response(error, e.headers)
+
+    app.add_exception_handler(RequestError, refused)
+    app.add_exception_handler(HTTPException, not_served)

@@ -11,11 +11,14 @@ from handlers.config import WorkerConfig
 from runtime.manifest import Manifest
 from serving.settings import ModelSpec, ServerConfig, worker_config
 
+SETTINGS_FILE = "kserve.json"  # the settings document, in the host's control folder (its temp dir)
+
 
 @dataclass(frozen=True)
 class RouteSettings:
     """One route in a serving process: its operation (handler), export folder and worker config, its queue bound
-    and batch size (requests per inference call), and whether it goes on a GPU when there is one."""
+    and batch size (requests per inference call), whether it goes on a GPU when there is one, and the generation
+    of its build (``serving/kserve/builds.py``: 1 at start, one more for each roll-out)."""
 
     operation: str
     export_dir: str
@@ -23,21 +26,32 @@ class RouteSettings:
     queue_size: int
     batch_size: int
     gpu: bool
+    generation: int = 1
+
+    def to_dict(self) -> dict:
+        return asdict(self) | {"worker": self.worker.to_dict()}
 
     @classmethod
-    def of(cls, spec: ModelSpec, export_dir: Path, batch_size: int, store_workers: int) -> RouteSettings:
+    def from_dict(cls, document: dict) -> RouteSettings:
+        return cls(**document | {"worker": WorkerConfig.from_dict(document["worker"])})
+
+    @classmethod
+    def of(cls, spec: ModelSpec, export_dir: Path, batch_size: int, store_workers: int,
+           generation: int = 1) -> RouteSettings:
         """A route served as ``spec`` from ``export_dir``; ``batch_size`` 0: the spec's."""
         return cls(spec.handler.stem, str(export_dir), worker_config(spec, Manifest.read(export_dir), store_workers),
-                   spec.job_queue_size, batch_size or spec.batch_size, spec.gpu)
+                   spec.job_queue_size, batch_size or spec.batch_size, spec.gpu, generation)
 
 
 @dataclass(frozen=True)
 class ProcessSettings:
-    """Every serving process's settings: its routes, how many processes share the CPUs, the key file (token auth
-    on) and the supervisor's status file, the body limit, the kept-alive connections' idle limit, the access log."""
+    """Every serving process's settings: its routes, how many processes share the CPUs, the host's control folder
+    (the switchboard and roll-out messages, ``serving/kserve/builds.py``), the key file (token auth on) and the
+    supervisor's status file, the body limit, the kept-alive connections' idle limit, the access log."""
 
     routes: dict[str, RouteSettings]
     processes: int
+    control_dir: str
     key_file: str | None
     status_file: str | None
     max_request_size: int
@@ -45,23 +59,22 @@ class ProcessSettings:
     access_log: bool
 
     @classmethod
-    def of(cls, config: ServerConfig, specs: dict[str, ModelSpec], processes: int, key_file: Path | None,
-           status_file: Path | None) -> ProcessSettings:
+    def of(cls, config: ServerConfig, specs: dict[str, ModelSpec], processes: int, control_dir: Path,
+           key_file: Path | None, status_file: Path | None) -> ProcessSettings:
         """The settings of a host started with ``config``, serving ``specs`` in ``processes`` processes."""
         routes = {route: RouteSettings.of(specs[route], (config.export_store / specs[route].export).resolve(),
                                           config.kserve.batch_size, processes) for route in config.models}
-        return cls(routes, processes, str(key_file) if key_file else None, str(status_file) if status_file else None,
-                   config.max_request_size, config.idle_timeout, config.access_log)
+        return cls(routes, processes, str(control_dir), str(key_file) if key_file else None,
+                   str(status_file) if status_file else None, config.max_request_size, config.idle_timeout,
+                   config.access_log)
 
     def to_json(self) -> str:
         document = asdict(self)
-        document["routes"] = {name: asdict(route) | {"worker": route.worker.to_dict()}
-                              for name, route in self.routes.items()}
+        document["routes"] = {name: route.to_dict() for name, route in self.routes.items()}
         return json.dumps(document)
 
     @classmethod
     def from_json(cls, text: str) -> ProcessSettings:
         document = json.loads(text)
-        routes = {name: RouteSettings(**route | {"worker": WorkerConfig.from_dict(route["worker"])})
-                  for name, route in document.pop("routes").items()}
+        routes = {name: RouteSettings.from_dict(route) for name, route in document.pop("routes").items()}
         return replace(cls(routes=routes, **document))

@@ -1,20 +1,15 @@
 """The KServe host's supervisor: ``processes`` serving processes on one inherited listening socket, each replaced
 when it dies, and a status file the health check reads.
 
-The supervisor imports what a serving process needs once and forks each serving process from itself, so a
-process (and a replacement) starts with its modules already loaded and only loads its routes (the pre-fork
-model of gunicorn's ``--preload``); it starts no thread and touches no CUDA device, which a forked child could not
-use, before it forks. Every serving process accepts from the same socket, so while one is gone the
-others take every new connection; only the requests on the dead process's own connections are lost. A serving
-process says it is ready through a pipe once its routes are loaded. Before every process has been ready once, a
-death ends the host (a start that fails is reported, not retried); after that, a dead process is replaced at once,
-and a replacement that dies before it is ready is tried again after a pause (``RETRY_PAUSES_S``), then the host
-gives up and stops with its exit code. SIGTERM or SIGINT is forwarded to every process (each drains) and nothing
-is replaced any more.
-
-The status file (JSON, written atomically on every change; ``STATUS_FILE`` in the host's working directory):
-``{"processes": N, "serving": <ready processes>, "replacing": [{"index", "since", "why"}, ...]}``, ``since`` in
-seconds of the epoch.
+It imports what a serving process needs once, then forks each from itself (gunicorn's ``--preload``): a process,
+or its replacement, only loads its routes; nothing before the fork starts a thread or touches CUDA. Every process
+accepts from the same socket, so while one is gone the others take every new connection; only the requests on the
+dead one's own connections are lost. A process says it is ready through a pipe. Before every process has been ready
+once, a death ends the host (a failed start is reported, not retried); after that, a dead process is replaced at
+once, and a replacement that dies before it is ready is tried again after ``RETRY_PAUSES_S``, then the host gives
+up with its exit code. SIGTERM or SIGINT is forwarded to every process (each drains), SIGUSR1 (a roll-out message)
+too. The status file (``STATUS_FILE`` in the working directory, JSON, written atomically on each change):
+``{"processes": N, "serving": <ready>, "replacing": [{"index", "since" (epoch seconds), "why"}, ...]}``.
 """
 
 from __future__ import annotations
@@ -62,6 +57,7 @@ class Child:
         try:
             for signum in (signal.SIGTERM, signal.SIGINT):
                 signal.signal(signum, signal.SIG_DFL)
+            signal.signal(signal.SIGUSR1, signal.SIG_IGN)  # a roll-out message before it can take one: not a death
             serve(index, ready_fd)
         except BaseException:  # noqa: BLE001 - the child must end here, never return into the supervisor
             traceback.print_exc()
@@ -138,6 +134,11 @@ class Supervisor:
             os.close(self.fd)
         for slot in self.slots:
             slot.process.send_signal(signal.SIGTERM)
+
+    def relay(self, signum: int = signal.SIGUSR1, frame: object = None) -> None:
+        """Pass a roll-out message (SIGUSR1) on to every serving process."""
+        for slot in self.slots:
+            slot.process.send_signal(signal.SIGUSR1)
 
     def kill(self) -> None:
         for slot in self.slots:
@@ -238,6 +239,7 @@ def supervise(serve: Serve, fd: int, processes: int, status_file: Path | None) -
         raise
     signal.signal(signal.SIGTERM, supervisor.forward)
     signal.signal(signal.SIGINT, supervisor.forward)
+    signal.signal(signal.SIGUSR1, supervisor.relay)
     try:
         return supervisor.run()
     except BaseException:

@@ -55,7 +55,8 @@ def model_config(spec: ModelSpec, manifest: Manifest) -> dict:
 
 
 def build(name: str, spec: ModelSpec, artifact_dir: Path, out: Path) -> Path:
-    """Write ``out/<name>.mar``; its version is the first 12 hex digits of the source checkpoint's SHA-256."""
+    """Write ``out/<name>.mar``; its version is the export's identity (the build its answers name, ``X-Model-Build``),
+    so that two builds of one route can be registered side by side (a roll-out)."""
     manifest = Manifest.read(artifact_dir)
     files = [artifact_dir / MANIFEST] + [artifact_dir / f for f in artifact_files(spec, manifest)]
     missing = [str(f) for f in files if not f.is_file()]
@@ -68,7 +69,7 @@ def build(name: str, spec: ModelSpec, artifact_dir: Path, out: Path) -> Path:
         config = Path(tmp) / "model-config.yaml"
         config.write_text(yaml.safe_dump(model_config(spec, manifest), sort_keys=False))
         cmd = [sys.executable, "-m", "model_archiver.model_packaging", "--model-name", name,
-               "--version", manifest.source.sha256[:12], "--handler", str(spec.handler),
+               "--version", manifest.identity, "--handler", str(spec.handler),
                "--extra-files", ",".join([str(code), *map(str, files)]), "--config-file", str(config),
                "--export-path", str(out), "--force"]
         # The archiver stages its copies in $TMPDIR/<model name>: a folder of this build's own, so that builds of

@@ -21,11 +21,13 @@ from __future__ import annotations
 import os
 import shutil
 import sys
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 
 from fmvae_client import ClientError, fetch
 
+from runtime.artifacts import ARTIFACT_DIR
 from runtime.manifest import Manifest
 from serving import listener
 from serving.checks import PORT_ROLES, check_ports
@@ -34,11 +36,13 @@ from serving.host import Host, reach
 from serving.logs import RotatingFile, check_writable, copy_output
 from serving.probe import Probe
 from serving.process import ProcessGroup
-from serving.settings import ServerConfig
+from serving.rollout import Request
+from serving.settings import MODELS, ServerConfig
 from serving.torchserve import drain
 from serving.torchserve.archive import check_archive, packed_manifest
 from serving.torchserve.keys import KeyRenewer
 from serving.torchserve.logs import ServerLogs
+from serving.torchserve.rollout import rollout
 
 LOG4J2 = Path(__file__).resolve().parent / "log4j2.xml"  # TorchServe's logging configuration
 
@@ -68,7 +72,7 @@ def config_properties(config: ServerConfig, model_store: Path) -> str:
         f"allowed_urls=file://{model_store}/.*",  # models come from the local store only
         f"disable_token_authorization={str(not config.token_auth).lower()}",
         f"token_expiration_min={ts.token_expiration_min}",
-        "enable_model_api=false",
+        "enable_model_api=true",  # registration, for roll-outs: on loopback, with its key, archives of the store only
         "install_py_dep_per_model=false",
         "metrics_mode=prometheus",
         "decode_input_request=false",  # the handlers parse JSON bodies themselves, strictly
@@ -91,6 +95,13 @@ class TorchServe(Host):
         super().__init__(config or ServerConfig())
         self.renewer: KeyRenewer | None = None
         self.logs = ServerLogs(self.log_dir)
+        store = self.config.torchserve.model_store.resolve()
+        # Where each model's default version comes from: its archive, the export folder it was built from (a
+        # model outside MODELS, a test's, from the released one) and its version (the build's identity).
+        self.archives = {m: store / f"{m}.mar" for m in self.config.models}
+        self.exports = {m: (self.config.export_store / (MODELS[m].export if m in MODELS else ARTIFACT_DIR)).resolve()
+                        for m in self.config.models}
+        self.versions: dict[str, str] = {}
 
     @property
     def management_url(self) -> str:
@@ -111,6 +122,7 @@ class TorchServe(Host):
             raise ServerError(f"{store}: no archive for {', '.join(missing)}; run `make archives`")
         for model in self.config.models:
             check_archive(store / f"{model}.mar")
+        self.versions = {m: self.served_manifest(m).identity for m in self.config.models}
         check_ports(self.config, self.ports)
         check_writable(self.log_dir)
         self.work_dir.mkdir(parents=True, exist_ok=True)
@@ -186,8 +198,16 @@ class TorchServe(Host):
         return f"{self.torchserve_metrics_url} (TorchServe)"
 
     def served_manifest(self, model: str) -> Manifest:
-        """The export manifest packed in the model's archive."""
-        return packed_manifest(self.config.torchserve.model_store / f"{model}.mar")
+        """The export manifest packed in the archive the model's default version came from."""
+        return packed_manifest(self.archives[model])
+
+    def export_dir(self, model: str) -> Path:
+        return self.exports[model]
+
+    def rollout(self, routes: dict[str, Path], request: Request, say: Callable[[str], None]) -> None:
+        """``serving/torchserve/rollout.py``."""
+        rollout(self, routes, request, say)
+        self.exports |= {route: folder.resolve() for route, folder in routes.items()}
 
     def log_tail(self, lines: int = 40) -> str:
         """The last lines of TorchServe's logs, for error messages."""
