@@ -2,6 +2,7 @@
 # The fmvae service, one image per host (HOST) and kind (KIND), GPU by default:
 #   TorchServe (the design card's host):  docker build -t fmvae .                        (KIND=cpu: --build-arg KIND=cpu)
 #   KServe's ModelServer (no Java):       docker build -t fmvae-kserve --build-arg HOST=kserve .
+#   KServe's ModelServer over Ray Serve:  docker build -t fmvae-ray --build-arg HOST=ray .   (also a KubeRay pod's)
 # GPU images: torch 2.13.0 from PyPI (its Linux build is CUDA 13) and onnxruntime-gpu, by exact pin (their CUDA
 # wheels are not hashed here: make lock). CPU images: the host's CPU runtimes, hash-checked against
 # deploy/requirements-<host>-cpu.lock (the TorchServe image torch and onnxruntime; the KServe image onnxruntime
@@ -71,6 +72,17 @@ HEALTHCHECK --interval=30s --timeout=10s --start-period=60s --retries=3 \
     CMD ["python", "-m", "serving.health", "--server", "kserve", "--work-dir", "/home/fmvae/run"]
 ENTRYPOINT ["python", "-m", "serving"]
 CMD ["--server", "kserve", "--host", "0.0.0.0", "--metrics-host", "0.0.0.0", "--token-auth", \
+     "--work-dir", "/home/fmvae/run", "--log-dir", "/home/fmvae/logs", "--export-store", "model_store", \
+     "--no-explorer"]
+
+FROM ${PYTHON_IMAGE} AS host-ray
+# The KServe host's image with Ray: by default the fronts over a local cluster in the container; in a KubeRay
+# cluster the head and worker pods run it with `ray start` and the fronts with --ray-address (deploy/k8s/fmvae-ray.yaml).
+EXPOSE 8080 8083
+HEALTHCHECK --interval=30s --timeout=10s --start-period=90s --retries=3 \
+    CMD ["python", "-m", "serving.health", "--server", "ray", "--work-dir", "/home/fmvae/run"]
+ENTRYPOINT ["python", "-m", "serving"]
+CMD ["--server", "ray", "--host", "0.0.0.0", "--metrics-host", "0.0.0.0", "--token-auth", \
      "--work-dir", "/home/fmvae/run", "--log-dir", "/home/fmvae/logs", "--export-store", "model_store", \
      "--no-explorer"]
 

@@ -100,7 +100,7 @@ experiments: setup  ## the beta, latent-size, KL warm-up and lever sweeps into d
 bench: setup  ## decoder speed per artifact vs fp32 eager (runs/bench/decoders.json)
 	$(PY) -m bench.decoders --out runs/bench/decoders.json $(BENCH_ARGS)
 
-serve: setup $(if $(filter torchserve,$(HOST)),archives)  ## TorchServe on 127.0.0.1:8080 with every route (HOST=kserve: KServe's ModelServer), the explorer on :8084; metrics on :8083
+serve: setup $(if $(filter torchserve,$(HOST)),archives)  ## TorchServe on 127.0.0.1:8080 with every route (HOST=kserve: KServe's ModelServer; HOST=ray: it over Ray Serve), the explorer on :8084; metrics on :8083
 	$(PY) -m serving --server $(HOST) --model-store $(ARCHIVES) $(SERVE_ARGS)
 
 rollout: setup  ## send a new export to the running service without a lost request: EXPORT=<folder> (ROLLOUT_ARGS="--canary 10")
@@ -110,7 +110,7 @@ rollout: setup  ## send a new export to the running service without a lost reque
 rollback: setup  ## serve the build before the last roll-out again, the same way
 	$(PY) -m serving rollback --work-dir $(WORK_DIR) $(ROLLOUT_ARGS)
 
-serve-bench: setup  ## both hosts side by side with their echo floors and the 40-line peers (runs/serve-bench)
+serve-bench: setup  ## the hosts side by side with their echo floors and the 40-line peers, v2 and Ray rows (runs/serve-bench)
 	$(PY) -m bench.serving --out runs/serve-bench $(SERVE_BENCH_ARGS)
 
 explorer-bench: archives  ## the explorer's in-page decode and server round trip per move, fps, in chromium (runs/bench/explorer.json)
@@ -134,15 +134,15 @@ gpu-bundle: setup  ## wheels and a Java runtime the GPU machine lacks, into buil
 	$(PY) -m deploy.gpu_bundle build
 	$(PY) -m deploy.gpu_bundle check
 
-image: setup  ## the GPU serving image with buildah: localhost/fmvae:gpu (HOST=kserve: localhost/fmvae-kserve:gpu; Docker: see README)
+image: setup  ## the GPU serving image with buildah: localhost/fmvae:gpu (HOST=kserve|ray: localhost/fmvae-<host>:gpu; Docker: see README)
 	@$(IMAGE_TOOLS)
 	$(PY) -m deploy.image build --host $(HOST) --kind gpu
 
-image-cpu: setup  ## the CPU-only serving image: localhost/fmvae:cpu (HOST=kserve: localhost/fmvae-kserve:cpu, no torch)
+image-cpu: setup  ## the CPU-only serving image: localhost/fmvae:cpu (HOST=kserve|ray: localhost/fmvae-<host>:cpu, no torch)
 	@$(IMAGE_TOOLS)
 	$(PY) -m deploy.image build --host $(HOST) --kind cpu
 
-image-test: setup  ## base image if missing, build, run and check the image as a client would (HOST=kserve, IMAGE_KIND=cpu)
+image-test: setup  ## base image if missing, build, run and check the image as a client would (HOST=kserve|ray, IMAGE_KIND=cpu)
 	@$(IMAGE_TOOLS)
 	$(PY) -m deploy.image test --host $(HOST) --kind $(IMAGE_KIND)
 

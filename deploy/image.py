@@ -1,14 +1,15 @@
 """The serving images, built and run without a Docker engine: ``python -m deploy.image {base,build,test} --host
-{torchserve,kserve} --kind {gpu,cpu}`` (``make image``, ``make image-cpu``, ``make image-test``; ``HOST=kserve``).
+{torchserve,kserve,ray} --kind {gpu,cpu}`` (``make image``, ``make image-cpu``, ``make image-test``; ``HOST=kserve``).
 
 - ``base``: a local stand-in for ``python:3.11-slim-bookworm`` (no public image can be pulled here):
   ``debootstrap --variant=minbase bookworm`` plus python3, venv, pip and CA certificates, imported with
   ``podman import`` as ``localhost/fmvae-base:bookworm``. Skipped when that image exists.
 - ``build``: ``buildah bud`` of the Dockerfile on that base with ``HOST`` and ``KIND``, as ``localhost/fmvae:<kind>``
-  (TorchServe) or ``localhost/fmvae-kserve:<kind>``, with this machine's CA bundle mounted (pip's HTTPS inside the
-  build needs it). The GPU images take torch from PyPI (its Linux build is CUDA 13); the TorchServe CPU image takes
-  the CPU wheel from pip's find-links folders if one is there (copied into ``deploy/wheels/``), else from PyTorch's
-  CPU index; the KServe CPU image has no torch. Prints the build time and the image size.
+  (TorchServe), ``localhost/fmvae-kserve:<kind>`` or ``localhost/fmvae-ray:<kind>``, with this machine's CA bundle
+  mounted (pip's HTTPS inside the build needs it). The GPU images take torch from PyPI (its Linux build is CUDA 13);
+  the TorchServe CPU image takes the CPU wheel from pip's find-links folders if one is there (copied into
+  ``deploy/wheels/``), else from PyTorch's CPU index; the KServe and Ray CPU images have no torch. Prints the build
+  time and the image size.
 - ``test``: ``base`` if missing, ``build``, then runs the image's entrypoint with ``buildah run`` (chroot isolation,
   host network: its ports are this machine's, so the host's ports must be free) and checks it as a client would:
   every route's example, auth, health, metrics, non-root, what the image leaves out, and that SIGTERM stops
@@ -43,7 +44,8 @@ from serving.settings import HOSTS, KEY_FILE, ServerConfig
 
 ROOT = Path(__file__).resolve().parent.parent
 BASE = "localhost/fmvae-base:bookworm"
-IMAGES = {"torchserve": "localhost/fmvae", "kserve": "localhost/fmvae-kserve"}  # tagged with the kind
+IMAGES = {"torchserve": "localhost/fmvae", "kserve": "localhost/fmvae-kserve",  # tagged with the kind
+          "ray": "localhost/fmvae-ray"}
 CA_BUNDLE = Path("/etc/ssl/certs/ca-certificates.crt")
 WHEELS = ROOT / "deploy" / "wheels"
 CPU_TORCH = "torch==2.13.0+cpu"
@@ -117,7 +119,7 @@ def build(host: str, kind: str) -> str:
     args = ["--build-arg", f"PYTHON_IMAGE={BASE}", "--build-arg", f"HOST={host}"]
     for stale in WHEELS.glob("*.whl"):
         stale.unlink()
-    if kind == "cpu" and host == "kserve":
+    if kind == "cpu" and host != "torchserve":
         args += ["--build-arg", "KIND=cpu"]
     elif kind == "cpu":
         wheel = local_cpu_wheel()
@@ -327,7 +329,7 @@ def test(host: str, kind: str) -> int:
                 check(results, "no CUDA libraries", lambda: (
                     (r := container.exec("sh", "-c", "pip list 2>/dev/null | grep -ci nvidia || true")).stdout.strip()
                     == "0", f"{r.stdout.strip()} nvidia packages"))
-            if kind == "cpu" and host == "kserve":
+            if kind == "cpu" and host != "torchserve":
                 check(results, "no torch: the workers run ONNX Runtime", lambda: (
                     (r := container.exec("python", "-c", "import importlib.util as u; print(u.find_spec('torch'))"
                                          )).stdout.strip() == "None", f"torch's module spec: {r.stdout.strip()}"))

@@ -57,11 +57,14 @@ def runtime_pin(name: str) -> str:
 RUNTIMES = ("torch", "onnxruntime")  # the GPU images take these by pin (CUDA builds), never from a host's lock
 # Each image host: (what its image serves with, the runtimes its CPU image takes from its -cpu lock). The core
 # dependencies are what serving needs; the TorchServe image takes its extra instead of kserve, the KServe image
-# leaves torch out on the CPU (its workers run the ONNX backends; the GPU image adds torch for TorchScript).
+# leaves torch out on the CPU (its workers run the ONNX backends; the GPU image adds torch for TorchScript); the Ray
+# host's image is the KServe image with the ray extra (its fronts, and the pods of a KubeRay cluster).
 IMAGE_HOSTS = {
     "torchserve": ([r for r in PROJECT["dependencies"] if requirement_name(r) != "kserve"]
                    + PROJECT["optional-dependencies"]["torchserve"], ("torch", "onnxruntime")),
     "kserve": ([r for r in PROJECT["dependencies"] if requirement_name(r) != "torch"], ("onnxruntime",)),
+    "ray": ([r for r in PROJECT["dependencies"] if requirement_name(r) != "torch"]
+            + PROJECT["optional-dependencies"]["ray"], ("onnxruntime",)),
 }
 
 

@@ -42,11 +42,12 @@ from handlers.config import WorkerConfig
 from handlers.errors import SHUTTING_DOWN, RequestError, internal
 from handlers.schema import RequestSchema
 from runtime import artifacts, backends
-from runtime.images import gif_bytes, npy_bytes, png_bytes, tile, to_uint8
+from runtime.images import gif_bytes, npy_bytes, png_bytes, tensor_bytes, tile, to_uint8
 from runtime.latent import seeded_latents
 from runtime.manifest import Manifest
 
-CONTENT_TYPES = {"png": "image/png", "gif": "image/gif", "npy": "application/x-npy", "json": "application/json"}
+CONTENT_TYPES = {"png": "image/png", "gif": "image/gif", "npy": "application/x-npy", "json": "application/json",
+                 "tensors": "application/x-fmvae-tensors"}
 MODEL_HEADER = "X-Model-Build"  # on every answer: the identity of the export that made it (Manifest.identity)
 REQUEST_ID = "X-Request-ID"  # on every answer: the client's request ID, or one made here
 REQUEST_ID_MAX = 128
@@ -270,6 +271,12 @@ def as_json(value: Any) -> Any:
     return value.item() if isinstance(value, np.generic) else value
 
 
+class Tensors(dict):
+    """A parsed request body whose answer is its arrays by name (``tensors``: ``runtime.images.tensor_bytes`` of the
+    images and every array field, float32) instead of its format's bytes: what a host front that speaks a tensor
+    protocol submits (the Open Inference Protocol, ``serving/oip/``). Validated as any body."""
+
+
 @dataclass
 class Reply:
     """One request's answer, whatever the host: HTTP status, body, content type and headers."""
@@ -348,8 +355,9 @@ class Service:
                 try:
                     if not isinstance(part, RequestError) and not np.isfinite(part).all():
                         part = internal("the decoder gave non-finite values for this request")
+                    fmt = "tensors" if isinstance(bodies[i], Tensors) else request["format"]
                     replies[i] = self.error(part) if isinstance(part, RequestError) \
-                        else self.reply(request["format"], plan.finish(part))
+                        else self.reply(fmt, plan.finish(part))
                 except RequestError as e:
                     replies[i] = self.error(e)
                 except Exception as e:  # one answer that cannot be made or encoded fails alone
@@ -380,6 +388,9 @@ class Service:
             body = gif_bytes(to_uint8(answer.images))
         elif fmt == "npy":
             body = npy_bytes(answer.images if answer.array is None else answer.array)
+        elif fmt == "tensors":
+            named = {} if answer.images is None else {"images": answer.images}
+            body = tensor_bytes(named | {k: v for k, v in answer.fields.items() if isinstance(v, np.ndarray)})
         else:
             images = {} if answer.images is None else {
                 "images": [base64.b64encode(png_bytes(p)).decode() for p in to_uint8(answer.images)]}

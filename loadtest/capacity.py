@@ -32,6 +32,7 @@ from loadtest.__main__ import endpoints, locust_command, locust_stats, targets
 from runtime.cpus import available_cpus
 from serving.host import host_class
 from serving.settings import ARCHIVE_DIR, HOSTS, ServerConfig, TorchServeConfig
+from serving.watchdog import members
 
 SAMPLE_S = 1.0  # how often the CPU counters are read
 
@@ -44,13 +45,14 @@ class Served:
     processes: Callable[[], list[psutil.Process]]
 
 
-def group(leader: int) -> list[psutil.Process]:
-    """The processes of process group ``leader`` (a host's process group: JVM, workers, supervisor, watchdog)."""
+def processes(sessions: list[int]) -> list[psutil.Process]:
+    """The live processes of a host's sessions (``Host.sessions``: JVM, workers, supervisor, watchdog; the Ray
+    host's cluster too)."""
     found = []
-    for process in psutil.process_iter():
-        with contextlib.suppress(ProcessLookupError, psutil.Error):
-            if os.getpgid(process.pid) == leader:
-                found.append(process)
+    for session in sessions:
+        for pid in members(session):
+            with contextlib.suppress(psutil.Error):
+                found.append(psutil.Process(pid))
     return found
 
 
@@ -163,7 +165,7 @@ def start(host: str, archives: Path, export_store: Path, logs: Path) -> Iterator
     config = ServerConfig(server=host, torchserve=TorchServeConfig(model_store=archives), export_store=export_store,
                           log_dir=logs).with_free_ports()
     with host_class(host)(config) as server:
-        yield Served(server.url, lambda: group(server.process.pid))
+        yield Served(server.url, lambda: processes(server.sessions))
 
 
 def table(report: dict) -> str:

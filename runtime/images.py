@@ -1,4 +1,4 @@
-"""Images as bytes, in numpy and Pillow only: grids, uint8 pixels, PNG and .npy encoding.
+"""Images as bytes, in numpy and Pillow only: grids, uint8 pixels, PNG and .npy encoding, named float32 arrays.
 
 Shared by the serving handlers and the training figures.
 """
@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import functools
 import io
+import json
+import math
 
 import numpy as np
 from PIL import Image
@@ -48,6 +50,36 @@ def npy_bytes(array: np.ndarray) -> bytes:
     """The array as float32 .npy bytes (what np.save writes, with the header cached per shape)."""
     array = np.ascontiguousarray(array, dtype="<f4")
     return npy_header(array.shape) + array.tobytes()
+
+
+def tensor_bytes(arrays: dict[str, np.ndarray]) -> bytes:
+    """Named arrays as one body: a JSON line of ``[name, shape]`` pairs, then each array's little-endian float32
+    bytes in that order (``tensors_of`` reads it back)."""
+    arrays = {name: np.ascontiguousarray(a, dtype="<f4") for name, a in arrays.items()}
+    head = tensor_head(tuple((name, a.shape) for name, a in arrays.items()))
+    return b"".join([head, *(a.tobytes() for a in arrays.values())])
+
+
+@functools.lru_cache(maxsize=512)
+def tensor_head(shapes: tuple[tuple[str, tuple[int, ...]], ...]) -> bytes:
+    """The JSON line of a ``tensor_bytes`` body with arrays of these names and shapes."""
+    return json.dumps([[name, list(shape)] for name, shape in shapes]).encode() + b"\n"
+
+
+@functools.lru_cache(maxsize=512)
+def tensor_layout(head: bytes) -> tuple[tuple[str, tuple[int, ...], int, int], ...]:
+    """Each array of a ``tensor_bytes`` body with this JSON line: name, shape, count and offset after the line."""
+    layout, offset = [], len(head) + 1
+    for name, shape in json.loads(head):
+        layout.append((name, tuple(shape), math.prod(shape), offset))
+        offset += 4 * math.prod(shape)
+    return tuple(layout)
+
+
+def tensors_of(body: bytes) -> dict[str, np.ndarray]:
+    """The named float32 arrays of a ``tensor_bytes`` body (read-only views of it)."""
+    layout = tensor_layout(body[:body.index(b"\n")])
+    return {name: np.frombuffer(body, "<f4", count, offset).reshape(shape) for name, shape, count, offset in layout}
 
 
 def gif_bytes(frames: np.ndarray, scale: int = 4, frame_ms: int = 120) -> bytes:

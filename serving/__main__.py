@@ -59,7 +59,8 @@ def parser() -> argparse.ArgumentParser:
             cli.add_argument(f"--{name}", dest=dest, nargs="+", type=str, default=list(default), help=text, **meta)
         else:
             shown = "" if default is None else " (default %(default)s)"
-            cli.add_argument(f"--{name}", dest=dest, type=kind, default=default, help=text + shown, **meta)
+            cli.add_argument(f"--{name}", dest=dest, type=kind, default=default, help=text + shown,
+                             **{"metavar": f.name.upper()} | meta)
     return cli
 
 

@@ -86,6 +86,12 @@ class Host:
         return self.group.process if self.group else None
 
     @property
+    def sessions(self) -> list[int]:
+        """The sessions its processes run in (each process group it starts is a session of its own): what a
+        measurement of its CPU and memory counts."""
+        return [self.process.pid] if self.process else []
+
+    @property
     def url(self) -> str:
         return f"http://{reach(self.config.host)}:{self.config.inference_port}"
 

@@ -22,11 +22,12 @@ class ProcessGroup:
     """One started command in a session of its own, with its watchdog. ``stop`` is safe to call more than once."""
 
     def __init__(self, cmd: list[str], env: dict[str, str], cwd: Path, leftovers: list[Path] = (),
-                 pass_fds: tuple[int, ...] = (), forwards: bool = False) -> None:
+                 pass_fds: tuple[int, ...] = (), forwards: bool = False, stop_s: float = JVM_STOP_S) -> None:
         """``leftovers``: what the watchdog removes after stopping the group (the launcher's temp dir, its drain
         mark), when the launcher could not; ``pass_fds``: file descriptors the command inherits; ``forwards``: the
-        command passes SIGTERM on to its children itself (the KServe supervisor; TorchServe's wrapper does not)."""
-        self.forwards = forwards
+        command passes SIGTERM on to its children itself (the KServe supervisor; TorchServe's wrapper does not);
+        ``stop_s``: how long a stop waits after SIGTERM before SIGKILL."""
+        self.forwards, self.stop_s = forwards, stop_s
         self.process = subprocess.Popen(cmd, env=env, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                         start_new_session=True, pass_fds=pass_fds)
         read, self._watchdog_pipe = os.pipe()  # the watchdog acts when the write end closes
@@ -57,7 +58,7 @@ class ProcessGroup:
 
     def stop_jvm(self) -> None:
         """SIGTERM to the wrapper's children alone (the JVM: its shutdown hook closes the listeners and stops the
-        workers; the wrapper exits with it), or to the leader when it ``forwards``. After JVM_STOP_S, or with no
+        workers; the wrapper exits with it), or to the leader when it ``forwards``. After ``stop_s``, or with no
         child found, the group gets SIGKILL."""
         try:
             leader = psutil.Process(self.process.pid)
@@ -67,7 +68,7 @@ class ProcessGroup:
         for target in targets:
             target.send_signal(signal.SIGTERM)
         try:
-            self.process.wait(timeout=JVM_STOP_S if targets else 0)
+            self.process.wait(timeout=self.stop_s if targets else 0)
         except subprocess.TimeoutExpired:
             signal_group(self.process.pid, signal.SIGKILL, 10)
 

@@ -1,11 +1,7 @@
-"""Every serving setting in one place: how each route of ``serving/routes.py`` is served (handler, TorchServe
-workers, batching, the backend each device runs, threads, body limit), and the server's addresses, ports, limits
-and files.
-
-``serving/archive.py`` writes each model's settings into its archive's model-config YAML, where the worker
-reads them back (``handlers/service.py``); ``serving/server.py`` runs TorchServe with ``ServerConfig``. The
-model's shapes are not settings: workers read them from the export manifest packed beside the artifacts.
-"""
+"""Every serving setting in one place: how each route of ``serving/routes.py`` is served (``ModelSpec``: handler,
+workers, batching, the backend each device runs, threads, body limit; ``worker_config`` is what its worker reads),
+and the server (``ServerConfig``: addresses, ports, limits, files, and one nested record per host). The model's
+shapes are not settings: workers read them from the export manifest."""
 
 from __future__ import annotations
 
@@ -24,13 +20,10 @@ HANDLERS = ROOT / "handlers"  # the worker package: one handler file per operati
 SERVING = Path(__file__).resolve().parent
 
 # Backend per device kind, in order of preference: a worker runs the first one whose artifact it has and that it
-# can run (an ONNX backend on CUDA needs onnxruntime's CUDAExecutionProvider), and logs why it skipped the others.
-# CPU: static int8 ONNX, 1.4-2.1x over fp32 ONNX at batch 64 on CPUs with VNNI, 0.84x on AVX2-only ones; then
-# static int8 TorchScript, the TorchScript backend a CPU worker takes (FMVAE_CPU_DECODER=torchscript-int8 puts it
-# first, handlers/device.py), 2.2x over TorchScript fp32 at batch 64. ONNX first: with one thread (what a worker
-# gets on a small host) it is 2x as fast at batch 1, as fast at 16 and 0.93x at 64, 2 dB closer to fp32, and the
-# only one the ONNX-only KServe image runs (docs/export.md). CUDA: the fp16 TorchScript decoder (gated on CPU like
-# the int8 ones), then fp32; the int8 kernels are CPU-only (docs/gpu.md).
+# can run (an ONNX backend on CUDA needs CUDAExecutionProvider), and logs why it skipped the others. CPU: static
+# int8 ONNX (with one thread 2x the int8 TorchScript at batch 1, 2 dB closer to fp32, and the one the ONNX-only
+# KServe image runs), then static int8 TorchScript (FMVAE_CPU_DECODER=torchscript-int8 puts it first); CUDA: the
+# fp16 TorchScript decoder, then fp32; the int8 kernels are CPU-only (docs/export.md, docs/gpu.md).
 DECODER = {"cpu": ("onnx-int8", "torchscript-int8"), "cuda": ("torchscript-fp16", "onnx-fp32", "torchscript-fp32")}
 ENCODER = {"cpu": ("onnx-fp32",), "cuda": ("onnx-fp32", "torchscript-fp32")}
 # Batch sizes (latents per decoder call) a CUDA worker captures as CUDA graphs at start; a call of n latents replays
@@ -93,20 +86,18 @@ def model_spec(route: Route, workers: int = 1, gpu: bool = False) -> ModelSpec:
                      request_images=images, batch_size=1 if images >= FULL_BATCH_IMAGES else 8)
 
 
-# One model (one worker process) per route: TorchServe routes /predictions/<model>, and a worker serves one model.
-# What that costs in memory and idle CPU, and why it stays: docs/serving.md, workers. sample has two workers:
-# TorchServe's frontend handles a worker's replies before it sends that worker its next batch, and with one worker
-# the decoder idled 27% of the time at n=64 (docs/serving-performance.md).
+# One TorchServe model (a worker process) per route (docs/serving.md, workers); sample has two: TorchServe's frontend
+# handles a worker's replies before it feeds it again, and with one the decoder idled 27% of the time at n=64
+# (docs/serving-performance.md).
 WORKERS = {"sample": 2}
-# The GPU layout: the routes whose workers use the GPU on a host that has one (each worker a CUDA context of its
-# own); the others stay on CPU workers. The routes of the 64-d model decode the most images per request; the 2-d
-# routes answer one point at a time for the explorer, where a GPU saves little. What it costs and what the GPU run
-# measures to choose: docs/gpu.md.
+# The routes whose workers use the GPU on a host that has one: the 64-d model's, which decode the most images per
+# request (the 2-d routes answer the explorer one point at a time, where a GPU saves little; docs/gpu.md).
 GPU_ROUTES = tuple(name for name, route in ROUTES.items() if route.export == ARTIFACT_DIR)
 MODELS = {name: model_spec(route, WORKERS.get(name, 1), name in GPU_ROUTES) for name, route in ROUTES.items()}
 STORE_WORKERS = sum(spec.workers for spec in MODELS.values())  # among which threads "auto" divides the CPUs
 # The hosts (--server): each a package of serving/ whose class implements serving/host.py's Host.
-HOSTS = {"torchserve": "serving.torchserve.host:TorchServe", "kserve": "serving.kserve.host:KServe"}
+HOSTS = {"torchserve": "serving.torchserve.host:TorchServe", "kserve": "serving.kserve.host:KServe",
+         "ray": "serving.ray.host:RayHost"}
 
 
 def worker_config(spec: ModelSpec, manifest: Manifest, store_workers: int | None = None) -> WorkerConfig:
@@ -150,8 +141,7 @@ class TorchServeConfig:
     model_store: Path = setting(ARCHIVE_DIR, "TorchServe: the folder with the .mar archives (`make archives`)")
     token_expiration_min: float = setting(60.0, "TorchServe: lifetime of the keys in minutes; the launcher renews "
                                                 "them at a third of it")
-    # The JVM's heap bound (-Xmx; 0: none, the JVM's default of a quarter of the machine's memory); measured use
-    # under load is in docs/operations.md (the JVM's memory).
+    # The JVM's heap bound (-Xmx; 0: the JVM's default, a quarter of the memory); its use: docs/operations.md.
     jvm_heap_mb: int = setting(256, "TorchServe: the JVM's heap bound in MB (0: the JVM's default)")
 
 
@@ -159,19 +149,40 @@ class TorchServeConfig:
 class KServeConfig:
     """What only the KServe host reads (``ServerConfig.kserve``)."""
 
-    processes: int = setting(0, "KServe: serving processes, each with every route (0: one per CPU)")
+    processes: int = setting(0, "KServe: serving processes, each with every route (0: one per CPU; the Ray "
+                                "host's fronts: one per 2 CPUs)")
     batch_size: int = setting(0, "KServe: requests per inference call (0: each route's batch size; 1: no "
                                  "batching)", flag="kserve-batch")
 
 
 @dataclass(frozen=True)
+class RayConfig:
+    """What only the Ray host reads (``ServerConfig.ray``): the cluster it joins or starts, and how each route's
+    deployment scales (the same for every route)."""
+
+    ray_address: str = setting("", "Ray: the cluster to join (e.g. ray://head:10001 or head:6379; default: start "
+                                   "a local one, stopped on exit)")
+    nodes: int = setting(0, "Ray: local worker nodes of the cluster it starts (0: one per 2 CPUs, at least 1)")
+    min_replicas: int = setting(1, "Ray: replicas each route's deployment keeps")
+    max_replicas: int = setting(0, "Ray: replicas each route's deployment may scale to (0: one per worker node, "
+                                   "at least --min-replicas)")
+    calls_per_replica: int = setting(2, "Ray: the calls a front keeps in flight per running replica of a route "
+                                        "(what waits meanwhile goes in the next call)")
+    target_ongoing: float = setting(1.0, "Ray: the calls in flight per replica the autoscaler aims at (below "
+                                         "--calls-per-replica, or it never scales up)")
+    replica_cpus: float = setting(0.1, "Ray: the CPUs a replica reserves, for placement (a 2-CPU node places 20; "
+                                       "its worker runs one decoder thread)")
+
+
+@dataclass(frozen=True)
 class ServerConfig:
-    """One server, on either host: addresses, ports, the exports it serves, limits, authentication and logs; what
-    only one host reads is nested under it (``torchserve``, ``kserve``). Every field is a flag of ``python -m
+    """One server, on any host: addresses, ports, the exports it serves, limits, authentication and logs; what
+    only one host reads is nested under it (``torchserve``, ``kserve``, ``ray``). Every field is a flag of ``python -m
     serving`` (``serving/__main__.py`` derives them, the nested ones under their own names)."""
 
-    server: str = setting("torchserve", "the host: TorchServe (the design card's) or KServe's ModelServer "
-                          "(maintained; every route in each of --processes processes)", choices=tuple(HOSTS))
+    server: str = setting("torchserve", "the host: TorchServe (the design card's), KServe's ModelServer "
+                          "(maintained; every route in each of --processes processes) or KServe's ModelServer in "
+                          "front of Ray Serve deployments (more than one machine)", choices=tuple(HOSTS))
     host: str = setting("127.0.0.1", "inference API address")
     metrics_host: str = setting("127.0.0.1", "metrics addresses")
     inference_port: int = setting(8080, "inference API port")
@@ -205,6 +216,7 @@ class ServerConfig:
     request_timeout: float = setting(10.0, "seconds a request to the metrics or explorer port may take to arrive")
     torchserve: TorchServeConfig = field(default_factory=TorchServeConfig)
     kserve: KServeConfig = field(default_factory=KServeConfig)
+    ray: RayConfig = field(default_factory=RayConfig)
 
     @property
     def log_max_bytes(self) -> int:
@@ -223,7 +235,7 @@ class ServerConfig:
         """A copy with the ports named (any of ``ports()``) set."""
         parts = {name: replace(getattr(self, name), **{k: v for k, v in ports.items()
                                                        if k in {f.name for f in fields(getattr(self, name))}})
-                 for name in ("torchserve", "kserve")}
+                 for name in ("torchserve", "kserve", "ray")}
         return replace(self, **{k: v for k, v in ports.items() if k in {f.name for f in fields(self)}}, **parts)
 
     def with_free_ports(self) -> ServerConfig:

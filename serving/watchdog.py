@@ -1,4 +1,5 @@
-"""Stops a TorchServe process group once its launcher is gone: ``python -m serving.watchdog GROUP [PATH ...]``.
+"""Stops a host's process group (its whole session) once its launcher is gone:
+``python -m serving.watchdog GROUP [PATH ...]``.
 
 ``serving/process.py`` starts it, in a session of its own, with the read end of a pipe as stdin and keeps the
 write end. However the launcher ends (a return, a crash, kill -9), the kernel closes that end; the read here
@@ -17,26 +18,40 @@ import time
 from pathlib import Path
 
 
+def members(session: int) -> list[int]:
+    """The live processes of ``session`` (zombies left out: they cannot be signalled away). A session, not a
+    process group: a command may move its children to groups of their own (Ray's raylet does), never out of it."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):  # gone meanwhile
+            continue
+        if fields[0] != "Z" and int(fields[3]) == session:
+            found.append(int(stat.parent.name))
+    return found
+
+
 def signal_group(group: int, sig: int, seconds: float) -> bool:
-    """Send ``sig`` to process group ``group`` every 50 ms until the group is gone, at most ``seconds``;
-    True when it is gone."""
+    """Send ``sig`` to every process of session ``group`` (the session its leader, pid ``group``, started) every
+    50 ms until none is left, at most ``seconds``; True when none is left."""
     deadline = time.monotonic() + seconds
     while True:
-        try:
-            os.killpg(group, sig)
-        except ProcessLookupError:
+        pids = members(group)
+        if not pids:
             return True
+        for pid in pids:
+            try:
+                os.kill(pid, sig)
+            except ProcessLookupError:
+                pass
         if time.monotonic() >= deadline:
             return False
         time.sleep(0.05)
 
 
 def alive(group: int) -> bool:
-    try:
-        os.killpg(group, 0)
-    except ProcessLookupError:
-        return False
-    return True
+    return bool(members(group))
 
 
 def main(argv: list[str] | None = None) -> int:

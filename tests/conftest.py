@@ -17,6 +17,7 @@ import io
 import json
 import os
 import runpy
+import socket
 import socketserver
 import struct
 import subprocess
@@ -28,9 +29,11 @@ from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
+from unittest import mock
 
 import fastjsonschema
 import numpy as np
+import psutil
 import pytest
 from PIL import Image
 
@@ -39,15 +42,19 @@ from runtime.artifacts import ARTIFACT_DIR
 from runtime.manifest import Manifest
 from serving.inprocess import InProcessWorker
 from serving.kserve.host import KServe
-from serving.settings import MODELS, KServeConfig, ServerConfig, TorchServeConfig
+from serving.oip import GRPC_PORT_ENV
+from serving.ray.host import RayHost
+from serving.settings import MODELS, KServeConfig, RayConfig, ServerConfig, TorchServeConfig
 from serving.torchserve import archive
 from serving.torchserve.host import TorchServe
+from serving.watchdog import members
 from tests.launching import Launcher
 from training import classifier, data, train
 
 ARTIFACTS = Path(__file__).resolve().parent.parent / "model_store" / ARTIFACT_DIR
 # Fixtures that start real components: a test that uses one is an integration test.
-INTEGRATION_FIXTURES = {"server", "kserve_host", "secured", "launcher", "stack", "explorer", "browser"}
+INTEGRATION_FIXTURES = {"server", "kserve_host", "ray_host", "v2_host", "secured", "launcher", "stack", "explorer",
+                        "browser"}
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -216,15 +223,37 @@ class InProcessApi:
         return reply.status, headers, reply.body
 
 
+def free_port() -> int:
+    """A loopback port nothing listens on now."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
 @pytest.fixture(scope="session")
-def kserve_host(artifacts_2d, fallback_2d):
+def kserve_grpc_port() -> int:
+    """The loopback port of ``kserve_host``'s v2 gRPC service."""
+    return free_port()
+
+
+@pytest.fixture(scope="session")
+def ray_grpc_port() -> int:
+    """The loopback port of ``ray_host``'s v2 gRPC service."""
+    return free_port()
+
+
+@pytest.fixture(scope="session")
+def kserve_host(artifacts_2d, fallback_2d, kserve_grpc_port):
     """One KServe host for the tests: every served route, the test-only ones and the two small exports (given by
-    absolute export folders), in one process."""
+    absolute export folders), in one process, with the v2 gRPC service on ``kserve_grpc_port`` (set in the
+    environment for its start only: a host started later must not share the port)."""
     specs = MODELS | TEST_MODELS | {"interpolate_2d": replace(MODELS["interpolate"], export=str(artifacts_2d)),
                                     "decode_fallback": replace(MODELS["decode"], export=str(fallback_2d))}
     host = KServe(ServerConfig(server="kserve", export_store=ARTIFACTS.parent, models=tuple(specs),
                                kserve=KServeConfig(processes=1)).with_free_ports(), specs)
-    with host:
+    with contextlib.ExitStack() as stack:
+        with mock.patch.dict(os.environ, {GRPC_PORT_ENV: str(kserve_grpc_port)}):
+            stack.enter_context(host)
         yield host
     group = host.process.pid
     with pytest.raises(ProcessLookupError):  # no serving process left behind
@@ -232,12 +261,42 @@ def kserve_host(artifacts_2d, fallback_2d):
     assert not host.tmp.exists()
 
 
+def ray_processes(tmp: Path) -> list[str]:
+    """The processes whose command line names ``tmp`` (a Ray host's cluster keeps its files there)."""
+    found = []
+    for process in psutil.process_iter(["cmdline"]):
+        with contextlib.suppress(psutil.Error):
+            if str(tmp) in " ".join(process.info["cmdline"] or ()):
+                found.append(" ".join(process.info["cmdline"])[:200])
+    return found
+
+
+@pytest.fixture(scope="session")
+def ray_host(artifacts_2d, fallback_2d, ray_grpc_port):
+    """One Ray host for the tests, serving what ``kserve_host`` serves: one front process (its v2 gRPC service on
+    ``ray_grpc_port``) over a local cluster of 2 worker nodes, one deployment per route. Its stop must leave no front
+    and no Ray process behind."""
+    specs = MODELS | TEST_MODELS | {"interpolate_2d": replace(MODELS["interpolate"], export=str(artifacts_2d)),
+                                    "decode_fallback": replace(MODELS["decode"], export=str(fallback_2d))}
+    host = RayHost(ServerConfig(server="ray", export_store=ARTIFACTS.parent, models=tuple(specs),
+                                kserve=KServeConfig(processes=1), ray=RayConfig(nodes=2)).with_free_ports(), specs)
+    with contextlib.ExitStack() as stack:
+        with mock.patch.dict(os.environ, {GRPC_PORT_ENV: str(ray_grpc_port)}):
+            stack.enter_context(host)
+        yield host
+    assert not members(host.process.pid), "a front process outlived the stop"
+    assert not members(host.owner.pid), "a Ray process outlived the stop"
+    assert not ray_processes(host.tmp)
+    assert not host.tmp.exists()
+
+
 @pytest.fixture(scope="session", params=["inprocess", pytest.param("torchserve", marks=pytest.mark.integration),
-                                         pytest.param("kserve", marks=pytest.mark.integration)])
+                                         pytest.param("kserve", marks=pytest.mark.integration),
+                                         pytest.param("ray", marks=pytest.mark.integration)])
 def api(request):
-    """The routes' workers: in this process, behind the session's TorchServe or behind its KServe host;
+    """The routes' workers: in this process, behind the session's TorchServe, its KServe host or its Ray host;
     ``post(api, ...)`` takes any of them."""
-    hosts = {"torchserve": "server", "kserve": "kserve_host"}
+    hosts = {"torchserve": "server", "kserve": "kserve_host", "ray": "ray_host"}
     return InProcessApi() if request.param == "inprocess" else request.getfixturevalue(hosts[request.param])
 
 

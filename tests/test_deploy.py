@@ -21,6 +21,7 @@ from runtime.manifest import Manifest
 from serving.__main__ import config_of, parser
 from serving.checks import PORT_ROLES
 from serving.host import host_class
+from serving.ray import replica
 from serving.routes import ROUTES
 from serving.settings import HOSTS, MODELS, ServerConfig
 from serving.torchserve.archive import CODE_DIRS
@@ -183,10 +184,16 @@ def k8s_documents(name: str) -> list[dict]:
     return [d for d in yaml.safe_load_all((DEPLOY / "k8s" / name).read_text()) if d]
 
 
-DEPLOYMENTS = {"torchserve": "fmvae.yaml", "kserve": "fmvae-kserve.yaml"}  # Deployment + Service + HPA per host
+DEPLOYMENTS = {"torchserve": "fmvae.yaml", "kserve": "fmvae-kserve.yaml",  # Deployment + Service + HPA per host
+               "ray": "fmvae-ray.yaml"}  # (and the Ray host's RayService, a CRD checked on its own)
 
 
-@pytest.mark.parametrize("doc", [d for name in DEPLOYMENTS.values() for d in k8s_documents(name)],
+def k8s_core_documents(name: str) -> list[dict]:
+    """A manifest's documents of Kubernetes' own kinds (the ones its published schemas cover)."""
+    return [d for d in k8s_documents(name) if d["kind"] != "RayService"]
+
+
+@pytest.mark.parametrize("doc", [d for name in DEPLOYMENTS.values() for d in k8s_core_documents(name)],
                          ids=lambda d: f"{d['metadata']['name']}-{d['kind']}")
 def test_kubernetes_manifests_match_the_schemas(doc):
     kubernetes_validate.validate(doc, kubernetes_validate.latest_version(), strict=True)
@@ -208,7 +215,7 @@ def runs_the_image_as_built(pod: dict, host: str) -> None:
     assert pod["securityContext"]["runAsUser"] == 10001
     exposed = {int(p) for name, ports in stage(f"host-{host}") if name == "EXPOSE" for p in ports.split()}
     assert {p["containerPort"] for p in container["ports"]} <= exposed
-    assert container["image"].split("/")[-1].split(":")[0] == ("fmvae" if host == "torchserve" else "fmvae-kserve")
+    assert container["image"].split("/")[-1].split(":")[0] == ("fmvae" if host == "torchserve" else f"fmvae-{host}")
 
 
 @pytest.mark.parametrize("host", sorted(DEPLOYMENTS))
@@ -216,8 +223,50 @@ def test_kubernetes_deployment_runs_the_image_as_built(host):
     deployments = [d for d in k8s_documents(DEPLOYMENTS[host]) if d["kind"] == "Deployment"]
     (deployment,) = deployments
     runs_the_image_as_built(deployment["spec"]["template"]["spec"], host)
-    names = {d["kind"]: d["metadata"]["name"] for d in k8s_documents(DEPLOYMENTS[host])}
+    names = {d["kind"]: d["metadata"]["name"] for d in k8s_core_documents(DEPLOYMENTS[host])}
     assert set(names) == {"Deployment", "Service", "HorizontalPodAutoscaler"} and len(set(names.values())) == 1
+
+
+def test_the_ray_service_deploys_every_route_and_the_fronts_join_it():
+    """The RayService's serveConfigV2 runs every route as ``serving.ray.replica:app`` builds it (no HTTP route:
+    the fronts call the handles), on a GPU share exactly for the routes that go on a GPU; its pods run the Ray
+    host's image with the token from one Secret; the fronts join its head Service; its pod specs are Pods'."""
+    service, *_ = k8s_documents(DEPLOYMENTS["ray"])
+    assert (service["apiVersion"], service["kind"]) == ("ray.io/v1", "RayService")
+    serve_config = yaml.safe_load(service["spec"]["serveConfigV2"])
+    assert serve_config["proxy_location"] == "Disabled"
+    apps = {app["name"]: app for app in serve_config["applications"]}
+    assert list(apps) == list(MODELS)
+    for name, app in apps.items():
+        assert app["import_path"] == "serving.ray.replica:app" and app["route_prefix"] is None
+        (deployment,) = app["deployments"]
+        assert deployment["name"] == name and app["args"]["route"] == name
+        assert ("num_gpus" in deployment["ray_actor_options"]) == MODELS[name].gpu, name
+        scaling = deployment["autoscaling_config"]
+        assert 1 <= scaling["min_replicas"] <= scaling["max_replicas"]
+        built = replica.app(app["args"] | {"export_store": str(ROOT / "model_store")})
+        assert built._bound_deployment.name == name
+    cluster = service["spec"]["rayClusterConfig"]
+    assert cluster["rayVersion"] == lock_version("ray")
+    groups = [cluster["headGroupSpec"], *cluster["workerGroupSpecs"]]
+    assert {g.get("groupName") for g in groups[1:]} == {"cpu", "gpu"}
+    for group in groups:
+        pod = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "ray"}, "spec": group["template"]["spec"]}
+        kubernetes_validate.validate(pod, kubernetes_validate.latest_version(), strict=True)
+        (container,) = group["template"]["spec"]["containers"]
+        assert container["image"].split("/")[-1].split(":")[0] == "fmvae-ray"
+        token = next(e for e in container["env"] if e["name"] == "RAY_AUTH_TOKEN")
+        assert token["valueFrom"]["secretKeyRef"]["name"] == "fmvae-ray-token"
+    (front,) = [d for d in k8s_documents(DEPLOYMENTS["ray"]) if d["kind"] == "Deployment"]
+    (container,) = front["spec"]["template"]["spec"]["containers"]
+    config = config_of(parser().parse_args(container["args"]))
+    assert config.server == "ray" and config.ray.ray_address == f"{service['metadata']['name']}-head-svc:6379"
+    assert config.token_auth and config.export_store == Path("model_store")
+
+
+def lock_version(package: str) -> str:
+    """The version requirements.lock pins ``package`` at."""
+    return re.search(rf"^{package}==(\S+)", (ROOT / "requirements.lock").read_text(), re.M).group(1)
 
 
 def test_kserve_inference_service_runs_the_kserve_hosts_image():

@@ -321,15 +321,16 @@ def test_the_launchers_flags_are_the_settings_fields():
     from dataclasses import fields
 
     from serving.__main__ import config_of, parser
-    from serving.settings import KServeConfig
+    from serving.settings import KServeConfig, RayConfig
     cli = parser()
     flags = {a.dest: a for a in cli._actions if a.dest != "help"}
-    nested = {f"{part}.{f.name}" for part, kind in (("torchserve", TorchServeConfig), ("kserve", KServeConfig))
-              for f in fields(kind)}
-    assert set(flags) == {f.name for f in fields(ServerConfig) if f.name not in ("torchserve", "kserve")} | nested
+    parts = {"torchserve": TorchServeConfig, "kserve": KServeConfig, "ray": RayConfig}
+    nested = {f"{part}.{f.name}" for part, kind in parts.items() for f in fields(kind)}
+    assert set(flags) == {f.name for f in fields(ServerConfig) if f.name not in parts} | nested
     assert all(a.help for a in flags.values())
     assert flags["kserve.batch_size"].option_strings == ["--kserve-batch"]
     assert flags["torchserve.management_port"].option_strings == ["--management-port"]
+    assert flags["ray.calls_per_replica"].option_strings == ["--calls-per-replica"]
     assert config_of(cli.parse_args([])) == ServerConfig(log_dir=Path("runs/serve/logs"),
                                                          work_dir=Path("runs/serve/work"))
     given = config_of(cli.parse_args(["--server", "kserve", "--processes", "3", "--no-explorer", "--token-auth",

@@ -16,14 +16,16 @@ import urllib.error
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 
+import grpc
 import psutil
 import pytest
 
 from handlers.service import MODEL_HEADER
 from serving.keys import read_keys
+from serving.oip import GRPC_PORT_ENV
 from serving.routes import ROUTES, example
 from serving.settings import MODELS
-from tests.conftest import ARTIFACTS, post
+from tests.conftest import ARTIFACTS, free_port, post
 from tests.launching import FAULT_MODELS, NPY, Clients, Launcher, exchange, wait_until
 
 pytestmark = pytest.mark.integration  # a real TorchServe and a real KServe host
@@ -147,7 +149,7 @@ def test_a_malformed_request_gets_the_one_error_shape(kserve_host):
         (b"PUT /predictions/sample HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n\r\n{}", b"", 405,
          "method_not_allowed", "method"),
         (b"GET /no/such/path HTTP/1.1\r\nHost: x\r\n\r\n", b"", 404, "not_found", "path"),
-        (b"POST /v2/health/live HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n", b"", 405,
+        (b"POST /v1/models/sample HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n", b"", 405,
          "method_not_allowed", "method"),
     ]
     for size in (5 * 2**20, 50 * 2**20):  # over the 1 MiB limit: answered once the whole body has been read
@@ -193,8 +195,14 @@ def test_a_busy_port_is_named(tmp_path, current_store):
     assert f"error: port {port} (inference, on 127.0.0.1) is in use" in launched.output()
 
 
-def test_token_auth_and_the_health_check(launcher, tmp_path):
-    work = tmp_path / "work"
+def test_token_auth_and_the_health_check(launcher, tmp_path, monkeypatch):
+    """Token auth on every path and protocol (the v2 paths refuse in the protocol's shape, its gRPC service with
+    UNAUTHENTICATED), and the health check with the key."""
+    from kserve.protocol.grpc import grpc_predict_v2_pb2 as pb
+    from kserve.protocol.grpc import grpc_predict_v2_pb2_grpc as pb_grpc
+
+    work, grpc_port = tmp_path / "work", free_port()
+    monkeypatch.setenv(GRPC_PORT_ENV, str(grpc_port))
     launched = launcher(*KSERVE, "--token-auth", "--work-dir", str(work))
     launched.wait_ready()
     url = f"{launched.url}/predictions/sample"
@@ -203,6 +211,17 @@ def test_token_auth_and_the_health_check(launcher, tmp_path):
     key = read_keys(work / "key_file.json")["inference"]
     assert post_raw(url, NPY, {"Authorization": f"Bearer {key}"})[0] == 200
     assert get(f"{launched.url}/v2/health/live")[0] == 401
+    infer, body = f"{launched.url}/v2/models/sample/infer", {"inputs": [], "parameters": {"n": 1, "seed": 1}}
+    code, answer = post_raw(infer, body, {})
+    assert code == 401 and json.loads(answer) == {"error": "send 'Authorization: Bearer <inference key>'"}
+    assert post_raw(infer, body, {"Authorization": f"Bearer {key}"})[0] == 200
+    with grpc.insecure_channel(f"127.0.0.1:{grpc_port}") as channel:
+        stub, request = pb_grpc.GRPCInferenceServiceStub(channel), pb.ModelInferRequest(model_name="sample")
+        with pytest.raises(grpc.RpcError) as refused:
+            stub.ModelInfer(request, metadata=[("authorization", "Bearer wrong")], timeout=30)
+        assert refused.value.code() == grpc.StatusCode.UNAUTHENTICATED
+        answer = stub.ModelInfer(request, metadata=[("authorization", f"Bearer {key}")], timeout=30)
+        assert [output.name for output in answer.outputs] == ["images", "latents"]
     health = [sys.executable, "-m", "serving.health", "--server", "kserve", "--url", launched.url, "--work-dir",
               str(work), "--models", *FAULT_MODELS]
     result = subprocess.run(health, capture_output=True, text=True, timeout=60)

@@ -5,13 +5,14 @@ FastAPI app, DataPlane and model repository, under uvicorn).
 socket bound) is the supervisor (``supervisor.py``): it forks the serving processes that share that socket. One
 loads each export once and answers ``POST /predictions/<route>`` as TorchServe's host does (the same bodies,
 answers, errors, headers and limits; a queue per route bounded like TorchServe's, ``lane.py``; the build a request
-goes to, ``builds.py``) and KServe's own endpoints: ``/``, ``/v2/health/live``, ``/v2/health/ready``,
-``/v1/models/<route>``, ``/v2/models/<route>[/ready]`` and ``/v1/models/<route>:predict`` (``{"instances":
-[<request body>, ...]}`` -> ``{"predictions": [<json answer>, ...]}``). Requests wait for the process's one
-inference thread; each call takes those of a route that arrived meanwhile, up to its batch size. With token auth,
-every request needs ``Authorization: Bearer <inference key>``. SIGTERM drains: new requests on open connections get
-503 ``shutting_down`` and a closed connection, the process stops taking connections, and exits once nothing is in
-flight and nothing arrived for QUIET_SECONDS. SIGUSR1 is a roll-out message (``builds.py``).
+goes to, ``builds.py``), the Open Inference Protocol's ``/v2/models/<route>`` and ``/v2/models/<route>/infer``
+(``serving/oip/``; over gRPC too, ``grpc_service.port``) and KServe's own endpoints: ``/``, ``/v2/health/live``,
+``/v2/health/ready``, ``/v1/models/<route>``, ``/v2/models/<route>/ready`` and ``/v1/models/<route>:predict``
+(``{"instances": [<request body>, ...]}`` -> ``{"predictions": [<json answer>, ...]}``). Requests wait for the
+process's one inference thread; each call takes those of a route that arrived meanwhile, up to its batch size. With
+token auth, every request needs ``Authorization: Bearer <inference key>``. SIGTERM drains: new requests on open
+connections get 503 ``shutting_down`` and a closed connection, the process stops taking connections, and exits once
+nothing is in flight and nothing arrived for QUIET_SECONDS. SIGUSR1 is a roll-out message (``builds.py``).
 """
 
 from __future__ import annotations
@@ -38,11 +39,14 @@ from handlers.errors import SHUTTING_DOWN, RequestError
 from handlers.service import Reply
 from serving.host import QUIET_SECONDS
 from serving.keys import read_keys
+from serving.kserve.app_errors import shape_errors
 from serving.kserve.builds import SWITCHBOARD, Builds, Switchboard, answer_message
 from serving.kserve.http_protocol import http_protocol
-from serving.kserve.request_path import HostRules, Refusals, Traffic, error_reply, shape_errors
+from serving.kserve.request_path import HostRules, Refusals, Traffic, error_reply
 from serving.kserve.settings import ProcessSettings
 from serving.kserve.supervisor import supervise
+from serving.oip import grpc_service
+from serving.oip.tensors import Signature
 
 
 class App:
@@ -53,12 +57,18 @@ class App:
 
     def __init__(self, settings: ProcessSettings, index: int = 0) -> None:
         self.routes: tuple[str, ...] = tuple(settings.routes)
+        self.signatures = {name: Signature.of(name, route.operation, route.export_dir)
+                           for name, route in settings.routes.items()}  # the routes as v2 models
         self.index, self.control_dir = index, Path(settings.control_dir)
         gpus = device.cuda_devices()
         self.executor = ThreadPoolExecutor(1, thread_name_prefix="inference")
         gpu_of = {name: index % gpus if route.gpu and gpus else None for name, route in settings.routes.items()}
-        self.builds = Builds(settings.routes, Switchboard(self.control_dir / SWITCHBOARD, self.routes), gpu_of,
-                             self.executor)
+        if settings.ray_address:  # the Ray host's front: the routes' workers are Ray Serve replicas
+            from serving.ray.lane import RayBuilds
+            self.builds = RayBuilds(settings)
+        else:
+            self.builds = Builds(settings.routes, Switchboard(self.control_dir / SWITCHBOARD, self.routes), gpu_of,
+                                 self.executor)
         # The host's keys never expire (serving/keys.py, write_keys): read once, so no request waits on the file.
         self.key = read_keys(Path(settings.key_file))["inference"] if settings.key_file else None
         self.max_request_size = settings.max_request_size
@@ -71,8 +81,8 @@ class App:
             return True
         return hmac.compare_digest((header or "").encode(), f"Bearer {self.key}".encode())
 
-    async def predictions(self, route: str, body: bytes) -> Reply:
-        """The answer of ``POST /predictions/<route>``."""
+    async def predictions(self, route: str, body: bytes | dict) -> Reply:
+        """The answer of ``POST /predictions/<route>`` (a v2 request's: the route's request it became)."""
         if route not in self.routes:
             return error_reply(RequestError("route", "unknown_route", f"no route {route!r} here (served: "
                                                                      f"{', '.join(self.routes)})", 404))
@@ -168,12 +178,14 @@ def serve(sock: socket.socket, settings: ProcessSettings, index: int, ready_fd: 
             yield
 
     server = DrainingServer(rest.config)
+    grpc_port, rpc = grpc_service.port(), []
 
     async def drain() -> None:
         traffic = app_state.traffic
         traffic.draining = True
         for listener in server.servers:  # stop taking connections; the open ones stay and are answered
             listener.close()
+        await asyncio.gather(*(service.stop(grpc_service.GRACE_S) for service in rpc))
         while traffic.in_flight or time.monotonic() - traffic.last < QUIET_SECONDS:
             await asyncio.sleep(0.05)
         app_state.refusals.flush()
@@ -196,11 +208,13 @@ def serve(sock: socket.socket, settings: ProcessSettings, index: int, ready_fd: 
             loop.add_signal_handler(signum, lambda: draining.append(asyncio.ensure_future(drain())))
         loop.add_signal_handler(signal.SIGUSR1, message)
         draining.append(asyncio.ensure_future(upkeep()))
+        if grpc_port:
+            rpc.append(await grpc_service.serve(app_state, grpc_port, settings.max_request_size))
+        print(f"kserve process {os.getpid()}: ready, {len(app_state.routes)} routes", flush=True)
+        os.write(ready_fd, b"r")
+        os.close(ready_fd)
         await server.serve(sockets=[sock])
 
-    print(f"kserve process {os.getpid()}: ready, {len(app_state.routes)} routes", flush=True)
-    os.write(ready_fd, b"r")
-    os.close(ready_fd)
     asyncio.run(main())
 
 

@@ -55,6 +55,8 @@ class KServe(Host):
     cleans up (``serving/host.py``)."""
 
     kind = "kserve"
+    ray_address: str | None = None  # the Ray host's fronts send to Ray Serve (serving/ray/)
+    front_env: dict[str, str] = {}  # what the Ray host adds to the serving processes' environment
     title = "the KServe host"
     ports = ("inference_port", "metrics_port", "explorer_port")  # the ServerConfig ports it listens on
 
@@ -86,12 +88,14 @@ class KServe(Host):
         self.sock.listen(1024)
         self.sock.set_inheritable(True)
         multiproc = self.start_exporter()
+        self.before_fronts(multiproc)
         settings = self.tmp / SETTINGS_FILE
         self.settings = ProcessSettings.of(self.config, self.specs, self.processes, self.tmp,
-                                           self.key_file if self.config.token_auth else None, self.status_file)
+                                           self.key_file if self.config.token_auth else None, self.status_file,
+                                           self.ray_address)
         settings.write_text(self.settings.to_json())
         self.switchboard = Switchboard.create(self.tmp / SWITCHBOARD, tuple(self.settings.routes))
-        env = os.environ | {"PROMETHEUS_MULTIPROC_DIR": str(multiproc), "TMPDIR": str(self.tmp)}
+        env = os.environ | self.front_env | {"PROMETHEUS_MULTIPROC_DIR": str(multiproc), "TMPDIR": str(self.tmp)}
         fd = self.sock.fileno()
         self.group = ProcessGroup([sys.executable, "-m", "serving.kserve.app", "--socket-fd", str(fd),
                                    "--settings", str(settings), "--processes", str(self.processes)],
@@ -117,6 +121,9 @@ class KServe(Host):
         if self._ready >= self.processes:
             self._start_lines.close()
             self._start_lines = None
+
+    def before_fronts(self, multiproc: Path) -> None:
+        """What the serving processes need started before them (the Ray host: its cluster)."""
 
     def waiting(self) -> list[str]:
         """What the start still waits for: every serving process ready, then ``problems``."""

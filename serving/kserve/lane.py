@@ -20,7 +20,7 @@ class Lane:
 
     def __init__(self, service: Service, queue_size: int, batch_size: int, executor: ThreadPoolExecutor) -> None:
         self.service, self.queue_size, self.batch_size, self.executor = service, queue_size, batch_size, executor
-        self.waiting: collections.deque[tuple[bytes, asyncio.Future]] = collections.deque()
+        self.waiting: collections.deque[tuple[bytes | dict, asyncio.Future]] = collections.deque()
         self.running = False
         self.task: asyncio.Task | None = None
 
@@ -35,7 +35,8 @@ class Lane:
         worker.recorder.submit((worker.count_response, error.status), (worker.count_error, error.reason))
         return error_reply(error, worker.identity, {"Retry-After": "1"} | headers)
 
-    async def submit(self, body: bytes) -> Reply:
+    async def submit(self, body: bytes | dict) -> Reply:
+        """The route's reply to ``body`` (bytes, or a parsed body: a v2 request's, ``serving/oip/``)."""
         if len(self.waiting) >= self.queue_size:
             return self.refuse(RequestError("body", OVERLOADED, f"{self.service.worker.model}'s queue is full "
                                                                 f"({self.queue_size} requests): retry with backoff",

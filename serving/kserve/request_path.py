@@ -1,7 +1,8 @@
 """The KServe host's request path in each process: the ASGI rules every request passes (its request ID, token
 auth, the body limit, the drain's bookkeeping, the API's routes answered without a framework in between, the access
-and error log lines, refusals counted rather than logged one by one). Each route's queue is ``serving/lane.py``'s
-``Lane``; the HTTP protocol under it, ``serving/http_protocol.py``'s."""
+and error log lines, refusals counted rather than logged one by one), the Open Inference Protocol's v2 model metadata
+and infer paths (``serving/oip/rest.py``; its own error shape on every ``/v2/`` path). Each route's queue is
+``serving/kserve/lane.py``'s ``Lane``; the HTTP protocol under it, ``serving/kserve/http_protocol.py``'s."""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ from typing import Any, Protocol
 from handlers.errors import RequestError, internal
 from handlers.schema import PATH_PREFIX, first_unparsable, load_json
 from handlers.service import MODEL_HEADER, REQUEST_ID, Reply, request_id
+from serving.oip import rest as v2
 
 METHOD_NOT_ALLOWED = "method_not_allowed"
 ALLOW_POST = {"Allow": "POST"}
@@ -25,6 +27,7 @@ LOG = logging.getLogger("fmvae.kserve")
 # whole body before it reads, gets the 413; beyond it the connection is closed as it stands.
 DISCARD_BYTES = 64 * 2**20
 REFUSALS_LOG_S = 10.0  # 503 refusals are logged as one line per route and reason per this many seconds
+V2 = "/v2/"  # the Open Inference Protocol's paths: errors in its shape
 
 
 def error_reply(e: RequestError, identity: str | None = None, headers: dict[str, str] | None = None) -> Reply:
@@ -124,6 +127,7 @@ class Routes(Protocol):
 
     traffic: Traffic
     refusals: Refusals
+    signatures: dict  # route -> its v2 model (serving.oip.tensors.Signature)
     max_request_size: int
     access_log: bool
 
@@ -135,8 +139,8 @@ class Routes(Protocol):
 class HostRules:
     """The ASGI app uvicorn runs: the request's ID (``X-Request-ID``: the client's when valid, else a new one; on
     every answer), token auth on every path, the body limit on every body (KServe's v1 ``:predict`` bodies parsed
-    as strictly as the API's), the drain's bookkeeping, then the API's routes answered here directly (no framework
-    in between) and everything else by KServe's FastAPI app; an error line
+    as strictly as the API's), the drain's bookkeeping, then the API's routes and the v2 model metadata and infer
+    paths answered here directly (no framework in between) and everything else by KServe's FastAPI app; an error line
     for every answer of 500 or more and, with the access log on, an access line for every request, each with the
     request ID."""
 
@@ -159,7 +163,8 @@ class HostRules:
                 if answered["status"]:
                     raise
                 LOG.exception("request %s: %s %s failed", rid, scope["method"], scope["path"])
-                reply = error_reply(internal(f"internal error: {type(e).__name__}: {e}"))
+                refuse = v2.refusal if scope["path"].startswith(V2) else error_reply
+                reply = refuse(internal(f"internal error: {type(e).__name__}: {e}"))
             if reply is not None:
                 closing = {"Connection": "close"} if traffic.draining else {}
                 answered["detail"] = reply.body
@@ -177,17 +182,20 @@ class HostRules:
         """The reply to send, or None when KServe's app has answered (through ``send``)."""
         headers, method, path = dict(scope["headers"]), scope["method"], scope["path"]
         limit, body = self.state.max_request_size, b""
+        refuse = v2.refusal if path.startswith(V2) else error_reply
         if not self.state.authorized(headers.get(b"authorization", b"").decode("latin-1")):
-            return error_reply(RequestError("Authorization", "unauthorized",
-                                            "send 'Authorization: Bearer <inference key>'", 401))
+            return refuse(RequestError("Authorization", "unauthorized", "send 'Authorization: Bearer <inference key>'",
+                                       401))
         if method not in BODILESS and (body := await read_body(receive, limit)) is None:
-            return error_reply(RequestError("body", "body_too_large", "the body is over the server's limit of "
-                                            f"{limit} bytes", 413), headers={"Connection": "close"})
+            return refuse(RequestError("body", "body_too_large", f"the body is over the server's limit of {limit} "
+                                       "bytes", 413), headers={"Connection": "close"})
         if path.startswith(PATH_PREFIX):
             if method == "POST":
                 return await self.state.predictions(path.removeprefix(PATH_PREFIX), body)
             return error_reply(RequestError("method", METHOD_NOT_ALLOWED, f"{method} is not allowed on {path}: "
                                             "send POST", 405), headers=ALLOW_POST)
+        if (reply := await v2.answer(self.state, method, path, headers, body)) is not None:
+            return reply
         if (refused := strict_predict_body(scope, body)) is not None:
             return refused
         if self.state.traffic.draining:
@@ -222,28 +230,3 @@ class HostRules:
                 noted["size"] += len(message.get("body", b""))
             await send(message)
         return wrapped
-
-
-def shape_errors(app: Any) -> None:
-    """Have KServe's FastAPI ``app`` answer in the one error shape: its v1 ``:predict`` refusals (``RequestError``)
-    and the framework's own 4xx (no such path, not with this method)."""
-    from fastapi.responses import Response
-    from starlette.exceptions import HTTPException
-
-    def response(e: RequestError, headers: dict[str, str] | None) -> Response:
-        reply = error_reply(e, headers=headers)
-        return Response(reply.body, reply.status, reply.headers, reply.content_type)
-
-    async def refused(_: object, e: RequestError) -> Response:
-        return response(e, {"Retry-After": "1"} if e.status == 503 else None)
-
-    async def not_served(request: Any, e: HTTPException) -> Response:
-        path = request.url.path
-        error = {404: RequestError("path", "not_found", f"nothing is served at {path}: the API is POST "
-                                                        f"{PATH_PREFIX}<route>", 404),
-                 405: RequestError("method", METHOD_NOT_ALLOWED, f"{request.method} is not allowed on {path}", 405)
-                 }.get(e.status_code, RequestError("body", "invalid_value", str(e.detail), e.status_code))
-        return response(error, e.headers)
-
-    app.add_exception_handler(RequestError, refused)
-    app.add_exception_handler(HTTPException, not_served)

@@ -57,16 +57,18 @@ class ProcessSettings:
     max_request_size: int
     idle_timeout: float
     access_log: bool
+    ray_address: str | None = None  # the Ray host's fronts: the cluster whose deployments answer (serving/ray/lane.py)
+    ray_calls: int = 2  # the Ray host's fronts: calls in flight per running replica (RayConfig.calls_per_replica)
 
     @classmethod
     def of(cls, config: ServerConfig, specs: dict[str, ModelSpec], processes: int, control_dir: Path,
-           key_file: Path | None, status_file: Path | None) -> ProcessSettings:
+           key_file: Path | None, status_file: Path | None, ray_address: str | None = None) -> ProcessSettings:
         """The settings of a host started with ``config``, serving ``specs`` in ``processes`` processes."""
         routes = {route: RouteSettings.of(specs[route], (config.export_store / specs[route].export).resolve(),
                                           config.kserve.batch_size, processes) for route in config.models}
         return cls(routes, processes, str(control_dir), str(key_file) if key_file else None,
                    str(status_file) if status_file else None, config.max_request_size, config.idle_timeout,
-                   config.access_log)
+                   config.access_log, ray_address, config.ray.calls_per_replica)
 
     def to_json(self) -> str:
         document = asdict(self)
