@@ -70,8 +70,9 @@ def update_worker_usage(model: str) -> None:
 class Recorder:
     """Writes a worker's metric samples in a daemon thread, off the request path.
 
-    The handler's thread records ``(write, value)`` pairs (``Histogram.observe``, ``Counter.inc``, ...),
-    flushes them in one piece when its replies are ready, and returns. The thread wakes every ``drain_interval``
+    The handler's threads record ``(write, value)`` pairs (``Histogram.observe``, ``Counter.inc``, ...; under a
+    lock: a batch's decoding and its answers' encoding may run on different threads), flush them in one piece when
+    the replies are ready, and return. The thread wakes every ``drain_interval``
     seconds, writes what was flushed into the multiprocess files (each write takes a lock and packs into an
     mmap; a request makes about ten) and refreshes the usage gauges every ``usage_interval`` seconds. It polls
     rather than blocking on the queue: a blocked reader is woken by every flush, and then competes with the
@@ -87,6 +88,7 @@ class Recorder:
         self.model, self.usage_interval, self.drain_interval = model, usage_interval, drain_interval
         self.queue: queue.SimpleQueue = queue.SimpleQueue()
         self.pending: list[tuple[Callable[[Any], None], Any]] = []
+        self.lock = threading.Lock()
         self.stopped = threading.Event()
         self.thread = threading.Thread(target=self._run, name="fmvae-metrics", daemon=True)
         self.thread.start()
@@ -108,13 +110,15 @@ class Recorder:
 
     def record(self, *writes: tuple[Callable[[Any], None], Any]) -> None:
         """Hold writes until the next ``flush``; they run in the order recorded."""
-        self.pending.extend(writes)
+        with self.lock:
+            self.pending.extend(writes)
 
     def flush(self) -> None:
         """Hand the held writes to the thread in one piece: one queue operation per handler call."""
-        if self.pending:
-            self.queue.put(self.pending)
-            self.pending = []
+        with self.lock:
+            if self.pending:
+                self.queue.put(self.pending)
+                self.pending = []
 
     def submit(self, *writes: tuple[Callable[[Any], None], Any]) -> None:
         """Hand writes to the thread at once, from any thread (a refusal the host answers outside the handler)."""

@@ -46,6 +46,7 @@ from runtime.images import gif_bytes, npy_bytes, png_bytes, tensor_bytes, tile, 
 from runtime.latent import seeded_latents
 from runtime.manifest import Manifest
 
+FREE_FORMATS = ("npy", "tensors")  # encoded as the decoder's thread makes the answer: a copy of its arrays
 CONTENT_TYPES = {"png": "image/png", "gif": "image/gif", "npy": "application/x-npy", "json": "application/json",
                  "tensors": "application/x-fmvae-tensors"}
 MODEL_HEADER = "X-Model-Build"  # on every answer: the identity of the export that made it (Manifest.identity)
@@ -278,6 +279,15 @@ class Tensors(dict):
 
 
 @dataclass
+class Staged:
+    """A batch past its decoder call (``Service.compute``): each body's reply, or the format and answer ``encode``
+    makes into one; ``start``, when the batch was taken up."""
+
+    start: float
+    items: list[Reply | tuple[str, Answer]]
+
+
+@dataclass
 class Reply:
     """One request's answer, whatever the host: HTTP status, body, content type and headers."""
 
@@ -328,9 +338,17 @@ class Service:
         return [reply.body for reply in replies]
 
     def answer(self, bodies: list[Any]) -> list[Reply]:
-        """One reply per request body (bytes, text or already-parsed JSON), from one decoder call for the batch."""
+        """One reply per request body (bytes, text or already-parsed JSON), from one decoder call for the batch: its
+        three stages in turn (a host may run ``encode`` elsewhere, e.g. on other threads than the decoder's)."""
+        staged = self.compute(bodies)
+        return self.settle(staged, [self.encode(item) for item in staged.items])
+
+    def compute(self, bodies: list[Any]) -> Staged:
+        """Parse, plan and decode the batch in one decoder call and finish each answer; the replies of the bodies
+        refused and of the formats that cost nothing to encode (npy, tensors), and for the others their format and
+        answer, which ``encode`` makes into a reply."""
         start = time.perf_counter()
-        replies: list[Reply | None] = [None] * len(bodies)
+        replies: list[Reply | tuple[str, Answer] | None] = [None] * len(bodies)
         jobs: list[tuple[int, dict, Plan]] = []
         if self.worker.draining():  # refuse what is taken up from now on; the 503 also closes the connection
             replies = [self.error(SHUTTING_DOWN, {"Retry-After": "1"}) for _ in bodies]
@@ -356,13 +374,31 @@ class Service:
                     if not isinstance(part, RequestError) and not np.isfinite(part).all():
                         part = internal("the decoder gave non-finite values for this request")
                     fmt = "tensors" if isinstance(bodies[i], Tensors) else request["format"]
-                    replies[i] = self.error(part) if isinstance(part, RequestError) \
-                        else self.reply(fmt, plan.finish(part))
+                    if isinstance(part, RequestError):
+                        replies[i] = self.error(part)
+                    else:
+                        answer = plan.finish(part)
+                        replies[i] = self.reply(fmt, answer) if fmt in FREE_FORMATS else (fmt, answer)
                 except RequestError as e:
                     replies[i] = self.error(e)
                 except Exception as e:  # one answer that cannot be made or encoded fails alone
                     replies[i] = self.error(internal(f"internal error: {e}"))
-        elapsed = time.perf_counter() - start
+        return Staged(start, replies)
+
+    def encode(self, item: Reply | tuple[str, Answer]) -> Reply:
+        """A staged item's reply: an answer encoded in its format (PNG, GIF, base64 JSON), or the reply it is."""
+        if isinstance(item, Reply):
+            return item
+        try:
+            return self.reply(*item)
+        except RequestError as e:
+            return self.error(e)
+        except Exception as e:  # one answer that cannot be encoded fails alone
+            return self.error(internal(f"internal error: {e}"))
+
+    def settle(self, staged: Staged, replies: list[Reply]) -> list[Reply]:
+        """The batch's replies, its latency and statuses recorded."""
+        elapsed = time.perf_counter() - staged.start
         worker = self.worker
         worker.recorder.record((worker.batch_requests.observe, len(replies)),
                                *[(worker.request_seconds.observe, elapsed)] * len(replies),

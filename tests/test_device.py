@@ -221,7 +221,8 @@ def test_each_kserve_process_serves_its_gpu_routes_from_one_device(monkeypatch, 
         route: "cuda:1" if route in GPU_ROUTES else "cpu" for route in MODELS}
     decoders = {w.decoder.decoder for route, w in workers.items() if route in GPU_ROUTES}
     assert len(decoders) == 1  # one fp16 network on the device for every route of the export
-    app.executor.shutdown()
+    for pool in (app.threads.heavy, app.threads.light, app.threads.encoders):
+        pool.shutdown()
 
 
 def test_without_torch_every_route_serves_from_onnx_runtime():

@@ -148,7 +148,7 @@ def test_a_lane_batches_what_waits_and_refuses_beyond_its_bound():
     from concurrent.futures import ThreadPoolExecutor
     from types import SimpleNamespace
 
-    from handlers.service import Reply
+    from handlers.service import Reply, Staged
     from serving.kserve.lane import Lane
     from serving.settings import MIN_QUEUE_REQUESTS, MODELS
 
@@ -159,17 +159,23 @@ def test_a_lane_batches_what_waits_and_refuses_beyond_its_bound():
         worker = SimpleNamespace(model="traverse", identity="build", count_response="status", count_error="reason",
                                  recorder=SimpleNamespace(submit=lambda *writes: counted.extend(writes)))
 
-        def answer(self, bodies: list[bytes]) -> list[Reply]:
+        def compute(self, bodies: list[bytes]) -> Staged:
             calls.append(bodies)
             if b"boom" in bodies:
                 raise RuntimeError("boom")
             time.sleep(0.02)
-            return [Reply(200, body, "application/json", {}) for body in bodies]
+            return Staged(0.0, [("json", body) for body in bodies])
+
+        def encode(self, item: tuple[str, bytes]) -> Reply:
+            return Reply(200, item[1], "application/json", {})
+
+        def settle(self, staged: Staged, replies: list[Reply]) -> list[Reply]:
+            return replies
 
     queue = MODELS["traverse"].job_queue_size
 
     async def burst() -> list[Reply]:
-        lane = Lane(Service(), queue, 4, ThreadPoolExecutor(1))
+        lane = Lane(Service(), queue, 4, ThreadPoolExecutor(1), ThreadPoolExecutor(2))
         first = await asyncio.gather(*(lane.submit(str(i).encode()) for i in range(queue + 5)))
         failed = await lane.submit(b"boom")
         return [*first, failed, await lane.submit(b"after")]
@@ -183,6 +189,52 @@ def test_a_lane_batches_what_waits_and_refuses_beyond_its_bound():
     assert refused["reason"] == "overloaded" and replies[queue].headers["Retry-After"] == "1"
     assert counted == [("status", 503), ("reason", "overloaded")] * 5
     assert replies[queue + 5].status == 500 and replies[queue + 6].status == 200
+
+
+def test_an_answer_being_encoded_holds_neither_the_decoder_nor_other_requests():
+    """A batch's answers are encoded on the encoding threads: while one takes long (a GIF), the inference thread
+    takes up the next batch of the route and of other routes, and their answers arrive first."""
+    import asyncio
+    from concurrent.futures import ThreadPoolExecutor
+    from types import SimpleNamespace
+
+    from handlers.service import Reply, Staged
+    from serving.kserve.lane import Lane
+
+    computed: list[bytes] = []
+
+    class Service:
+        worker = SimpleNamespace(model="walk", identity="build")
+
+        def compute(self, bodies: list[bytes]) -> Staged:
+            computed.extend(bodies)
+            return Staged(0.0, [("gif" if body.startswith(b"gif") else "npy", body) for body in bodies])
+
+        def encode(self, item: tuple[str, bytes]) -> Reply:
+            time.sleep(0.5 if item[0] == "gif" else 0)
+            return Reply(200, item[1], "image/gif", {})
+
+        def settle(self, staged: Staged, replies: list[Reply]) -> list[Reply]:
+            return replies
+
+    inference, encoders = ThreadPoolExecutor(1), ThreadPoolExecutor(2)
+
+    async def mixed() -> list[bytes]:
+        walk, decode = (Lane(Service(), 16, 1, inference, encoders) for _ in range(2))
+        order: list[bytes] = []
+
+        async def send(lane: Lane, body: bytes) -> None:
+            order.append((await lane.submit(body)).body)
+
+        first = asyncio.ensure_future(send(walk, b"gif 1"))
+        await asyncio.sleep(0.05)
+        await asyncio.gather(send(walk, b"npy 2"), send(decode, b"npy 3"), first)
+        assert walk.idle() and decode.idle()
+        return order
+
+    order = asyncio.run(mixed())
+    assert order[-1] == b"gif 1" and sorted(order[:2]) == [b"npy 2", b"npy 3"]
+    assert computed[0] == b"gif 1"  # taken up first, answered last
 
 
 def test_refusals_are_logged_as_one_line_per_interval_not_one_per_request(caplog):

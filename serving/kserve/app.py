@@ -4,15 +4,15 @@ FastAPI app, DataPlane and model repository, under uvicorn).
 ``python -m serving.kserve.app --socket-fd FD --settings FILE [--processes N]`` (started by ``host.py`` with the
 socket bound) is the supervisor (``supervisor.py``): it forks the serving processes that share that socket. One
 loads each export once and answers ``POST /predictions/<route>`` as TorchServe's host does (the same bodies,
-answers, errors, headers and limits; a queue per route bounded like TorchServe's, ``lane.py``; the build a request
-goes to, ``builds.py``), the Open Inference Protocol's ``/v2/models/<route>`` and ``/v2/models/<route>/infer``
-(``serving/oip/``; over gRPC too, ``grpc_service.port``) and KServe's own endpoints: ``/``, ``/v2/health/live``,
-``/v2/health/ready``, ``/v1/models/<route>``, ``/v2/models/<route>/ready`` and ``/v1/models/<route>:predict``
-(``{"instances": [<request body>, ...]}`` -> ``{"predictions": [<json answer>, ...]}``). Requests wait for the
-process's one inference thread; each call takes those of a route that arrived meanwhile, up to its batch size. With
-token auth, every request needs ``Authorization: Bearer <inference key>``. SIGTERM drains: new requests on open
-connections get 503 ``shutting_down`` and a closed connection, the process stops taking connections, and exits once
-nothing is in flight and nothing arrived for QUIET_SECONDS. SIGUSR1 is a roll-out message (``builds.py``).
+answers, errors, headers and limits; a queue per route, ``lane.py``: batches through the process's one inference
+thread, answers encoded on its encoding threads; the build a request goes to, ``builds.py``), the Open Inference
+Protocol's ``/v2/models/<route>[/infer]`` (``serving/oip/``; over gRPC too, ``grpc_service.port``) and KServe's
+own endpoints: ``/``, ``/v2/health/live``, ``/v2/health/ready``, ``/v1/models/<route>``, ``/v2/models/<route>/ready``
+and ``/v1/models/<route>:predict`` (``{"instances": [<request body>, ...]}`` -> ``{"predictions": [<json answer>,
+...]}``). With token auth, every request needs ``Authorization: Bearer <inference key>``. SIGTERM drains: new
+requests on open connections get 503 ``shutting_down`` and a closed connection, the process stops taking
+connections, and exits once nothing is in flight and nothing arrived for QUIET_SECONDS. SIGUSR1 is a roll-out
+message (``builds.py``).
 """
 
 from __future__ import annotations
@@ -30,7 +30,6 @@ import sys
 import threading
 import time
 import warnings
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -42,6 +41,7 @@ from serving.keys import read_keys
 from serving.kserve.app_errors import shape_errors
 from serving.kserve.builds import SWITCHBOARD, Builds, Switchboard, answer_message
 from serving.kserve.http_protocol import http_protocol
+from serving.kserve.lane import Threads
 from serving.kserve.request_path import HostRules, Refusals, Traffic, error_reply
 from serving.kserve.settings import ProcessSettings
 from serving.kserve.supervisor import supervise
@@ -61,20 +61,18 @@ class App:
                            for name, route in settings.routes.items()}  # the routes as v2 models
         self.index, self.control_dir = index, Path(settings.control_dir)
         gpus = device.cuda_devices()
-        self.executor = ThreadPoolExecutor(1, thread_name_prefix="inference")
+        self.threads = Threads.start()  # the inference threads, heavy and light routes', and the encoding threads
         gpu_of = {name: index % gpus if route.gpu and gpus else None for name, route in settings.routes.items()}
         if settings.ray_address:  # the Ray host's front: the routes' workers are Ray Serve replicas
             from serving.ray.lane import RayBuilds
             self.builds = RayBuilds(settings)
         else:
             self.builds = Builds(settings.routes, Switchboard(self.control_dir / SWITCHBOARD, self.routes), gpu_of,
-                                 self.executor)
+                                 self.threads)
         # The host's keys never expire (serving/keys.py, write_keys): read once, so no request waits on the file.
         self.key = read_keys(Path(settings.key_file))["inference"] if settings.key_file else None
-        self.max_request_size = settings.max_request_size
-        self.access_log = settings.access_log
-        self.traffic = Traffic()
-        self.refusals = Refusals()
+        self.max_request_size, self.access_log = settings.max_request_size, settings.access_log
+        self.traffic, self.refusals = Traffic(), Refusals()
 
     def authorized(self, header: str | None) -> bool:
         if self.key is None:

@@ -18,7 +18,6 @@ import os
 import struct
 import threading
 from collections import Counter
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -28,7 +27,7 @@ from handlers import service as worker_service
 from runtime import artifacts, backends
 from runtime.manifest import Manifest
 from serving.inprocess import service_of
-from serving.kserve.lane import Lane
+from serving.kserve.lane import Lane, Threads
 from serving.kserve.settings import RouteSettings
 from serving.routes import ROUTES, example_for
 
@@ -85,8 +84,8 @@ class Builds:
     roll-out's new build is loaded on a thread of its own (``prepare``) while the event loop serves."""
 
     def __init__(self, routes: dict[str, RouteSettings], switchboard: Switchboard, gpu_of: dict[str, int | None],
-                 executor: ThreadPoolExecutor) -> None:
-        self.switchboard, self.gpu_of, self.executor = switchboard, gpu_of, executor
+                 threads: Threads) -> None:
+        self.switchboard, self.gpu_of, self.threads = switchboard, gpu_of, threads
         self.lanes: dict[str, dict[int, Lane]] = {route: {} for route in routes}
         self.pending: set[int] = set()  # prepared generations not switched to yet: kept until switched or aborted
         self.requests = Counter()
@@ -98,7 +97,8 @@ class Builds:
     def load(self, route: str, settings: RouteSettings) -> Lane:
         service = service_of(settings.operation).load(route, Path(settings.export_dir), settings.worker,
                                                       self.gpu_of[route])
-        return Lane(service, settings.queue_size, settings.batch_size, self.executor)
+        return Lane(service, settings.queue_size, settings.batch_size,
+                    self.threads.light if settings.light else self.threads.heavy, self.threads.encoders)
 
     def lane(self, route: str) -> tuple[Lane, int]:
         """The lane a new request of ``route`` goes to, and its generation: the canary's for its share of the

@@ -12,13 +12,16 @@ from runtime.manifest import Manifest
 from serving.settings import ModelSpec, ServerConfig, worker_config
 
 SETTINGS_FILE = "kserve.json"  # the settings document, in the host's control folder (its temp dir)
+LIGHT_IMAGES = 4  # a route whose request decodes this many images or fewer by default is light: decode, encode, edit
 
 
 @dataclass(frozen=True)
 class RouteSettings:
     """One route in a serving process: its operation (handler), export folder and worker config, its queue bound
-    and batch size (requests per inference call), whether it goes on a GPU when there is one, and the generation
-    of its build (``serving/kserve/builds.py``: 1 at start, one more for each roll-out)."""
+    and batch size (requests per inference call), whether it goes on a GPU when there is one, whether its requests
+    are light (``LIGHT_IMAGES`` or fewer images by default: they have an inference thread of their own,
+    ``lane.py``), and the generation of its build (``serving/kserve/builds.py``: 1 at start, one more for each
+    roll-out)."""
 
     operation: str
     export_dir: str
@@ -26,6 +29,7 @@ class RouteSettings:
     queue_size: int
     batch_size: int
     gpu: bool
+    light: bool = False
     generation: int = 1
 
     def to_dict(self) -> dict:
@@ -40,7 +44,8 @@ class RouteSettings:
            generation: int = 1) -> RouteSettings:
         """A route served as ``spec`` from ``export_dir``; ``batch_size`` 0: the spec's."""
         return cls(spec.handler.stem, str(export_dir), worker_config(spec, Manifest.read(export_dir), store_workers),
-                   spec.job_queue_size, batch_size or spec.batch_size, spec.gpu, generation)
+                   spec.job_queue_size, batch_size or spec.batch_size, spec.gpu, spec.request_images <= LIGHT_IMAGES,
+                   generation)
 
 
 @dataclass(frozen=True)
