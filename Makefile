@@ -149,7 +149,7 @@ image-test: setup  ## base image if missing, build, run and check the image as a
 test: setup  ## the whole test suite, real TorchServe, Prometheus and browser included
 	$(PY) -m pytest -q
 
-test-fast: setup  ## the tests that need no TorchServe, Java, Prometheus or browser (about 3 minutes)
+test-fast: setup  ## the tests that need no TorchServe, Java, Prometheus or browser (about 2 minutes)
 	$(PY) -m pytest -q -m "not integration"
 
 lint: setup  ## ruff, and hadolint on the Dockerfile (fails on any finding)
