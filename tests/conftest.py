@@ -12,11 +12,14 @@ from __future__ import annotations
 import base64
 import contextlib
 import gzip
+import hashlib
 import http.server
 import io
 import json
 import os
+import random
 import runpy
+import shutil
 import socket
 import socketserver
 import struct
@@ -39,7 +42,7 @@ from PIL import Image
 
 from monitoring.prometheus import Prometheus
 from runtime.artifacts import ARTIFACT_DIR
-from runtime.manifest import Manifest
+from runtime.manifest import Artifact, Manifest
 from serving.inprocess import InProcessWorker
 from serving.kserve.host import KServe
 from serving.oip import GRPC_PORT_ENV
@@ -221,6 +224,20 @@ class InProcessApi:
         reply = self.workers[model]([body])[0]
         headers = {k.lower(): v for k, v in reply.headers.items()} | {"content-type": reply.content_type}
         return reply.status, headers, reply.body
+
+
+def damaged_export(folder: Path, tmp_path: Path, rehash: bool) -> Path:
+    """A copy of an export whose int8 decoder holds random bytes (and, with ``rehash``, a manifest that agrees)."""
+    copy = tmp_path / f"damaged-{rehash}"
+    shutil.copytree(folder, copy)
+    garbage = random.Random(0).randbytes((copy / "decoder_int8.onnx").stat().st_size)
+    (copy / "decoder_int8.onnx").write_bytes(garbage)
+    if rehash:
+        manifest = Manifest.read(copy)
+        entry = manifest.artifacts["decoder/onnx-int8"]
+        artifact = Artifact(entry.file, hashlib.sha256(garbage).hexdigest(), entry.bytes)
+        replace(manifest, artifacts=manifest.artifacts | {"decoder/onnx-int8": artifact}).write(copy)
+    return copy
 
 
 def free_port() -> int:

@@ -4,11 +4,9 @@ output, the log folder, the drain bound under clients that keep sending, slow cl
 
 from __future__ import annotations
 
-import hashlib
 import http.client
 import json
 import os
-import random
 import shutil
 import signal
 import socket
@@ -17,7 +15,6 @@ import time
 import urllib.error
 import urllib.request
 import zipfile
-from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -26,13 +23,12 @@ from fmvae_client import APIError, Client, fetch
 from explorer.server import Explorer
 from loadtest import soak
 from runtime.manifest import FILE as MANIFEST
-from runtime.manifest import Artifact, Manifest
 from serving.errors import ServerError
 from serving.health import problems
 from serving.routes import ROUTES
 from serving.settings import ServerConfig, TorchServeConfig
 from serving.torchserve.host import TorchServe, config_properties
-from tests.conftest import ARTIFACTS
+from tests.conftest import ARTIFACTS, damaged_export
 from tests.launching import NPY, Clients, Launcher, group_alive, wait_until
 
 pytestmark = pytest.mark.integration  # a real TorchServe (Java)
@@ -119,16 +115,8 @@ NPY_BODY = json.dumps(NPY).encode()
 def damaged_store(current_store: Path, tmp_path: Path, rehash: bool) -> tuple[Path, str]:
     """A store whose decode archive holds random bytes for its int8 decoder (and, with ``rehash``, a manifest
     that agrees with them)."""
-    folder = tmp_path / "export"
-    shutil.copytree(ARTIFACTS, folder)
-    garbage = random.Random(0).randbytes((folder / "decoder_int8.onnx").stat().st_size)
-    (folder / "decoder_int8.onnx").write_bytes(garbage)
-    if rehash:
-        manifest = Manifest.read(folder)
-        entry = manifest.artifacts["decoder/onnx-int8"]
-        digest = hashlib.sha256(garbage).hexdigest()
-        replace(manifest, artifacts=manifest.artifacts | {"decoder/onnx-int8": Artifact(entry.file, digest,
-                                                                                        entry.bytes)}).write(folder)
+    folder = damaged_export(ARTIFACTS, tmp_path, rehash)
+    garbage = (folder / "decoder_int8.onnx").read_bytes()
     store = tmp_path / "store"
     store.mkdir()
     shutil.copy(current_store / "sample.mar", store)

@@ -6,24 +6,20 @@ a small 2-d model of the tests' own (tests/conftest.py) and back."""
 
 from __future__ import annotations
 
-import hashlib
 import json
-import random
 import re
-import shutil
 import subprocess
 import sys
 import time
 import urllib.request
-from dataclasses import replace
 from pathlib import Path
 
 import psutil
 import pytest
 
-from runtime.manifest import Artifact, Manifest
+from runtime.manifest import Manifest
 from serving.routes import ROUTES
-from tests.conftest import ARTIFACTS
+from tests.conftest import ARTIFACTS, damaged_export
 from tests.launching import Clients, Launcher
 
 pytestmark = pytest.mark.integration  # real hosts
@@ -44,20 +40,6 @@ def serving_memory(leader: psutil.Process) -> int:
     processes = [p for p in leader.children(recursive=True) if "model_service_worker" in " ".join(p.cmdline())
                  or p.name().startswith("kserve-proc")]
     return sum(p.memory_info().rss for p in processes)
-
-
-def damaged(folder: Path, tmp_path: Path, rehash: bool) -> Path:
-    """A copy of an export whose int8 decoder holds random bytes (and, with ``rehash``, a manifest that agrees)."""
-    copy = tmp_path / f"damaged-{rehash}"
-    shutil.copytree(folder, copy)
-    garbage = random.Random(0).randbytes((copy / "decoder_int8.onnx").stat().st_size)
-    (copy / "decoder_int8.onnx").write_bytes(garbage)
-    if rehash:
-        manifest = Manifest.read(copy)
-        entry = manifest.artifacts["decoder/onnx-int8"]
-        artifact = Artifact(entry.file, hashlib.sha256(garbage).hexdigest(), entry.bytes)
-        replace(manifest, artifacts=manifest.artifacts | {"decoder/onnx-int8": artifact}).write(copy)
-    return copy
 
 
 @pytest.mark.parametrize("host", ["torchserve", "kserve"])
@@ -88,8 +70,8 @@ def test_rollouts_and_a_rollback_under_constant_senders_lose_nothing(host, curre
             assert health.returncode == 0 and f"builds: {small} (sample2d" in health.stdout, health.stdout
             metrics = urllib.request.urlopen(f"http://127.0.0.1:{launched.config.metrics_port}/metrics").read()
             assert f'fmvae_serving_build{{build="{small}",model="decode2d"}} 1.0' in metrics.decode()
-            for folder, why in ((damaged(RELEASED_2D, tmp_path, False), "not an export"),
-                                (damaged(RELEASED_2D, tmp_path, True), "the new build was refused")):
+            for folder, why in ((damaged_export(RELEASED_2D, tmp_path, False), "not an export"),
+                                (damaged_export(RELEASED_2D, tmp_path, True), "the new build was refused")):
                 failed = rollout(work, "rollout", str(folder))
                 assert failed.returncode == 1 and why in failed.stdout.splitlines()[-1], failed.stdout
                 assert failed.stdout.splitlines()[-1].startswith("error: ")
