@@ -23,6 +23,12 @@ from serving.kserve.request_path import error_reply
 OVERLOADED = "overloaded"
 
 
+def queue_full(route: str, queue_size: int) -> RequestError:
+    """The refusal of a request beyond a route's queue bound (503 ``overloaded``), on every host with lanes."""
+    return RequestError("body", OVERLOADED, f"{route}'s queue is full ({queue_size} requests): retry with backoff",
+                        503)
+
+
 @dataclass(frozen=True)
 class Threads:
     """A serving process's threads: one inference thread for the heavy routes, one for the light ones, and the
@@ -66,9 +72,7 @@ class Lane:
     async def submit(self, body: bytes | dict) -> Reply:
         """The route's reply to ``body`` (bytes, or a parsed body: a v2 request's, ``serving/oip/``)."""
         if len(self.waiting) >= self.queue_size:
-            return self.refuse(RequestError("body", OVERLOADED, f"{self.service.worker.model}'s queue is full "
-                                                                f"({self.queue_size} requests): retry with backoff",
-                                            503), {})
+            return self.refuse(queue_full(self.service.worker.model, self.queue_size), {})
         future = asyncio.get_running_loop().create_future()
         self.waiting.append((body, future))
         if not self.running:

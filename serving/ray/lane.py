@@ -25,6 +25,7 @@ from handlers.errors import RequestError
 from handlers.schema import first_unparsable, load_json
 from handlers.service import Reply
 from runtime.manifest import Manifest
+from serving.kserve.lane import queue_full
 from serving.kserve.request_path import error_reply
 from serving.kserve.settings import ProcessSettings
 
@@ -74,8 +75,7 @@ class RayLane:
 
     async def submit(self, body: bytes | dict) -> Reply:
         if len(self.waiting) >= self.queue_size:
-            return self.refuse(RequestError("body", "overloaded", f"{self.route}'s queue is full ({self.queue_size} "
-                                            "requests): retry with backoff", 503), {})
+            return self.refuse(queue_full(self.route, self.queue_size), {})
         future = asyncio.get_running_loop().create_future()
         self.waiting.append((with_seed(body, self.operation), future))
         self.pump()
